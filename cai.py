@@ -1,0 +1,68 @@
+"""The ``cai`` command: wires the packages' commands together and nothing else.
+
+Data flows constitution -> generation -> judging -> training; each command lives
+in its package's ``cli`` module and is imported only when called.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import sys
+
+COMMANDS = {
+    "validate": ("constitution.cli:validate", "Check a constitution file and list every problem."),
+    "constitution import": ("constitution.cli:import_constitution", "Import a published constitution."),
+    "generate": ("generation.cli:generate", "Draft, critique and revise answers to prompts."),
+    "judge": ("judging.cli:judge", "Judge responses into preference pairs."),
+    "judge agreement": ("judging.cli:agreement", "Score the judge against human-labelled pairs."),
+    "train": ("training.cli:train", "Train with TRL: sft, reward, ppo or dpo."),
+    "eval": ("training.cli:evaluate", "Win rate of a trained model against its base."),
+    "run": ("training.cli:run_pipeline", "Run generate, judge, train and eval from a recipe."),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: cai COMMAND [options]   (cai COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _find_command(argv: list[str]) -> tuple[str, list[str]]:
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if len(argv) >= words and name in COMMANDS:
+            return name, argv[words:]
+    guess = " ".join(argv[:2])
+    close = difflib.get_close_matches(guess, COMMANDS, n=1) or difflib.get_close_matches(argv[0], COMMANDS, n=1)
+    hint = f" Did you mean 'cai {close[0]}'?" if close else ""
+    raise SystemExit(f"cai: unknown command {argv[0]!r}.{hint}\n\n{_usage()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    # Nothing here may reach a model hub unless the user allows it.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    name, rest = _find_command(argv)
+    target, _ = COMMANDS[name]
+    module_name, function_name = target.split(":")
+    from constitution.errors import UserError
+
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+        return int(function(rest) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished batches are saved; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The backend contract every stage uses: chat completions and label log-probabilities.
+
+A backend answers a whole batch at once so that engines can schedule it as they
+like (vLLM batches it continuously; the OpenAI client sends it concurrently).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+Message = dict[str, str]
+Conversation = list[Message]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters shared by every backend."""
+
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+
+    def as_dict(self) -> dict:
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+
+
+@dataclass
+class Completion:
+    """One reply. ``error`` is set (and ``text`` empty) when the request failed for good."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class LabelLogprobs:
+    """Next-token log-probabilities of candidate labels.
+
+    Engines return only the top-k tokens. A label outside them has ``None`` in
+    ``logprobs``; its true log-probability is at most ``floor`` (the lowest
+    top-k value), which is a bound, not a value.
+    """
+
+    logprobs: dict[str, float | None]
+    floor: float | None = None
+    error: str | None = None
+    top: dict[str, float] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """A model behind a small batch interface (see module docstring)."""
+
+    #: registry name, e.g. "vllm"
+    name: str = ""
+
+    def __init__(self, model: str):
+        self.model = model
+
+    @abstractmethod
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        sampling: Sampling,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Completion]:
+        """Reply to each conversation, in order.
+
+        A conversation whose last message is from the assistant is continued
+        (its text is a prefix of the reply) instead of answered.  ``seeds``, one
+        per conversation, make sampling reproducible regardless of batching.
+        """
+
+    @abstractmethod
+    def label_logprobs(self, conversations: Sequence[Conversation], labels: Sequence[str]) -> list[LabelLogprobs]:
+        """Log-probability that the next token of each reply is each label's first token.
+
+        As in ``chat``, a final assistant message is continued, so a caller can
+        ask "...the answer is (" and read the labels "A" and "B".
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine or connections."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+BACKENDS = {
+    "vllm": "generation.backends.vllm_backend:VLLMBackend",
+    "openai": "generation.backends.openai_backend:OpenAIBackend",
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in BACKENDS:
+        close = difflib.get_close_matches(name, BACKENDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown backend {name!r}{hint} Choose one of: {', '.join(BACKENDS)}.")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def create_backend(name: str, model: str, **options) -> Backend:
+    """Build a backend by registry name; heavy libraries load only here."""
+    return backend_class(name)(model=model, **options)
+
+
+def ends_with_assistant(conversation: Conversation) -> bool:
+    return bool(conversation) and conversation[-1]["role"] == "assistant"

