@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from .base import Backend, Completion, Conversation, LabelLogprobs, Sampling, ends_with_assistant
+from .base import Backend, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant
 
 
 def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def _cpu_memory_share(model: str) -> float:
+    """On CPU, gpu_memory_utilization is the share of RAM the worker reserves (weights + KV cache).
+
+    vLLM refuses to start unless that much is free, and a small model needs little:
+    reserve four times the weights (at least 4 GiB), capped by half the RAM and by
+    what is free now, so several engines (a policy and a judge, a test server) fit.
+    """
+    import psutil
+
+    weights = sum(f.stat().st_size for f in Path(model).glob("*.safetensors")) if Path(model).is_dir() else 0
+    memory = psutil.virtual_memory()
+    wanted = max(4 * 2**30, 4 * weights)
+    share = min(wanted / memory.total, 0.5, 0.85 * memory.available / memory.total)
+    return round(max(0.05, share), 3)
 
 
 class VLLMBackend(Backend):
@@ -34,11 +50,14 @@ class VLLMBackend(Backend):
         from vllm import LLM
 
         cpu = _on_cpu()
-        # On CPU the NUMA node reports ~8.5 GiB, so the GPU default of 0.92 fails; eager mode halves start-up.
         if gpu_memory_utilization is None:
-            gpu_memory_utilization = 0.5 if cpu else 0.9
+            gpu_memory_utilization = _cpu_memory_share(model) if cpu else 0.9
         if enforce_eager is None:
-            enforce_eager = cpu
+            enforce_eager = cpu  # on CPU, eager mode halves start-up
+        if cpu:
+            # vLLM's CPU worker cannot rewind a seeded sampler after a partial (chunked)
+            # prefill ("CPU Generator does not use offset"); whole prefills avoid it.
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
         self.llm = LLM(
             model=model,
@@ -153,6 +172,45 @@ class VLLMBackend(Backend):
                     top={lp.decoded_token or str(t): lp.logprob for t, lp in top.items()},
                 )
             )
+        return results
+
+    def _response_span(self, conversation: Conversation) -> tuple[list[int], int] | str:
+        """Token ids of the whole conversation and where its final assistant message starts (or an error)."""
+        if not ends_with_assistant(conversation):
+            return "the conversation must end with the assistant message to score"
+        full = self._token_ids(conversation)
+        head = self.tokenizer.apply_chat_template(list(conversation[:-1]), tokenize=True, add_generation_prompt=True)
+        head = list(head["input_ids"] if hasattr(head, "keys") else head)
+        if full[: len(head)] != head:
+            return "the chat template does not keep the prompt as a prefix of prompt + response"
+        return full, len(head)
+
+    def response_logprobs(self, conversations: Sequence[Conversation]) -> list[SequenceLogprob]:
+        from vllm import SamplingParams
+
+        if not conversations:
+            return []
+        spans = [self._response_span(c) for c in conversations]
+        # prompt_logprobs=0: only the log-probability of each actual prompt token.
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        ok = [i for i, span in enumerate(spans) if not isinstance(span, str) and len(span[0]) < self.max_model_len]
+        results = [
+            SequenceLogprob(None, error=span if isinstance(span, str) else (
+                f"prompt is {len(span[0])} tokens but the model's context is {self.max_model_len}; "
+                "shorten it or raise --max-model-len"))
+            for span in spans
+        ]
+        if ok:
+            outs = self.llm.generate(
+                [{"prompt_token_ids": spans[i][0]} for i in ok], params, use_tqdm=self.show_progress
+            )
+            for i, out in zip(ok, outs):
+                ids, start = spans[i]
+                total = 0.0
+                for position in range(max(start, 1), len(ids)):
+                    entry = out.prompt_logprobs[position]
+                    total += entry[ids[position]].logprob
+                results[i] = SequenceLogprob(total, tokens=len(ids) - start)
         return results
 
     def close(self) -> None:
