@@ -54,6 +54,19 @@ class LabelLogprobs:
     top: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class SequenceLogprob:
+    """Log-likelihood of a conversation's final assistant message given everything before it.
+
+    ``logprob`` is the sum over the message's tokens (``tokens`` of them); ``None``
+    with ``error`` set when it could not be computed.
+    """
+
+    logprob: float | None
+    tokens: int = 0
+    error: str | None = None
+
+
 class Backend(ABC):
     """A model behind a small batch interface (see module docstring)."""
 
@@ -84,6 +97,13 @@ class Backend(ABC):
         As in ``chat``, a final assistant message is continued, so a caller can
         ask "...the answer is (" and read the labels "A" and "B".
         """
+
+    def response_logprobs(self, conversations: Sequence[Conversation]) -> list[SequenceLogprob]:
+        """Log-likelihood of each conversation's final assistant message (the judge's likelihood scoring).
+
+        Optional: backends that cannot score prompts raise NotImplementedError.
+        """
+        raise NotImplementedError(f"the {self.name or type(self).__name__} backend cannot score response likelihoods")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine or connections."""
