@@ -1,0 +1,254 @@
+"""`cai train sft|reward|ppo|dpo`: each trains two optimizer steps on CPU, changes weights, saves a loadable folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from constitution.errors import UserError
+from training.cli import parse_stage_config, train
+
+QUIET = ["--disable-tqdm", "true"]
+
+
+def _weights(folder: str | Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def _changed(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """Names of tensors (matched by suffix, so causal-LM and classifier folders compare) that differ."""
+    import torch
+
+    changed = []
+    for name, tensor in after.items():
+        key = prefix + name if prefix + name in before else name
+        if key in before and before[key].shape == tensor.shape:
+            if not torch.equal(before[key].float(), tensor.float()):
+                changed.append(name)
+    return changed
+
+
+def _assert_model_folder(folder: str | Path) -> None:
+    folder = Path(folder)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (folder / name).is_file(), f"{name} missing from {folder}"
+    assert not (folder / "adapter_config.json").exists(), "LoRA must be merged, not saved as an adapter"
+    summary = json.loads((folder / "cai_training.json").read_text())
+    assert summary["global_step"] >= 2
+
+
+# ---------------------------------------------------------------- command line and bad input
+
+
+def test_unknown_method_suggests_the_closest():
+    with pytest.raises(UserError, match=r"Did you mean .cai train dpo.\?"):
+        train(["dop", "--data", "x.jsonl"])
+
+
+def test_missing_data_file_names_the_file(tmp_path, tiny_model_dir):
+    missing = tmp_path / "nowhere.jsonl"
+    with pytest.raises(UserError, match="nowhere.jsonl: no such preference file"):
+        train(["dpo", "--data", str(missing), "--output-dir", str(tmp_path / "out"), "--model", tiny_model_dir])
+
+
+def test_missing_model_folder_is_a_user_error(tmp_path, preference_file):
+    with pytest.raises(UserError, match="--model '.*nope': no such model folder"):
+        train(["dpo", "--data", preference_file, "--output-dir", str(tmp_path / "out"), "--model", str(tmp_path / "nope")])
+
+
+def test_bad_row_names_file_and_line(tmp_path, preference_file):
+    from training.data import load_preference_rows
+
+    bad = tmp_path / "pairs.jsonl"
+    lines = Path(preference_file).read_text().splitlines()
+    row = json.loads(lines[1])
+    del row["rejected"]
+    bad.write_text("\n".join([lines[0], json.dumps(row)]) + "\n")
+    with pytest.raises(UserError, match=r"pairs.jsonl:2: missing column\(s\) rejected"):
+        load_preference_rows(bad)
+    bad.write_text(lines[0] + "\n{not json\n")
+    with pytest.raises(UserError, match=r"pairs.jsonl:2: not valid JSON"):
+        load_preference_rows(bad)
+
+
+def test_confidence_column_must_be_a_number(tmp_path, preference_file):
+    from training.data import load_preference_rows
+
+    row = json.loads(Path(preference_file).read_text().splitlines()[0])
+    row["chosen_probability"] = "high"
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(json.dumps(row) + "\n")
+    with pytest.raises(UserError, match=r"pairs.jsonl:1: column 'chosen_probability' must be a number, got \"high\""):
+        load_preference_rows(bad, extra_columns=("chosen_probability",))
+
+
+def test_config_layers_shipped_yaml_user_yaml_then_flags(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("beta: 0.3\nlearning_rate: 1.0e-4\n")
+    config = parse_stage_config("dpo", ["--config", str(user), "--learning-rate", "2e-4", "--output-dir", "o"])
+    assert config.beta == 0.3  # user YAML over shipped YAML
+    assert config.learning_rate == 2e-4  # flag over user YAML
+    assert config.confidence == "smooth"  # shipped YAML kept where nobody overrode it
+    assert config.save_strategy == "no"
+
+
+def test_config_errors_quote_the_bad_value(tmp_path):
+    with pytest.raises(UserError, match="--confidence 'always' is not one of"):
+        parse_stage_config("dpo", ["--confidence", "always", "--output-dir", "o"])
+    with pytest.raises(UserError, match=r"--eval-fraction 1\.5 must be in"):
+        parse_stage_config("reward", ["--eval-fraction", "1.5", "--output-dir", "o"])
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("betta: 0.2\n")
+    with pytest.raises(UserError, match="'betta' \\(did you mean 'beta'\\?\\)"):
+        parse_stage_config("dpo", ["--config", str(typo)])
+
+
+def test_every_field_of_ours_has_help_text():
+    from training.config import STAGE_CONFIGS, StageFields
+
+    for config_class in STAGE_CONFIGS.values():
+        ours = [*StageFields.__annotations__, *config_class.__dict__.get("__annotations__", {})]
+        for name in ours:
+            assert config_class.__dataclass_fields__[name].metadata.get("help"), f"{config_class.__name__}.{name}"
+
+
+# ---------------------------------------------------------------- the confidence-aware DPO loss
+
+
+def test_smoothed_dpo_loss_is_per_pair_cdpo(tmp_path, tiny_model_dir, preference_file):
+    """The trainer's loss equals mean_i[(1-eps_i) l(d_i) + eps_i l(-d_i)] with eps_i = 1 - p_i, per pair."""
+    import torch
+    import torch.nn.functional as F
+
+    from training.dpo import CONFIDENCE_KEY, ConfidenceDPOTrainer, ConfidencePreferenceCollator
+    from training.models import load_causal_lm, load_tokenizer
+
+    config = parse_stage_config("dpo", ["--output-dir", str(tmp_path), "--beta", "0.5", *QUIET])
+    from datasets import Dataset
+
+    from training.data import load_preference_rows
+
+    rows = load_preference_rows(preference_file, 4, ("chosen_probability",))
+    for row in rows:
+        row[CONFIDENCE_KEY] = row.pop("chosen_probability")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, "float32")
+    ref = load_causal_lm(tiny_model_dir, "float32")
+    with torch.no_grad():  # make policy and reference differ, so that d != 0
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    collator = ConfidencePreferenceCollator(pad_token_id=tokenizer.pad_token_id)
+    trainer = ConfidenceDPOTrainer(
+        model=model, ref_model=ref, args=config, data_collator=collator,
+        train_dataset=Dataset.from_list(rows), processing_class=tokenizer, confidence_mode="smooth",
+    )
+    batch = trainer._prepare_inputs(collator([trainer.train_dataset[i] for i in range(4)]))
+    probability = batch[CONFIDENCE_KEY].clone()
+    model.eval()
+    loss, outputs = trainer._compute_loss(model, dict(batch), return_outputs=True)
+
+    ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.ref_model, batch)
+    d = ConfidenceDPOTrainer._logratio_delta(
+        outputs.logits, {**batch, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+    )
+    eps = 1 - probability
+    expected = ((1 - eps) * -F.logsigmoid(0.5 * d) + eps * -F.logsigmoid(-0.5 * d)).mean()
+    assert d.abs().max() > 1e-3
+    assert torch.allclose(loss, expected, atol=1e-5), (loss.item(), expected.item())
+    # and it differs from plain DPO, so the confidence really enters the loss
+    assert not torch.allclose(loss, (-F.logsigmoid(0.5 * d)).mean(), atol=1e-5)
+
+
+# ---------------------------------------------------------------- the four trainers on the tiny model
+
+
+def test_sft_trains_and_saves(tmp_path, tiny_model_dir, sft_file):
+    out = tmp_path / "sft"
+    rc = train(["sft", "--data", sft_file, "--output-dir", str(out), "--model", tiny_model_dir,
+                "--max-steps", "2", "--learning-rate", "1e-3", *QUIET])
+    assert rc == 0
+    _assert_model_folder(out)
+    assert _changed(_weights(tiny_model_dir), _weights(out))
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_reward_trains_reports_accuracy_and_loads(tiny_reward_dir, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _assert_model_folder(tiny_reward_dir)
+    summary = json.loads((Path(tiny_reward_dir) / "cai_training.json").read_text())
+    assert 0.0 <= summary["held_out_accuracy"] <= 1.0 and summary["held_out_rows"] == 2
+    assert json.loads((Path(tiny_reward_dir) / "eval_results.json").read_text())["eval_accuracy"] is not None
+    after = _weights(tiny_reward_dir)
+    assert "score.weight" in after
+    assert _changed(_weights(tiny_model_dir), after)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_dir)
+    assert model.config.num_labels == 1 and model.config.pad_token_id is not None
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_dir)
+    batch = tokenizer(["a short answer", "a somewhat longer answer here"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert model(**batch).logits.shape == (2, 1)
+
+
+# TRL logs the variance of a single PPO ratio statistic on batches this small; the NaN is expected.
+@pytest.mark.filterwarnings("ignore:var\\(\\)")
+def test_ppo_trains_with_rising_kl_and_logs(tmp_path, tiny_model_dir, tiny_reward_dir, preference_file):
+    out = tmp_path / "ppo"
+    rc = train(["ppo", "--data", preference_file, "--output-dir", str(out), "--model", tiny_model_dir,
+                "--reward-model", tiny_reward_dir, "--max-steps", "2", "--learning-rate", "1e-3",
+                "--response-length", "8", "--kl-coef", "0.05", "--kl-coef-final", "0.25", *QUIET])
+    assert rc == 0
+    _assert_model_folder(out)
+    assert _changed(_weights(tiny_model_dir), _weights(out))
+    summary = json.loads((out / "cai_training.json").read_text())
+    assert summary["global_step"] == 2
+    assert summary["kl_coef_start"] == 0.05 and summary["kl_coef_end"] == pytest.approx(0.25)
+    for key in ("objective/scores", "objective/kl", "objective/entropy", "objective/kl_coef"):
+        assert key in summary["last_log"], key
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_dpo_with_lora_saves_merged_weights(tmp_path, tiny_model_dir, preference_file):
+    out = tmp_path / "dpo-lora"
+    rc = train(["dpo", "--data", preference_file, "--output-dir", str(out), "--model", tiny_model_dir,
+                "--max-steps", "2", "--use-peft", "--lora-r", "4", "--learning-rate", "1e-2",
+                "--confidence", "weight", *QUIET])
+    assert rc == 0
+    _assert_model_folder(out)
+    after = _weights(out)
+    assert not any("lora" in name for name in after)
+    assert _changed(_weights(tiny_model_dir), after)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+# ---------------------------------------------------------------- the real default model
+
+
+def test_dpo_on_the_default_model(tmp_path, default_model_dir, preference_file):
+    out = tmp_path / "dpo-default"
+    rc = train(["dpo", "--data", preference_file, "--output-dir", str(out), "--max-steps", "2",
+                "--learning-rate", "1e-5", "--max-length", "256", *QUIET])
+    assert rc == 0
+    _assert_model_folder(out)
+    assert _changed(_weights(default_model_dir), _weights(out))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=True)
+    import torch
+
+    generated = model.generate(torch.tensor([prompt["input_ids"]]), max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] > len(prompt["input_ids"])

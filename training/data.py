@@ -1,0 +1,151 @@
+"""Reading the training files: checked row by row, so bad input names its file, line and fix.
+
+Preference rows are TRL's conversational preference format as the judge writes
+them (``prompt``/``chosen``/``rejected`` message lists) plus the judge's extra
+columns; only the columns a trainer needs are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from constitution.errors import UserError
+
+PREFERENCE_EXAMPLE = (
+    '{"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}], '
+    '"rejected": [{"role": "assistant", "content": "..."}], "chosen_probability": 0.83, "margin": 0.66}'
+)
+SFT_EXAMPLE = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
+
+
+def read_jsonl(path: str | Path | None, what: str) -> list[tuple[int, dict]]:
+    """``(line number, row)`` for every non-empty line; UserError for a missing file or a non-object line."""
+    if not path:
+        raise UserError(f"--data is required: the {what} file to train on (JSON Lines)")
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what} file; pass --data with an existing JSON Lines file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the {what} file ({exc}); pass a UTF-8 JSON Lines file") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); fix or delete that line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
+        rows.append((number, row))
+    if not rows:
+        raise UserError(f"{path}: no rows; the {what} file needs JSON lines like {_example(what)}")
+    return rows
+
+
+def _example(what: str) -> str:
+    return SFT_EXAMPLE if what == "sft" else PREFERENCE_EXAMPLE
+
+
+def _check_messages(value: Any, path: Path, number: int, column: str, roles: set[str] | None, example: str) -> list:
+    """Message lists must be ``[{"role": ..., "content": str}, ...]``; a plain string becomes one message."""
+    if isinstance(value, str) and roles is not None and len(roles) == 1:
+        return [{"role": next(iter(roles)), "content": value}]
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{path}:{number}: column {column!r} must be a non-empty list of messages; a row looks like {example}")
+    messages = []
+    for message in value:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
+            raise UserError(
+                f"{path}:{number}: column {column!r} has {json.dumps(message)[:80]}, not a message "
+                '{"role": ..., "content": "text"}'
+            )
+        if roles is not None and message["role"] not in roles:
+            raise UserError(
+                f"{path}:{number}: column {column!r} has role {message['role']!r}; expected one of {sorted(roles)}"
+            )
+        messages.append({"role": message["role"], "content": message["content"]})
+    return messages
+
+
+def load_sft_rows(path: str | Path | None, max_rows: int | None = None) -> list[dict]:
+    """``[{"messages": [...]}]`` from sft.jsonl; other columns are dropped."""
+    rows = []
+    for number, row in read_jsonl(path, "sft")[:max_rows]:
+        if "messages" not in row:
+            raise UserError(f"{path}:{number}: no 'messages' column; an sft row looks like {SFT_EXAMPLE}")
+        messages = _check_messages(row["messages"], Path(path), number, "messages", None, SFT_EXAMPLE)
+        if messages[-1]["role"] != "assistant":
+            raise UserError(f"{path}:{number}: the last message must be the assistant's answer to learn from")
+        rows.append({"messages": messages})
+    return rows
+
+
+def load_preference_rows(
+    path: str | Path | None,
+    max_rows: int | None = None,
+    extra_columns: tuple[str, ...] = (),
+    extra_hint: str = "or turn off the option that needs it",
+) -> list[dict]:
+    """``prompt``/``chosen``/``rejected`` message lists plus the requested numeric ``extra_columns``."""
+    rows = []
+    for number, row in read_jsonl(path, "preference")[:max_rows]:
+        missing = [column for column in ("prompt", "chosen", "rejected") if column not in row]
+        if missing:
+            raise UserError(
+                f"{path}:{number}: missing column(s) {', '.join(missing)}; a preference row looks like "
+                f"{PREFERENCE_EXAMPLE}"
+            )
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        kept = {
+            "prompt": _check_messages(prompt, Path(path), number, "prompt", {"system", "user", "assistant"}, PREFERENCE_EXAMPLE),
+            "chosen": _check_messages(row["chosen"], Path(path), number, "chosen", {"assistant"}, PREFERENCE_EXAMPLE),
+            "rejected": _check_messages(row["rejected"], Path(path), number, "rejected", {"assistant"}, PREFERENCE_EXAMPLE),
+        }
+        for column in extra_columns:
+            value = row.get(column)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(
+                    f"{path}:{number}: column {column!r} must be a number, got {json.dumps(value)}; the judge "
+                    f"writes it for every pair ({extra_hint})"
+                )
+            kept[column] = float(value)
+        rows.append(kept)
+    return rows
+
+
+def load_prompts(path: str | Path | None, max_rows: int | None = None) -> list[list[dict]]:
+    """Chat prompts for PPO from a file of ``{"prompt": str | messages}`` rows (preference files qualify)."""
+    prompts = []
+    for number, row in read_jsonl(path, "prompts")[:max_rows]:
+        if "prompt" not in row:
+            raise UserError(f'{path}:{number}: no \'prompt\' column; a prompt row looks like {{"prompt": "..."}}')
+        value = row["prompt"]
+        if isinstance(value, str):
+            if not value.strip():
+                raise UserError(f"{path}:{number}: the prompt is empty")
+            prompts.append([{"role": "user", "content": value}])
+        else:
+            prompts.append(
+                _check_messages(value, Path(path), number, "prompt", {"system", "user", "assistant"}, '{"prompt": "..."}')
+            )
+    return prompts
+
+
+def split_rows(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A reproducible held-out split; at least one training row, and one eval row when asked for any."""
+    if eval_fraction <= 0 or len(rows) < 2:
+        return rows, []
+    import random
+
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(rows) - 1, max(1, round(len(rows) * eval_fraction)))
+    held = set(order[:n_eval])
+    return [row for i, row in enumerate(rows) if i not in held], [row for i, row in enumerate(rows) if i in held]

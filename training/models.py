@@ -1,0 +1,134 @@
+"""Loading base models for training and writing the final model folders.
+
+Every folder ``cai train`` writes is a plain Hugging Face model folder
+(safetensors weights, config, tokenizer, generation config), with LoRA adapters
+merged in, so ``transformers``, vLLM and ``cai generate --model DIR`` load it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from constitution.errors import UserError
+
+
+def resolve_base(name: str | None, flag: str = "--model") -> str:
+    """A folder path or hub id for ``name``; the embedded default model when empty."""
+    from generation.model import resolve_model
+
+    try:
+        resolved = resolve_model(name)
+    except FileNotFoundError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+    if not Path(resolved).is_dir() and (resolved.startswith(("/", ".", "~")) or resolved.count("/") > 1):
+        raise UserError(f"{flag} {name!r}: no such model folder; pass a folder written by `cai train` or save_pretrained")
+    return resolved
+
+
+def torch_dtype(name: str, folder: str):
+    """The torch dtype for a ``train_dtype``/``save_dtype`` value; ``auto`` reads the folder's config."""
+    import torch
+
+    if name == "auto":
+        name = base_dtype_name(folder)
+    return getattr(torch, name)
+
+
+def base_dtype_name(folder: str) -> str:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+    return name if name in ("float32", "bfloat16", "float16") else "float32"
+
+
+def load_tokenizer(folder: str, padding_side: str = "right"):
+    """The folder's tokenizer with a pad token (its EOS when it has none), as TRL's trainers need one."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, padding_side=padding_side)
+    except OSError as exc:
+        raise UserError(f"--model {folder!r}: cannot load its tokenizer ({exc})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise UserError(f"{folder}: the tokenizer has no chat template; conversational rows need one")
+    return tokenizer
+
+
+def load_causal_lm(folder: str, dtype_name: str, flag: str = "--model"):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype_name, folder))
+    except OSError as exc:
+        raise UserError(f"{flag} {folder!r}: cannot load a causal language model ({exc})") from None
+
+
+def load_score_model(folder: str, dtype_name: str, pad_token_id: int, flag: str):
+    """A one-output sequence-classification model (reward or value) on ``folder``'s transformer."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=1, dtype=torch_dtype(dtype_name, folder)
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{flag} {folder!r}: cannot load a sequence-classification model ({exc})") from None
+    # The head finds the last real token through pad_token_id; without it, batches of more than one row fail.
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+def lora_config(config: Any, task_type: str):
+    """A peft LoraConfig from the stage's ``lora_*`` fields, or None without ``--use-peft``."""
+    if not config.use_peft:
+        return None
+    from peft import LoraConfig
+
+    targets = config.lora_target_modules.strip()
+    target_modules: str | list[str] = (
+        targets if targets == "all-linear" else [name.strip() for name in targets.split(",") if name.strip()]
+    )
+    return LoraConfig(
+        task_type=task_type,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=target_modules,
+    )
+
+
+def save_model_folder(model, tokenizer, output_dir: str | Path, dtype, extra: dict | None = None) -> Path:
+    """Write ``model`` (LoRA merged) with its tokenizer as a safetensors folder; return the folder.
+
+    The weights go to a temporary folder renamed into place, so a killed save never leaves a half model that
+    ``--model`` would later load; training logs already in ``output_dir`` are kept.
+    """
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model = model.to(dtype)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = output_dir / ".saving"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(staging)
+    for item in staging.iterdir():
+        target = output_dir / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        item.replace(target)
+    staging.rmdir()
+    if extra:
+        (output_dir / "cai_training.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
+    return output_dir
