@@ -82,6 +82,12 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecor
         if not isinstance(row, dict):
             problems.append((number, f"expected a JSON object, got {type(row).__name__}"))
             continue
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # A JSON escape like \\ud800 decodes to half a surrogate pair: not text any output can hold.
+            problems.append((number, f"contains an unpaired surrogate ({exc.object[exc.start]!r}), which is not valid Unicode; fix the escape"))
+            continue
         messages, error = _messages(row)
         if error:
             problems.append((number, error))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,22 @@ from .store import JsonlStore, errors_path, manifest_path, read_manifest, write_
 # What an existing output must share with this run to be resumed; principles and
 # rounds may change (those rows are regenerated incrementally).
 _RESUME_KEYS = ("model", "sampling", "seed")
+
+
+@contextlib.contextmanager
+def _hold_ctrl_c():
+    """Hold Ctrl-C (SIGINT) while a batch is written, so the batch lands whole or not at all."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if caught:
+            raise KeyboardInterrupt
 
 
 def make_backend(config: GenerateConfig, model: str | None = None) -> Backend:
@@ -93,6 +112,9 @@ def generate(
     log(f"{len(prompts)} prompts: {len(prompts) - len(pending)} already done, {len(pending)} to generate")
 
     generated, failed, reused_calls = [], [], 0
+    # Ctrl-C, or an endpoint that stays down: finished batches stay, the manifest
+    # is written with the counts of the file, then the run stops.
+    stopped: BaseException | None = None
     if pending:
         errors = JsonlStore(errors_path(out))
         errors.remove()  # failures are retried on every run; the file lists this run's
@@ -105,14 +127,17 @@ def generate(
             for start in range(0, len(pending), config.batch_size):
                 batch = pending[start: start + config.batch_size]
                 rows, failures = task.run_batch(backend, batch, reuse, progress)
-                for row in rows:
-                    row["source"]["file"] = str(config.prompts)
-                    reused_calls += row["reused_calls"]
-                store.append(rows)
-                errors.append(failures)
-                generated += rows
-                failed += failures
+                with _hold_ctrl_c():
+                    for row in rows:
+                        row["source"]["file"] = str(config.prompts)
+                        reused_calls += row["reused_calls"]
+                    store.append(rows)
+                    errors.append(failures)
+                    generated += rows
+                    failed += failures
                 progress.advance(len(batch))
+        except (KeyboardInterrupt, UserError) as exc:
+            stopped = exc
         finally:
             if owned:
                 backend.close()
@@ -140,6 +165,8 @@ def generate(
         "stale_rows_dropped": stale,
         "torn_lines_dropped": store.torn_lines,
     }
+    if stopped is not None:
+        counts["stopped"] = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "error"
     config_record = {
         "prompts": str(config.prompts),
         "constitution": str(config.constitution),
@@ -163,4 +190,7 @@ def generate(
     )
     if failed:
         log(f"{len(failed)} row(s) failed; see {errors_path(out)} (they are retried on the next run)")
+    if stopped is not None:
+        log(f"{out}: stopped with {len(kept)} of {len(prompts)} rows written; the manifest's counts match the file")
+        raise stopped
     return {"counts": counts, "rows": kept, "generated": generated, "failed": failed}

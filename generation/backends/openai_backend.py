@@ -17,7 +17,9 @@ from email.utils import parsedate_to_datetime
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
-from .base import Backend, Completion, Conversation, LabelLogprobs, Sampling, ends_with_assistant
+from constitution.errors import UserError
+
+from .base import Backend, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant
 
 RETRY_STATUS = {408, 409, 429}
 
@@ -77,6 +79,10 @@ def describe_error(exc: BaseException) -> str:
     return f"HTTP {status}: {message}" if status else f"{type(exc).__name__}: {message}"
 
 
+class EndpointDownError(UserError):
+    """Many requests in a row failed even after their retries: stop instead of trying every prompt."""
+
+
 class OpenAIBackend(Backend):
     name = "openai"
 
@@ -93,6 +99,7 @@ class OpenAIBackend(Backend):
         backoff_max: float = 30.0,
         seed: int = 0,
         show_progress: bool | None = None,
+        down_after: int = 16,
     ):
         super().__init__(model)
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
@@ -102,6 +109,11 @@ class OpenAIBackend(Backend):
         self.max_attempts = max_attempts
         self.max_retry_time = max_retry_time
         self.wait = BackoffWait(backoff_initial, backoff_max)
+        # Circuit breaker: after ``down_after`` requests in a row fail for good with a retryable
+        # error (connection, timeout, 429, 5xx), the endpoint counts as down and the run stops.
+        self.down_after = down_after
+        self._failed_in_a_row = 0
+        self._last_failure = ""
         # The key stays in the environment; only its variable's name is kept on the object.
         if not self.base_url and not os.environ.get(api_key_env):
             raise ValueError(f"the openai backend needs --base-url or ${api_key_env}")
@@ -116,16 +128,52 @@ class OpenAIBackend(Backend):
             timeout=self.timeout,
         )
 
+    def _is_down(self) -> bool:
+        return self._failed_in_a_row >= self.down_after
+
+    def _down_error(self) -> EndpointDownError:
+        return EndpointDownError(
+            f"the endpoint {self.base_url} is not answering: {self._failed_in_a_row} requests in a row failed "
+            f"after up to {self.max_attempts} attempts each (last: {self._last_failure}). Stopped; finished "
+            "batches are saved. Check the server, then run the same command again to resume."
+        )
+
+    def _scrub(self, exc: BaseException) -> None:
+        """Servers may echo the key they were sent (a 401 says "Incorrect API key provided: ..."); drop it."""
+        key = os.environ.get(self.api_key_env)
+        if key and len(key) >= 4 and key in (getattr(exc, "message", None) or str(exc)):
+            if getattr(exc, "message", None):
+                exc.message = exc.message.replace(key, "***")
+            exc.args = tuple(a.replace(key, "***") if isinstance(a, str) else a for a in exc.args)
+            if hasattr(exc, "body"):
+                exc.body = None
+
     async def _call(self, client, semaphore, kwargs):
         async with semaphore:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(is_retryable),
-                wait=self.wait,
-                stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_time),
-                reraise=True,
-            ):
-                with attempt:
-                    return await client.chat.completions.create(**kwargs)
+            if self._is_down():
+                raise self._down_error()
+            try:
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception(is_retryable),
+                    wait=self.wait,
+                    stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_time)
+                    | (lambda state: self._is_down()),
+                    reraise=True,
+                ):
+                    with attempt:
+                        result = await client.chat.completions.create(**kwargs)
+            except Exception as exc:
+                self._scrub(exc)
+                if not is_retryable(exc):
+                    self._failed_in_a_row = 0  # the server answered; this request is wrong
+                    raise
+                self._failed_in_a_row += 1
+                self._last_failure = describe_error(exc)
+                if self._is_down():
+                    raise self._down_error() from None
+                raise
+            self._failed_in_a_row = 0
+            return result
 
     async def _gather(self, requests):
         client = self._client()
@@ -203,6 +251,63 @@ class OpenAIBackend(Backend):
                 values[label] = max(matches) if matches else None
             results.append(LabelLogprobs(values, floor=min(top.values()) if top else None, top=top))
         return results
+
+    def response_logprobs(self, conversations: Sequence[Conversation]) -> list[SequenceLogprob]:
+        """Via vLLM's server extensions: ``prompt_logprobs`` and ``return_token_ids`` in extra_body.
+
+        Two requests per conversation: the whole conversation (its prompt token
+        log-probabilities) and the conversation without its final message (where
+        the response starts).  Endpoints without these extensions give an error per row.
+        """
+        requests = []
+        for conversation in conversations:
+            requests.append({
+                "model": self.model, "messages": list(conversation), "max_tokens": 1, "temperature": 0.0,
+                "extra_body": {"continue_final_message": True, "add_generation_prompt": False,
+                               "prompt_logprobs": 0, "return_token_ids": True},
+            })
+            requests.append({
+                "model": self.model, "messages": list(conversation[:-1]), "max_tokens": 1, "temperature": 0.0,
+                "extra_body": {"add_generation_prompt": True, "return_token_ids": True},
+            })
+        answers = self._run(requests)
+        results = []
+        for conversation, full, head in zip(conversations, answers[0::2], answers[1::2]):
+            if not ends_with_assistant(conversation):
+                results.append(SequenceLogprob(None, error="the conversation must end with the assistant message to score"))
+                continue
+            failed = next((r for r in (full, head) if isinstance(r, BaseException)), None)
+            if failed is not None:
+                if not _is_api_error(failed):
+                    raise failed
+                results.append(SequenceLogprob(None, error=describe_error(failed)))
+                continue
+            results.append(_sum_response_logprobs(full, head))
+        return results
+
+
+def _extra(result, name: str):
+    value = getattr(result, name, None)
+    if value is None:
+        value = (getattr(result, "model_extra", None) or {}).get(name)
+    return value
+
+
+def _sum_response_logprobs(full, head) -> SequenceLogprob:
+    ids, head_ids = _extra(full, "prompt_token_ids"), _extra(head, "prompt_token_ids")
+    logprobs = _extra(full, "prompt_logprobs")
+    if not ids or head_ids is None or not logprobs:
+        return SequenceLogprob(None, error="endpoint returned no prompt log-probabilities (needs a vLLM server)")
+    if list(ids[: len(head_ids)]) != list(head_ids):
+        return SequenceLogprob(None, error="the chat template does not keep the prompt as a prefix of prompt + response")
+    total = 0.0
+    for position in range(max(len(head_ids), 1), len(ids)):
+        entry = logprobs[position] or {}
+        value = entry.get(str(ids[position]), entry.get(ids[position]))
+        if value is None:
+            return SequenceLogprob(None, error=f"no log-probability for prompt token {position}")
+        total += value["logprob"] if isinstance(value, dict) else value.logprob
+    return SequenceLogprob(total, tokens=len(ids) - len(head_ids))
 
 
 def _is_api_error(exc: BaseException) -> bool:

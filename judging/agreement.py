@@ -1,0 +1,191 @@
+"""``cai judge agreement``: how often the judge prefers what humans preferred ("AI labeler alignment").
+
+Run it before trusting a new judge or constitution.  Input rows are either
+``{"prompt"|"messages", "chosen", "rejected"}`` or two full transcripts
+``{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}`` that differ only in the
+last assistant turn (the format of the widely used helpful/harmless preference data).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from constitution.errors import UserError
+from constitution.hashing import stable_hash
+from constitution.loader import load_constitution
+from generation.backends.base import Backend
+from generation.progress import Progress
+from generation.store import atomic_write_text
+
+from .config import AgreementConfig
+from .engines import Engines, judge_settings
+from .judge import Comparison, Judge
+from .pairs import read_jsonl, select_principles
+from .report import ComparisonStats, principle_table
+from .scoring import ensemble
+
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")
+_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+@dataclass
+class HumanPair:
+    id: str
+    line: int
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+
+
+def parse_transcript(text: str) -> list[dict]:
+    """``"\\n\\nHuman: hi\\n\\nAssistant: hello"`` -> chat messages.  Raises ValueError when it is not one."""
+    if not isinstance(text, str):
+        raise ValueError("a transcript must be text")
+    pieces = _TURN.split(text)
+    if pieces[0].strip():
+        raise ValueError("a transcript must start with 'Human:' (turns are '\\n\\nHuman: ...\\n\\nAssistant: ...')")
+    messages = [{"role": _ROLES[pieces[i]], "content": pieces[i + 1].strip()} for i in range(1, len(pieces) - 1, 2)]
+    if not messages:
+        raise ValueError("no 'Human:'/'Assistant:' turns found")
+    return messages
+
+
+def _as_messages(value, what: str) -> list[dict]:
+    if isinstance(value, str):
+        return [{"role": "user" if what == "prompt" else "assistant", "content": value}]
+    if isinstance(value, list) and value and all(
+        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+        for m in value
+    ):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise ValueError(f"'{what}' must be text or a non-empty list of {{role, content}} messages")
+
+
+def _split_common(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], str, str]:
+    if len(chosen) != len(rejected) or chosen[:-1] != rejected[:-1]:
+        raise ValueError("chosen and rejected must differ only in their last assistant turn")
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise ValueError("chosen and rejected must end with an assistant turn")
+    if not chosen[:-1]:
+        raise ValueError("no conversation before the responses")
+    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+
+
+def human_pair(line: int, row: dict) -> HumanPair:
+    if "chosen" not in row or "rejected" not in row:
+        raise ValueError("needs 'chosen' and 'rejected'")
+    prompt_value = row.get("prompt", row.get("messages"))
+    if prompt_value is None:
+        if isinstance(row["chosen"], str) and isinstance(row["rejected"], str):
+            chosen, rejected = parse_transcript(row["chosen"]), parse_transcript(row["rejected"])
+        else:
+            chosen, rejected = _as_messages(row["chosen"], "chosen"), _as_messages(row["rejected"], "rejected")
+        prompt, chosen_text, rejected_text = _split_common(chosen, rejected)
+    else:
+        prompt = _as_messages(prompt_value, "prompt")
+        chosen_messages = _as_messages(row["chosen"], "chosen")
+        rejected_messages = _as_messages(row["rejected"], "rejected")
+        chosen_text, rejected_text = chosen_messages[-1]["content"], rejected_messages[-1]["content"]
+    if prompt[-1]["role"] != "user":
+        raise ValueError("the conversation before the responses must end with a user turn")
+    row_id = str(row["id"]) if row.get("id") is not None else stable_hash([prompt, chosen_text, rejected_text])
+    return HumanPair(row_id, line, prompt, chosen_text, rejected_text)
+
+
+def read_human_pairs(path: str | Path, limit: int | None = None) -> list[HumanPair]:
+    pairs, problems = [], []
+    for line, row in read_jsonl(path, limit):
+        try:
+            pairs.append(human_pair(line, row))
+        except ValueError as exc:
+            problems.append(f"{path}:{line}: {exc}")
+    if problems:
+        raise UserError("\n".join(problems + [f"{len(problems)} bad line(s) in {path}; fix them (nothing was judged)"]))
+    return pairs
+
+
+def run_agreement(config: AgreementConfig, backend: Backend | None = None, log=None) -> dict:
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    constitution = load_constitution(config.constitution)
+    pairs = read_human_pairs(config.pairs, config.limit)
+    settings = judge_settings(config)
+    engines = Engines(config, judge=backend)
+    judge = Judge(settings, backend_factory=engines.judge)
+    overall, per_principle = ComparisonStats(), {}
+    details = []
+    try:
+        progress = Progress("agreement", len(pairs))
+        judge.progress = progress
+        for start in range(0, len(pairs), config.batch_size):
+            batch = pairs[start: start + config.batch_size]
+            plans = [(pair, select_principles(constitution, config, pair.id)) for pair in batch]
+            comparisons = [Comparison.of(pair.prompt, pair.chosen, pair.rejected, p) for pair, ps in plans for p in ps]
+            verdicts = iter(judge.judge(comparisons))
+            for pair, principles in plans:
+                vs = [next(verdicts) for _ in principles]
+                for v in vs:
+                    overall.add(v, len(pair.chosen), len(pair.rejected))
+                    stats = per_principle.setdefault(v.principle_id, ComparisonStats())
+                    stats.add(v, len(pair.chosen), len(pair.rejected))
+                    stats.add_human(v.p)
+                p = ensemble([v.p for v in vs])
+                overall.add_human(p)
+                details.append({"id": pair.id, "line": pair.line, "p_human_choice": p,
+                                "principles": {v.principle_id: v.as_dict() for v in vs}})
+            progress.advance(len(batch))
+    finally:
+        engines.close()
+    result = overall.as_dict()
+    result.update(
+        pairs=len(pairs),
+        judged_pairs=overall.human_pairs,
+        failed_pairs=len(pairs) - overall.human_pairs,
+        judge=settings.as_dict(),
+        principles_per_pair=config.principles_per_pair,
+        principle_ids=config.principle_id_list(),
+        file=str(config.pairs),
+        per_principle={pid: s.as_dict() for pid, s in sorted(per_principle.items())},
+    )
+    result["text"] = format_agreement(result)
+    if config.out:
+        atomic_write_text(Path(config.out), json.dumps({k: v for k, v in result.items() if k != "text"}, indent=2) + "\n")
+    if config.details:
+        atomic_write_text(Path(config.details), "".join(json.dumps(d) + "\n" for d in details))
+    return result
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def format_agreement(result: dict) -> str:
+    judge = result["judge"]
+    lines = [f"judge {judge['model']} (method {judge['method']}{', cot' if judge['cot'] else ''}) "
+             f"on {result['file']}: {result['pairs']} human-labelled pairs"]
+    if not result.get("human_pairs"):
+        lines.append("no pair could be judged; see the failures above")
+        return "\n".join(lines)
+    low, high = result["agreement_ci95"]
+    agreed = round(result["agreement"] * result["human_pairs"])
+    lines += [
+        f"  agreement with humans:  {_pct(result['agreement'])}  ({agreed}/{result['human_pairs']}; "
+        f"95% CI [{low:.3f}, {high:.3f}]; {result['ties']} ties, {result['failed_pairs']} failed)",
+        f"  order consistency:      {_pct(result['order_consistency'])}"
+        + ("  (order-free method: by construction)" if result["order_free_comparisons"] else ""),
+        f"  first option wins:      {_pct(result['first_option_wins'])}",
+        f"  mean confidence:        {_pct(result['mean_confidence'])}",
+        f"  longer response wins:   {_pct(result['longer_response_wins'])}",
+    ]
+    table = principle_table(result["per_principle"], [
+        ("pairs", "human_pairs"), ("agreement", "agreement"), ("order-cons.", "order_consistency"),
+        ("first-wins", "first_option_wins"), ("confidence", "mean_confidence")])
+    if table:
+        lines += ["  per principle:", table]
+    if low <= 0.5 <= high:
+        lines.append("warning: the interval includes 0.5: at this sample size the judge is not distinguishable from "
+                     "chance; do not trust its labels (try --judge-model or more labelled pairs).")
+    return "\n".join(lines)

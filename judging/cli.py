@@ -1,0 +1,47 @@
+"""``cai judge`` and ``cai judge agreement``."""
+
+from __future__ import annotations
+
+import textwrap
+
+from .config import AgreementConfig, JudgeConfig
+
+
+def _short(text: str, width: int = 240) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def judge(argv: list[str]) -> int:
+    from trl import TrlParser
+
+    from .pairs import run_judge
+
+    parser = TrlParser([JudgeConfig], prog="cai judge")
+    (config,) = parser.parse_args_and_config(argv)
+    result = run_judge(config)
+    counts = result["counts"]
+    print(result["text"])
+    print(
+        f"{config.out}: {counts['pairs']} pairs ({counts['new_pairs']} new, {counts['dropped']} rows dropped; "
+        f"{counts['judgements_run']} judgements run, {counts['judgements_cached']} cached); "
+        f"SFT rows {result['sft_path']} ({counts['sft_rows']}); report {result['report_path']}"
+    )
+    for pair in result["pairs"][:1]:
+        print(f"\n--- {pair['id']}: chosen ({pair['source']['chosen']}) with P = {pair['chosen_probability']:.3f}")
+        print(textwrap.indent("prompt:   " + _short(pair["prompt"][-1]["content"]), "  "))
+        print(textwrap.indent("chosen:   " + _short(pair["chosen"][0]["content"]), "  "))
+        print(textwrap.indent("rejected: " + _short(pair["rejected"][0]["content"]), "  "))
+    return 1 if result["report"]["failures"] and not counts["pairs"] else 0
+
+
+def agreement(argv: list[str]) -> int:
+    from trl import TrlParser
+
+    from .agreement import run_agreement
+
+    parser = TrlParser([AgreementConfig], prog="cai judge agreement")
+    (config,) = parser.parse_args_and_config(argv)
+    result = run_agreement(config)
+    print(result["text"])
+    return 0 if result.get("human_pairs") else 1

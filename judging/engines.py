@@ -1,0 +1,96 @@
+"""Building the policy and judge backends from a judge config: one engine when they are the same model."""
+
+from __future__ import annotations
+
+from generation.backends.base import Backend, create_backend
+from generation.model import model_identity, resolve_model
+
+from .config import JudgeModelConfig
+from .judge import JudgeSettings
+
+
+def _build(config: JudgeModelConfig, name: str, backend: str, base_url: str | None) -> Backend:
+    if backend == "vllm":
+        return create_backend(
+            "vllm",
+            resolve_model(name),
+            seed=config.seed,
+            max_model_len=config.max_model_len,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            tensor_parallel_size=config.tensor_parallel_size,
+        )
+    return create_backend(
+        "openai",
+        name,
+        base_url=base_url,
+        api_key_env=config.api_key_env,
+        concurrency=config.concurrency,
+        timeout=config.request_timeout,
+        seed=config.seed,
+    )
+
+
+def make_judge_backend(config: JudgeModelConfig) -> Backend:
+    return _build(config, config.resolved_judge_model, config.resolved_judge_backend, config.resolved_judge_base_url)
+
+
+def make_policy_backend(config: JudgeModelConfig) -> Backend:
+    return _build(config, config.model, config.backend, config.base_url)
+
+
+def judge_identity(config: JudgeModelConfig) -> str:
+    """The judge model as recorded in rows and keys (an endpoint's model is named with its URL)."""
+    if config.resolved_judge_backend == "vllm":
+        return model_identity(config.resolved_judge_model)
+    return f"{config.resolved_judge_model}@{config.resolved_judge_base_url or 'OPENAI_BASE_URL'}"
+
+
+def judge_settings(config: JudgeModelConfig) -> JudgeSettings:
+    return JudgeSettings(
+        model=judge_identity(config),
+        method=config.method,
+        cot=config.cot,
+        cot_clamp=config.cot_clamp,
+        cot_max_tokens=config.cot_max_tokens,
+        likelihood_scale=config.likelihood_scale,
+    )
+
+
+class Engines:
+    """Lazily built backends; the judge reuses the policy's engine when they are the same model."""
+
+    def __init__(self, config: JudgeModelConfig, judge: Backend | None = None, policy: Backend | None = None):
+        self.config = config
+        self._judge, self._policy = judge, policy
+        self._owned: list[Backend] = []
+        if judge is not None and policy is None and config.judge_is_policy():
+            self._policy = judge
+        if policy is not None and judge is None and config.judge_is_policy():
+            self._judge = policy
+
+    def judge(self) -> Backend:
+        if self._judge is None:
+            if self.config.judge_is_policy() and self._policy is not None:
+                self._judge = self._policy
+            else:
+                self._judge = make_judge_backend(self.config)
+                self._owned.append(self._judge)
+                if self.config.judge_is_policy():
+                    self._policy = self._judge
+        return self._judge
+
+    def policy(self) -> Backend:
+        if self._policy is None:
+            if self.config.judge_is_policy() and self._judge is not None:
+                self._policy = self._judge
+            else:
+                self._policy = make_policy_backend(self.config)
+                self._owned.append(self._policy)
+                if self.config.judge_is_policy():
+                    self._judge = self._policy
+        return self._policy
+
+    def close(self) -> None:
+        for backend in self._owned:
+            backend.close()
+        self._owned.clear()

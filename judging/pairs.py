@@ -1,0 +1,455 @@
+"""``cai judge``: preference pairs (TRL's conversational format) from revisions or policy samples.
+
+revision mode: each `cai generate` row's initial response against its final
+revision, judged, not assumed: a revision the judge finds worse gives the pair
+the other way round, or none when the margin is too small.
+
+samples mode: n responses per prompt (given in the row, or sampled from the
+policy), all compared pairwise; chosen and rejected are the best and the worst
+by mean win probability, and their direct comparison gives the soft label.
+
+A response cut off at the token limit (finish_reason "length") or empty is never
+chosen.  Judgements are cached beside the output (``OUT.judgements.jsonl``),
+so a run resumes where it stopped and an edit re-judges only what it touches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from constitution.assignment import assign_principles
+from constitution.errors import UserError
+from constitution.hashing import stable_hash
+from constitution.loader import load_constitution
+from constitution.schema import Constitution, Principle
+from generation.backends.base import Backend, Sampling
+from generation.progress import Progress
+from generation.store import JsonlStore, atomic_write_text, errors_path, manifest_path, write_manifest
+
+from .config import JudgeConfig, JudgeModelConfig
+from .engines import Engines, judge_settings
+from .judge import Comparison, Judge, Verdict
+from .report import JudgeReport, format_judge_report
+from .scoring import ensemble
+
+GENERATE_FIELDS = ("prompt", "initial_response", "final_response", "rounds")
+
+
+def judgements_path(out: Path) -> Path:
+    return out.with_name(out.name + ".judgements.jsonl")
+
+
+def samples_path(out: Path) -> Path:
+    return out.with_name(out.name + ".samples.jsonl")
+
+
+def report_path(out: Path) -> Path:
+    return out.with_name(out.name + ".report.json")
+
+
+def sft_path(config: JudgeConfig) -> Path:
+    return Path(config.sft_out) if config.sft_out else Path(config.out).with_name("sft.jsonl")
+
+
+# -- principles ---------------------------------------------------------------
+def select_principles(constitution: Constitution, config: JudgeModelConfig, key: str) -> list[Principle]:
+    """The principles a pair is judged under: fixed ids, or k by weighted rendezvous on its key (distinct)."""
+    ids = config.principle_id_list()
+    if ids:
+        known = {p.id: p for p in constitution.principles}
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            import difflib
+
+            hints = [f"{u!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, known, n=1)) else "")
+                     for u in unknown]
+            raise UserError(f"--principle-ids: unknown principle(s) {', '.join(hints)} in {config.constitution}")
+        return [known[i] for i in ids]
+    chosen = assign_principles(key, constitution.principles, config.principles_per_pair, config.seed)
+    distinct, seen = [], set()
+    for principle in chosen:
+        if principle.id not in seen:
+            seen.add(principle.id)
+            distinct.append(principle)
+    return distinct
+
+
+# -- input ----------------------------------------------------------------------
+def read_jsonl(path: str | Path, limit: int | None = None) -> list[tuple[int, dict]]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; pass --in with an existing JSON Lines file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read as UTF-8 JSON Lines ({exc})") from None
+    rows, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: invalid JSON at column {exc.colno}: {exc.msg}")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            continue
+        rows.append((number, row))
+    if problems:
+        raise UserError("\n".join(problems + [f"{len(problems)} bad line(s) in {path}; fix them (nothing was judged)"]))
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows[:limit] if limit else rows
+
+
+def _messages(value, where: str) -> list[dict]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise UserError(f"{where}: the prompt is empty")
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value or not all(
+        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+        for m in value
+    ):
+        raise UserError(f"{where}: the prompt must be text or a non-empty list of {{role, content}} messages")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+@dataclass
+class Candidate:
+    text: str
+    finish_reason: str = "stop"
+    label: str = ""  # where it came from: "initial_response", "final_response", "sample 3"
+
+    @property
+    def usable_as_chosen(self) -> bool:
+        return bool(self.text.strip()) and self.finish_reason != "length"
+
+
+@dataclass
+class Item:
+    """One input row ready to judge."""
+
+    id: str
+    line: int
+    prompt: list[dict]
+    candidates: list[Candidate]
+    input_fingerprint: str
+    principle_ids: list[str]
+    revisions: int = 0
+
+
+def _finish(calls: list[dict], prefix: str, last: bool) -> str:
+    matching = [c for c in calls or [] if str(c.get("step", "")).startswith(prefix)]
+    if not matching:
+        return "stop"
+    return (matching[-1] if last else matching[0]).get("finish_reason") or "stop"
+
+
+def revision_item(line: int, row: dict, where: str) -> Item | str:
+    missing = [f for f in GENERATE_FIELDS if f not in row]
+    if missing:
+        raise UserError(f"{where}:{line}: not a `cai generate` row (missing {', '.join(missing)}); "
+                        "use --mode samples for prompts or sampled responses")
+    prompt = _messages(row["prompt"], f"{where}:{line}")
+    row_id = str(row.get("id") or stable_hash(prompt))
+    if not row["rounds"]:
+        return "no revision (0 rounds)"
+    initial = Candidate(row["initial_response"] or "", _finish(row.get("calls"), "draft", False), "initial_response")
+    final = Candidate(row["final_response"] or "", _finish(row.get("calls"), "revision", True), "final_response")
+    return Item(row_id, line, prompt, [final, initial],
+                row.get("fingerprint") or stable_hash([prompt, initial.text, final.text]),
+                [r.get("principle_id") for r in row["rounds"]], revisions=len(row["rounds"]))
+
+
+def samples_item(line: int, row: dict, where: str) -> Item:
+    if "prompt" in row and "messages" in row:
+        raise UserError(f"{where}:{line}: has both 'prompt' and 'messages'; keep one")
+    if "prompt" not in row and "messages" not in row:
+        raise UserError(f"{where}:{line}: missing 'prompt' (text or messages) or 'messages'")
+    prompt = _messages(row.get("prompt", row.get("messages")), f"{where}:{line}")
+    if prompt[-1]["role"] != "user":
+        raise UserError(f"{where}:{line}: the prompt's last message must be from the user (the turn to answer)")
+    row_id = str(row.get("id") or stable_hash(prompt))
+    candidates = []
+    for i, response in enumerate(row.get("responses") or []):
+        if isinstance(response, str):
+            candidates.append(Candidate(response, "stop", f"response {i}"))
+        elif isinstance(response, dict) and isinstance(response.get("content", response.get("text")), str):
+            candidates.append(Candidate(response.get("content", response.get("text")),
+                                        response.get("finish_reason") or "stop", f"response {i}"))
+        else:
+            raise UserError(f"{where}:{line}: responses[{i}] must be text or {{\"content\": text, \"finish_reason\": ...}}")
+    return Item(row_id, line, prompt, candidates, stable_hash([prompt, [c.text for c in candidates]]), [])
+
+
+# -- sampling -------------------------------------------------------------------
+def sample_candidates(items: list[Item], config: JudgeConfig, store: dict[str, dict], backend_of, append) -> None:
+    """Give items without responses ``num_samples`` policy samples (cached by prompt, model, sampling, seed, index)."""
+    sampling = Sampling(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
+    wanted = []
+    for item in items:
+        if item.candidates:
+            continue
+        for index in range(config.num_samples):
+            key = stable_hash({"id": item.id, "prompt": item.prompt, "model": config.model, "backend": config.backend,
+                               "sampling": sampling.as_dict(), "seed": config.seed, "index": index})
+            wanted.append((item, index, key))
+    missing = [(item, index, key) for item, index, key in wanted if key not in store]
+    if missing:
+        seeds = [int(key[:8], 16) % (2**31) for _, _, key in missing]
+        completions = backend_of().chat([item.prompt for item, _, _ in missing], sampling, seeds)
+        new = []
+        for (item, index, key), completion in zip(missing, completions):
+            record = {"key": key, "id": item.id, "index": index, "text": completion.text,
+                      "finish_reason": completion.finish_reason, "error": completion.error}
+            if not completion.error:
+                store[key] = record
+                new.append(record)
+        append(new)
+    for item, index, key in wanted:
+        record = store.get(key)
+        if record is not None:
+            item.candidates.append(Candidate(record["text"], record["finish_reason"], f"sample {index}"))
+    for item in items:
+        item.input_fingerprint = stable_hash([item.prompt, [c.text for c in item.candidates]])
+
+
+# -- pairs ------------------------------------------------------------------------
+def _message(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def comparisons_for(item: Item, principles: list[Principle]) -> dict[tuple[int, int], list[Comparison]]:
+    """Every distinct pair of candidates (i < j) with different texts, under each principle."""
+    out = {}
+    for i, j in itertools.combinations(range(len(item.candidates)), 2):
+        if item.candidates[i].text == item.candidates[j].text:
+            continue
+        out[(i, j)] = [Comparison.of(item.prompt, item.candidates[i].text, item.candidates[j].text, p) for p in principles]
+    return out
+
+
+def build_pair(item: Item, principles: list[Principle], verdicts: dict[tuple[int, int], list[Verdict]],
+               config: JudgeConfig, judge_model: str, fingerprint: str) -> tuple[dict | None, str | None]:
+    """The pair for one item, or None and the reason it was dropped."""
+    n = len(item.candidates)
+    if n < 2:
+        return None, "fewer than two responses"
+    if not verdicts:
+        return None, "responses are identical"
+
+    def p_better(i: int, j: int) -> tuple[float | None, list[Verdict], bool]:
+        """P(i better than j), its verdicts (oriented as given) and whether to flip them."""
+        if (i, j) in verdicts:
+            vs = verdicts[(i, j)]
+            return ensemble([v.p for v in vs]), vs, False
+        vs = verdicts.get((j, i))
+        if vs is None:
+            return 0.5, [], False
+        p = ensemble([v.p for v in vs])
+        return (None if p is None else 1 - p), vs, True
+
+    if all(all(v.p is None for v in vs) for vs in verdicts.values()):
+        first_error = next((v.error for vs in verdicts.values() for v in vs if v.error), "no verdict")
+        return None, "judge failed" if "parse" not in first_error else "verdict did not parse"
+
+    wins = []
+    for i in range(n):
+        values = [p_better(i, j)[0] for j in range(n) if j != i]
+        values = [v for v in values if v is not None]
+        wins.append(sum(values) / len(values) if values else None)
+    ranked = [i for i in sorted(range(n), key=lambda i: -(wins[i] if wins[i] is not None else -1)) if wins[i] is not None]
+    eligible = [i for i in ranked if item.candidates[i].usable_as_chosen]
+    if not eligible:
+        return None, "the better response was cut off or empty"
+    best = eligible[0]
+    if ranked[0] != best and n == 2:
+        return None, "the better response was cut off or empty"
+    others = [i for i in ranked if item.candidates[i].text != item.candidates[best].text]
+    if not others:
+        return None, "responses are identical"
+    worst = others[-1]
+    p, vs, flipped = p_better(best, worst)
+    if p is None:
+        return None, "judge failed"
+    if p <= 0.5:
+        return None, "tie" if p == 0.5 else "best by mean loses the direct comparison"
+    margin = 2 * p - 1
+    if margin < config.min_margin:
+        return None, "margin below --min-margin"
+
+    def oriented(v: Verdict) -> dict:
+        if v.p is None:
+            return {"chosen_probability": None, "error": v.error}
+        first, second = (v.p_x_first, v.p_x_second) if not flipped else (1 - v.p_x_second, 1 - v.p_x_first)
+        entry = {"chosen_probability": round(v.p if not flipped else 1 - v.p, 6),
+                 "orders": [round(first, 6), round(second, 6)],  # P(chosen better) with chosen as (A), as (B)
+                 "orders_agree": v.orders_agree}
+        if v.bounded:
+            entry["bounded"] = True
+        return entry
+
+    scores = {v.principle_id: oriented(v) for v in vs}
+    firsts = [s["orders"][0] for s in scores.values() if s.get("orders")]
+    seconds = [s["orders"][1] for s in scores.values() if s.get("orders")]
+    orders_agree = bool(firsts) and (sum(firsts) / len(firsts) - 0.5) * (sum(seconds) / len(seconds) - 0.5) > 0
+    if config.require_orders_agree and not orders_agree:
+        return None, "orders disagree"
+    chosen, rejected = item.candidates[best], item.candidates[worst]
+    return {
+        "prompt": item.prompt,
+        "chosen": _message(chosen.text),
+        "rejected": _message(rejected.text),
+        "chosen_probability": round(p, 6),
+        "margin": round(margin, 6),
+        "principle_ids": [pr.id for pr in principles],
+        "principle_scores": scores,
+        "judge_model": judge_model,
+        "orders_agree": orders_agree,
+        "id": item.id,
+        "fingerprint": fingerprint,
+        "source": {"file": str(config.input), "line": item.line, "chosen": chosen.label, "rejected": rejected.label,
+                   "method": config.method},
+    }, None
+
+
+def sft_row(item: Item, pair: dict | None, mode: str) -> dict | None:
+    """revision mode: the final revision (when not cut off); samples mode: the chosen response."""
+    if mode == "revision":
+        final = item.candidates[0]
+        if not item.revisions or not final.usable_as_chosen:
+            return None
+        text, source = final.text, "final_response"
+    else:
+        if pair is None:
+            return None
+        text, source = pair["chosen"][0]["content"], pair["source"]["chosen"]
+    return {"messages": item.prompt + _message(text), "id": item.id, "principle_ids": item.principle_ids,
+            "revisions": item.revisions, "source": {"line": item.line, "response": source},
+            "judge_prefers": None if pair is None else pair["source"]["chosen"]}
+
+
+# -- the run ------------------------------------------------------------------------
+def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backend: Backend | None = None,
+              log=None) -> dict:
+    """Run (or resume) ``cai judge``; returns counts, the report and the pairs."""
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    constitution = load_constitution(config.constitution)
+    settings = judge_settings(config)
+    out = Path(config.out)
+    cache_store, sample_store, store = JsonlStore(judgements_path(out)), JsonlStore(samples_path(out)), JsonlStore(out)
+    if config.overwrite:
+        for path in (out, errors_path(out), manifest_path(out), judgements_path(out), samples_path(out), report_path(out)):
+            path.unlink(missing_ok=True)
+    cache = {r["key"]: r for r in cache_store.load() if "key" in r}
+    samples = {r["key"]: r for r in sample_store.load() if "key" in r}
+    existing = store.load()
+    if store.torn_lines or cache_store.torn_lines:
+        log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")
+    done = {row.get("fingerprint") for row in existing}
+
+    rows = read_jsonl(config.input, config.limit)
+    engines = Engines(config, judge=backend, policy=policy_backend)
+    errors = JsonlStore(errors_path(out))
+    errors.remove()
+    judge = Judge(settings, backend_factory=engines.judge, cache=cache, on_records=cache_store.append)
+    report = JudgeReport()
+    pairs, new_pairs, sft_rows, current, appended = [], 0, [], set(), []
+    judged_before = len(cache)
+    try:
+        progress = Progress("judge", len(rows))
+        judge.progress = progress
+        for start in range(0, len(rows), config.batch_size):
+            batch = rows[start: start + config.batch_size]
+            items: list[Item] = []
+            for line, row in batch:
+                if config.mode == "revision":
+                    item = revision_item(line, row, str(config.input))
+                    if isinstance(item, str):
+                        report.add_pair(None, item)
+                        continue
+                else:
+                    item = samples_item(line, row, str(config.input))
+                items.append(item)
+            if config.mode == "samples":
+                sample_candidates(items, config, samples, engines.policy, sample_store.append)
+            plans = []
+            for item in items:
+                principles = select_principles(constitution, config, item.id)
+                plans.append((item, principles, comparisons_for(item, principles)))
+            all_comparisons = [c for _, _, comps in plans for cs in comps.values() for c in cs]
+            verdict_iter = iter(judge.judge(all_comparisons))
+            batch_pairs, failures = [], []
+            for item, principles, comps in plans:
+                verdicts = {ij: [next(verdict_iter) for _ in cs] for ij, cs in comps.items()}
+                for (i, j), vs in verdicts.items():
+                    for v in vs:
+                        report.add(v, len(item.candidates[i].text), len(item.candidates[j].text))
+                        if v.error:
+                            failures.append({"id": item.id, "line": item.line, "principle_id": v.principle_id,
+                                             "error": v.error})
+                fingerprint = stable_hash({"input": item.input_fingerprint, "judge": settings.as_dict(),
+                                           "principles": [(p.id, p.comparison_question) for p in principles],
+                                           "mode": config.mode, "min_margin": config.min_margin,
+                                           "require_orders_agree": config.require_orders_agree})
+                pair, reason = build_pair(item, principles, verdicts, config, settings.model, fingerprint)
+                report.add_pair(pair, reason)
+                sft = sft_row(item, pair, config.mode)
+                if sft is not None:
+                    sft_rows.append(sft)
+                if pair is not None:
+                    current.add(fingerprint)
+                    pairs.append(pair)
+                    if fingerprint not in done:
+                        batch_pairs.append(pair)
+                        done.add(fingerprint)
+            store.append(batch_pairs)
+            appended += [p["fingerprint"] for p in batch_pairs]
+            errors.append(failures)
+            new_pairs += len(batch_pairs)
+            progress.advance(len(batch))
+    finally:
+        engines.close()
+
+    # The output holds this run's pairs in input order; rows superseded by this run (an edited
+    # principle, another judge, a changed --min-margin) are dropped with one atomic rewrite.
+    final = list({p["fingerprint"]: p for p in pairs}.values())
+    on_disk = [r.get("fingerprint") for r in existing] + appended
+    stale = sum(1 for fp in on_disk if fp not in current) + len(on_disk) - len(set(on_disk))
+    if on_disk != [p["fingerprint"] for p in final]:
+        store.rewrite(final)
+    sft_out = sft_path(config)
+    atomic_write_text(sft_out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft_rows))
+
+    report_dict = report.as_dict()
+    report_dict["judge"] = settings.as_dict()
+    atomic_write_text(report_path(out), json.dumps(report_dict, indent=2, ensure_ascii=False) + "\n")
+    counts = {
+        "rows": len(rows),
+        "pairs": len(final),
+        "new_pairs": new_pairs,
+        "dropped": report_dict["pairs_dropped"],
+        "judgements_run": len(judge.cache) - judged_before,
+        "judgements_cached": judged_before,
+        "stale_pairs_dropped": max(0, stale),
+        "sft_rows": len(sft_rows),
+    }
+    write_manifest(
+        out, "judge",
+        {"input": str(config.input), "mode": config.mode, "judge": settings.as_dict(),
+         "backend": config.resolved_judge_backend, "base_url": config.resolved_judge_base_url,
+         "principles_per_pair": config.principles_per_pair, "principle_ids": config.principle_id_list(),
+         "min_margin": config.min_margin, "require_orders_agree": config.require_orders_agree, "seed": config.seed},
+        counts,
+        constitution={"path": str(config.constitution), "version": str(constitution.version),
+                      "hash": constitution.content_hash()},
+        report=report_dict, sft=str(sft_out),
+    )
+    return {"counts": counts, "report": report_dict, "pairs": final, "sft": sft_rows, "sft_path": str(sft_out),
+            "report_path": str(report_path(out)), "text": format_judge_report(report_dict)}

@@ -1,0 +1,81 @@
+"""Stand-in judge backends for pure-logic and fault-injection tests (never for behaviour a user sees)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from generation.backends.base import Backend, Completion, LabelLogprobs, SequenceLogprob
+
+_BLOCK = re.compile(r"<response (A|B)>\n(.*?)\n</response \1>", re.S)
+
+
+def options(conversation) -> dict[str, str]:
+    """The texts shown as (A) and (B) in a pairwise judge conversation."""
+    text = conversation[0]["content"]
+    return {m.group(1): m.group(2) for m in _BLOCK.finditer(text)}
+
+
+def quality(text: str) -> int:
+    return text.count("GOOD") - text.count("BAD")
+
+
+class PreferenceBackend(Backend):
+    """Prefers responses with more "GOOD" than "BAD"; can add a bias towards option (A).
+
+    ``missing``: "B" drops label B from the top tokens (the floor applies);
+    ``verdicts``: replies for the text method, in turn.
+    """
+
+    name = "preference"
+
+    def __init__(self, model="stand-in-judge", position_bias=0.0, missing=None, verdicts=None, fail_when=None):
+        super().__init__(model)
+        self.position_bias = position_bias
+        self.missing = missing
+        self.verdicts = list(verdicts or [])
+        self.fail_when = fail_when or (lambda conversation: False)
+        self.label_calls = self.chat_calls = self.likelihood_calls = 0
+        self.seen: list = []
+
+    def label_logprobs(self, conversations, labels):
+        out = []
+        for conversation in conversations:
+            self.label_calls += 1
+            self.seen.append(conversation)
+            if self.fail_when(conversation):
+                out.append(LabelLogprobs({label: None for label in labels}, error="HTTP 500: boom"))
+                continue
+            shown = options(conversation)
+            diff = quality(shown["A"]) - quality(shown["B"]) + self.position_bias
+            a, b = math.log(1 / (1 + math.exp(-diff))), math.log(1 / (1 + math.exp(diff)))
+            values = {"A": a, "B": b}
+            if self.missing:
+                values[self.missing] = None
+            out.append(LabelLogprobs(values, floor=min(v for v in (a, b)) - 1.0))
+        return out
+
+    def chat(self, conversations, sampling, seeds=None):
+        out = []
+        for i, conversation in enumerate(conversations):
+            self.chat_calls += 1
+            if self.verdicts:
+                text = self.verdicts.pop(0)
+            elif conversation[0]["role"] == "user" and "<response A>" in conversation[0]["content"]:
+                shown = options(conversation)
+                better = "A" if quality(shown["A"]) >= quality(shown["B"]) else "B"
+                text = f"Reasoning about it. Answer: ({better})"
+            else:
+                seed = (seeds or [0] * len(conversations))[i]
+                text = ["GOOD answer", "BAD answer", "plain answer", "GOOD GOOD answer"][seed % 4]
+            out.append(Completion(text=text, finish_reason="stop", prompt_tokens=10, completion_tokens=3))
+        return out
+
+    def response_logprobs(self, conversations):
+        out = []
+        for conversation in conversations:
+            self.likelihood_calls += 1
+            follow = "careful reviewer would pick" in conversation[0]["content"]
+            q = quality(conversation[-1]["content"])
+            out.append(SequenceLogprob(-10.0 + (q if follow else -q), tokens=5))
+        return out
