@@ -78,7 +78,8 @@ def generate(
     """Run (or resume) generation; return the manifest's counts.
 
     ``backend`` reuses an engine already loaded (tests, pipelines); otherwise one
-    is built only if there is work to do, so a finished output loads no model.
+    is built only if there is work to do, so a finished output loads no model:
+    by ``backend_factory`` (the caller keeps and closes it) or from the config.
     """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     constitution = load_constitution(config.constitution)
@@ -118,8 +119,9 @@ def generate(
     if pending:
         errors = JsonlStore(errors_path(out))
         errors.remove()  # failures are retried on every run; the file lists this run's
-        owned = backend is None
-        if owned:
+        # A backend built here is closed here; one from the caller's factory stays the caller's.
+        owned = backend is None and backend_factory is None
+        if backend is None:
             backend = (backend_factory or make_backend)(config)
         try:
             reuse = ReuseIndex(existing)
