@@ -24,10 +24,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(VENV)/bin/cai generate --prompts prompts/demo.jsonl --out runs/demo/revisions.jsonl
+	$(VENV)/bin/cai run --recipe recipes/demo.yaml
 
 test: setup
 	$(PY) -m pytest tests -q
+
+bench-quick: setup
+	$(PY) -m bench.run --mode quick
+
+bench: setup
+	$(PY) -m bench.run --mode full
 
 clean:
 	rm -rf runs .pytest_cache

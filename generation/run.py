@@ -12,10 +12,10 @@ from pathlib import Path
 from constitution.errors import UserError
 from constitution.loader import load_constitution
 
-from .backends.base import Backend, Sampling, create_backend
+from .backends.base import Backend, Sampling
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
-from .model import model_identity, resolve_model
+from .model import model_identity
 from .progress import Progress
 from .prompts import read_prompts
 from .store import JsonlStore, errors_path, manifest_path, read_manifest, write_manifest
@@ -41,26 +41,9 @@ def _hold_ctrl_c():
             raise KeyboardInterrupt
 
 
-def make_backend(config: GenerateConfig, model: str | None = None) -> Backend:
-    """The backend a generate config asks for (the model is resolved, converting the default once)."""
-    if config.backend == "vllm":
-        return create_backend(
-            "vllm",
-            model or resolve_model(config.model),
-            seed=config.seed,
-            max_model_len=config.max_model_len,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            tensor_parallel_size=config.tensor_parallel_size,
-        )
-    return create_backend(
-        "openai",
-        model or config.model,
-        base_url=config.base_url,
-        api_key_env=config.api_key_env,
-        concurrency=config.concurrency,
-        timeout=config.request_timeout,
-        seed=config.seed,
-    )
+def make_backend(config: GenerateConfig) -> Backend:
+    """The backend a generate config asks for."""
+    return config.build_backend(config.backend, config.model, config.base_url, config.seed)
 
 
 def chain_settings(config: GenerateConfig) -> ChainSettings:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from constitution.errors import UserError
 from generation.backends.base import BACKENDS
+from generation.config import EngineOptions
 
 from .judge import METHODS
 
@@ -24,7 +25,7 @@ def _choice(flag: str, value, choices) -> None:
 
 
 @dataclass
-class JudgeModelConfig:
+class JudgeModelConfig(EngineOptions):
     """Which judge, how it scores, and which principles it asks about."""
 
     constitution: str = field(default="principles.yaml", metadata={"help": "Constitution YAML file (its comparison questions)."})
@@ -46,9 +47,6 @@ class JudgeModelConfig:
     )
     backend: str = field(default="vllm", metadata={"help": "Policy backend: 'vllm' (in-process) or 'openai'."})
     base_url: str | None = field(default=None, metadata={"help": "Policy's OpenAI-compatible base URL."})
-    api_key_env: str = field(
-        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key (never logged)."}
-    )
     method: str = field(
         default="likelihood",
         metadata={"help": f"How the judge scores, one of {', '.join(METHODS)}. 'likelihood': each response's "
@@ -79,15 +77,9 @@ class JudgeModelConfig:
     seed: int = field(default=0, metadata={"help": "Seed for principle assignment and sampling."})
     batch_size: int = field(default=32, metadata={"help": "Rows per batch; each batch is saved when judged."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N input rows."})
-    concurrency: int = field(default=32, metadata={"help": "openai backend: requests in flight at once."})
-    request_timeout: float = field(default=120.0, metadata={"help": "openai backend: seconds per request."})
-    max_model_len: int | None = field(default=None, metadata={"help": "vllm backend: context length (default: model's)."})
-    gpu_memory_utilization: float | None = field(
-        default=None, metadata={"help": "vllm backend: memory share for the engine (default 0.5 on CPU, 0.9 on GPU)."}
-    )
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm backend: GPUs to shard the model over."})
 
     def __post_init__(self):
+        super().__post_init__()
         _choice("--backend", self.backend, list(BACKENDS))
         if self.judge_backend is not None:
             _choice("--judge-backend", self.judge_backend, list(BACKENDS))
@@ -103,7 +95,6 @@ class JudgeModelConfig:
             ("cot_max_tokens", self.cot_max_tokens >= 1, "must be >= 1"),
             ("likelihood_scale", self.likelihood_scale > 0, "must be > 0"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
-            ("concurrency", self.concurrency >= 1, "must be >= 1"),
             ("limit", self.limit is None or self.limit >= 1, "must be >= 1"),
         ]
         for name, ok, rule in checks:

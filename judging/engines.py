@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-from generation.backends.base import Backend, create_backend
-from generation.model import model_identity, resolve_model
+from generation.backends.base import Backend
+from generation.model import model_identity
 
 from .config import JudgeModelConfig
 from .judge import JudgeSettings
 
 
 def _build(config: JudgeModelConfig, name: str, backend: str, base_url: str | None) -> Backend:
-    if backend == "vllm":
-        return create_backend(
-            "vllm",
-            resolve_model(name),
-            seed=config.seed,
-            max_model_len=config.max_model_len,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            tensor_parallel_size=config.tensor_parallel_size,
-        )
-    return create_backend(
-        "openai",
-        name,
-        base_url=base_url,
-        api_key_env=config.api_key_env,
-        concurrency=config.concurrency,
-        timeout=config.request_timeout,
-        seed=config.seed,
-    )
+    return config.build_backend(backend, name, base_url, config.seed)
 
 
 def make_judge_backend(config: JudgeModelConfig) -> Backend:

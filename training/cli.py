@@ -111,3 +111,27 @@ def train(argv: list[str]) -> int:
             f"on {summary['held_out_rows']} held-out pairs"
         )
     return 0
+
+
+def evaluate(argv: list[str]) -> int:
+    """Entry point of ``cai eval``."""
+    from trl import TrlParser
+
+    from .evaluate import EvalConfig, evaluate as run_evaluate, format_eval
+
+    (config,) = TrlParser([EvalConfig], prog="cai eval").parse_args_and_config(argv)
+    print(format_eval(run_evaluate(config)))
+    return 0
+
+
+def run_pipeline(argv: list[str]) -> int:
+    """Entry point of ``cai run [--recipe recipes/demo.yaml]``."""
+    import argparse
+
+    from .pipeline import run_pipeline_from_recipe
+
+    parser = argparse.ArgumentParser(prog="cai run", description="Generate, judge, train and eval from a recipe.")
+    parser.add_argument("--recipe", default="recipes/demo.yaml", help="Recipe YAML (default: %(default)s).")
+    args = parser.parse_args(argv)
+    run_pipeline_from_recipe(args.recipe)
+    return 0
