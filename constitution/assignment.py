@@ -15,16 +15,16 @@ from collections.abc import Sequence
 from .schema import Principle
 
 
-def _unit_interval(*parts: object) -> float:
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
-    return (int.from_bytes(digest[:8], "big") + 0.5) / 2**64
-
-
 def rank_principles(key: str, principles: Sequence[Principle], seed: int = 0) -> list[Principle]:
     """All principles, best first, for this key and seed."""
+    # Each score hashes "seed<US>key<US>principle id"; hash the shared prefix once.
+    prefix = hashlib.sha256(f"{seed}\x1f{key}\x1f".encode("utf-8"))
 
     def score(principle: Principle) -> float:
-        return -principle.weight / math.log(_unit_interval(seed, key, principle.id))
+        digest = prefix.copy()
+        digest.update(principle.id.encode("utf-8"))
+        unit = (int.from_bytes(digest.digest()[:8], "big") + 0.5) / 2**64
+        return -principle.weight / math.log(unit)
 
     return sorted(principles, key=lambda p: (score(p), p.id), reverse=True)
 

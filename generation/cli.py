@@ -27,7 +27,7 @@ def generate(argv: list[str]) -> int:
         f"{config.out}: {counts['rows']} rows ({counts['generated']} generated now, "
         f"{counts['already_done']} already done, {counts['failed']} failed); manifest {manifest_path(Path(config.out))}"
     )
-    for row in result["generated"][: config.examples]:
+    for row in result["examples"]:
         print(f"\n--- {row['id']} ({row['tag'] or 'untagged'}) principle {', '.join(r['principle_id'] for r in row['rounds'])}")
         print(textwrap.indent("prompt:  " + _short(row["prompt"][-1]["content"]), "  "))
         print(textwrap.indent("before:  " + _short(row["initial_response"]), "  "))

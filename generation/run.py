@@ -75,9 +75,8 @@ def generate(
     if config.overwrite:
         for path in (out, errors_path(out), manifest_path(out)):
             path.unlink(missing_ok=True)
-    existing = store.load()
     previous = read_manifest(out)
-    if existing and previous and previous.get("stage") == "generate":
+    if out.exists() and out.stat().st_size and previous and previous.get("stage") == "generate":
         before = {k: previous.get("config", {}).get("settings", {}).get(k) for k in _RESUME_KEYS}
         now = {k: settings.as_dict()[k] for k in _RESUME_KEYS}
         changed = [k for k in _RESUME_KEYS if before[k] is not None and before[k] != now[k]]
@@ -87,15 +86,29 @@ def generate(
                 f"{out} was written by a different configuration ({detail}); "
                 "pass --overwrite to start fresh, or choose another --out"
             )
+    # One streamed pass over the output: which prompts are done, and which rows are stale.
+    # Memory follows the prompts of this run, not the rows already in the file.
+    fingerprints = {p.id: task.fingerprint(p) for p in prompts}
+    done_ids: set[str] = set()
+    stale_ids: set[str] = set()
+    rows_in_file = stale = 0
+    for row in store.iter_rows():
+        rows_in_file += 1
+        row_id = row.get("id")
+        if row_id not in fingerprints:
+            continue  # another selection's row (e.g. --limit): kept as it is
+        if row.get("fingerprint") == fingerprints[row_id] and row_id not in done_ids:
+            done_ids.add(row_id)
+        else:
+            stale += 1  # an edited principle's row, or a batch written twice
+            stale_ids.add(row_id)
     if store.torn_lines:
         log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")
-
-    fingerprints = {p.id: task.fingerprint(p) for p in prompts}
-    done = {row.get("fingerprint") for row in existing}
-    pending = [p for p in prompts if fingerprints[p.id] not in done]
+    pending = [p for p in prompts if p.id not in done_ids]
     log(f"{len(prompts)} prompts: {len(prompts) - len(pending)} already done, {len(pending)} to generate")
 
-    generated, failed, reused_calls = [], [], 0
+    examples: list[dict] = []
+    generated, failed, reused_calls = 0, [], 0
     # Ctrl-C, or an endpoint that stays down: finished batches stay, the manifest
     # is written with the counts of the file, then the run stops.
     stopped: BaseException | None = None
@@ -107,7 +120,9 @@ def generate(
         if backend is None:
             backend = (backend_factory or make_backend)(config)
         try:
-            reuse = ReuseIndex(existing)
+            # Drafts and rounds to reuse come only from the stale rows of prompts still to do.
+            reusable = {p.id for p in pending} & stale_ids
+            reuse = ReuseIndex([row for row in store.iter_rows() if row.get("id") in reusable] if reusable else [])
             progress = Progress("generate", len(pending))
             for start in range(0, len(pending), config.batch_size):
                 batch = pending[start: start + config.batch_size]
@@ -118,7 +133,8 @@ def generate(
                         reused_calls += row["reused_calls"]
                     store.append(rows)
                     errors.append(failures)
-                    generated += rows
+                    generated += len(rows)
+                    examples.extend(rows[: max(0, config.examples - len(examples))])
                     failed += failures
                 progress.advance(len(batch))
         except (KeyboardInterrupt, UserError) as exc:
@@ -128,23 +144,26 @@ def generate(
                 backend.close()
 
     # Drop rows superseded by this run (an edited principle, a torn batch redone twice).
-    current = set(fingerprints.values())
-    kept, seen, stale = [], set(), 0
-    for row in existing + generated:
-        key = (row.get("id"), row.get("fingerprint"))
-        if key in seen or (row.get("id") in fingerprints and row.get("fingerprint") not in current):
-            stale += 1
-            continue
-        seen.add(key)
-        kept.append(row)
+    rows_left = rows_in_file + generated
     if stale:
-        store.rewrite(kept)
+        seen: set[str] = set()
+
+        def keep(row: dict) -> bool:
+            row_id = row.get("id")
+            if row_id not in fingerprints:
+                return True
+            if row.get("fingerprint") != fingerprints[row_id] or row_id in seen:
+                return False
+            seen.add(row_id)
+            return True
+
+        rows_left = store.rewrite_kept(keep)
 
     counts = {
         "prompts": len(prompts),
-        "rows": len(kept),
+        "rows": rows_left,
         "already_done": len(prompts) - len(pending),
-        "generated": len(generated),
+        "generated": generated,
         "failed": len(failed),
         "reused_calls": reused_calls,
         "stale_rows_dropped": stale,
@@ -176,6 +195,6 @@ def generate(
     if failed:
         log(f"{len(failed)} row(s) failed; see {errors_path(out)} (they are retried on the next run)")
     if stopped is not None:
-        log(f"{out}: stopped with {len(kept)} of {len(prompts)} rows written; the manifest's counts match the file")
+        log(f"{out}: stopped with {rows_left} rows in the file; the manifest's counts match the file")
         raise stopped
-    return {"counts": counts, "rows": kept, "generated": generated, "failed": failed}
+    return {"counts": counts, "examples": examples, "failed": failed}

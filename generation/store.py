@@ -7,13 +7,12 @@ and an atomic rename, so nothing is ever half-written.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -37,28 +36,61 @@ class JsonlStore:
         self.path = Path(path)
         self.torn_lines = 0
 
-    def load(self) -> list[dict]:
-        """Existing rows. A torn last line (a killed write) is cut off the file."""
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line without its newline (a killed write) off the file."""
+        size = self.path.stat().st_size
+        if size == 0:
+            return
+        with open(self.path, "r+b") as handle:
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            # Scan back in chunks for the last newline; a torn line is at most one row long.
+            position, chunk = size, 1 << 16
+            keep = 0
+            while position > 0:
+                start = max(0, position - chunk)
+                handle.seek(start)
+                found = handle.read(position - start).rfind(b"\n")
+                if found >= 0:
+                    keep = start + found + 1
+                    break
+                position = start
+            handle.truncate(keep)
+        self.torn_lines = 1
+
+    def iter_rows(self) -> Iterator[dict]:
+        """Existing rows, streamed (memory does not grow with the file). A torn last line is cut off first."""
         if not self.path.exists():
-            return []
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as handle:
-                handle.truncate(keep)
-            data = data[:keep]
-            self.torn_lines = 1
-        rows = []
-        reader = jsonlines.Reader(io.BytesIO(data))
-        try:
-            for number, row in enumerate(reader.iter(type=dict, skip_empty=True), start=1):
-                rows.append(row)
-        except jsonlines.InvalidLineError as exc:
-            raise UserError(
-                f"{self.path}:{exc.lineno}: not a JSON object ({exc}); this output is damaged: "
-                "fix or delete that line, or pass --overwrite to start fresh"
-            ) from None
-        return rows
+            return
+        self._drop_torn_tail()
+        with open(self.path, "rb") as handle:
+            reader = jsonlines.Reader(handle)
+            try:
+                yield from reader.iter(type=dict, skip_empty=True)
+            except jsonlines.InvalidLineError as exc:
+                raise UserError(
+                    f"{self.path}:{exc.lineno}: not a JSON object ({exc}); this output is damaged: "
+                    "fix or delete that line, or pass --overwrite to start fresh"
+                ) from None
+
+    def load(self) -> list[dict]:
+        """All existing rows (see ``iter_rows``)."""
+        return list(self.iter_rows())
+
+    def rewrite_kept(self, keep: Callable[[dict], bool]) -> int:
+        """Rewrite the file with only the rows ``keep`` accepts, streamed and atomic; return how many are left."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        left = 0
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for row in self.iter_rows():
+                if keep(row):
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    left += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(self.path)
+        return left
 
     def append(self, rows: Iterable[dict]) -> None:
         rows = list(rows)

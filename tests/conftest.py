@@ -104,6 +104,12 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(scope="session")
+def served_model() -> str:
+    """The model name the test server serves the default model under."""
+    return SERVED_MODEL
+
+
+@pytest.fixture(scope="session")
 def vllm_server(default_model_dir) -> str:
     """Base URL of a real vLLM OpenAI-compatible server on 127.0.0.1 serving the default model."""
     _SERVER.start(default_model_dir)

@@ -135,11 +135,9 @@ def test_seeded_sampling_is_reproducible_per_request(vllm_backend):
     assert a == b
 
 
-def test_openai_backend_against_real_vllm_server(vllm_server, tmp_path, monkeypatch):
-    from conftest import SERVED_MODEL
-
+def test_openai_backend_against_real_vllm_server(vllm_server, served_model, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-logged-123")
-    backend = create_backend("openai", SERVED_MODEL, base_url=vllm_server, concurrency=4)
+    backend = create_backend("openai", served_model, base_url=vllm_server, concurrency=4)
     replies = backend.chat([[{"role": "user", "content": "Say hello."}], [{"role": "user", "content": "Count to 3."}]], SHORT)
     assert all(r.error is None and r.text and r.completion_tokens > 0 for r in replies)
     [scores] = backend.label_logprobs(
@@ -150,10 +148,10 @@ def test_openai_backend_against_real_vllm_server(vllm_server, tmp_path, monkeypa
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "a", "prompt": "How do I boil an egg?"}\n{"id": "b", "prompt": "Write a haiku."}\n')
     cfg = GenerateConfig(prompts=str(prompts), out=str(tmp_path / "o.jsonl"), backend="openai", base_url=vllm_server,
-                         model=SERVED_MODEL, max_tokens=24, temperature=0.0, concurrency=4)
+                         model=served_model, max_tokens=24, temperature=0.0, concurrency=4)
     result = generate(cfg, log=lambda m: None)
     assert result["counts"]["generated"] == 2
     rows = rows_of(cfg.out)
-    assert all(r["final_response"].strip() and r["model"] == SERVED_MODEL for r in rows)
+    assert all(r["final_response"].strip() and r["model"] == served_model for r in rows)
     saved = Path(cfg.out).read_text() + Path(cfg.out + ".manifest.json").read_text()
     assert "sk-never-logged-123" not in saved

@@ -157,12 +157,11 @@ def test_cai_judge_output_goes_into_trl_as_it_is(vllm_backend, tmp_path, judging
     assert "input_ids" in sft_trainer.train_dataset[0]
 
 
-def test_openai_backend_scores_likelihoods_like_the_engine(vllm_server, vllm_backend):
+def test_openai_backend_scores_likelihoods_like_the_engine(vllm_server, served_model, vllm_backend):
     from generation.backends.base import create_backend
 
-    SERVED_MODEL = "cai-default"  # the name tests/conftest.py serves the default model under
     conversation = PROMPT + [{"role": "assistant", "content": REFUSAL}]
-    remote = create_backend("openai", SERVED_MODEL, base_url=vllm_server)
+    remote = create_backend("openai", served_model, base_url=vllm_server)
     [theirs] = remote.response_logprobs([conversation])
     [ours] = vllm_backend.response_logprobs([conversation])
     assert theirs.error is None and theirs.tokens == ours.tokens

@@ -56,8 +56,7 @@ def test_twenty_percent_faults_complete_every_row(standin, tmp_path, capsys):
 
 
 @pytest.mark.engine
-def test_faults_in_front_of_a_real_vllm_server(vllm_server, tmp_path):
-    from conftest import SERVED_MODEL
+def test_faults_in_front_of_a_real_vllm_server(vllm_server, served_model, tmp_path):
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": "a", "prompt": "Name a fruit."}\n{"id": "b", "prompt": "Say hi."}\n')
@@ -65,7 +64,7 @@ def test_faults_in_front_of_a_real_vllm_server(vllm_server, tmp_path):
     # Hangs are left to the stand-in tests: on CPU a real reply takes seconds, so a hang past the timeout costs minutes.
     with FaultProxy(upstream, rate=0.5, seed=3, kinds=("429", "500", "503", "reset", "truncate"), retry_after=1,
                     upstream_timeout=120) as proxy:
-        args = generate_args(prompts, tmp_path / "out.jsonl", proxy.base_url, model=SERVED_MODEL)
+        args = generate_args(prompts, tmp_path / "out.jsonl", proxy.base_url, model=served_model)
         args[args.index("--max-tokens") + 1] = "8"
         assert cai.main(args) == 0
     rows = rows_of(tmp_path / "out.jsonl")
