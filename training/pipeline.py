@@ -51,7 +51,8 @@ def load_recipe(path: str | Path) -> dict:
     return recipe
 
 
-def _section(recipe: dict, name: str, config_class, path: Path, **fixed):
+def _check_keys(recipe: dict, name: str, config_class, path: Path) -> dict:
+    """The section's options, or an error naming each unknown one (with a suggestion)."""
     values = dict(recipe.get(name) or {})
     known = {f.name for f in fields(config_class)}
     unknown = sorted(set(values) - known)
@@ -61,6 +62,12 @@ def _section(recipe: dict, name: str, config_class, path: Path, **fixed):
         hints = [repr(k) + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, n=1)) else "")
                  for k in unknown]
         raise UserError(f"{path}: unknown option(s) in '{name}': {', '.join(hints)}")
+    return values
+
+
+def _section(recipe: dict, name: str, config_class, path: Path, **fixed):
+    values = _check_keys(recipe, name, config_class, path)
+    known = {f.name for f in fields(config_class)}
     for key in ("constitution", "model", "seed"):
         if key in known and key in recipe and key not in values:
             values[key] = recipe[key]
@@ -110,7 +117,7 @@ def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
     method = train_options.pop("method", "dpo")
     if method not in TRAIN_METHODS:
         raise UserError(f"{recipe_path}: train.method {method!r} is unknown; choose one of {', '.join(TRAIN_METHODS)}")
-    eval_options = dict(recipe.get("eval") or {})
+    eval_options = _check_keys(recipe, "eval", EvalConfig, recipe_path)  # before hours of work, not after
 
     policy = None
     try:
@@ -164,20 +171,14 @@ def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
 
         started = time.monotonic()
         log("[run] 4/4 eval")
-        eval_config = EvalConfig(
-            **{k: v for k, v in eval_options.items()},
-            trained_model=str(trained),
-            base_model=base,
-            constitution=judge_config.constitution,
-            judge_model=judge_config.judge_model,
-            judge_backend=judge_config.judge_backend,
-            judge_base_url=judge_config.judge_base_url,
-            method=judge_config.method,
-            principles_per_pair=judge_config.principles_per_pair,
-            seed=judge_config.seed,
-            out=str(run_dir / "eval.json"),
-            **({"reward_model": str(reward_folder), "pairs": pairs_path} if reward_folder else {}),
-        )
+        # The eval judge defaults to the recipe's judge; the eval section may override any option.
+        judge_defaults = {key: getattr(judge_config, key) for key in (
+            "constitution", "judge_model", "judge_backend", "judge_base_url", "method", "principles_per_pair", "seed")}
+        eval_recipe = {**recipe, "eval": {**judge_defaults, **eval_options}}
+        fixed = {"trained_model": str(trained), "base_model": base, "out": str(run_dir / "eval.json")}
+        if reward_folder:
+            fixed.update(reward_model=str(reward_folder), pairs=pairs_path)
+        eval_config = _section(eval_recipe, "eval", EvalConfig, recipe_path, **fixed)
         judge_for_eval = policy if (policy is not None and eval_config.judge_model in (None, base)
                                     and policy.model == resolve_model(base)) else None
         evaluation = evaluate(eval_config, judge_backend=judge_for_eval, log=log)
