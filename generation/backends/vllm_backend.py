@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,10 @@ class VLLMBackend(Backend):
             # vLLM's CPU worker cannot rewind a seeded sampler after a partial (chunked)
             # prefill ("CPU Generator does not use offset"); whole prefills avoid it.
             engine_kwargs.setdefault("enable_chunked_prefill", False)
+            # vLLM keeps one core for its front end; on a small machine that halves the
+            # compute (2 cores: 355 -> 506 output tok/s with the worker on both).
+            if (os.cpu_count() or 1) <= 4:
+                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
         self.llm = LLM(
             model=model,
