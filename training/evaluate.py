@@ -141,7 +141,8 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None, log=None)
         "rows": rows,
     }
     if config.reward_model:
-        result["reward_model"] = {"folder": config.reward_model, **reward_accuracy(config.reward_model, config.pairs)}
+        result["reward_model"] = {"folder": config.reward_model, "pairs_file": config.pairs,
+                                  **reward_accuracy(config.reward_model, config.pairs)}
     atomic_write_text(Path(config.out), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result
 
@@ -155,6 +156,6 @@ def format_eval(result: dict) -> str:
         lines.append(f"  {result['unjudged']} prompt(s) could not be judged")
     if "reward_model" in result:
         rm = result["reward_model"]
-        lines.append(f"reward model accuracy on {rm['pairs']} held-out pairs: {rm['accuracy']:.2f} "
-                     f"95% CI [{rm['ci95'][0]:.2f}, {rm['ci95'][1]:.2f}]")
+        lines.append(f"reward model accuracy on {rm['pairs']} pairs of {rm['pairs_file']}: {rm['accuracy']:.2f} "
+                     f"95% CI [{rm['ci95'][0]:.2f}, {rm['ci95'][1]:.2f}] (its held-out figure is in its cai_training.json)")
     return "\n".join(lines)
