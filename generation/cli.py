@@ -9,7 +9,8 @@ from .config import GenerateConfig
 from .store import manifest_path
 
 
-def _short(text: str, width: int = 300) -> str:
+def shorten(text: str, width: int = 300) -> str:
+    """One line of at most ``width`` characters, for examples printed at the end of a run."""
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -29,7 +30,7 @@ def generate(argv: list[str]) -> int:
     )
     for row in result["examples"]:
         print(f"\n--- {row['id']} ({row['tag'] or 'untagged'}) principle {', '.join(r['principle_id'] for r in row['rounds'])}")
-        print(textwrap.indent("prompt:  " + _short(row["prompt"][-1]["content"]), "  "))
-        print(textwrap.indent("before:  " + _short(row["initial_response"]), "  "))
-        print(textwrap.indent("after:   " + _short(row["final_response"]), "  "))
+        print(textwrap.indent("prompt:  " + shorten(row["prompt"][-1]["content"]), "  "))
+        print(textwrap.indent("before:  " + shorten(row["initial_response"]), "  "))
+        print(textwrap.indent("after:   " + shorten(row["final_response"]), "  "))
     return 1 if counts["failed"] else 0

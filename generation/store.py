@@ -111,6 +111,40 @@ class JsonlStore:
         self.path.unlink(missing_ok=True)
 
 
+def read_json_objects(path: str | Path | None, what: str, flag: str, example: str = "") -> list[tuple[int, dict]]:
+    """``(line number, row)`` for every non-empty line of a JSON Lines input file.
+
+    One UserError lists every bad line (invalid JSON, not an object) before any work starts.
+    """
+    if not path:
+        raise UserError(f"{flag} is required: the {what} file (JSON Lines)")
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what} file; pass {flag} with an existing JSON Lines file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the {what} file as UTF-8 JSON Lines ({exc})") from None
+    rows, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: invalid JSON at column {exc.colno}: {exc.msg}")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            continue
+        rows.append((number, row))
+    if problems:
+        raise UserError("\n".join(problems + [f"{len(problems)} bad line(s) in {path}; fix them (nothing was done)"]))
+    if not rows:
+        raise UserError(f"{path}: no rows" + (f"; the {what} file needs JSON lines like {example}" if example else ""))
+    return rows
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

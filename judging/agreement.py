@@ -98,7 +98,7 @@ def human_pair(line: int, row: dict) -> HumanPair:
 
 def read_human_pairs(path: str | Path, limit: int | None = None) -> list[HumanPair]:
     pairs, problems = [], []
-    for line, row in read_jsonl(path, limit):
+    for line, row in read_jsonl(path, limit, what="human-labelled pairs", flag="--pairs"):
         try:
             pairs.append(human_pair(line, row))
         except ValueError as exc:

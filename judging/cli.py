@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import textwrap
 
+from generation.cli import shorten as _short
+
 from .config import AgreementConfig, JudgeConfig
-
-
-def _short(text: str, width: int = 240) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def judge(argv: list[str]) -> int:

@@ -28,7 +28,14 @@ from constitution.loader import load_constitution
 from constitution.schema import Constitution, Principle
 from generation.backends.base import Backend, Sampling
 from generation.progress import Progress
-from generation.store import JsonlStore, atomic_write_text, errors_path, manifest_path, write_manifest
+from generation.store import (
+    JsonlStore,
+    atomic_write_text,
+    errors_path,
+    manifest_path,
+    read_json_objects,
+    write_manifest,
+)
 
 from .config import JudgeConfig, JudgeModelConfig
 from .engines import Engines, judge_settings
@@ -79,31 +86,8 @@ def select_principles(constitution: Constitution, config: JudgeModelConfig, key:
 
 
 # -- input ----------------------------------------------------------------------
-def read_jsonl(path: str | Path, limit: int | None = None) -> list[tuple[int, dict]]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file; pass --in with an existing JSON Lines file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read as UTF-8 JSON Lines ({exc})") from None
-    rows, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: invalid JSON at column {exc.colno}: {exc.msg}")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            continue
-        rows.append((number, row))
-    if problems:
-        raise UserError("\n".join(problems + [f"{len(problems)} bad line(s) in {path}; fix them (nothing was judged)"]))
-    if not rows:
-        raise UserError(f"{path}: no rows")
+def read_jsonl(path: str | Path, limit: int | None = None, what: str = "input", flag: str = "--in") -> list[tuple[int, dict]]:
+    rows = read_json_objects(path, what, flag)
     return rows[:limit] if limit else rows
 
 

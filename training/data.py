@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from constitution.errors import UserError
+from generation.store import read_json_objects
 
 PREFERENCE_EXAMPLE = (
     '{"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}], '
@@ -21,30 +22,8 @@ SFT_EXAMPLE = '{"messages": [{"role": "user", "content": "..."}, {"role": "assis
 
 
 def read_jsonl(path: str | Path | None, what: str) -> list[tuple[int, dict]]:
-    """``(line number, row)`` for every non-empty line; UserError for a missing file or a non-object line."""
-    if not path:
-        raise UserError(f"--data is required: the {what} file to train on (JSON Lines)")
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such {what} file; pass --data with an existing JSON Lines file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the {what} file ({exc}); pass a UTF-8 JSON Lines file") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); fix or delete that line") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
-        rows.append((number, row))
-    if not rows:
-        raise UserError(f"{path}: no rows; the {what} file needs JSON lines like {_example(what)}")
-    return rows
+    """``(line number, row)`` for every non-empty line; every bad line is reported at once."""
+    return read_json_objects(path, what, "--data", _example(what))
 
 
 def _example(what: str) -> str:

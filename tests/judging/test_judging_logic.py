@@ -419,7 +419,7 @@ def test_cli_prints_errors_without_traceback(tmp_path, capsys):
                      "--method", "nope"]) == 1
     assert "'nope'" in capsys.readouterr().err
     assert cai.main(["judge", "agreement", "--pairs", str(tmp_path / "missing.jsonl"), "--method", "pairwise"]) == 1
-    assert "no such file" in capsys.readouterr().err
+    assert "missing.jsonl: no such human-labelled pairs file" in capsys.readouterr().err
 
 
 def test_unknown_principle_id_is_named(tmp_path):

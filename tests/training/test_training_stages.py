@@ -71,7 +71,7 @@ def test_bad_row_names_file_and_line(tmp_path, preference_file):
     with pytest.raises(UserError, match=r"pairs.jsonl:2: missing column\(s\) rejected"):
         load_preference_rows(bad)
     bad.write_text(lines[0] + "\n{not json\n")
-    with pytest.raises(UserError, match=r"pairs.jsonl:2: not valid JSON"):
+    with pytest.raises(UserError, match=r"pairs.jsonl:2: invalid JSON at column"):
         load_preference_rows(bad)
 
 
