@@ -33,9 +33,8 @@ MODES = {
         "naive_token_cap": None,  # or a cap on new tokens per naive call (None: the engine's lengths)
         "prefix_off": False,     # second engine (prefix caching off): full mode only
         "judge_pairs": 6,
-        "judge_verdict_tokens": 32,
-        "judge_cot_tokens": 48,
-        "judge_repeats": 2,
+        "judge_cot_tokens": 48,  # reasoning tokens of the text judge
+        "judge_repeats": 3,      # runs per judge mode (three modes, rotated)
         "resume_rows": 50_000,
         "resume_repeats": 3,
         "memory_sizes": [1_000, 10_000],
@@ -52,9 +51,8 @@ MODES = {
         "naive_token_cap": None,
         "prefix_off": True,
         "judge_pairs": 40,
-        "judge_verdict_tokens": 32,
         "judge_cot_tokens": 192,
-        "judge_repeats": 5,
+        "judge_repeats": 3,
         "resume_rows": 50_000,
         "resume_repeats": 5,
         "memory_sizes": [1_000, 2_000, 5_000, 10_000],

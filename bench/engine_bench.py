@@ -13,17 +13,17 @@
    engine run (vLLM's ``prefix_cache_queries``/``prefix_cache_hits`` counters),
    and the engine's tokens/s, which ``bench.run`` divides by the same figure
    from an engine started with prefix caching off (``--prefix-caching off``).
-4. The judge: pairs/s reading label log-probabilities (one next-token call per
-   order) vs generating a short text verdict and parsing "(A)"/"(B)", on the
-   same pairs (draft vs final revision from the chain) and model; and how often
-   the two modes give a pair the same label.
+4. The judge (``judging.judge.Judge``): pairs/s reading label log-probabilities
+   (method pairwise, one next-token read per order) vs a generated text verdict
+   with reasoning (method text --cot), and vs a bare verdict constrained to
+   "(A)"/"(B)", on the same pairs (draft vs final revision from the chain) and
+   model, both orders each; and how often the modes give a pair the same outcome.
 
 Run: ``python -m bench.engine_bench --mode quick --out X.json`` (``bench.run`` does it).
 """
 
 from __future__ import annotations
 
-import re
 import time
 
 from bench.common import REPO, child_args, log, measure, summary, write_json
@@ -113,83 +113,17 @@ def _run_engine(task, backend, prompts, reuse_cls) -> tuple[float, int, list]:
 
 
 # -- the judge -----------------------------------------------------------------
-_VERDICT = re.compile(r"\(\s*([AB])\s*\)")
-_BARE = re.compile(r"\b([AB])\b")
+def bench_judge(task, backend, prompts, rows, settings, results) -> None:
+    """Measure 4 through the judging package, same pairs and model, both orders each:
 
+    * ``pairwise``: labels read from next-token log-probabilities (one prefill per order);
+    * ``text`` with reasoning (``--cot``): the judge writes its reasoning, then its verdict -
+      the usual generated-text judge, and the headline ratio;
+    * ``text`` without reasoning: a bare verdict constrained to "(A)"/"(B)" (three decode steps).
 
-def _judge_conversation(question: str, prompt: str, a: str, b: str) -> list[dict]:
-    return [
-        {
-            "role": "user",
-            "content": (
-                f"Consider this request: {prompt}\n\n"
-                f"Response (A): {a}\n\nResponse (B): {b}\n\n"
-                f"{question} Answer with (A) or (B)."
-            ),
-        }
-    ]
+    Runs alternate between the three."""
+    from judging.judge import Comparison, Judge, JudgeSettings
 
-
-def parse_verdict(text: str) -> str | None:
-    match = _VERDICT.search(text) or _BARE.search(text)
-    return match.group(1) if match else None
-
-
-def _judge_items(task, prompts, rows, count):
-    """Pairs (draft vs final revision), each in both orders: A=draft and A=revision."""
-    by_id = {row["id"]: row for row in rows}
-    principles = {p.id: p for p in task.constitution.principles}
-    pairs = []
-    for prompt in prompts:
-        row = by_id[prompt.id]
-        question = principles[row["rounds"][0]["principle_id"]].comparison_question
-        text = prompt.messages[-1]["content"]
-        first = _judge_conversation(question, text, row["initial_response"], row["final_response"])
-        second = _judge_conversation(question, text, row["final_response"], row["initial_response"])
-        pairs.append((first, second))
-    while len(pairs) < count:  # reuse pairs when N prompts < pairs asked for
-        pairs += pairs[: count - len(pairs)]
-    return pairs[:count]
-
-
-def _logprob_labels(results) -> list[str]:
-    """'revision' or 'draft' per pair from both orders' label log-probabilities."""
-    labels = []
-    for first, second in zip(results[0::2], results[1::2]):
-        def value(result, label):
-            v = result.logprobs.get(label)
-            return v if v is not None else (result.floor if result.floor is not None else -100.0)
-
-        # order 1: B is the revision; order 2: A is the revision.
-        score = (value(first, "B") - value(first, "A")) + (value(second, "A") - value(second, "B"))
-        labels.append("revision" if score > 0 else "draft")
-    return labels
-
-
-def _text_labels(completions) -> tuple[list[str | None], int]:
-    labels, unparsed = [], 0
-    for first, second in zip(completions[0::2], completions[1::2]):
-        votes = 0
-        for completion, revision_is in ((first, "B"), (second, "A")):
-            verdict = parse_verdict(completion.text)
-            if verdict is None:
-                unparsed += 1
-            else:
-                votes += 1 if verdict == revision_is else -1
-        labels.append("revision" if votes > 0 else "draft" if votes < 0 else None)
-    return labels, unparsed
-
-
-def bench_judge_package(task, backend, prompts, rows, settings, results) -> bool:
-    """Measure 4 through the judging package: ``Judge`` with method ``pairwise`` (label log-probabilities,
-    both orders) vs method ``text`` (a generated verdict, strictly parsed, both orders), same pairs and
-    model; and, once, ``text`` with chain of thought (reasoning, then the verdict).  False if the
-    package is not importable (then the backend-level fallback runs)."""
-    try:
-        from judging.judge import Comparison, Judge, JudgeSettings
-    except Exception as exc:  # noqa: BLE001 - the package is optional here
-        log(f"judging package not usable ({exc}); measuring at the backend level")
-        return False
     llm = backend.llm
     by_id = {row["id"]: row for row in rows}
     principles = {p.id: p for p in task.constitution.principles}
@@ -202,38 +136,54 @@ def bench_judge_package(task, backend, prompts, rows, settings, results) -> bool
         comparisons += comparisons[: settings["judge_pairs"] - len(comparisons)]
     comparisons = comparisons[: settings["judge_pairs"]]
     model = task.settings.model
+    modes = {"logprob": ("pairwise", False), "text_reasoning": ("text", True), "text_bare": ("text", False)}
 
-    def timed(method: str, cot: bool = False):
+    def timed(mode: str):
+        method, cot = modes[mode]
         judge = Judge(JudgeSettings(model=model, method=method, cot=cot, cot_max_tokens=settings["judge_cot_tokens"]),
                       backend=backend, cache={})
         llm.reset_prefix_cache()
         started = time.perf_counter()
         verdicts = judge.judge(comparisons)
-        return len(comparisons) / (time.perf_counter() - started), verdicts
+        return len(comparisons) / (time.perf_counter() - started), verdicts, judge.cache
 
-    def label(verdict):
-        if verdict.error or verdict.p is None or verdict.p == 0.5:
-            return None
-        return "revision" if verdict.p > 0.5 else "draft"
+    def order_labels(verdict):
+        """Which response wins in each order (x shown first, then second); None where it failed."""
+        if verdict.error or verdict.p_x_first is None:
+            return (None, None)
+        return tuple(None if p == 0.5 else ("revision" if p > 0.5 else "draft")
+                     for p in (verdict.p_x_first, verdict.p_x_second))
+
+    def pair_label(verdict):
+        first, second = order_labels(verdict)
+        return first if first is not None and first == second else "no preference (orders split)"
+
+    def agreement(a, b):
+        pairs = sum(pair_label(x) == pair_label(y) for x, y in zip(a, b)) / len(a)
+        judgements = [(u, v) for x, y in zip(a, b) for u, v in zip(order_labels(x), order_labels(y))]
+        return pairs, sum(u is not None and u == v for u, v in judgements) / len(judgements)
 
     Judge(JudgeSettings(model=model, method="pairwise"), backend=backend, cache={}).judge(comparisons[:1])  # warm-up
     Judge(JudgeSettings(model=model, method="text"), backend=backend, cache={}).judge(comparisons[:1])
-    logprob_rates, text_rates, agreement, parse_failures = [], [], [], []
+    rates = {mode: [] for mode in modes}
+    agree = {"reasoning_pairs": [], "reasoning_judgements": [], "bare_pairs": [], "bare_judgements": []}
+    second_calls, stated = [], []
     for repeat in range(settings["judge_repeats"]):
-        order = ("pairwise", "text") if repeat % 2 == 0 else ("text", "pairwise")
-        out = {}
-        for method in order:
-            out[method] = timed(method)
-        logprob_rates.append(out["pairwise"][0])
-        text_rates.append(out["text"][0])
-        lp = [label(v) for v in out["pairwise"][1]]
-        tx = [label(v) for v in out["text"][1]]
-        agreement.append(sum(a is not None and a == b for a, b in zip(lp, tx)) / len(comparisons))
-        parse_failures.append(sum(v.parse_failures for v in out["text"][1]) / (2 * len(comparisons)))
-    ratios = [a / b for a, b in zip(logprob_rates, text_rates)]
+        order = list(modes)[repeat % 3:] + list(modes)[: repeat % 3]
+        out = {mode: timed(mode) for mode in order}
+        for mode in modes:
+            rates[mode].append(out[mode][0])
+        lp = out["logprob"][1]
+        for name, mode in (("reasoning", "text_reasoning"), ("bare", "text_bare")):
+            pairs, judgements = agreement(lp, out[mode][1])
+            agree[f"{name}_pairs"].append(pairs)
+            agree[f"{name}_judgements"].append(judgements)
+        records = list(out["text_reasoning"][2].values())
+        stated.append(sum("reply" in r and r.get("reply") == r.get("reasoning") and not r.get("parse_failure")
+                          for r in records) / len(records))
+        second_calls.append(sum("reasoning" in r and r.get("reply") != r.get("reasoning") for r in records) / len(records))
     # The floor for any judge on these pairs: the same label prompts, both orders, one token each with no
-    # log-probabilities and nothing around it.  pairwise close to this means the label path wastes nothing;
-    # what separates pairwise from text is then only the verdict's decode steps.
+    # log-probabilities and nothing around it.  pairwise close to this means the label path wastes nothing.
     from generation.backends.base import Sampling
     from judging import prompts as judge_prompts
 
@@ -245,78 +195,30 @@ def bench_judge_package(task, backend, prompts, rows, settings, results) -> bool
     started = time.perf_counter()
     backend.chat(floor_conversations, Sampling(max_tokens=1, temperature=0.0))
     floor_rate = len(comparisons) / (time.perf_counter() - started)
-    cot_rate, cot_verdicts = timed("text", cot=True)
-    cot = [label(v) for v in cot_verdicts]
+    speedup = [a / b for a, b in zip(rates["logprob"], rates["text_reasoning"])]
+    bare = [a / b for a, b in zip(rates["logprob"], rates["text_bare"])]
     results["judge_speedup"] = measure(
-        **summary(ratios), goal=">= 3", unit="x (pairs/s, label log-probs / generated text verdict)",
-        logprob_pairs_per_s=summary(logprob_rates)["value"], text_pairs_per_s=summary(text_rates)["value"],
-        pairs=len(comparisons), api="judging.judge.Judge method pairwise vs text (both orders each)",
+        **summary(speedup), goal=">= 3",
+        unit="x (pairs/s, label log-probs / generated text verdict with reasoning)",
+        logprob_pairs_per_s=summary(rates["logprob"])["value"],
+        text_with_reasoning_pairs_per_s=summary(rates["text_reasoning"])["value"],
+        reasoning_max_tokens=settings["judge_cot_tokens"],
+        pairs=len(comparisons),
+        api="judging.judge.Judge: method pairwise vs method text --cot (both orders each)",
         one_token_prefill_floor_pairs_per_s=floor_rate,
-        speedup_vs_text_with_reasoning=summary(logprob_rates)["value"] / cot_rate,
-        text_with_reasoning_pairs_per_s=cot_rate, reasoning_max_tokens=settings["judge_cot_tokens"],
+        speedup_vs_bare_text_verdict=summary(bare),
+        bare_text_verdict_pairs_per_s=summary(rates["text_bare"])["value"],
+        note=("a bare verdict generates 3 tokens after the same prefill as the label read, so no label "
+              "read can be much faster than it; the saving is the reasoning"),
     )
     results["judge_agreement"] = measure(
-        **summary(agreement), goal=">= 0.9", unit="share of pairs with the same label (pairwise vs text)",
-        text_parse_failure_share=summary(parse_failures)["value"],
-        agreement_with_text_with_reasoning=sum(a is not None and a == b for a, b in zip(lp, cot)) / len(comparisons),
-    )
-    return True
-
-
-def bench_judge(task, backend, prompts, rows, settings, results):
-    from generation.backends.base import Sampling
-
-    llm = backend.llm
-    pairs = _judge_items(task, prompts, rows, settings["judge_pairs"])
-    conversations = [c for pair in pairs for c in pair]
-    label_conversations = [c + [{"role": "assistant", "content": "The better response is ("}] for c in conversations]
-    verdict = Sampling(max_tokens=settings["judge_verdict_tokens"], temperature=0.0, top_p=1.0)
-
-    # warm-up both paths
-    backend.label_logprobs(label_conversations[:2], ["A", "B"])
-    backend.chat(conversations[:2], verdict)
-    one_token = Sampling(max_tokens=1, temperature=0.0, top_p=1.0)
-    logprob_rates, text_rates, floor_rates, agreement, per_judgement = [], [], [], [], []
-    unparsed_share = []
-    for _ in range(settings["judge_repeats"]):
-        llm.reset_prefix_cache()
-        started = time.perf_counter()
-        scored = backend.label_logprobs(label_conversations, ["A", "B"])
-        logprob_time = time.perf_counter() - started
-        llm.reset_prefix_cache()
-        started = time.perf_counter()
-        texts = backend.chat(conversations, verdict, seeds=[0] * len(conversations))
-        text_time = time.perf_counter() - started
-        # The floor for any judge: reading the same prompts and emitting one token, no log-probabilities.
-        llm.reset_prefix_cache()
-        started = time.perf_counter()
-        backend.chat(label_conversations, one_token, seeds=[0] * len(conversations))
-        floor_rates.append(len(pairs) / (time.perf_counter() - started))
-        logprob_rates.append(len(pairs) / logprob_time)
-        text_rates.append(len(pairs) / text_time)
-        lp_labels = _logprob_labels(scored)
-        tx_labels, unparsed = _text_labels(texts)
-        agreement.append(sum(a == b for a, b in zip(lp_labels, tx_labels)) / len(pairs))
-        unparsed_share.append(unparsed / len(conversations))
-        same = 0
-        for lp, tx in zip(scored, texts):
-            best = max(("A", "B"), key=lambda label: lp.logprobs.get(label) if lp.logprobs.get(label) is not None else -1e9)
-            same += parse_verdict(tx.text) == best
-        per_judgement.append(same / len(texts))
-    ratios = [a / b for a, b in zip(logprob_rates, text_rates)]
-    results["judge_speedup"] = measure(
-        **summary(ratios), goal=">= 3", unit="x (pairs/s log-prob labels / pairs/s text verdict)",
-        logprob_pairs_per_s=summary(logprob_rates)["value"], text_pairs_per_s=summary(text_rates)["value"],
-        one_token_chat_pairs_per_s=summary(floor_rates)["value"],
-        pairs=len(pairs), verdict_max_tokens=settings["judge_verdict_tokens"],
-        verdict_tokens_generated=sum(t.completion_tokens for t in texts),
-        api="VLLMBackend.label_logprobs vs VLLMBackend.chat (judging package not yet used)",
-    )
-    results["judge_agreement"] = measure(
-        **summary(agreement), goal=">= 0.9", unit="share of pairs with the same label in both modes",
-        per_judgement_agreement=summary(per_judgement)["value"],
-        unparsed_verdict_share=summary(unparsed_share)["value"],
-        example_verdicts=[t.text[:80] for t in texts[:4]],
+        **summary(agree["reasoning_pairs"]), goal=">= 0.9",
+        unit="share of pairs given the same outcome (revision, draft, or orders split), log-probs vs text with reasoning",
+        per_judgement=summary(agree["reasoning_judgements"])["value"],
+        vs_bare_text_verdict_pairs=summary(agree["bare_pairs"])["value"],
+        vs_bare_text_verdict_per_judgement=summary(agree["bare_judgements"])["value"],
+        reasoning_stated_its_verdict_share=summary(stated)["value"],
+        verdict_asked_after_reasoning_share=summary(second_calls)["value"],
     )
 
 
@@ -423,8 +325,7 @@ def main(argv=None) -> None:
             results["_lengths"] = {
                 row["id"]: [c["completion_tokens"] for c in row["calls"]] for row in rows
             }
-            if not bench_judge_package(task, backend, prompts, rows, settings, results):
-                bench_judge(task, backend, prompts, rows, settings, results)
+            bench_judge(task, backend, prompts, rows, settings, results)
     finally:
         backend.close()
     write_json(args.out, results)

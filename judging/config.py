@@ -63,6 +63,12 @@ class JudgeModelConfig(EngineOptions):
         default=True, metadata={"help": "With --cot, clamp each probability to [0.4, 0.6] (reasoning makes them overconfident)."}
     )
     cot_max_tokens: int = field(default=192, metadata={"help": "With --cot, maximum tokens of reasoning."})
+    constrained_verdict: bool = field(
+        default=True,
+        metadata={"help": "text method: constrain the verdict to (A) or (B) with vLLM structured outputs, so it always "
+                          "parses; --no-constrained-verdict for endpoints without them (a reply that does not parse "
+                          "is then a failure)."},
+    )
     likelihood_scale: float = field(
         default=1.0,
         metadata={"help": "likelihood method: P(x better) = sigmoid(scale * (score_x - score_y)); lower is less confident."},

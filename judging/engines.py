@@ -36,6 +36,7 @@ def judge_settings(config: JudgeModelConfig) -> JudgeSettings:
         cot_clamp=config.cot_clamp,
         cot_max_tokens=config.cot_max_tokens,
         likelihood_scale=config.likelihood_scale,
+        constrained_verdict=config.constrained_verdict,
     )
 
 

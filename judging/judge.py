@@ -9,10 +9,13 @@ Methods (``--method``):
   of an assistant told to follow the principle minus that of one told to violate
   it; P(x better) = sigmoid(score_x - score_y).  No order exists, so none can bias it.
 - ``text``: for endpoints without log-probabilities: the reply must be the verdict
-  and nothing else (strict parse); a reply that does not parse is a failure.
+  and nothing else (strict parse); a reply that does not parse is a failure.  By
+  default the reply is constrained to "(A)" or "(B)" (vLLM structured outputs), so
+  it always parses; ``--no-constrained-verdict`` for endpoints without them.
 
 ``--cot`` (pairwise and text): the judge first writes its reasoning (greedy), then
-the label is read after it; its probabilities are clamped to [0.4, 0.6] unless
+the label is read after it (text: its last line, or when that is not a verdict, a
+constrained answer after the reasoning); its probabilities are clamped to [0.4, 0.6] unless
 ``--no-cot-clamp``, because reasoning makes them overconfident.
 
 Judgements are cached by a key of everything that determines them (judge model,
@@ -44,6 +47,7 @@ class JudgeSettings:
     cot_clamp: bool = True
     cot_max_tokens: int = 192
     likelihood_scale: float = 1.0
+    constrained_verdict: bool = True
 
     def key_fields(self) -> dict:
         """What a cached judgement depends on (clamping and scale are applied afterwards)."""
@@ -52,12 +56,14 @@ class JudgeSettings:
             fields["cot"] = self.cot
             if self.cot:
                 fields["cot_max_tokens"] = self.cot_max_tokens
+        if self.method == "text":
+            fields["constrained_verdict"] = self.constrained_verdict
         return fields
 
     def as_dict(self) -> dict:
         return {"model": self.model, "method": self.method, "cot": self.cot, "cot_clamp": self.cot_clamp,
                 "cot_max_tokens": self.cot_max_tokens, "likelihood_scale": self.likelihood_scale,
-                "prompts": prompts.PROMPT_VERSION}
+                "constrained_verdict": self.constrained_verdict, "prompts": prompts.PROMPT_VERSION}
 
 
 @dataclass(frozen=True)
@@ -218,20 +224,30 @@ class Judge:
         pending = [i for i in range(len(items)) if records[i] is None]
         started = time.monotonic()
         if text:
+            constrained = self.settings.constrained_verdict
             if self.settings.cot:
                 for i in pending:
                     records[i] = self._text_record(keys[i], reasoning[i], last_line=True)
                     records[i]["reasoning"] = reasoning[i]
+                # Reasoning that does not end in a verdict: ask for one after it, constrained to a label.
+                unstated = [i for i in pending if constrained and records[i]["parse_failure"]]
+                conversations = [prompts.after_reasoning(prompts.pairwise_cot_conversation(*items[i], text=True),
+                                                         reasoning[i]) for i in unstated]
+                sampling = Sampling(max_tokens=2, temperature=0.0, choices=prompts.LABELS)
             else:
+                unstated = pending
                 conversations = [prompts.pairwise_text_conversation(*items[i]) for i in pending]
-                replies = self.backend.chat(conversations, Sampling(max_tokens=8, temperature=0.0))
-                self._stage("verdict", len(pending), sum(r.completion_tokens for r in replies), started)
-                for i, reply in zip(pending, replies):
-                    if reply.error:
-                        records[i] = {"key": keys[i], "kind": "order", "p_first": None, "error": reply.error,
-                                      "transient": True}
-                    else:
-                        records[i] = self._text_record(keys[i], reply.text, last_line=False)
+                sampling = Sampling(max_tokens=8, temperature=0.0, choices=prompts.VERDICTS if constrained else None)
+            replies = self.backend.chat(conversations, sampling) if conversations else []
+            if conversations:
+                self._stage("verdict", len(unstated), sum(r.completion_tokens for r in replies), started)
+            for i, reply in zip(unstated, replies):
+                if reply.error:
+                    records[i] = {"key": keys[i], "kind": "order", "p_first": None, "error": reply.error,
+                                  "transient": True}
+                    continue
+                records[i] = {**self._text_record(keys[i], reply.text, last_line=False),
+                              **({"reasoning": reasoning[i]} if reasoning[i] is not None else {})}
         else:
             if self.settings.cot:
                 conversations = [prompts.after_reasoning(prompts.pairwise_cot_conversation(*items[i], text=False),

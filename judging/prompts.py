@@ -58,6 +58,7 @@ def pairwise_question(prompt: Sequence[dict], first: str, second: str, question:
 LABEL_PREFIX = "The better response is ("
 COT_LABEL_SUFFIX = "\n\nTherefore, the better response is ("
 LABELS = ("A", "B")
+VERDICTS = ("(A)", "(B)")  # the text method's whole reply, when constrained
 
 
 def pairwise_label_conversation(prompt, first, second, question) -> list[dict]:

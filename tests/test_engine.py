@@ -144,6 +144,10 @@ def test_openai_backend_against_real_vllm_server(vllm_server, served_model, tmp_
         [[{"role": "user", "content": "Pick (A) or (B)."}, {"role": "assistant", "content": "I pick ("}]], ["A", "B"]
     )
     assert scores.error is None and any(v is not None for v in scores.logprobs.values())
+    # A constrained reply (vLLM structured outputs through extra_body) is exactly one of the choices.
+    [verdict] = backend.chat([[{"role": "user", "content": "Is the sky (A) green or (B) blue? Explain."}]],
+                             Sampling(max_tokens=8, temperature=0.0, choices=("(A)", "(B)")))
+    assert verdict.error is None and verdict.text in ("(A)", "(B)")
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "a", "prompt": "How do I boil an egg?"}\n{"id": "b", "prompt": "Write a haiku."}\n')

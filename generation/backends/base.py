@@ -23,9 +23,15 @@ class Sampling:
     max_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 1.0
+    # The reply must be exactly one of these strings (vLLM's structured outputs, a "choice"):
+    # a small judge then always gives a verdict that parses.
+    choices: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict:
-        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        fields = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        if self.choices is not None:
+            fields["choices"] = list(self.choices)
+        return fields
 
 
 @dataclass

@@ -186,11 +186,17 @@ class OpenAIBackend(Backend):
     def _run(self, requests):
         return asyncio.run(self._gather(requests))
 
-    def _request(self, conversation: Conversation, **kwargs) -> dict:
+    def _request(self, conversation: Conversation, choices: Sequence[str] | None = None, **kwargs) -> dict:
         request = {"model": self.model, "messages": list(conversation), **kwargs}
+        extra = {}
         if ends_with_assistant(conversation):
-            # vLLM's server continues a final assistant message when asked; others ignore extra_body.
-            request["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+            # vLLM's server continues a final assistant message when asked.
+            extra.update(continue_final_message=True, add_generation_prompt=False)
+        if choices is not None:
+            # vLLM's structured outputs; an endpoint without them answers 400 (recorded, not retried).
+            extra["structured_outputs"] = {"choice": list(choices)}
+        if extra:
+            request["extra_body"] = extra
         return request
 
     def chat(self, conversations: Sequence[Conversation], sampling: Sampling, seeds=None) -> list[Completion]:
@@ -204,6 +210,7 @@ class OpenAIBackend(Backend):
                     max_tokens=sampling.max_tokens,
                     temperature=sampling.temperature,
                     top_p=sampling.top_p,
+                    choices=sampling.choices,
                     **extra,
                 )
             )

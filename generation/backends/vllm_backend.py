@@ -119,12 +119,18 @@ class VLLMBackend(Backend):
         if not conversations:
             return []
         seeds = list(seeds) if seeds is not None else [None] * len(conversations)
+        constraint = {}
+        if sampling.choices is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            constraint["structured_outputs"] = StructuredOutputsParams(choice=list(sampling.choices))
         params = [
             SamplingParams(
                 max_tokens=sampling.max_tokens,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 seed=seed,
+                **constraint,
             )
             for seed in seeds
         ]

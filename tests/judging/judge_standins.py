@@ -37,6 +37,7 @@ class PreferenceBackend(Backend):
         self.fail_when = fail_when or (lambda conversation: False)
         self.label_calls = self.chat_calls = self.likelihood_calls = 0
         self.seen: list = []
+        self.samplings: list = []
 
     def label_logprobs(self, conversations, labels):
         out = []
@@ -57,14 +58,19 @@ class PreferenceBackend(Backend):
 
     def chat(self, conversations, sampling, seeds=None):
         out = []
+        self.samplings.append(sampling)
         for i, conversation in enumerate(conversations):
             self.chat_calls += 1
+            self.seen.append(conversation)
             if self.verdicts:
                 text = self.verdicts.pop(0)
             elif conversation[0]["role"] == "user" and "<response A>" in conversation[0]["content"]:
                 shown = options(conversation)
                 better = "A" if quality(shown["A"]) >= quality(shown["B"]) else "B"
-                text = f"Reasoning about it. Answer: ({better})"
+                if sampling.choices:  # as structured outputs would: one of the choices, nothing else
+                    text = next(choice for choice in sampling.choices if better in choice)
+                else:
+                    text = f"Reasoning about it.\nAnswer: ({better})"
             else:
                 seed = (seeds or [0] * len(conversations))[i]
                 text = ["GOOD answer", "BAD answer", "plain answer", "GOOD GOOD answer"][seed % 4]

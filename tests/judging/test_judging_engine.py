@@ -62,6 +62,15 @@ def test_response_logprobs_match_transformers(vllm_backend, default_model_dir):
     assert scored.logprob == pytest.approx(expected, rel=0.05, abs=1.0)
 
 
+def test_text_verdicts_are_constrained_so_they_always_parse(vllm_backend):
+    # Unconstrained, the 135M model never answers with the bare label the strict parse requires.
+    judge = Judge(JudgeSettings("default", method="text"), backend=vllm_backend)
+    verdicts = judge.judge([Comparison.of(PROMPT, REFUSAL, HARMFUL, principle()),
+                            Comparison.of(PROMPT, HARMFUL, REFUSAL, principle())])
+    assert all(v.error is None and v.parse_failures == 0 and v.p in (0.0, 0.5, 1.0) for v in verdicts)
+    assert {r["reply"] for r in judge.cache.values()} <= {"(A)", "(B)"}
+
+
 @pytest.mark.parametrize("method", ["likelihood", "pairwise"])
 def test_a_response_does_not_win_by_asking_to(vllm_backend, method):
     judge = Judge(JudgeSettings("default", method=method), backend=vllm_backend)

@@ -133,10 +133,37 @@ def test_cot_label_is_read_after_the_reasoning():
 
 
 def test_text_method_parses_strictly_and_records_failures():
+    # An endpoint without structured outputs: a reply with extra words is a failure, never a guess.
     backend = PreferenceBackend(verdicts=["(A)", "I prefer the first one"])
-    [v] = Judge(JudgeSettings("m", method="text"), backend=backend).judge(
+    [v] = Judge(JudgeSettings("m", method="text", constrained_verdict=False), backend=backend).judge(
         [Comparison.of(PROMPT, "GOOD", "BAD", _principle())])
     assert v.p is None and v.parse_failures == 1 and "did not parse" in v.error
+    assert backend.samplings[-1].choices is None
+
+
+def test_text_verdict_is_constrained_to_a_label_by_default():
+    backend = PreferenceBackend()
+    [v] = Judge(JudgeSettings("m", method="text"), backend=backend).judge(
+        [Comparison.of(PROMPT, "GOOD", "BAD", _principle())])
+    assert backend.samplings[-1].choices == ("(A)", "(B)")
+    assert v.error is None and v.parse_failures == 0 and v.p == 1.0 and v.orders_agree
+
+
+def test_text_cot_without_a_stated_verdict_asks_for_a_constrained_one():
+    # Both reasonings end without "Answer: (X)"; the verdict is then asked for after each, constrained to a label.
+    backend = PreferenceBackend(verdicts=["The first is kinder.", "The second rambles."])
+    judge = Judge(JudgeSettings("m", method="text", cot=True), backend=backend)
+    [v] = judge.judge([Comparison.of(PROMPT, "GOOD", "BAD", _principle())])
+    assert backend.chat_calls == 4 and backend.samplings[-1].choices == ("A", "B")
+    last = backend.seen[-1][-1]
+    assert last["role"] == "assistant" and last["content"].endswith("the better response is (")
+    assert v.error is None and v.parse_failures == 0 and v.p == 1.0
+    assert {r["reasoning"] for r in judge.cache.values()} == {"The first is kinder.", "The second rambles."}
+    # A reasoning that states its verdict is taken at its word: no second call.
+    stated = PreferenceBackend()
+    Judge(JudgeSettings("m", method="text", cot=True), backend=stated).judge(
+        [Comparison.of(PROMPT, "GOOD", "BAD", _principle())])
+    assert stated.chat_calls == 2
 
 
 def test_likelihood_method_is_order_free():
