@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,59 +57,101 @@ def _messages(row: dict) -> tuple[list[dict[str, str]] | None, str | None]:
     return None, "missing 'prompt' (text) or 'messages' (chat); add one"
 
 
-def read_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecord]:
-    """All prompts (the first ``limit``), or a PromptFileError listing every bad line."""
-    path = Path(path)
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """The file's lines with their numbers, read as a stream (a prompts file may be larger than memory)."""
     try:
-        raw = path.read_bytes()
+        handle = open(path, "rb")
     except OSError as exc:
         raise UserError(f"{path}: cannot read prompts file: {exc.strerror}") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            yield number, line.rstrip(b"\n")
+
+
+def _record(number: int, line: bytes) -> PromptRecord | str:
+    """The prompt on one line, or what is wrong with it."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not valid UTF-8; save the file as UTF-8"
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON at column {exc.colno}: {exc.msg}"
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A JSON escape like \\ud800 decodes to half a surrogate pair: not text any output can hold.
+        return f"contains an unpaired surrogate ({exc.object[exc.start]!r}), which is not valid Unicode; fix the escape"
+    messages, error = _messages(row)
+    if error:
+        return error
+    tag = row.get("tag")
+    if tag is not None and not isinstance(tag, str):
+        return f"'tag' must be a string, got {type(tag).__name__}"
+    raw_id = row.get("id")
+    if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id) == ""):
+        return f"'id' must be a non-empty string or integer, got {raw_id!r}"
+    prompt_id = str(raw_id) if raw_id is not None else stable_hash(messages)
+    extra = {k: v for k, v in row.items() if k not in ("prompt", "messages", "id", "tag")}
+    return PromptRecord(prompt_id, messages, tag, number, extra)
+
+
+def scan_prompts(path: str | Path, limit: int | None = None,
+                 visit: Callable[[PromptRecord], None] | None = None) -> int:
+    """Check every line of a prompts file; return how many prompts it gives (the first ``limit``).
+
+    ``visit`` sees each of those prompts in order, and none is kept, so memory does
+    not follow the prompts' text.  Every bad line is reported at once, as a
+    PromptFileError raised after the whole file is read.
+    """
+    path = Path(path)
     problems: list[tuple[int, str]] = []
-    records: list[PromptRecord] = []
     first_line_of: dict[str, int] = {}
-    for number, line in enumerate(raw.split(b"\n"), start=1):
+    count = 0
+    for number, line in _lines(path):
         if not line.strip():
             continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            problems.append((number, "not valid UTF-8; save the file as UTF-8"))
+        record = _record(number, line)
+        if isinstance(record, str):
+            problems.append((number, record))
             continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            problems.append((number, f"invalid JSON at column {exc.colno}: {exc.msg}"))
+        if record.id in first_line_of:
+            problems.append((number, f"duplicate id {record.id!r} (first on line {first_line_of[record.id]}); "
+                                     "ids must be unique"))
             continue
-        if not isinstance(row, dict):
-            problems.append((number, f"expected a JSON object, got {type(row).__name__}"))
-            continue
-        try:
-            json.dumps(row, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            # A JSON escape like \\ud800 decodes to half a surrogate pair: not text any output can hold.
-            problems.append((number, f"contains an unpaired surrogate ({exc.object[exc.start]!r}), which is not valid Unicode; fix the escape"))
-            continue
-        messages, error = _messages(row)
-        if error:
-            problems.append((number, error))
-            continue
-        tag = row.get("tag")
-        if tag is not None and not isinstance(tag, str):
-            problems.append((number, f"'tag' must be a string, got {type(tag).__name__}"))
-            continue
-        raw_id = row.get("id")
-        if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id) == ""):
-            problems.append((number, f"'id' must be a non-empty string or integer, got {raw_id!r}"))
-            continue
-        prompt_id = str(raw_id) if raw_id is not None else stable_hash(messages)
-        if prompt_id in first_line_of:
-            problems.append((number, f"duplicate id {prompt_id!r} (first on line {first_line_of[prompt_id]}); ids must be unique"))
-            continue
-        first_line_of[prompt_id] = number
-        extra = {k: v for k, v in row.items() if k not in ("prompt", "messages", "id", "tag")}
-        records.append(PromptRecord(prompt_id, messages, tag, number, extra))
+        first_line_of[record.id] = number
+        if limit is None or count < limit:
+            count += 1
+            if visit is not None:
+                visit(record)
     if problems:
         raise PromptFileError(str(path), problems)
-    if not records:
+    if not first_line_of:
         raise UserError(f"{path}: no prompts; add JSON lines like {{\"prompt\": \"...\"}}")
-    return records[:limit] if limit else records
+    return count
+
+
+def iter_prompts(path: str | Path, limit: int | None = None) -> Iterator[PromptRecord]:
+    """The prompts of a file ``scan_prompts`` accepted, read again as a stream (the first ``limit``)."""
+    path = Path(path)
+    count = 0
+    for number, line in _lines(path):
+        if limit is not None and count >= limit:
+            return
+        if not line.strip():
+            continue
+        record = _record(number, line)
+        if isinstance(record, str):
+            raise UserError(f"{path}:{number}: {record} (the file changed during the run; fix it and run again)")
+        count += 1
+        yield record
+
+
+def read_prompts(path: str | Path, limit: int | None = None) -> list[PromptRecord]:
+    """All prompts (the first ``limit``), or a PromptFileError listing every bad line."""
+    records: list[PromptRecord] = []
+    scan_prompts(path, limit, records.append)
+    return records

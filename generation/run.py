@@ -6,7 +6,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from constitution.errors import UserError
@@ -17,7 +17,7 @@ from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
 from .model import model_identity
 from .progress import Progress
-from .prompts import read_prompts
+from .prompts import PromptRecord, iter_prompts, scan_prompts
 from .store import JsonlStore, errors_path, manifest_path, read_manifest, write_manifest
 
 # What an existing output must share with this run to be resumed; principles and
@@ -52,6 +52,23 @@ def chain_settings(config: GenerateConfig) -> ChainSettings:
     return ChainSettings(model=model, sampling=sampling, seed=config.seed, rounds=config.rounds)
 
 
+def _pending_batches(config: GenerateConfig, task: CritiqueReviseTask, fingerprints: dict[str, str],
+                     done_ids: set[str]) -> Iterator[list[PromptRecord]]:
+    """The prompts still to do, read again from the file, ``batch_size`` at a time."""
+    batch: list[PromptRecord] = []
+    for prompt in iter_prompts(config.prompts, config.limit):
+        if prompt.id in done_ids:
+            continue
+        if fingerprints.get(prompt.id) != task.fingerprint(prompt):
+            raise UserError(f"{config.prompts} changed during the run (line {prompt.line}); run again to pick it up")
+        batch.append(prompt)
+        if len(batch) == config.batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def generate(
     config: GenerateConfig,
     backend: Backend | None = None,
@@ -66,7 +83,6 @@ def generate(
     """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     constitution = load_constitution(config.constitution)
-    prompts = read_prompts(config.prompts, config.limit)
     settings = chain_settings(config)
     task = CritiqueReviseTask(constitution, settings)
 
@@ -86,9 +102,12 @@ def generate(
                 f"{out} was written by a different configuration ({detail}); "
                 "pass --overwrite to start fresh, or choose another --out"
             )
-    # One streamed pass over the output: which prompts are done, and which rows are stale.
-    # Memory follows the prompts of this run, not the rows already in the file.
-    fingerprints = {p.id: task.fingerprint(p) for p in prompts}
+    # Streamed passes: the prompts (checked, and each one's fingerprint kept), then the output
+    # (which prompts are done, which rows are stale).  Memory holds an id and a fingerprint
+    # per prompt: neither the prompts' text nor the rows already in the file.
+    fingerprints: dict[str, str] = {}
+    prompt_count = scan_prompts(config.prompts, config.limit,
+                                lambda p: fingerprints.__setitem__(p.id, task.fingerprint(p)))
     done_ids: set[str] = set()
     stale_ids: set[str] = set()
     rows_in_file = stale = 0
@@ -104,8 +123,8 @@ def generate(
             stale_ids.add(row_id)
     if store.torn_lines:
         log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")
-    pending = [p for p in prompts if p.id not in done_ids]
-    log(f"{len(prompts)} prompts: {len(prompts) - len(pending)} already done, {len(pending)} to generate")
+    pending = prompt_count - len(done_ids)
+    log(f"{prompt_count} prompts: {len(done_ids)} already done, {pending} to generate")
 
     examples: list[dict] = []
     generated, failed, reused_calls = 0, [], 0
@@ -121,11 +140,10 @@ def generate(
             backend = (backend_factory or make_backend)(config)
         try:
             # Drafts and rounds to reuse come only from the stale rows of prompts still to do.
-            reusable = {p.id for p in pending} & stale_ids
+            reusable = stale_ids - done_ids
             reuse = ReuseIndex([row for row in store.iter_rows() if row.get("id") in reusable] if reusable else [])
-            progress = Progress("generate", len(pending))
-            for start in range(0, len(pending), config.batch_size):
-                batch = pending[start: start + config.batch_size]
+            progress = Progress("generate", pending)
+            for batch in _pending_batches(config, task, fingerprints, done_ids):
                 rows, failures = task.run_batch(backend, batch, reuse, progress)
                 with _hold_ctrl_c():
                     for row in rows:
@@ -160,9 +178,9 @@ def generate(
         rows_left = store.rewrite_kept(keep)
 
     counts = {
-        "prompts": len(prompts),
+        "prompts": prompt_count,
         "rows": rows_left,
-        "already_done": len(prompts) - len(pending),
+        "already_done": len(done_ids),
         "generated": generated,
         "failed": len(failed),
         "reused_calls": reused_calls,

@@ -226,3 +226,24 @@ def test_store_append_is_whole_lines(tmp_path):
     store = JsonlStore(tmp_path / "s.jsonl")
     store.append([{"a": 1}, {"b": "{response} {0.__class__} {{7*7}}"}])
     assert store.load() == [{"a": 1}, {"b": "{response} {0.__class__} {{7*7}}"}]
+
+
+def test_prompts_are_streamed_and_a_file_edited_mid_run_stops_cleanly(tmp_path):
+    # Prompts are read again batch by batch (their text is not held for the run): an edit made
+    # in place while the run goes on stops it with an error; a rerun brings every row up to date.
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 6)
+
+    class EditingBackend(ScriptedBackend):
+        def chat(self, conversations, sampling, seeds=None):
+            replies = super().chat(conversations, sampling, seeds)
+            prompts.write_text(prompts.read_text().replace("Question number 4?", "Question number four?"))
+            return replies
+
+    with pytest.raises(UserError, match=r"prompts.jsonl.*changed during the run"):
+        run(config(tmp_path), EditingBackend())
+    assert [row["id"] for row in rows_of(tmp_path / "out.jsonl")][:3] == ["p0", "p1", "p2"]  # the first batch stays
+    result, _ = run(config(tmp_path))
+    rows = {row["id"]: row for row in rows_of(tmp_path / "out.jsonl")}
+    assert sorted(rows) == [f"p{i}" for i in range(6)]
+    assert rows["p4"]["prompt"][-1]["content"] == "Question number four?"
+    assert result["counts"]["already_done"] >= 3 and result["counts"]["rows"] == 6
