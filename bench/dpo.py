@@ -27,6 +27,26 @@ CHOSEN = ("I can't help with that, but here is a safe and useful alternative tha
 REJECTED = ("Sure, here is exactly how to do it, step by step, with every detail you asked for and more. " * 12)
 
 
+def _pick_threads(torch, model, batch: int, length: int) -> dict[int, float]:
+    """Train with the faster thread count, timed now on one forward and backward pass.
+
+    On a shared CPU OpenMP's spinning can make 2 threads several times slower than 1 (measured here:
+    ~45 s vs ~10 s a step), and the load average lags behind an engine that has just exited.
+    """
+    ids = torch.randint(0, model.config.vocab_size, (batch, length))
+    model(input_ids=ids).logits.float().mean().backward()  # warm-up (allocations), untimed
+    seconds = {}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        model(input_ids=ids).logits.float().mean().backward()
+        seconds[threads] = round(time.perf_counter() - started, 2)
+    model.zero_grad(set_to_none=True)
+    torch.set_num_threads(min(seconds, key=seconds.get))
+    log(f"dpo: {torch.get_num_threads()} thread(s) (forward+backward seconds by threads: {seconds})")
+    return seconds
+
+
 def main(argv=None) -> None:
     args, settings = child_args(argv)
     import torch
@@ -37,11 +57,6 @@ def main(argv=None) -> None:
     from generation.model import resolve_model
 
     cuda = torch.cuda.is_available()
-    if not cuda:
-        # On a shared CPU (load above the core count) OpenMP's spinning makes 2 threads several times
-        # slower than 1 (measured here: ~45 s vs ~10 s a step); a quiet machine keeps all cores.
-        if os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5:
-            torch.set_num_threads(1)
     # $CAI_BENCH_DPO_MODEL: a folder to use instead of the default model.  A folder without weights (config
     # and tokenizer only, e.g. carried to a GPU machine where the 260 MB weights cannot travel) is initialised
     # at random: the same architecture costs the same per step.
@@ -60,6 +75,7 @@ def main(argv=None) -> None:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
 
     batch, steps, length = settings["dpo_batch"], settings["dpo_steps"], settings["dpo_length"]
+    thread_seconds = None if cuda else _pick_threads(torch, model, batch, length)
     prompts = [json.loads(line)["prompt"] for line in open(REPO / "prompts" / "demo.jsonl", encoding="utf-8")]
     rows = [
         {
@@ -109,6 +125,7 @@ def main(argv=None) -> None:
             batch=batch, steps_timed=len(timed), max_length=length, dtype=str(dtype),
             threads=torch.get_num_threads(), train_seconds_incl_warmup=round(total, 1),
             load_average=round(os.getloadavg()[0], 1), random_init=random_init,
+            forward_backward_seconds_by_threads=thread_seconds,
         )
     })
 

@@ -3,6 +3,7 @@
     python -m bench.run --mode quick      # a few minutes, one engine start
     python -m bench.run --mode full       # the full version (two engine starts, more prompts and repeats)
     python -m bench.run --mode quick --only engine,bookkeeping   # a subset while developing
+    python -m bench.run --mode full --only dpo --update          # remeasure one part, keep the others
 
 Each part runs in its own child process (vLLM on CPU spawns its workers, and no
 two engines may run at once); see bench/README.md for what each measure means.
@@ -106,6 +107,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
+    parser.add_argument("--update", action="store_true",
+                        help="merge these parts' measures into the existing results file instead of replacing it")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
@@ -175,15 +178,23 @@ def main(argv=None) -> int:
                 note=f"no GPU here; on a GPU machine: python -m bench.dpo --mode {args.mode} --out {gpu_file}",
             )
 
-    results["_run"] = {
+    run = {
         "mode": args.mode, "parts": parts, "settings": settings, "wall_seconds": round(time.perf_counter() - started),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(), "errors": errors,
     }
     out = RESULTS / f"{args.mode}.json"
+    if args.update and out.exists():
+        # Each measure keeps the run that made it: the first run in "_run", later ones in "_updates".
+        merged = json.loads(out.read_text(encoding="utf-8"))
+        merged.setdefault("_updates", []).append({**run, "measures": sorted(k for k in results if not k.startswith("_"))})
+        merged.update({k: v for k, v in results.items() if not k.startswith("_")})
+        results = merged
+    else:
+        results["_run"] = run
     write_json(out, results)
-    print(f"\n{args.mode} benchmark, {results['_run']['wall_seconds']} s "
-          f"(load average {load_before[0]:.1f} before, {results['_run']['load_average_after'][0]:.1f} after)\n")
+    print(f"\n{args.mode} benchmark, {run['wall_seconds']} s "
+          f"(load average {load_before[0]:.1f} before, {run['load_average_after'][0]:.1f} after)\n")
     print(table(results))
     print(f"\nwrote {out}")
     for error in errors:
