@@ -52,8 +52,8 @@ class JudgeModelConfig(EngineOptions):
         metadata={"help": f"How the judge scores, one of {', '.join(METHODS)}. 'likelihood': each response's "
                           "log-likelihood under a principle-following minus a principle-violating instruction (the best "
                           "on the bundled human labels with the default model); 'pairwise': P(A) from the label "
-                          "log-probabilities, both orders; 'text': a strictly parsed verdict, for endpoints without "
-                          "log-probabilities."},
+                          "log-probabilities, both orders; 'text': a generated verdict (constrained to a label by "
+                          "default), for endpoints without log-probabilities."},
     )
     cot: bool = field(
         default=False,
