@@ -106,8 +106,11 @@ def generate(
     # (which prompts are done, which rows are stale).  Memory holds an id and a fingerprint
     # per prompt: neither the prompts' text nor the rows already in the file.
     fingerprints: dict[str, str] = {}
-    prompt_count = scan_prompts(config.prompts, config.limit,
-                                lambda p: fingerprints.__setitem__(p.id, task.fingerprint(p)))
+
+    def remember(prompt: PromptRecord) -> None:
+        fingerprints[prompt.id] = task.fingerprint(prompt)
+
+    prompt_count = scan_prompts(config.prompts, config.limit, remember)
     done_ids: set[str] = set()
     stale_ids: set[str] = set()
     rows_in_file = stale = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from generation.backends.base import Backend
 from generation.model import model_identity
 
@@ -45,34 +47,27 @@ class Engines:
 
     def __init__(self, config: JudgeModelConfig, judge: Backend | None = None, policy: Backend | None = None):
         self.config = config
-        self._judge, self._policy = judge, policy
+        shared = config.judge_is_policy()
+        self._judge = judge if judge is not None else policy if shared else None
+        self._policy = policy if policy is not None else judge if shared else None
         self._owned: list[Backend] = []
-        if judge is not None and policy is None and config.judge_is_policy():
-            self._policy = judge
-        if policy is not None and judge is None and config.judge_is_policy():
-            self._judge = policy
 
     def judge(self) -> Backend:
         if self._judge is None:
-            if self.config.judge_is_policy() and self._policy is not None:
-                self._judge = self._policy
-            else:
-                self._judge = make_judge_backend(self.config)
-                self._owned.append(self._judge)
-                if self.config.judge_is_policy():
-                    self._policy = self._judge
+            self._judge = self._build(make_judge_backend)
         return self._judge
 
     def policy(self) -> Backend:
         if self._policy is None:
-            if self.config.judge_is_policy() and self._judge is not None:
-                self._policy = self._judge
-            else:
-                self._policy = make_policy_backend(self.config)
-                self._owned.append(self._policy)
-                if self.config.judge_is_policy():
-                    self._judge = self._policy
+            self._policy = self._build(make_policy_backend)
         return self._policy
+
+    def _build(self, make: Callable[[JudgeModelConfig], Backend]) -> Backend:
+        backend = make(self.config)
+        self._owned.append(backend)
+        if self.config.judge_is_policy():  # one engine serves both
+            self._judge = self._policy = backend
+        return backend
 
     def close(self) -> None:
         for backend in self._owned:

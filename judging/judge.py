@@ -218,7 +218,7 @@ class Judge:
             self._stage("reasoning", len(items), sum(r.completion_tokens for r in replies), started)
             for i, reply in enumerate(replies):
                 if reply.error:
-                    records[i] = {"key": keys[i], "kind": "order", "p_first": None, "error": reply.error, "transient": True}
+                    records[i] = self._failed_record(keys[i], reply.error)
                 else:
                     reasoning[i] = reply.text
         pending = [i for i in range(len(items)) if records[i] is None]
@@ -238,16 +238,17 @@ class Judge:
                 unstated = pending
                 conversations = [prompts.pairwise_text_conversation(*items[i]) for i in pending]
                 sampling = Sampling(max_tokens=8, temperature=0.0, choices=prompts.VERDICTS if constrained else None)
-            replies = self.backend.chat(conversations, sampling) if conversations else []
+            replies = []
             if conversations:
+                replies = self.backend.chat(conversations, sampling)
                 self._stage("verdict", len(unstated), sum(r.completion_tokens for r in replies), started)
             for i, reply in zip(unstated, replies):
                 if reply.error:
-                    records[i] = {"key": keys[i], "kind": "order", "p_first": None, "error": reply.error,
-                                  "transient": True}
+                    records[i] = self._failed_record(keys[i], reply.error)
                     continue
-                records[i] = {**self._text_record(keys[i], reply.text, last_line=False),
-                              **({"reasoning": reasoning[i]} if reasoning[i] is not None else {})}
+                records[i] = self._text_record(keys[i], reply.text, last_line=False)
+                if reasoning[i] is not None:
+                    records[i]["reasoning"] = reasoning[i]
         else:
             if self.settings.cot:
                 conversations = [prompts.after_reasoning(prompts.pairwise_cot_conversation(*items[i], text=False),
@@ -259,8 +260,7 @@ class Judge:
             for i, result in zip(pending, results):
                 a, b = (result.logprobs.get(label) for label in prompts.LABELS)
                 if result.error:
-                    records[i] = {"key": keys[i], "kind": "order", "p_first": None, "error": result.error,
-                                  "transient": True}
+                    records[i] = self._failed_record(keys[i], result.error)
                     continue
                 normalised = normalise_labels(a, b, result.floor)
                 records[i] = {"key": keys[i], "kind": "order", "p_first": normalised.p, "bounded": normalised.bounded,
@@ -269,6 +269,11 @@ class Judge:
                 if reasoning[i] is not None:
                     records[i]["reasoning"] = reasoning[i]
         self._store([r for r in records if r is not None])
+
+    @staticmethod
+    def _failed_record(key: str, error: str) -> dict:
+        """A request that failed for good this run: not a judgement, so it is redone on the next."""
+        return {"key": key, "kind": "order", "p_first": None, "error": error, "transient": True}
 
     @staticmethod
     def _text_record(key: str, reply: str, last_line: bool) -> dict:
