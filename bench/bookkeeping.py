@@ -49,7 +49,7 @@ class _FatScripted:
 
     def __new__(cls):
         sys.path.insert(0, str(REPO))
-        from generation.backends.base import Completion
+        from core.backends.base import Completion
         from tests.standins import ScriptedBackend
 
         class Fat(ScriptedBackend):
@@ -68,7 +68,7 @@ def synthesize_done_output(prompts: Path, out: Path, count: int) -> None:
     from generation.critique_revise import CritiqueReviseTask
     from generation.prompts import read_prompts
     from generation.run import chain_settings
-    from generation.store import write_manifest
+    from core.store import write_manifest
 
     config = _config(prompts, out)
     settings = chain_settings(config)
@@ -176,7 +176,7 @@ def bench_resume(settings: dict, results: dict) -> None:
         from generation.critique_revise import CritiqueReviseTask
         from generation.prompts import read_prompts
         from generation.run import chain_settings
-        from generation.store import JsonlStore
+        from core.store import JsonlStore
 
         phases = {}
         started = time.perf_counter()

@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from generation.model import resolve_model
+    from core.model import resolve_model
 
     cuda = torch.cuda.is_available()
     # $CAI_BENCH_DPO_MODEL: a folder to use instead of the default model.  A folder without weights (config

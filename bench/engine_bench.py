@@ -184,7 +184,7 @@ def bench_judge(task, backend, prompts, rows, settings, results) -> None:
         second_calls.append(sum("reasoning" in r and r.get("reply") != r.get("reasoning") for r in records) / len(records))
     # The floor for any judge on these pairs: the same label prompts, both orders, one token each with no
     # log-probabilities and nothing around it.  pairwise close to this means the label path wastes nothing.
-    from generation.backends.base import Sampling
+    from core.backends.base import Sampling
     from judging import prompts as judge_prompts
 
     floor_conversations = [
@@ -225,9 +225,9 @@ def bench_judge(task, backend, prompts, rows, settings, results) -> None:
 def main(argv=None) -> None:
     args, settings = child_args(argv)
     from constitution.loader import load_constitution
-    from generation.backends.base import Sampling, create_backend
+    from core.backends.base import Sampling, create_backend
     from generation.critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
-    from generation.model import model_identity, resolve_model
+    from core.model import model_identity, resolve_model
     from generation.prompts import read_prompts
 
     prefix_on = args.prefix_caching == "on"

@@ -25,9 +25,9 @@ def main(argv=None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from constitution.loader import load_constitution
-    from generation.backends.base import Sampling
+    from core.backends.base import Sampling
     from generation.critique_revise import ChainSettings, CritiqueReviseTask
-    from generation.model import model_identity, resolve_model
+    from core.model import model_identity, resolve_model
     from generation.prompts import read_prompts
 
     folder = resolve_model(None)

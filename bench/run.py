@@ -84,7 +84,7 @@ def _ratio(top: dict, bottom: dict, goal, unit: str, **extra) -> dict:
 
 
 def machine() -> dict:
-    from generation.store import versions
+    from core.store import versions
 
     try:
         meminfo = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]

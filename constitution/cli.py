@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from core.errors import UserError
 from .importer import import_anthropic, write_constitution
 from .loader import ConstitutionError, load_constitution
 

@@ -88,6 +88,6 @@ class Constitution(BaseModel):
         raise KeyError(principle_id)
 
     def content_hash(self) -> str:
-        from .hashing import stable_hash
+        from core.hashing import stable_hash
 
         return stable_hash(self.model_dump(mode="json"))

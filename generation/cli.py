@@ -6,13 +6,8 @@ import textwrap
 from pathlib import Path
 
 from .config import GenerateConfig
-from .store import manifest_path
-
-
-def shorten(text: str, width: int = 300) -> str:
-    """One line of at most ``width`` characters, for examples printed at the end of a run."""
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
+from core.progress import shorten
+from core.store import manifest_path
 
 
 def generate(argv: list[str]) -> int:

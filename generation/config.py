@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from constitution.errors import UserError
+from core.errors import UserError
 
-from .backends.base import BACKENDS, Backend, create_backend
+from core.backends.base import BACKENDS, Backend, create_backend
 
 
 @dataclass(kw_only=True)
@@ -32,7 +32,7 @@ class EngineOptions:
     def build_backend(self, backend: str, model: str, base_url: str | None, seed: int) -> Backend:
         """A backend on ``model``: an in-process engine (the model resolved, the default converted once) or an endpoint."""
         if backend == "vllm":
-            from .model import resolve_model
+            from core.model import resolve_model
 
             return create_backend(
                 "vllm",

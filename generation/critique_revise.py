@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from constitution.assignment import assign_principles
-from constitution.hashing import stable_hash
+from core.hashing import stable_hash
 from constitution.schema import Constitution, Principle
 
-from .backends.base import Backend, Completion, Sampling
+from core.backends.base import Backend, Completion, Sampling
 from .prompts import PromptRecord
-from .progress import Progress
+from core.progress import Progress
 
 
 @dataclass(frozen=True)

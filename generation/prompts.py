@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from constitution.errors import UserError
-from constitution.hashing import stable_hash
+from core.errors import UserError
+from core.hashing import stable_hash
 
 ROLES = ("system", "user", "assistant")
 

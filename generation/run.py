@@ -9,16 +9,16 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from constitution.errors import UserError
+from core.errors import UserError
 from constitution.loader import load_constitution
 
-from .backends.base import Backend, Sampling
+from core.backends.base import Backend, Sampling
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
-from .model import model_identity
-from .progress import Progress
+from core.model import model_identity
+from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
-from .store import JsonlStore, errors_path, manifest_path, read_manifest, write_manifest
+from core.store import JsonlStore, errors_path, manifest_path, read_manifest, write_manifest
 
 # What an existing output must share with this run to be resumed; principles and
 # rounds may change (those rows are regenerated incrementally).

@@ -14,12 +14,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from constitution.errors import UserError
-from constitution.hashing import stable_hash
+from core.errors import UserError
+from core.hashing import stable_hash
 from constitution.loader import load_constitution
-from generation.backends.base import Backend
-from generation.progress import Progress
-from generation.store import atomic_write_text
+from core.backends.base import Backend
+from core.progress import Progress
+from core.store import atomic_write_text
 
 from .config import AgreementConfig
 from .engines import Engines, judge_settings

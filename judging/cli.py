@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from generation.cli import shorten as _short
+from core.progress import shorten as _short
 
 from .config import AgreementConfig, JudgeConfig
 

@@ -6,8 +6,8 @@ import difflib
 import os
 from dataclasses import dataclass, field
 
-from constitution.errors import UserError
-from generation.backends.base import BACKENDS
+from core.errors import UserError
+from core.backends.base import BACKENDS
 from generation.config import EngineOptions
 
 from .judge import METHODS

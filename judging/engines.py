@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from generation.backends.base import Backend
-from generation.model import model_identity
+from core.backends.base import Backend
+from core.model import model_identity
 
 from .config import JudgeModelConfig
 from .judge import JudgeSettings

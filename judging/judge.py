@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from constitution.hashing import stable_hash
+from core.hashing import stable_hash
 from constitution.schema import Principle
-from generation.backends.base import Backend, Sampling
+from core.backends.base import Backend, Sampling
 
 from . import prompts
 from .scoring import clamp, combine_orders, likelihood_probability, normalise_labels, parse_verdict

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from constitution.assignment import assign_principles
-from constitution.errors import UserError
-from constitution.hashing import stable_hash
+from core.errors import UserError
+from core.hashing import stable_hash
 from constitution.loader import load_constitution
 from constitution.schema import Constitution, Principle
-from generation.backends.base import Backend, Sampling
-from generation.progress import Progress
-from generation.store import (
+from core.backends.base import Backend, Sampling
+from core.progress import Progress
+from core.store import (
     JsonlStore,
     atomic_write_text,
     errors_path,

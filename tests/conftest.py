@@ -21,7 +21,7 @@ SERVED_MODEL = "cai-default"
 
 @pytest.fixture(scope="session")
 def default_model_dir() -> str:
-    from generation.model import resolve_model
+    from core.model import resolve_model
 
     return resolve_model(None)
 
@@ -29,7 +29,7 @@ def default_model_dir() -> str:
 @pytest.fixture(scope="session")
 def vllm_backend(default_model_dir):
     """The in-process vLLM engine on the default model, shared by every test."""
-    from generation.backends.base import create_backend
+    from core.backends.base import create_backend
 
     backend = create_backend("vllm", default_model_dir, seed=0, show_progress=False)
     yield backend
@@ -94,7 +94,7 @@ _SERVER = _Server()
 def pytest_collection_finish(session):
     # Start the server as soon as we know a test needs it, so its ~45 s start overlaps other tests.
     if any("vllm_server" in getattr(item, "fixturenames", ()) for item in session.items):
-        from generation.model import resolve_model
+        from core.model import resolve_model
 
         _SERVER.start(resolve_model(None))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from generation.backends.base import Backend, Completion, LabelLogprobs
+from core.backends.base import Backend, Completion, LabelLogprobs
 
 
 class ScriptedBackend(Backend):

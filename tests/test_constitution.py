@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import cai
+from cai.cli import main as cai_main
 from constitution.assignment import assign_principles, rank_principles
 from constitution.importer import import_anthropic, parse_transcript
 from constitution.loader import ConstitutionError, load_constitution, parse_constitution
@@ -87,23 +87,23 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_validate_command_exit_codes(tmp_path, capsys):
-    assert cai.main(["validate", str(REPO / "principles.yaml")]) == 0
+    assert cai_main(["validate", str(REPO / "principles.yaml")]) == 0
     bad = tmp_path / "dup.yaml"
     bad.write_text(GOOD.replace("id: two", "id: one"))
-    assert cai.main(["validate", str(bad)]) == 1
+    assert cai_main(["validate", str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:7: duplicate principle id 'one'" in err
 
 
 def test_unknown_command_suggests(capsys):
     with pytest.raises(SystemExit) as info:
-        cai.main(["generte"])
+        cai_main(["generte"])
     assert "Did you mean 'cai generate'?" in str(info.value)
 
 
 def test_import_anthropic_fixture_validates_and_keeps_texts(tmp_path):
     out = tmp_path / "imported.yaml"
-    assert cai.main(["constitution", "import", "--format", "anthropic", str(DATA / "anthropic_critiques.json"),
+    assert cai_main(["constitution", "import", "--format", "anthropic", str(DATA / "anthropic_critiques.json"),
                      "--few-shot", str(DATA / "anthropic_few_shot.json"), "--out", str(out)]) == 0
     constitution = load_constitution(out)
     assert len(constitution.principles) == 16
@@ -116,7 +116,7 @@ def test_import_anthropic_fixture_validates_and_keeps_texts(tmp_path):
     assert [m.role for m in moon.conversation] == ["user", "assistant", "user", "assistant"]
     assert moon.revision.startswith("No, that was wrong.")
     # Refuses to clobber an existing file.
-    assert cai.main(["constitution", "import", str(DATA / "anthropic_critiques.json"), "--out", str(out)]) == 1
+    assert cai_main(["constitution", "import", str(DATA / "anthropic_critiques.json"), "--out", str(out)]) == 1
 
 
 def test_import_rejects_malformed_transcript():

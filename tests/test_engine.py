@@ -14,7 +14,7 @@ import yaml
 
 from constitution.assignment import assign_principles
 from constitution.loader import load_constitution
-from generation.backends.base import Sampling, create_backend
+from core.backends.base import Sampling, create_backend
 from generation.config import GenerateConfig
 from generation.run import generate
 
@@ -76,7 +76,7 @@ def test_cli_rerun_ends_in_seconds_without_a_model(engine_run):
     cfg, _ = engine_run
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, str(REPO / "cai.py"), "generate", "--prompts", cfg.prompts, "--out", cfg.out,
+        [sys.executable, "-m", "cai", "generate", "--prompts", cfg.prompts, "--out", cfg.out,
          "--constitution", cfg.constitution, "--max-tokens", "32", "--temperature", "0.0", "--rounds", "1"],
         capture_output=True, text=True, cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=120,
     )

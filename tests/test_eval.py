@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cai
+from cai.cli import main as cai_main
 from training.evaluate import EvalConfig, evaluate, format_eval
 
 REPO = Path(__file__).parent.parent
@@ -13,7 +13,7 @@ REPO = Path(__file__).parent.parent
 
 def test_trained_folder_serves_in_vllm_and_eval_reports_win_rates(tmp_path, vllm_backend):
     trained = tmp_path / "dpo"
-    assert cai.main(["train", "dpo", "--data", str(REPO / "tests" / "training" / "preferences.jsonl"),
+    assert cai_main(["train", "dpo", "--data", str(REPO / "tests" / "training" / "preferences.jsonl"),
                      "--output-dir", str(trained), "--max-steps", "2", "--learning-rate", "1e-4"]) == 0
     prompts = tmp_path / "heldout.jsonl"
     lines = (REPO / "prompts" / "heldout.jsonl").read_text().splitlines()

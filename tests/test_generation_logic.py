@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from constitution.errors import UserError
+from core.errors import UserError
 from generation.config import GenerateConfig
 from generation.prompts import PromptFileError, read_prompts
 from generation.run import generate
-from generation.store import JsonlStore, errors_path, manifest_path
+from core.store import JsonlStore, errors_path, manifest_path
 from standins import ScriptedBackend
 
 REPO = Path(__file__).parent.parent

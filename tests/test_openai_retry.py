@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from generation.backends.base import Sampling, create_backend
+from core.backends.base import Sampling, create_backend
 
 OK_BODY = {
     "id": "x", "object": "chat.completion", "created": 0, "model": "m",

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import cai
-from constitution.errors import UserError
-from training.pipeline import load_recipe, run_pipeline_from_recipe
+from cai.cli import main as cai_main
+from core.errors import UserError
+from cai.pipeline import load_recipe, run_pipeline_from_recipe
 
 REPO = Path(__file__).parent.parent
 
@@ -44,5 +44,5 @@ def test_bad_recipes_fail_before_any_work(tmp_path, change, message):
 def test_malformed_recipe_names_the_line(tmp_path, capsys):
     path = tmp_path / "recipe.yaml"
     path.write_text("run_dir: x\ngenerate: [\n")
-    assert cai.main(["run", "--recipe", str(path)]) == 1
+    assert cai_main(["run", "--recipe", str(path)]) == 1
     assert f"{path}:3: malformed YAML" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from constitution.errors import UserError
+from core.errors import UserError
 
 METHODS = {
     "sft": "supervised fine-tuning on sft.jsonl (the final revisions)",
@@ -121,17 +121,4 @@ def evaluate(argv: list[str]) -> int:
 
     (config,) = TrlParser([EvalConfig], prog="cai eval").parse_args_and_config(argv)
     print(format_eval(run_evaluate(config)))
-    return 0
-
-
-def run_pipeline(argv: list[str]) -> int:
-    """Entry point of ``cai run [--recipe recipes/demo.yaml]``."""
-    import argparse
-
-    from .pipeline import run_pipeline_from_recipe
-
-    parser = argparse.ArgumentParser(prog="cai run", description="Generate, judge, train and eval from a recipe.")
-    parser.add_argument("--recipe", default="recipes/demo.yaml", help="Recipe YAML (default: %(default)s).")
-    args = parser.parse_args(argv)
-    run_pipeline_from_recipe(args.recipe)
     return 0

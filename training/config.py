@@ -19,7 +19,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl import DPOConfig, RewardConfig, SFTConfig
 from trl.experimental.ppo import PPOConfig
 
-from constitution.errors import UserError
+from core.errors import UserError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CONFIDENCE_MODES = ("none", "smooth", "weight")

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from constitution.errors import UserError
-from generation.store import read_json_objects
+from core.errors import UserError
+from core.store import read_json_objects
 
 PREFERENCE_EXAMPLE = (
     '{"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}], '

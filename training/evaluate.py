@@ -18,12 +18,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from constitution.errors import UserError
+from core.errors import UserError
 from constitution.loader import load_constitution
-from generation.backends.base import Backend, Sampling, create_backend
-from generation.model import model_identity, resolve_model
+from core.backends.base import Backend, Sampling, create_backend
+from core.model import model_identity, resolve_model
 from generation.prompts import read_prompts
-from generation.store import atomic_write_text
+from core.store import atomic_write_text
 from judging.config import JudgeModelConfig
 from judging.engines import judge_settings, make_judge_backend
 from judging.judge import Comparison, Judge

@@ -12,12 +12,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from constitution.errors import UserError
+from core.errors import UserError
 
 
 def resolve_base(name: str | None, flag: str = "--model") -> str:
     """A folder path or hub id for ``name``; the embedded default model when empty."""
-    from generation.model import resolve_model
+    from core.model import resolve_model
 
     try:
         resolved = resolve_model(name)

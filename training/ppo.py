@@ -14,7 +14,7 @@ from typing import Any
 from transformers import TrainerCallback
 from trl.experimental.ppo import PPOTrainer
 
-from constitution.errors import UserError
+from core.errors import UserError
 from training import data as training_data
 from training import models
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from constitution.errors import UserError
+from core.errors import UserError
 from training import data as training_data
 from training import models
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from generation.backends.base import Backend, Completion, LabelLogprobs, SequenceLogprob
+from core.backends.base import Backend, Completion, LabelLogprobs, SequenceLogprob
 
 _BLOCK = re.compile(r"<response (A|B)>\n(.*?)\n</response \1>", re.S)
 

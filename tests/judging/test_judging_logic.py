@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from constitution.errors import UserError
+from core.errors import UserError
 from constitution.loader import load_constitution
 from judge_standins import PreferenceBackend, options
 from judging.agreement import parse_transcript, read_human_pairs, run_agreement
@@ -440,12 +440,12 @@ def test_config_errors_quote_the_bad_value(tmp_path, overrides, quoted):
 
 
 def test_cli_prints_errors_without_traceback(tmp_path, capsys):
-    import cai
+    from cai.cli import main as cai_main
 
-    assert cai.main(["judge", "--in", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+    assert cai_main(["judge", "--in", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "o.jsonl"),
                      "--method", "nope"]) == 1
     assert "'nope'" in capsys.readouterr().err
-    assert cai.main(["judge", "agreement", "--pairs", str(tmp_path / "missing.jsonl"), "--method", "pairwise"]) == 1
+    assert cai_main(["judge", "agreement", "--pairs", str(tmp_path / "missing.jsonl"), "--method", "pairwise"]) == 1
     assert "missing.jsonl: no such human-labelled pairs file" in capsys.readouterr().err
 
 

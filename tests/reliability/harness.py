@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CAI = str(REPO / "cai.py")
+CAI = ["-m", "cai"]  # the console script, run with this interpreter
 
 
 def write_prompts(path: Path, n: int, prefix: str = "p") -> Path:
@@ -54,14 +54,14 @@ def cli_env(**extra) -> dict:
 def start_cli(args: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
     log = open(log_path, "ab")
     try:
-        return subprocess.Popen([sys.executable, CAI, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen([sys.executable, *CAI, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 env=env or cli_env())
     finally:
         log.close()
 
 
 def run_cli(args: list[str], timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, CAI, *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, *CAI, *args], cwd=REPO, capture_output=True, text=True,
                           env=env or cli_env(), timeout=timeout)
 
 

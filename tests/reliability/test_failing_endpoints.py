@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import cai
-from generation.backends.base import create_backend
+from cai.cli import main as cai_main
+from core.backends.base import create_backend
 from generation.config import GenerateConfig
 from generation.run import generate
 from harness import REPO, compare, generate_args, manifest_of, rows_of, run_cli, wait_for, write_prompts
@@ -33,12 +33,12 @@ def errors_of(out: Path) -> list[dict]:
 
 def test_twenty_percent_faults_complete_every_row(standin, tmp_path, capsys):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 30)
-    assert cai.main(generate_args(prompts, tmp_path / "ref.jsonl", standin.base_url, batch_size=10)) == 0
+    assert cai_main(generate_args(prompts, tmp_path / "ref.jsonl", standin.base_url, batch_size=10)) == 0
     reference = rows_of(tmp_path / "ref.jsonl")
 
     with FaultProxy(standin.url, rate=0.2, seed=5, retry_after=1, hang_seconds=2.0) as proxy:
         started = time.monotonic()
-        code = cai.main(generate_args(prompts, tmp_path / "out.jsonl", proxy.base_url, "--request-timeout", "1",
+        code = cai_main(generate_args(prompts, tmp_path / "out.jsonl", proxy.base_url, "--request-timeout", "1",
                                       batch_size=10, concurrency=16))
         elapsed = time.monotonic() - started
     summary = proxy.summary()
@@ -66,7 +66,7 @@ def test_faults_in_front_of_a_real_vllm_server(vllm_server, served_model, tmp_pa
                     upstream_timeout=120) as proxy:
         args = generate_args(prompts, tmp_path / "out.jsonl", proxy.base_url, model=served_model)
         args[args.index("--max-tokens") + 1] = "8"
-        assert cai.main(args) == 0
+        assert cai_main(args) == 0
     rows = rows_of(tmp_path / "out.jsonl")
     assert sorted(r["id"] for r in rows) == ["a", "b"] and all(r["final_response"] for r in rows)
     summary = proxy.summary()
@@ -79,7 +79,7 @@ def test_context_length_400_is_not_retried_and_recorded_then_retried_alone(tmp_p
                        + json.dumps({"id": "long", "prompt": "word " * 3000}) + "\n")
     out = tmp_path / "out.jsonl"
     with StandinServer(context_chars=5000) as small, FaultProxy(small.url, rate=0.0) as proxy:
-        assert cai.main(generate_args(prompts, out, proxy.base_url)) == 1  # failed rows: non-zero exit
+        assert cai_main(generate_args(prompts, out, proxy.base_url)) == 1  # failed rows: non-zero exit
     assert sorted(r["id"] for r in rows_of(out)) == [f"p{i}" for i in range(5)]  # the rest of the run went on
     [error] = errors_of(out)
     assert error["id"] == "long" and error["line"] == 6 and error["step"] == "draft"
@@ -89,7 +89,7 @@ def test_context_length_400_is_not_retried_and_recorded_then_retried_alone(tmp_p
     assert "1 row(s) failed" in capsys.readouterr().err
 
     with StandinServer(context_chars=50000) as big:  # a later run (a bigger context) retries just that row
-        assert cai.main(generate_args(prompts, out, big.base_url)) == 0
+        assert cai_main(generate_args(prompts, out, big.base_url)) == 0
         assert big.requests == 3  # draft, critique, revision of the one failed row
     assert sorted(r["id"] for r in rows_of(out)) == sorted([f"p{i}" for i in range(5)] + ["long"])
     assert not errors_of(out)
@@ -103,7 +103,7 @@ def test_401_and_404_are_not_retried_and_every_row_is_recorded(tmp_path, monkeyp
     with StandinServer(api_key="sk-right-key-1111") as server, FaultProxy(server.url, rate=0.0) as proxy:
         url = proxy.base_url if status == 401 else proxy.url + "/wrong/v1"
         started = time.monotonic()
-        assert cai.main(generate_args(prompts, out, url)) == 1
+        assert cai_main(generate_args(prompts, out, url)) == 1
         assert time.monotonic() - started < 10
     assert not rows_of(out)
     errors = errors_of(out)
@@ -135,7 +135,7 @@ def test_endpoint_that_stays_down_stops_in_bounded_time_with_a_clear_message(tmp
 
 def test_endpoint_going_down_mid_run_keeps_finished_batches_and_resumes(standin, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 40)
-    assert cai.main(generate_args(prompts, tmp_path / "ref.jsonl", standin.base_url, batch_size=5)) == 0
+    assert cai_main(generate_args(prompts, tmp_path / "ref.jsonl", standin.base_url, batch_size=5)) == 0
     reference = rows_of(tmp_path / "ref.jsonl")
     out = tmp_path / "out.jsonl"
     with StandinServer(delay=0.01) as slow, FaultProxy(slow.url, rate=0.0) as proxy:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import cai
+from cai.cli import main as cai_main
 from harness import generate_args, rows_of, write_prompts
 from servers import StandinServer
 
@@ -49,11 +49,11 @@ def _earlier_run(tmp: Path, url: str) -> None:
     """An output written by another configuration (temperature 0.7)."""
     args = generate_args(tmp / "p.jsonl", tmp / "out.jsonl", url)
     args[args.index("--temperature") + 1] = "0.7"
-    assert cai.main(args) == 0
+    assert cai_main(args) == 0
 
 
 def _damaged_output(tmp: Path, url: str) -> None:
-    assert cai.main(generate_args(tmp / "p.jsonl", tmp / "out.jsonl", url)) == 0
+    assert cai_main(generate_args(tmp / "p.jsonl", tmp / "out.jsonl", url)) == 0
     lines = (tmp / "out.jsonl").read_text().splitlines(keepends=True)
     (tmp / "out.jsonl").write_text("not json at all\n" + "".join(lines))
 
@@ -155,7 +155,7 @@ def test_bad_input_is_refused_with_its_message_and_writes_nothing(case, standin,
     before, requests_before = _snapshot(tmp_path), standin.requests
     capsys.readouterr()
 
-    code = cai.main(args)
+    code = cai_main(args)
 
     err = capsys.readouterr().err
     assert code != 0, err
@@ -182,7 +182,7 @@ def test_reply_cut_at_the_token_limit_is_recorded_as_length(standin, tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", 2)
     args = generate_args(prompts, tmp_path / "out.jsonl", standin.base_url)
     args[args.index("--max-tokens") + 1] = "3"
-    assert cai.main(args) == 0
+    assert cai_main(args) == 0
     for row in rows_of(tmp_path / "out.jsonl"):
         assert [c["finish_reason"] for c in row["calls"]] == ["length"] * 3
         assert all(c["completion_tokens"] == 3 for c in row["calls"])
@@ -191,7 +191,7 @@ def test_reply_cut_at_the_token_limit_is_recorded_as_length(standin, tmp_path):
 
 def test_empty_reply_is_recorded_with_zero_tokens(standin, tmp_path):
     (tmp_path / "p.jsonl").write_text('{"id": "e", "prompt": "say nothing [[empty]]"}\n')
-    assert cai.main(generate_args(tmp_path / "p.jsonl", tmp_path / "out.jsonl", standin.base_url)) == 0
+    assert cai_main(generate_args(tmp_path / "p.jsonl", tmp_path / "out.jsonl", standin.base_url)) == 0
     [row] = rows_of(tmp_path / "out.jsonl")
     assert row["initial_response"] == "" and row["calls"][0]["completion_tokens"] == 0
     assert row["calls"][0]["finish_reason"] == "stop"
@@ -209,7 +209,7 @@ def test_prompts_that_look_like_templates_are_kept_verbatim(standin, tmp_path):
     standin.bodies.clear()
     args = generate_args(tmp_path / "p.jsonl", tmp_path / "out.jsonl", standin.base_url)
     args[args.index("--constitution") + 1] = str(constitution)
-    assert cai.main(args) == 0
+    assert cai_main(args) == 0
     rows = {r["id"]: r for r in rows_of(tmp_path / "out.jsonl")}
     sent = json.dumps(standin.bodies)
     for i, text in enumerate(TEMPLATE_LOOKALIKES):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-import cai
+from cai.cli import main as cai_main
 from harness import REPO, compare, generate_args, kill_trial, manifest_of, rows_of, start_cli, write_prompts
 from servers import StandinServer
 
@@ -21,7 +21,7 @@ def judged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("judge")
     with StandinServer(delay=0.002) as server:
         prompts = write_prompts(tmp / "prompts.jsonl", N_PROMPTS)
-        assert cai.main(generate_args(prompts, tmp / "gen.jsonl", server.base_url)) == 0
+        assert cai_main(generate_args(prompts, tmp / "gen.jsonl", server.base_url)) == 0
 
         def args(out):
             return ["judge", "--in", str(tmp / "gen.jsonl"), "--out", str(out), "--backend", "openai",
@@ -57,8 +57,8 @@ def test_empty_or_cut_off_replies_are_never_chosen(tmp_path):
         for name, max_tokens in (("whole", "32"), ("cut", "3")):  # 3 tokens: every reply ends with finish_reason "length"
             args = generate_args(tmp_path / "p.jsonl", tmp_path / f"{name}.jsonl", server.base_url)
             args[args.index("--max-tokens") + 1] = max_tokens
-            assert cai.main(args) == 0
-            assert cai.main(["judge", "--in", str(tmp_path / f"{name}.jsonl"), "--out", str(tmp_path / f"{name}-pairs.jsonl"),
+            assert cai_main(args) == 0
+            assert cai_main(["judge", "--in", str(tmp_path / f"{name}.jsonl"), "--out", str(tmp_path / f"{name}-pairs.jsonl"),
                              "--backend", "openai", "--base-url", server.base_url, "--model", "standin",
                              "--method", "pairwise", "--constitution", str(REPO / "principles.yaml")]) in (0, 1)
     generated = {r["id"]: r for r in rows_of(tmp_path / "whole.jsonl")}

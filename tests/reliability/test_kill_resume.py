@@ -106,7 +106,7 @@ def test_ctrl_c_in_the_middle_of_a_batch_write_is_held_until_the_batch_is_whole(
 
     from generation.config import GenerateConfig
     from generation.run import generate
-    from generation.store import JsonlStore
+    from core.store import JsonlStore
     from harness import REPO
     from standins import ScriptedBackend
 

@@ -15,7 +15,7 @@ FIXTURES = Path(__file__).parent
 
 @pytest.fixture(scope="session")
 def default_model_dir() -> str:
-    from generation.model import resolve_model
+    from core.model import resolve_model
 
     return resolve_model(None)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from constitution.errors import UserError
+from core.errors import UserError
 from training.cli import parse_stage_config, train
 
 QUIET = ["--disable-tqdm", "true"]

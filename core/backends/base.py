@@ -122,8 +122,8 @@ class Backend(ABC):
 
 
 BACKENDS = {
-    "vllm": "generation.backends.vllm_backend:VLLMBackend",
-    "openai": "generation.backends.openai_backend:OpenAIBackend",
+    "vllm": "core.backends.vllm_backend:VLLMBackend",
+    "openai": "core.backends.openai_backend:OpenAIBackend",
 }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jsonlines
 
-from constitution.errors import UserError
+from core.errors import UserError
 
 
 def manifest_path(out: Path) -> Path:

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import yaml
 
-from constitution.errors import UserError
-from constitution.hashing import stable_hash
+from core.errors import UserError
+from core.hashing import stable_hash
 from generation.config import GenerateConfig
-from generation.model import resolve_model
+from core.model import resolve_model
 from generation.run import generate
-from generation.store import atomic_write_text, write_manifest
+from core.store import atomic_write_text, write_manifest
 from judging.config import JudgeConfig
 from judging.pairs import run_judge, sft_path
 
-from .evaluate import EvalConfig, evaluate, format_eval
+from training.evaluate import EvalConfig, evaluate, format_eval
 
 SECTIONS = ("generate", "judge", "train", "eval")
 TOP_LEVEL = ("run_dir", "constitution", "model", "seed", *SECTIONS)
@@ -84,7 +84,7 @@ def _flags(options: dict) -> list[str]:
 
 def _train(method: str, data: str, output_dir: Path, options: dict, stamp: dict, log) -> Path:
     """One ``cai train`` stage, skipped when its folder was written from the same inputs."""
-    from .cli import train
+    from training.cli import train
 
     stamp_path = output_dir / "cai_stage.json"
     key = stable_hash(stamp)
@@ -193,3 +193,14 @@ def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
     print(format_eval(evaluation))
     print(f"\nrun folder: {run_dir} (revisions.jsonl, preferences.jsonl, sft.jsonl, {Path(trained).name}/, eval.json)")
     return summary
+
+
+def run_command(argv: list[str]) -> int:
+    """Entry point of ``cai run [--recipe recipes/demo.yaml]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="cai run", description="Generate, judge, train and eval from a recipe.")
+    parser.add_argument("--recipe", default="recipes/demo.yaml", help="Recipe YAML (default: %(default)s).")
+    args = parser.parse_args(argv)
+    run_pipeline_from_recipe(args.recipe)
+    return 0

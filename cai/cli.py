@@ -19,7 +19,7 @@ COMMANDS = {
     "judge agreement": ("judging.cli:agreement", "Score the judge against human-labelled pairs."),
     "train": ("training.cli:train", "Train with TRL: sft, reward, ppo or dpo."),
     "eval": ("training.cli:evaluate", "Win rate of a trained model against its base."),
-    "run": ("training.cli:run_pipeline", "Run generate, judge, train and eval from a recipe."),
+    "run": ("cai.pipeline:run_command", "Run generate, judge, train and eval from a recipe."),
 }
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = _find_command(argv)
     target, _ = COMMANDS[name]
     module_name, function_name = target.split(":")
-    from constitution.errors import UserError
+    from core.errors import UserError
 
     try:
         function = getattr(importlib.import_module(module_name), function_name)

@@ -34,3 +34,9 @@ class Progress:
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
         print(f"[{self.label}] {self.done}/{self.total} rows | {rate:.0f} output tok/s | "
               f"elapsed {_duration(elapsed)} | ETA {_duration(eta)}", file=self.stream, flush=True)
+
+
+def shorten(text: str, width: int = 300) -> str:
+    """One line of at most ``width`` characters, for examples printed at the end of a run."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
-from constitution.errors import UserError
+from core.errors import UserError
 
 from .base import Backend, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant
 

@@ -1,0 +1,1 @@
+"""The ``cai`` application: the command dispatcher and the orchestration of all stages (``cai run``)."""

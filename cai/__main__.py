@@ -1,0 +1,5 @@
+import sys
+
+from cai.cli import main
+
+sys.exit(main())
