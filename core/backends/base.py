@@ -10,7 +10,7 @@ import difflib
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -57,7 +57,6 @@ class LabelLogprobs:
     logprobs: dict[str, float | None]
     floor: float | None = None
     error: str | None = None
-    top: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -256,7 +256,7 @@ class OpenAIBackend(Backend):
             for label in labels:
                 matches = [lp for tok, lp in top.items() if tok == label or tok.strip() == label]
                 values[label] = max(matches) if matches else None
-            results.append(LabelLogprobs(values, floor=min(top.values()) if top else None, top=top))
+            results.append(LabelLogprobs(values, floor=min(top.values()) if top else None))
         return results
 
     def response_logprobs(self, conversations: Sequence[Conversation]) -> list[SequenceLogprob]:

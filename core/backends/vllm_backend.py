@@ -176,13 +176,7 @@ class VLLMBackend(Backend):
                 continue
             top = out.outputs[0].logprobs[0]
             values = {label: (top[i].logprob if i in top else None) for label, i in ids.items()}
-            results.append(
-                LabelLogprobs(
-                    logprobs=values,
-                    floor=min(lp.logprob for lp in top.values()),
-                    top={lp.decoded_token or str(t): lp.logprob for t, lp in top.items()},
-                )
-            )
+            results.append(LabelLogprobs(logprobs=values, floor=min(lp.logprob for lp in top.values())))
         return results
 
     def _response_span(self, conversation: Conversation) -> tuple[list[int], int] | str:
