@@ -10,7 +10,9 @@ from core.errors import UserError
 from core.backends.base import BACKENDS
 from generation.config import EngineOptions
 
-from .judge import METHODS
+from .methods import METHODS, method_class
+
+_COT_METHODS = [name for name in METHODS if method_class(name).supports_cot]
 
 MODES = ("revision", "samples")
 
@@ -49,15 +51,13 @@ class JudgeModelConfig(EngineOptions):
     base_url: str | None = field(default=None, metadata={"help": "Policy's OpenAI-compatible base URL."})
     method: str = field(
         default="likelihood",
-        metadata={"help": f"How the judge scores, one of {', '.join(METHODS)}. 'likelihood': each response's "
-                          "log-likelihood under a principle-following minus a principle-violating instruction (the best "
-                          "on the bundled human labels with the default model); 'pairwise': P(A) from the label "
-                          "log-probabilities, both orders; 'text': a generated verdict (constrained to a label by "
-                          "default), for endpoints without log-probabilities."},
+        metadata={"help": f"How the judge scores, one of {', '.join(METHODS)}. "
+                          + "; ".join(f"{name!r}: {method_class(name).description}" for name in METHODS) + "."},
     )
     cot: bool = field(
         default=False,
-        metadata={"help": "Chain of thought (pairwise and text methods): the judge reasons first, then the label is read."},
+        metadata={"help": f"Chain of thought ({' and '.join(_COT_METHODS)} methods): the judge reasons first, then the "
+                          "label is read."},
     )
     cot_clamp: bool = field(
         default=True, metadata={"help": "With --cot, clamp each probability to [0.4, 0.6] (reasoning makes them overconfident)."}
@@ -90,8 +90,9 @@ class JudgeModelConfig(EngineOptions):
         if self.judge_backend is not None:
             _choice("--judge-backend", self.judge_backend, list(BACKENDS))
         _choice("--method", self.method, METHODS)
-        if self.cot and self.method == "likelihood":
-            raise UserError("--cot needs --method pairwise or text (the likelihood method has no verdict to reason towards)")
+        if self.cot and not method_class(self.method).supports_cot:
+            raise UserError(f"--cot needs --method {' or '.join(_COT_METHODS)} (the {self.method} method has no verdict "
+                            "to reason towards)")
         for flag, backend, url in (("--base-url", self.backend, self.base_url),
                                    ("--judge-base-url", self.resolved_judge_backend, self.resolved_judge_base_url)):
             if backend == "openai" and not url and not os.environ.get("OPENAI_BASE_URL"):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+from typing import NamedTuple
 
 from core.backends.base import Backend, Completion, LabelLogprobs, SequenceLogprob
+from judging.methods.base import JudgeMethod, Verdict
 
 _BLOCK = re.compile(r"<response (A|B)>\n(.*?)\n</response \1>", re.S)
 
@@ -85,3 +87,30 @@ class PreferenceBackend(Backend):
             q = quality(conversation[-1]["content"])
             out.append(SequenceLogprob(-10.0 + (q if follow else -q), tokens=5))
         return out
+
+
+class Length(NamedTuple):
+    response: str
+
+
+class ShorterWins(JudgeMethod):
+    """A judge method added the way a new one is (a module and a registry line): the shorter response wins."""
+
+    description = "the shorter response wins"
+
+    def requests(self, comparison):
+        return [Length(comparison.x), Length(comparison.y)]
+
+    def run(self, requests, backend, stage):
+        stage("length", len(requests), 0, 0.0)
+        return [{"key": key, "kind": "length", "length": len(r.response), "transient": False}
+                for key, r in requests.items()]
+
+    def verdict(self, comparison, records):
+        verdict = Verdict(comparison.principle.id, order_free=True)
+        if any(r is None for r in records):
+            verdict.error = "not judged"
+            return verdict
+        x, y = (r["length"] for r in records)
+        verdict.p = verdict.p_x_first = verdict.p_x_second = 0.5 if x == y else float(x < y)
+        return verdict

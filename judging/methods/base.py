@@ -1,0 +1,144 @@
+"""The contract of a judge method, and what it takes and gives: comparisons in, verdicts out.
+
+A method (a strategy of ``Judge``) says which requests a comparison needs, each
+cached under a key of everything that determines it; runs a batch of the missing
+ones on a backend into records, one per key; and combines a comparison's records
+into a ``Verdict``.  The ``Judge`` does the rest: the cache, persisting records,
+progress, the lazily built backend.
+
+A method's prompt version, part of every key, is the hash of everything it sends
+to a backend for fixed probe comparisons.  Editing a judge prompt therefore
+changes the keys of exactly the judgements that prompt shapes, and they are redone
+instead of reused; nothing is bumped by hand.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from constitution.schema import Principle
+from core.backends.base import Backend, Completion, LabelLogprobs, Sampling, SequenceLogprob
+from core.hashing import stable_hash
+
+if TYPE_CHECKING:
+    from judging.judge import JudgeSettings
+
+#: ``stage(name, requests, tokens, started)``: reports one backend call's work to the judge's progress.
+Stage = Callable[[str, int, int, float], None]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Is response ``x`` better than response ``y`` for this conversation, under this principle?"""
+
+    prompt: tuple  # of message dicts (tuple so the comparison is hashable)
+    x: str
+    y: str
+    principle: Principle
+
+    @classmethod
+    def of(cls, prompt: Sequence[dict], x: str, y: str, principle: Principle) -> Comparison:
+        return cls(tuple(dict(m) for m in prompt), x, y, principle)
+
+
+@dataclass
+class Verdict:
+    """Both orders of one comparison under one principle."""
+
+    principle_id: str
+    p: float | None = None  # P(x better), both orders combined
+    p_x_first: float | None = None  # P(x better) with x shown as (A)
+    p_x_second: float | None = None  # P(x better) with x shown as (B)
+    orders_agree: bool | None = None
+    first_wins: list[bool] = field(default_factory=list)  # did (A) win, per order
+    bounded: bool = False  # a label was outside the top-k tokens: a bound was used
+    order_free: bool = False
+    parse_failures: int = 0
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "p": self.p, "p_x_first": self.p_x_first, "p_x_second": self.p_x_second,
+            "orders_agree": self.orders_agree, "bounded": self.bounded, "error": self.error,
+        }
+
+
+class JudgeMethod(ABC):
+    """One way of judging (``--method``).  Requests are small hashable records with an ``_asdict()``."""
+
+    #: One line for ``--method``'s help: how it scores, and when to use it.
+    description: ClassVar[str]
+    #: Whether ``--cot`` (reasoning before the verdict) applies to it.
+    supports_cot: ClassVar[bool] = False
+
+    def __init__(self, settings: JudgeSettings):
+        self.settings = settings
+
+    # -- keys ----------------------------------------------------------------
+    def key_fields(self) -> dict:
+        """What a cached judgement depends on besides its request (clamping and scale are applied afterwards)."""
+        return {"model": self.settings.model, "method": self.settings.method, "prompts": self.prompt_version}
+
+    def key(self, request) -> str:
+        return stable_hash({**self.key_fields(), **request._asdict()})
+
+    @cached_property
+    def prompt_version(self) -> str:
+        """Hash of every conversation, label and sampling setting this method sends for the probe comparisons."""
+        recorder = _Recorder()
+        requests = [request for comparison in _probe_comparisons() for request in self.requests(comparison)]
+        self.run({str(i): request for i, request in enumerate(requests)}, recorder, lambda *_: None)
+        return stable_hash(recorder.sent)
+
+    # -- the method ----------------------------------------------------------
+    @abstractmethod
+    def requests(self, comparison: Comparison) -> list:
+        """The requests one comparison needs, in the order ``verdict`` receives their records."""
+
+    @abstractmethod
+    def run(self, requests: dict[str, Any], backend: Backend, stage: Stage) -> list[dict]:
+        """Run a batch of requests (key -> request) on ``backend``; a record per key, each with its ``key``.
+
+        A record marked ``transient`` (a request that failed for good this run) is cached for this run
+        but not persisted, so the next run redoes it.
+        """
+
+    @abstractmethod
+    def verdict(self, comparison: Comparison, records: list[dict | None]) -> Verdict:
+        """Combine one comparison's records (None: not judged) into its verdict."""
+
+
+def _probe_comparisons() -> list[Comparison]:
+    """Comparisons that reach every text a method sends (with and without a system turn; with tag-like text)."""
+    principle = Principle(id="probe", critique_request="critique", revision_request="revise",
+                          comparison_question="Which response is better?")
+    turns = [{"role": "user", "content": "A question <response A>?"}, {"role": "assistant", "content": "An answer."},
+             {"role": "user", "content": "A follow-up."}]
+    return [Comparison.of(turns, "Response x </response A>", "Response y", principle),
+            Comparison.of([{"role": "system", "content": "A system turn."}, *turns], "x", "y", principle)]
+
+
+class _Recorder(Backend):
+    """Records what a method sends; replies that parse as no verdict, so every follow-up request is sent too."""
+
+    name = "probe"
+
+    def __init__(self):
+        super().__init__("probe")
+        self.sent: list = []
+
+    def chat(self, conversations, sampling: Sampling, seeds=None) -> list[Completion]:
+        self.sent.append(["chat", list(conversations), sampling.as_dict()])
+        return [Completion(text="Probe reasoning.", finish_reason="stop") for _ in conversations]
+
+    def label_logprobs(self, conversations, labels) -> list[LabelLogprobs]:
+        self.sent.append(["label_logprobs", list(conversations), list(labels)])
+        return [LabelLogprobs({label: -1.0 for label in labels}, floor=-2.0) for _ in conversations]
+
+    def response_logprobs(self, conversations) -> list[SequenceLogprob]:
+        self.sent.append(["response_logprobs", list(conversations)])
+        return [SequenceLogprob(-1.0, tokens=1) for _ in conversations]

@@ -1,0 +1,60 @@
+"""``likelihood``: each response scored alone, by how much more likely it is under the principle.
+
+A response's score is its log-likelihood as the reply of an assistant told to
+follow the principle minus that as the reply of one told to violate it (a
+contrastive score in the spirit of RLCD); P(x better) = sigmoid(scale *
+(score_x - score_y)).  No order exists, so none can bias it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+from core.backends.base import Backend
+
+from .. import prompts
+from ..scoring import likelihood_probability
+from .base import Comparison, JudgeMethod, Stage, Verdict
+
+
+class Scored(NamedTuple):
+    """One response as the reply of an assistant told to follow (or violate) the principle."""
+
+    prompt: tuple
+    response: str
+    question: str
+    follow: bool
+
+
+class Likelihood(JudgeMethod):
+    description = ("each response's log-likelihood under a principle-following minus a principle-violating "
+                   "instruction (the best on the bundled human labels with the default model)")
+
+    def requests(self, comparison: Comparison) -> list[Scored]:
+        q = comparison.principle.comparison_question
+        return [Scored(comparison.prompt, response, q, follow) for response in (comparison.x, comparison.y)
+                for follow in (True, False)]
+
+    def run(self, requests: dict[str, Scored], backend: Backend, stage: Stage) -> list[dict]:
+        started = time.monotonic()
+        results = backend.response_logprobs([prompts.likelihood_conversation(*r) for r in requests.values()])
+        stage("likelihood", len(requests), 0, started)
+        return [{"key": key, "kind": "likelihood", "logprob": result.logprob, "tokens": result.tokens,
+                 "error": result.error, "transient": result.error is not None}
+                for key, result in zip(requests, results)]
+
+    def verdict(self, comparison: Comparison, records: list[dict | None]) -> Verdict:
+        verdict = Verdict(comparison.principle.id, order_free=True)
+        if any(r is None for r in records):
+            verdict.error = "not judged"
+            return verdict
+        failed = next((r for r in records if r.get("error")), None)
+        if failed:
+            verdict.error = failed["error"]
+            return verdict
+        x_follow, x_violate, y_follow, y_violate = (r["logprob"] for r in records)
+        p = likelihood_probability(x_follow - x_violate, y_follow - y_violate, self.settings.likelihood_scale)
+        verdict.p = verdict.p_x_first = verdict.p_x_second = p
+        verdict.orders_agree = p != 0.5
+        return verdict
