@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from core.schema import Message
 
 NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1)]
 PrincipleId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", max_length=128)]
@@ -37,13 +39,6 @@ class Principle(BaseModel):
             "critique_request": self.critique_request,
             "revision_request": self.revision_request,
         }
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    role: Literal["system", "user", "assistant"]
-    content: str
 
 
 class Exemplar(BaseModel):

@@ -20,8 +20,9 @@ from core.hashing import stable_hash
 from constitution.schema import Constitution, Principle
 
 from core.backends.base import Backend, Completion, Sampling
-from .prompts import PromptRecord
 from core.progress import Progress
+from core.schema import CRITIQUE, DRAFT, REVISION, parse_step, step_name
+from .prompts import PromptRecord
 
 
 @dataclass(frozen=True)
@@ -61,27 +62,32 @@ class _RowState:
 
 
 class ReuseIndex:
-    """Drafts and rounds of earlier rows, by the fingerprint of what produced them."""
+    """Drafts and rounds of earlier rows, by the fingerprint of what produced them (with their calls, by step)."""
 
     def __init__(self, rows: Sequence[dict] = ()):
         self.drafts: dict[str, dict] = {}
         self.rounds: dict[str, tuple[dict, list[dict]]] = {}
         for row in rows:
-            calls = row.get("calls") or []
+            calls = {call.get("step"): call for call in row.get("calls") or []}
             if row.get("draft_fingerprint") and row.get("initial_response") is not None:
-                self.drafts[row["draft_fingerprint"]] = {"text": row["initial_response"], "call": calls[:1]}
-            for r, round_ in enumerate(row.get("rounds") or []):
+                self.drafts[row["draft_fingerprint"]] = {"text": row["initial_response"], "call": self._calls(calls, DRAFT)}
+            for r, round_ in enumerate(row.get("rounds") or [], start=1):
                 if round_.get("fingerprint"):
-                    self.rounds[round_["fingerprint"]] = (round_, calls[1 + 2 * r: 3 + 2 * r])
+                    steps = (step_name(CRITIQUE, r), step_name(REVISION, r))
+                    self.rounds[round_["fingerprint"]] = (round_, self._calls(calls, *steps))
+
+    @staticmethod
+    def _calls(calls: dict[str, dict], *steps: str) -> list[dict]:
+        return [calls[step] for step in steps if step in calls]
 
 
 class CritiqueReviseTask:
-    inputs = ("id", "prompt")
-    outputs = ("initial_response", "rounds", "final_response")
+    """Builds ``core.schema.GenerationRow`` rows (``_row``) for the prompts of one prompts file."""
 
-    def __init__(self, constitution: Constitution, settings: ChainSettings):
+    def __init__(self, constitution: Constitution, settings: ChainSettings, source_file: str | None = None):
         self.constitution = constitution
         self.settings = settings
+        self.source_file = source_file  # recorded in each row's source
         self.head = [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
         self.few_shot = [m for exemplar in constitution.few_shot for m in exemplar.messages()]
         self._few_shot_hash = stable_hash(self.few_shot) if self.few_shot else None
@@ -135,7 +141,7 @@ class CritiqueReviseTask:
             if cached is not None:
                 state.initial, state.calls = cached["text"], list(cached["call"])
                 state.reused_calls += 1
-        self._stage(backend, "draft", [s for s in states if s.initial is None], progress)
+        self._stage(backend, step_name(DRAFT), [s for s in states if s.initial is None], progress)
         for state in states:
             if state.error is None:
                 state.context = self.head + self.few_shot + state.prompt.messages + [
@@ -164,7 +170,7 @@ class CritiqueReviseTask:
             for state in pending:
                 principle = state.principles[r]
                 state.context.append({"role": "user", "content": principle.critique_request})
-            self._stage(backend, f"critique {r + 1}", pending, progress)
+            self._stage(backend, step_name(CRITIQUE, r + 1), pending, progress)
             pending = [s for s in pending if s.error is None]
             for state in pending:
                 principle = state.principles[r]
@@ -172,7 +178,7 @@ class CritiqueReviseTask:
                     {"role": "assistant", "content": state.critique},
                     {"role": "user", "content": principle.revision_request},
                 ]
-            self._stage(backend, f"revision {r + 1}", pending, progress)
+            self._stage(backend, step_name(REVISION, r + 1), pending, progress)
             for state in pending:
                 if state.error is None:
                     principle = state.principles[r]
@@ -199,7 +205,8 @@ class CritiqueReviseTask:
     def _stage(self, backend: Backend, step: str, states: list[_RowState], progress: Progress | None) -> None:
         if not states:
             return
-        if step == "draft":
+        kind, _ = parse_step(step)
+        if kind == DRAFT:
             conversations = [self.head + s.prompt.messages for s in states]
         else:
             conversations = [s.context for s in states]
@@ -218,9 +225,9 @@ class CritiqueReviseTask:
                 }
                 continue
             state.calls.append(_call_record(step, completion))
-            if step == "draft":
+            if kind == DRAFT:
                 state.initial = completion.text
-            elif step.startswith("critique"):
+            elif kind == CRITIQUE:
                 state.critique = completion.text
             else:
                 state.revision = completion.text
@@ -228,6 +235,7 @@ class CritiqueReviseTask:
             progress.stage(step, len(states), sum(c.completion_tokens for c in completions), elapsed)
 
     def _row(self, state: _RowState) -> dict:
+        """The row as ``core.schema.GenerationRow`` describes it: a new field goes there and here."""
         prompt = state.prompt
         final = state.rounds[-1]["revision"] if state.rounds else state.initial
         return {
@@ -248,6 +256,6 @@ class CritiqueReviseTask:
             "constitution_version": str(self.constitution.version),
             "draft_fingerprint": state.draft_fingerprint,
             "fingerprint": state.round_fingerprints[-1] if state.round_fingerprints else state.draft_fingerprint,
-            "source": {"line": prompt.line},
+            "source": {"line": prompt.line, "file": self.source_file},
             "reused_calls": state.reused_calls,
         }

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import UserError
 from core.hashing import stable_hash
-
-ROLES = ("system", "user", "assistant")
+from core.schema import MessageError, parse_messages
 
 
 @dataclass(frozen=True)
@@ -19,7 +18,6 @@ class PromptRecord:
     messages: list[dict[str, str]]
     tag: str | None
     line: int
-    extra: dict = field(default_factory=dict)
 
 
 class PromptFileError(UserError):
@@ -41,19 +39,13 @@ def _messages(row: dict) -> tuple[list[dict[str, str]] | None, str | None]:
             return None, "'prompt' is empty"
         return [{"role": "user", "content": prompt}], None
     if "messages" in row:
-        messages = row["messages"]
-        if not isinstance(messages, list) or not messages:
-            return None, "'messages' must be a non-empty list of {role, content}"
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or set(message) - {"role", "content"} or "role" not in message:
-                return None, f"messages[{i}] must be an object with only 'role' and 'content'"
-            if message["role"] not in ROLES:
-                return None, f"messages[{i}].role is {message['role']!r}; use one of {', '.join(ROLES)}"
-            if not isinstance(message.get("content"), str):
-                return None, f"messages[{i}].content must be a string"
+        try:
+            messages = parse_messages(row["messages"], "messages")
+        except MessageError as exc:
+            return None, str(exc)
         if messages[-1]["role"] != "user":
             return None, "the last message must be from the user (the turn to answer)"
-        return [dict(m) for m in messages], None
+        return messages, None
     return None, "missing 'prompt' (text) or 'messages' (chat); add one"
 
 
@@ -95,8 +87,7 @@ def _record(number: int, line: bytes) -> PromptRecord | str:
     if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id) == ""):
         return f"'id' must be a non-empty string or integer, got {raw_id!r}"
     prompt_id = str(raw_id) if raw_id is not None else stable_hash(messages)
-    extra = {k: v for k, v in row.items() if k not in ("prompt", "messages", "id", "tag")}
-    return PromptRecord(prompt_id, messages, tag, number, extra)
+    return PromptRecord(prompt_id, messages, tag, number)
 
 
 def scan_prompts(path: str | Path, limit: int | None = None,

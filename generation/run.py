@@ -84,7 +84,7 @@ def generate(
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     constitution = load_constitution(config.constitution)
     settings = chain_settings(config)
-    task = CritiqueReviseTask(constitution, settings)
+    task = CritiqueReviseTask(constitution, settings, str(config.prompts))
 
     out = Path(config.out)
     store = JsonlStore(out)
@@ -149,9 +149,7 @@ def generate(
             for batch in _pending_batches(config, task, fingerprints, done_ids):
                 rows, failures = task.run_batch(backend, batch, reuse, progress)
                 with _hold_ctrl_c():
-                    for row in rows:
-                        row["source"]["file"] = str(config.prompts)
-                        reused_calls += row["reused_calls"]
+                    reused_calls += sum(row["reused_calls"] for row in rows)
                     store.append(rows)
                     errors.append(failures)
                     generated += len(rows)

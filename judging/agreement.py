@@ -19,6 +19,7 @@ from core.hashing import stable_hash
 from constitution.loader import load_constitution
 from core.backends.base import Backend
 from core.progress import Progress
+from core.schema import parse_messages
 from core.store import atomic_write_text
 
 from .config import AgreementConfig
@@ -57,12 +58,9 @@ def parse_transcript(text: str) -> list[dict]:
 def _as_messages(value, what: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": "user" if what == "prompt" else "assistant", "content": value}]
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
-        for m in value
-    ):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise ValueError(f"'{what}' must be text or a non-empty list of {{role, content}} messages")
+    if not isinstance(value, list):
+        raise ValueError(f"'{what}' must be text or a non-empty list of {{role, content}} messages")
+    return parse_messages(value, what, other_keys="drop")  # its MessageError is a ValueError: reported with file:line
 
 
 def _split_common(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], str, str]:

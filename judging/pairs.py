@@ -28,6 +28,7 @@ from constitution.loader import load_constitution
 from constitution.schema import Constitution, Principle
 from core.backends.base import Backend, Sampling
 from core.progress import Progress
+from core.schema import DRAFT, REVISION, GenerationRow, MessageError, parse_messages, parse_step, validate_fields
 from core.store import (
     JsonlStore,
     atomic_write_text,
@@ -43,7 +44,7 @@ from .judge import Comparison, Judge, Verdict
 from .report import JudgeReport, format_judge_report
 from .scoring import ensemble
 
-GENERATE_FIELDS = ("prompt", "initial_response", "final_response", "rounds")
+GENERATE_FIELDS = ("prompt", "initial_response", "final_response", "rounds")  # what revision mode needs
 
 
 def judgements_path(out: Path) -> Path:
@@ -91,17 +92,17 @@ def read_jsonl(path: str | Path, limit: int | None = None, what: str = "input", 
     return rows[:limit] if limit else rows
 
 
-def _messages(value, where: str) -> list[dict]:
+def _messages(value, where: str, name: str = "prompt") -> list[dict]:
     if isinstance(value, str):
         if not value.strip():
             raise UserError(f"{where}: the prompt is empty")
         return [{"role": "user", "content": value}]
-    if not isinstance(value, list) or not value or not all(
-        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
-        for m in value
-    ):
+    if not isinstance(value, list):
         raise UserError(f"{where}: the prompt must be text or a non-empty list of {{role, content}} messages")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+    try:
+        return parse_messages(value, name, other_keys="drop")
+    except MessageError as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 @dataclass
@@ -128,8 +129,9 @@ class Item:
     revisions: int = 0
 
 
-def _finish(calls: list[dict], prefix: str, last: bool) -> str:
-    matching = [c for c in calls or [] if str(c.get("step", "")).startswith(prefix)]
+def _finish(calls: list[dict], kind: str, last: bool) -> str:
+    """finish_reason of the first (or last) call of this kind of step: a cut-off response is never chosen."""
+    matching = [c for c in calls or [] if parse_step(c["step"])[0] == kind]
     if not matching:
         return "stop"
     return (matching[-1] if last else matching[0]).get("finish_reason") or "stop"
@@ -141,11 +143,13 @@ def revision_item(line: int, row: dict, where: str) -> Item | str:
         raise UserError(f"{where}:{line}: not a `cai generate` row (missing {', '.join(missing)}); "
                         "use --mode samples for prompts or sampled responses")
     prompt = _messages(row["prompt"], f"{where}:{line}")
+    validate_fields(GenerationRow, row, ("initial_response", "final_response", "rounds", "calls"), f"{where}:{line}",
+                    "is this a `cai generate` output?")
     row_id = str(row.get("id") or stable_hash(prompt))
     if not row["rounds"]:
         return "no revision (0 rounds)"
-    initial = Candidate(row["initial_response"] or "", _finish(row.get("calls"), "draft", False), "initial_response")
-    final = Candidate(row["final_response"] or "", _finish(row.get("calls"), "revision", True), "final_response")
+    initial = Candidate(row["initial_response"], _finish(row.get("calls"), DRAFT, False), "initial_response")
+    final = Candidate(row["final_response"], _finish(row.get("calls"), REVISION, True), "final_response")
     return Item(row_id, line, prompt, [final, initial],
                 row.get("fingerprint") or stable_hash([prompt, initial.text, final.text]),
                 [r.get("principle_id") for r in row["rounds"]], revisions=len(row["rounds"]))
@@ -156,7 +160,7 @@ def samples_item(line: int, row: dict, where: str) -> Item:
         raise UserError(f"{where}:{line}: has both 'prompt' and 'messages'; keep one")
     if "prompt" not in row and "messages" not in row:
         raise UserError(f"{where}:{line}: missing 'prompt' (text or messages) or 'messages'")
-    prompt = _messages(row.get("prompt", row.get("messages")), f"{where}:{line}")
+    prompt = _messages(row.get("prompt", row.get("messages")), f"{where}:{line}", "prompt" if "prompt" in row else "messages")
     if prompt[-1]["role"] != "user":
         raise UserError(f"{where}:{line}: the prompt's last message must be from the user (the turn to answer)")
     row_id = str(row.get("id") or stable_hash(prompt))
@@ -221,7 +225,7 @@ def comparisons_for(item: Item, principles: list[Principle]) -> dict[tuple[int, 
 
 def build_pair(item: Item, principles: list[Principle], verdicts: dict[tuple[int, int], list[Verdict]],
                config: JudgeConfig, judge_model: str, fingerprint: str) -> tuple[dict | None, str | None]:
-    """The pair for one item, or None and the reason it was dropped."""
+    """The pair for one item (a ``core.schema.PreferenceRow``), or None and the reason it was dropped."""
     n = len(item.candidates)
     if n < 2:
         return None, "fewer than two responses"
@@ -304,7 +308,7 @@ def build_pair(item: Item, principles: list[Principle], verdicts: dict[tuple[int
 
 
 def sft_row(item: Item, pair: dict | None, mode: str) -> dict | None:
-    """revision mode: the final revision (when not cut off); samples mode: the chosen response."""
+    """A ``core.schema.SftRow``. revision mode: the final revision (when not cut off); samples mode: the chosen response."""
     if mode == "revision":
         final = item.candidates[0]
         if not item.revisions or not final.usable_as_chosen:

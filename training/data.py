@@ -1,17 +1,20 @@
 """Reading the training files: checked row by row, so bad input names its file, line and fix.
 
 Preference rows are TRL's conversational preference format as the judge writes
-them (``prompt``/``chosen``/``rejected`` message lists) plus the judge's extra
-columns; only the columns a trainer needs are kept.
+them (``prompt``/``chosen``/``rejected`` message lists, ``core.schema.PreferenceRow``)
+plus the judge's extra columns; only the columns a trainer needs are kept.  Messages
+are checked by ``core.schema.parse_messages`` (the one message validator).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.schema import ROLES, MessageError, parse_messages
 from core.store import read_json_objects
 
 PREFERENCE_EXAMPLE = (
@@ -30,25 +33,14 @@ def _example(what: str) -> str:
     return SFT_EXAMPLE if what == "sft" else PREFERENCE_EXAMPLE
 
 
-def _check_messages(value: Any, path: Path, number: int, column: str, roles: set[str] | None, example: str) -> list:
+def _check_messages(value: Any, path: Path, number: int, column: str, roles: Sequence[str], example: str) -> list:
     """Message lists must be ``[{"role": ..., "content": str}, ...]``; a plain string becomes one message."""
-    if isinstance(value, str) and roles is not None and len(roles) == 1:
-        return [{"role": next(iter(roles)), "content": value}]
-    if not isinstance(value, list) or not value:
-        raise UserError(f"{path}:{number}: column {column!r} must be a non-empty list of messages; a row looks like {example}")
-    messages = []
-    for message in value:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
-            raise UserError(
-                f"{path}:{number}: column {column!r} has {json.dumps(message)[:80]}, not a message "
-                '{"role": ..., "content": "text"}'
-            )
-        if roles is not None and message["role"] not in roles:
-            raise UserError(
-                f"{path}:{number}: column {column!r} has role {message['role']!r}; expected one of {sorted(roles)}"
-            )
-        messages.append({"role": message["role"], "content": message["content"]})
-    return messages
+    if isinstance(value, str) and len(roles) == 1:
+        return [{"role": roles[0], "content": value}]
+    try:
+        return parse_messages(value, column, roles, other_keys="drop")
+    except MessageError as exc:
+        raise UserError(f"{path}:{number}: {exc}; a row looks like {example}") from None
 
 
 def load_sft_rows(path: str | Path | None, max_rows: int | None = None) -> list[dict]:
@@ -57,7 +49,7 @@ def load_sft_rows(path: str | Path | None, max_rows: int | None = None) -> list[
     for number, row in read_jsonl(path, "sft")[:max_rows]:
         if "messages" not in row:
             raise UserError(f"{path}:{number}: no 'messages' column; an sft row looks like {SFT_EXAMPLE}")
-        messages = _check_messages(row["messages"], Path(path), number, "messages", None, SFT_EXAMPLE)
+        messages = _check_messages(row["messages"], Path(path), number, "messages", ROLES, SFT_EXAMPLE)
         if messages[-1]["role"] != "assistant":
             raise UserError(f"{path}:{number}: the last message must be the assistant's answer to learn from")
         rows.append({"messages": messages})
@@ -83,9 +75,9 @@ def load_preference_rows(
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
         kept = {
-            "prompt": _check_messages(prompt, Path(path), number, "prompt", {"system", "user", "assistant"}, PREFERENCE_EXAMPLE),
-            "chosen": _check_messages(row["chosen"], Path(path), number, "chosen", {"assistant"}, PREFERENCE_EXAMPLE),
-            "rejected": _check_messages(row["rejected"], Path(path), number, "rejected", {"assistant"}, PREFERENCE_EXAMPLE),
+            "prompt": _check_messages(prompt, Path(path), number, "prompt", ROLES, PREFERENCE_EXAMPLE),
+            "chosen": _check_messages(row["chosen"], Path(path), number, "chosen", ("assistant",), PREFERENCE_EXAMPLE),
+            "rejected": _check_messages(row["rejected"], Path(path), number, "rejected", ("assistant",), PREFERENCE_EXAMPLE),
         }
         for column in extra_columns:
             value = row.get(column)
@@ -112,7 +104,7 @@ def load_prompts(path: str | Path | None, max_rows: int | None = None) -> list[l
             prompts.append([{"role": "user", "content": value}])
         else:
             prompts.append(
-                _check_messages(value, Path(path), number, "prompt", {"system", "user", "assistant"}, '{"prompt": "..."}')
+                _check_messages(value, Path(path), number, "prompt", ROLES, '{"prompt": "..."}')
             )
     return prompts
 
