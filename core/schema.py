@@ -5,7 +5,7 @@
   judge's columns; built by ``judging.pairs.build_pair``.
 - ``SftRow``: one ``cai judge`` SFT row (``messages``); built by ``judging.pairs.sft_row``.
 - ``JudgementRecord`` (``OrderJudgement`` | ``LikelihoodJudgement``): one cached judgement
-  (``OUT.judgements.jsonl``); built by ``judging.judge.Judge``.
+  (``OUT.judgements.jsonl``); built by the judge's methods (``judging.methods``).
 - ``SampleRecord``: one cached policy sample (``OUT.samples.jsonl``); built by ``judging.pairs.sample_candidates``.
 - ``Manifest``: the manifest beside every output; built by ``core.store.write_manifest``.
 
@@ -135,7 +135,7 @@ class Round(_Row):
     critique: str
     revision_request: str
     revision: str
-    fingerprint: str = Field(description="Key of the round: the previous key, the principle and the few-shot exemplars.")
+    fingerprint: str = Field(description="Key of the round: the previous key, the principle, the few-shot exemplars.")
 
 
 class TokenCounts(_Row):

@@ -70,7 +70,8 @@ class ReuseIndex:
         for row in rows:
             calls = {call.get("step"): call for call in row.get("calls") or []}
             if row.get("draft_fingerprint") and row.get("initial_response") is not None:
-                self.drafts[row["draft_fingerprint"]] = {"text": row["initial_response"], "call": self._calls(calls, DRAFT)}
+                draft = {"text": row["initial_response"], "call": self._calls(calls, DRAFT)}
+                self.drafts[row["draft_fingerprint"]] = draft
             for r, round_ in enumerate(row.get("rounds") or [], start=1):
                 if round_.get("fingerprint"):
                     steps = (step_name(CRITIQUE, r), step_name(REVISION, r))

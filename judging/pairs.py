@@ -160,7 +160,8 @@ def samples_item(line: int, row: dict, where: str) -> Item:
         raise UserError(f"{where}:{line}: has both 'prompt' and 'messages'; keep one")
     if "prompt" not in row and "messages" not in row:
         raise UserError(f"{where}:{line}: missing 'prompt' (text or messages) or 'messages'")
-    prompt = _messages(row.get("prompt", row.get("messages")), f"{where}:{line}", "prompt" if "prompt" in row else "messages")
+    name = "prompt" if "prompt" in row else "messages"
+    prompt = _messages(row[name], f"{where}:{line}", name)
     if prompt[-1]["role"] != "user":
         raise UserError(f"{where}:{line}: the prompt's last message must be from the user (the turn to answer)")
     row_id = str(row.get("id") or stable_hash(prompt))
@@ -308,7 +309,10 @@ def build_pair(item: Item, principles: list[Principle], verdicts: dict[tuple[int
 
 
 def sft_row(item: Item, pair: dict | None, mode: str) -> dict | None:
-    """A ``core.schema.SftRow``. revision mode: the final revision (when not cut off); samples mode: the chosen response."""
+    """A ``core.schema.SftRow``.
+
+    revision mode: the final revision (when not cut off); samples mode: the chosen response.
+    """
     if mode == "revision":
         final = item.candidates[0]
         if not item.revisions or not final.usable_as_chosen:

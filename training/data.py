@@ -77,7 +77,8 @@ def load_preference_rows(
         kept = {
             "prompt": _check_messages(prompt, Path(path), number, "prompt", ROLES, PREFERENCE_EXAMPLE),
             "chosen": _check_messages(row["chosen"], Path(path), number, "chosen", ("assistant",), PREFERENCE_EXAMPLE),
-            "rejected": _check_messages(row["rejected"], Path(path), number, "rejected", ("assistant",), PREFERENCE_EXAMPLE),
+            "rejected": _check_messages(row["rejected"], Path(path), number, "rejected", ("assistant",),
+                                        PREFERENCE_EXAMPLE),
         }
         for column in extra_columns:
             value = row.get(column)

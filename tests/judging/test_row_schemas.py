@@ -180,7 +180,8 @@ def pair_row() -> dict:
     ({"chosen_probability": "high"}, r"pairs.jsonl:2: column 'chosen_probability' must be a number, got \"high\""),
     ({"chosen_probability": True}, r"pairs.jsonl:2: column 'chosen_probability' must be a number, got true"),
     ({"chosen": [{"content": "GOOD"}]}, r"pairs.jsonl:2: chosen\[0\].role is missing; a message is .*a row looks like"),
-    ({"rejected": [{"role": "user", "content": "BAD"}]}, r"pairs.jsonl:2: rejected\[0\].role is 'user'; it must be 'assistant'"),
+    ({"rejected": [{"role": "user", "content": "BAD"}]},
+     r"pairs.jsonl:2: rejected\[0\].role is 'user'; it must be 'assistant'"),
     ({"prompt": [{"role": "user", "content": 3}]}, r"pairs.jsonl:2: prompt\[0\].content must be text, got 3"),
     ({"prompt": []}, r"pairs.jsonl:2: prompt must be a non-empty list of messages"),
 ])
@@ -197,7 +198,7 @@ def test_a_bad_preference_row_for_training_names_its_line(tmp_path, pair_row, ch
 def test_a_bad_sft_row_names_its_line(tmp_path):
     path = tmp_path / "sft.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Yo"}]}) + "\n")
-    with pytest.raises(UserError, match=r"sft.jsonl:1: messages\[1\].role is 'bot'; use one of system, user, assistant"):
+    with pytest.raises(UserError, match=r"sft.jsonl:1: messages\[1\].role is 'bot'; use one of system, user, assist"):
         load_sft_rows(path)
 
 
