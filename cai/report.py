@@ -265,9 +265,10 @@ def _tiles(run: RunFiles) -> list[dict]:
                       "note": f"{flagged} flagged" if run.has_flags else "no quality flags on these rows"})
     report = run.judge_report or {}
     if run.pairs or report:
-        dropped = report.get("pairs_dropped")
-        tiles.append({"label": "preference pairs", "value": str(len(run.pairs)),
-                      "note": f"{dropped} rows dropped" if dropped is not None else ""})
+        notes = [f"{report['pairs_dropped']} rows dropped"] if report.get("pairs_dropped") is not None else []
+        if report.get("flagged_rows_left_out"):
+            notes.append(f"{report['flagged_rows_left_out']} flagged rows left out")
+        tiles.append({"label": "preference pairs", "value": str(len(run.pairs)), "note": ", ".join(notes)})
     if report.get("mean_confidence") is not None:
         order = report.get("order_consistency")
         note = ("order-free method" if report.get("order_free_comparisons")

@@ -68,13 +68,13 @@ def _styled(build):
         return build()
 
 
-def _barh(ax, labels: list[str], series: list[tuple[str, list[float], str]]) -> None:
+def _barh(ax, labels: list[str], series: list[tuple[str, list[float], str]], width: int = 36) -> None:
     """Stacked horizontal bars, one row per label, largest total on top."""
     left = [0.0] * len(labels)
     for name, values, color in series:
         ax.barh(range(len(labels)), values, left=left, color=color, label=name)
         left = [a + b for a, b in zip(left, values)]
-    ax.set_yticks(range(len(labels)), [short(label) for label in labels])
+    ax.set_yticks(range(len(labels)), [short(label, width) for label in labels])
     for y, total in enumerate(left):
         ax.text(total, y, f" {total:g}", va="center", fontsize=8)
     ax.invert_yaxis()
@@ -219,7 +219,7 @@ def dropped_figure(run: RunFiles):
     def build():
         fig = _figure(7, 0.8 + 0.28 * len(names))
         ax = fig.add_subplot()
-        _barh(ax, names, [("rows", [outcomes[n] for n in names], GREY)])
+        _barh(ax, names, [("rows", [outcomes[n] for n in names], GREY)], width=48)
         ax.patches[0].set_color(GREEN)
         ax.set_xlabel("input rows")
         return fig

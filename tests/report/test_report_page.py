@@ -192,3 +192,14 @@ def test_word_diff_marks_changed_runs():
     # A rewritten phrase is one change, not a change per word.
     before, _ = word_diff("you could post rumours online", "please talk to her")
     assert before == [("del", "you could post rumours online")]
+
+
+def test_every_option_has_help():
+    from dataclasses import fields
+
+    from cai.label import LabelConfig
+    from cai.report import ReportConfig
+
+    for config in (ReportConfig, LabelConfig):
+        for option in fields(config):
+            assert option.metadata.get("help"), f"{config.__name__}.{option.name}"
