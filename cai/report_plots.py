@@ -173,6 +173,37 @@ def confidence_figure(run: RunFiles):
     return _styled(build)
 
 
+def order_figure(run: RunFiles):
+    """Per pair: P(chosen better) with chosen shown first against shown second; off the diagonal, order mattered."""
+    points = []
+    for pair in run.pairs:
+        orders = [s["orders"] for s in (pair.get("principle_scores") or {}).values()
+                  if isinstance(s, dict) and isinstance(s.get("orders"), list) and len(s["orders"]) == 2
+                  and all(isinstance(v, (int, float)) for v in s["orders"])]
+        if orders:
+            points.append((sum(o[0] for o in orders) / len(orders), sum(o[1] for o in orders) / len(orders)))
+    if not points or all(abs(a - b) < 1e-9 for a, b in points):
+        return None  # no pairs, or an order-free method: every point on the diagonal says nothing
+    consistent = sum(1 for a, b in points if (a - 0.5) * (b - 0.5) > 0)
+
+    def build():
+        fig = _figure(7, 3.2)
+        ax = fig.add_subplot()
+        ax.scatter([a for a, _ in points], [b for _, b in points], s=14, color=BLUE, alpha=0.75)
+        ax.axvline(0.5, color=GREY, linewidth=0.8, linestyle="--")
+        ax.axhline(0.5, color=GREY, linewidth=0.8, linestyle="--")
+        ax.plot([0, 1], [0, 1], color=GREY, linewidth=0.6)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xlabel("P(chosen better), chosen shown first (A)")
+        ax.set_ylabel("... chosen shown second (B)")
+        ax.set_title(f"{consistent} of {len(points)} pairs keep their winner when the options swap", fontsize=9)
+        return fig
+
+    return _styled(build)
+
+
 def judge_principles_figure(run: RunFiles):
     """Per principle: mean confidence and, for order-sensitive methods, order consistency and first-option wins."""
     per = (run.judge_report or {}).get("per_principle") or {}
@@ -336,6 +367,9 @@ def all_figures(run: RunFiles) -> list[dict]:
     section("judge", "Judge", [
         _entry(confidence_figure(run), "plot-confidence", "Judge confidence",
                "How sure the judge is of each pair it made; near 0.5 it barely prefers either response."),
+        _entry(order_figure(run), "plot-order", "Order consistency per pair",
+               "Each pair judged with the chosen response as option (A) and as option (B); in the top-right "
+               "quadrant the winner survives the swap, near the diagonal the position did not matter."),
         _entry(judge_principles_figure(run), "plot-judge-principles", "Judge per principle",
                "Mean confidence per principle; for order-sensitive methods also how often the winner survives "
                "swapping the options and how often the first option wins (0.5: no position bias)."),

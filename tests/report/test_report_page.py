@@ -10,7 +10,7 @@ import pytest
 from cai.cli import main
 from cai.report import load_run, word_diff, write_report
 from core.errors import UserError
-from run_folder import HOSTILE, ROWS
+from run_folder import HOSTILE, ROWS, make_run_folder
 
 PLOTS = ("plot-principles", "plot-flags", "plot-lengths", "plot-confidence", "plot-judge-principles", "plot-dropped",
          "plot-agreement-0", "plot-training-dpo", "plot-winrate")
@@ -203,3 +203,28 @@ def test_every_option_has_help():
     for config in (ReportConfig, LabelConfig):
         for option in fields(config):
             assert option.metadata.get("help"), f"{config.__name__}.{option.name}"
+
+
+def test_order_sensitive_judge_shows_order_consistency(run_folder):
+    """The pairwise method: per-pair orders and per-principle consistency and first-option wins are plotted."""
+    path = run_folder / "preferences.jsonl"
+    pairs = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, pair in enumerate(pairs):
+        for score in pair["principle_scores"].values():
+            score["orders"] = [0.9, 0.3] if i % 2 else [0.7, 0.6]  # every other pair flips with the order
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    report_path = run_folder / "preferences.jsonl.report.json"
+    report = json.loads(report_path.read_text())
+    for stats in report["per_principle"].values():
+        stats.update(order_free_comparisons=0, order_consistency=0.5, first_option_wins=0.8)
+    report.update(order_free_comparisons=0, order_consistency=0.5, first_option_wins=0.8)
+    report_path.write_text(json.dumps(report))
+    html = write_report(run_folder).read_text()
+    order = html[html.index('id="plot-order"'):]
+    assert "3 of 5 pairs keep their winner" in order[: order.index("</svg>")]
+    principles = html[html.index('id="plot-judge-principles"'):]
+    principles = principles[: principles.index("</svg>")]
+    assert "order consistency" in principles and "first option wins" in principles
+    assert "Order consistency 0.50 (first option wins 0.8)" in html
+    # An order-free method has no such plot (every point would sit on the diagonal).
+    assert 'id="plot-order"' not in write_report(make_run_folder(run_folder.parent / "second")).read_text()
