@@ -39,9 +39,9 @@ def _missing(reason: str):
     pytest.skip(f"{reason} (make browser installs it as root)")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium(tmp_path_factory):
-    """One Chromium for the session, with a fresh profile."""
+    """One Chromium per test module, with a fresh profile (closed before other modules' event loops run)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
