@@ -2,7 +2,7 @@
 
 The page reads every stage's outputs (whichever exist): ``revisions.jsonl`` (rows, their
 quality flags), ``preferences.jsonl`` and its ``.report.json`` (the judge), agreement
-reports (``*agreement*.json``, from ``cai judge agreement --out``), the training folders'
+reports (any ``*.json`` with ``agreement_ci95``, as ``cai judge agreement --out`` writes), the training folders'
 ``cai_training.json`` (the trainer's log history) and ``eval.json`` (win rates).  Plots are
 matplotlib SVG inlined in the page (``cai/report_plots.py``); the row browser and its filters
 are a few lines of inline JavaScript.  Nothing on the page reaches the network.
@@ -35,7 +35,7 @@ class ReportConfig:
     agreement: str | None = field(
         default=None,
         metadata={"help": "Agreement report(s) from `cai judge agreement --out FILE` to plot, comma-separated. "
-                          "Default: every *agreement*.json in RUN_DIR."},
+                          "Default: every agreement report (*.json with 'agreement_ci95') in RUN_DIR."},
     )
 
     def out_path(self) -> Path:
@@ -101,7 +101,20 @@ def _agreement_files(run_dir: Path, named: str | None) -> list[Path]:
             raise UserError(f"--agreement: no such file {', '.join(missing)}; pass the JSON that "
                             "`cai judge agreement --out FILE` wrote")
         return paths
-    return sorted(p for p in run_dir.glob("*agreement*.json") if p.is_file())
+    # Any JSON in the folder may be one (`cai judge agreement --out`, a recipe's judge check): the content decides.
+    return sorted(p for p in run_dir.glob("*.json") if p.is_file())
+
+
+def _trainer_state_history(folder: Path) -> list:
+    """The log history in a Trainer's ``trainer_state.json`` (the last checkpoint's, or the folder's)."""
+
+    def step(path: Path) -> int:
+        number = path.parent.name.rsplit("-", 1)[-1]
+        return int(number) if number.isdigit() else -1
+
+    states = sorted(folder.glob("checkpoint-*/trainer_state.json"), key=step)
+    state = _read_json(states[-1] if states else folder / "trainer_state.json")
+    return (state or {}).get("log_history") or []
 
 
 def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
@@ -125,12 +138,7 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
         summary = _read_json(run_dir / name / "cai_training.json")
         if summary is not None:
             if not summary.get("log_history"):
-                # A Trainer checkpoint's state holds the same history.
-                states = sorted((run_dir / name).glob("checkpoint-*/trainer_state.json"),
-                                key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else 0)
-                state = _read_json(states[-1]) if states else _read_json(run_dir / name / "trainer_state.json")
-                if state and state.get("log_history"):
-                    summary = {**summary, "log_history": state["log_history"]}
+                summary = {**summary, "log_history": _trainer_state_history(run_dir / name)}
             run.training.append((name, summary))
     run.evaluation = _read_json(run_dir / "eval.json")
     if not (run.revisions or run.pairs or run.judge_report or run.training or run.evaluation):
