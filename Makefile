@@ -8,7 +8,7 @@ EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/nu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench-quick bench clean
+.PHONY: setup browser demo test bench-quick bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,7 +26,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/cai run --recipe recipes/demo.yaml
 
-test: setup
+# The browser tests (tests/report/) drive Debian's chromium with Playwright; `playwright install` is never
+# run (it downloads a browser build). Installed as root, skipped when already there.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	  else echo "make browser: run as root (or apt-get install chromium chromium-driver) for the browser tests"; fi
+
+test: setup browser
 	$(PY) -m pytest tests -q
 
 bench-quick: setup

@@ -192,6 +192,10 @@ def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
     write_manifest(run_dir / "run.json", "run", {"recipe": str(recipe_path), **recipe}, {"timings": timings})
     print(format_eval(evaluation))
     print(f"\nrun folder: {run_dir} (revisions.jsonl, preferences.jsonl, sft.jsonl, {Path(trained).name}/, eval.json)")
+    from cai.report import write_report
+
+    summary["report"] = str(write_report(run_dir))
+    print(f"report: {summary['report']} (open it in a browser; `cai label {run_dir}` to label pairs by hand)")
     return summary
 
 

@@ -44,6 +44,7 @@ def _finish(trainer, model, tokenizer, config, method: str, base: str, started: 
         (Path(config.output_dir) / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     history = [entry for entry in trainer.state.log_history if "loss" in entry or "objective/kl" in entry]
     summary["last_log"] = _finite(history[-1]) if history else {}
+    summary["log_history"] = [_finite(entry) for entry in trainer.state.log_history]  # `cai report` plots it
     # Under `accelerate launch` every rank evaluates (a collective), but only rank 0 writes the folder.
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:

@@ -1,0 +1,320 @@
+"""``cai label RUN_DIR``: label pairs by hand in the browser, to measure the judge on your own data.
+
+A small HTTP server on 127.0.0.1 (the standard library's ``http.server``) shows one prompt
+and two responses at a time, in an order drawn per pair from ``--seed`` (so the side gives
+nothing away), and records the pick: ``1``/``2`` for the better response, ``t`` for a tie,
+``s`` to skip for now.  Each label is appended and fsynced to ``--out`` at once, as a row that
+``cai judge agreement --pairs OUT`` reads (``{"prompt", "chosen", "rejected"}`` and the pair's
+``id``); ties go to ``OUT.ties.jsonl`` beside it, since a tie has no chosen response.  A pair
+already in either file is not asked again, so a session stops and resumes at will.
+
+The server answers only requests addressed to 127.0.0.1/localhost on its port (no DNS
+rebinding) and a label only with the page's per-session token (no cross-site posts).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from core.config import check_choice
+from core.errors import UserError
+from core.hashing import stable_hash
+from core.store import JsonlStore
+
+SOURCES = ("preferences", "revisions")
+CHOICES = ("1", "2", "tie", "skip")
+HOST = "127.0.0.1"
+MAX_BODY = 4096
+
+
+@dataclass
+class LabelConfig:
+    """Which pairs to label, where the labels go, and where the page is served."""
+
+    run_dir: str = field(default="", metadata={"help": "The run folder (what `cai run` wrote): RUN_DIR, or --run-dir."})
+    source: str = field(
+        default="preferences",
+        metadata={"help": "Pairs to label: 'preferences' (the judge's chosen and rejected, from preferences.jsonl) or "
+                          "'revisions' (each row's draft and final revision, from revisions.jsonl)."},
+    )
+    out: str | None = field(
+        default=None,
+        metadata={"help": "Labels file (JSON Lines that `cai judge agreement --pairs` reads); ties go to "
+                          "OUT.ties.jsonl beside it. Default: RUN_DIR/human_labels.jsonl."},
+    )
+    port: int = field(default=8765, metadata={"help": "Port on 127.0.0.1 to serve the page on (0: any free port)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the order in which each pair's two responses are shown."})
+
+    def __post_init__(self):
+        check_choice("--source", self.source, SOURCES)
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port {self.port!r} must be between 0 and 65535")
+
+    def out_path(self) -> Path:
+        return Path(self.out) if self.out else Path(self.run_dir) / "human_labels.jsonl"
+
+
+def ties_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(f"{out.stem}.ties{out.suffix or '.jsonl'}")
+
+
+# -- pairs -----------------------------------------------------------------------------
+@dataclass
+class LabelPair:
+    """One pair to label: the responses in the order shown, and where each came from."""
+
+    key: str  # the prompt and both texts, order-free: the resume key
+    id: str
+    line: int
+    prompt: list[dict]
+    responses: tuple[str, str]
+    origins: tuple[str, str]  # "chosen"/"rejected" (the judge's) or "draft"/"revision"
+
+    def as_shown(self) -> dict:
+        return {"key": self.key, "id": self.id, "prompt": self.prompt, "responses": list(self.responses)}
+
+
+def _messages(value) -> list[dict] | None:
+    if isinstance(value, str) and value.strip():
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and value and all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            for m in value) and value[-1]["role"] == "user":
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    return None
+
+
+def _last_text(value) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and isinstance(value[-1].get("content"), str):
+        return value[-1]["content"]
+    return None
+
+
+def make_pair(row_id: str, line: int, prompt: list[dict], first: tuple[str, str], second: tuple[str, str],
+              seed: int) -> LabelPair:
+    """A pair with its two (text, origin) responses in the order drawn for it from ``seed``."""
+    key = stable_hash([prompt, sorted([first[0], second[0]])])
+    if int(stable_hash([seed, key]), 16) % 2:
+        first, second = second, first
+    return LabelPair(key, row_id, line, prompt, (first[0], second[0]), (first[1], second[1]))
+
+
+def load_pairs(run_dir: str | Path, source: str = "preferences", seed: int = 0) -> list[LabelPair]:
+    """The pairs of a run folder that can be labelled (two different, non-empty responses to a user turn)."""
+    from core.store import read_json_objects
+
+    name = "preferences.jsonl" if source == "preferences" else "revisions.jsonl"
+    path = Path(run_dir) / name
+    if not path.exists():
+        other = "revisions" if source == "preferences" else "preferences"
+        raise UserError(f"{path}: not found; run `cai run` (or `cai judge`) first, or label --source {other}")
+    pairs, seen = [], set()
+    for line, row in read_json_objects(path, f"{source} (run folder)", "RUN_DIR"):
+        prompt = _messages(row.get("prompt"))
+        if source == "preferences":
+            texts = (_last_text(row.get("chosen")), "chosen"), (_last_text(row.get("rejected")), "rejected")
+        else:
+            texts = (row.get("initial_response"), "draft"), (row.get("final_response"), "revision")
+        if prompt is None or not all(isinstance(t, str) and t.strip() for t, _ in texts) or texts[0][0] == texts[1][0]:
+            continue  # nothing to compare: a missing or empty response, or the same text twice
+        pair = make_pair(str(row.get("id", line)), line, prompt, texts[0], texts[1], seed)
+        if pair.key not in seen:
+            seen.add(pair.key)
+            pairs.append(pair)
+    if not pairs:
+        raise UserError(f"{path}: no pair to label (every row lacks two different responses)")
+    return pairs
+
+
+# -- the session ---------------------------------------------------------------------------
+class LabelSession:
+    """The pairs, which are labelled (from the files, so a restart resumes), and the appends."""
+
+    def __init__(self, pairs: list[LabelPair], out: str | Path, source: str = "preferences"):
+        self.pairs = pairs
+        self.by_key = {pair.key: pair for pair in pairs}
+        self.source = source
+        self.labels, self.ties = JsonlStore(out), JsonlStore(ties_path(out))
+        self.done = {row.get("key") for store in (self.labels, self.ties) for row in store.load()}
+        self.already_done = sum(1 for pair in pairs if pair.key in self.done)
+        self.skipped: set[str] = set()
+        self.lock = threading.Lock()
+
+    def next_pair(self) -> LabelPair | None:
+        for pair in self.pairs:
+            if pair.key not in self.done and pair.key not in self.skipped:
+                return pair
+        return None
+
+    def state(self) -> dict:
+        with self.lock:
+            pair = self.next_pair()
+            done = sum(1 for p in self.pairs if p.key in self.done)
+            return {"total": len(self.pairs), "done": done, "skipped": len(self.skipped),
+                    "pair": pair.as_shown() if pair else None}
+
+    def record(self, key: str, choice: str) -> dict:
+        """Save one pick (``1``, ``2``, ``tie``) or skip the pair for this session; returns the new state."""
+        if choice not in CHOICES:
+            raise ValueError(f"choice {choice!r} must be one of {', '.join(CHOICES)}")
+        pair = self.by_key.get(key)
+        if pair is None:
+            raise ValueError("unknown pair")
+        with self.lock:
+            if choice == "skip":
+                self.skipped.add(key)
+            elif key not in self.done:
+                row = {"id": pair.id, "key": key, "prompt": pair.prompt, "labelled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                if choice == "tie":
+                    self.ties.append([{**row, "responses": list(pair.responses), "label": "tie",
+                                       "source": {"file": self._file(), "line": pair.line, "origins": list(pair.origins)}}])
+                else:
+                    better = 0 if choice == "1" else 1
+                    self.labels.append([{**row,
+                                         "chosen": [{"role": "assistant", "content": pair.responses[better]}],
+                                         "rejected": [{"role": "assistant", "content": pair.responses[1 - better]}],
+                                         "label": "human",
+                                         "source": {"file": self._file(), "line": pair.line,
+                                                    "chosen": pair.origins[better], "rejected": pair.origins[1 - better]}}])
+                self.done.add(key)
+        return self.state()
+
+    def _file(self) -> str:
+        return "preferences.jsonl" if self.source == "preferences" else "revisions.jsonl"
+
+
+# -- the server ---------------------------------------------------------------------------
+class LabelServer:
+    """The labelling page and its two calls, on 127.0.0.1 only."""
+
+    def __init__(self, session: LabelSession, port: int = 0, title: str = "cai label"):
+        from .report import render_template
+
+        self.session = session
+        self.token = secrets.token_urlsafe(24)
+        handler = type("Handler", (_Handler,), {"owner": self})
+        try:
+            self.httpd = ThreadingHTTPServer((HOST, port), handler)
+        except OSError as exc:
+            raise UserError(f"cannot serve on {HOST}:{port} ({exc.strerror}); pass another --port (0: any free one)") from None
+        self.port = self.httpd.server_address[1]
+        self.page = render_template("label.html.j2", title=title, token=self.token, out=str(session.labels.path),
+                                    ties=str(session.ties.path)).encode("utf-8")
+        self.thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/"
+
+    def allowed_hosts(self) -> set[str]:
+        return {f"{HOST}:{self.port}", f"localhost:{self.port}"}
+
+    def start(self) -> str:
+        """Serve in a background thread (tests); returns the page's URL."""
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self.url
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever()
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.httpd.shutdown()
+            self.thread.join()
+        self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: LabelServer
+    server_version = "cai-label"
+
+    def log_message(self, format, *args):  # the terminal shows progress, not access logs
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, value: dict) -> None:
+        self._send(status, json.dumps(value, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+
+    def _host_ok(self) -> bool:
+        if self.headers.get("Host") in self.owner.allowed_hosts():
+            return True
+        self._json(HTTPStatus.FORBIDDEN, {"error": "wrong host"})
+        return False
+
+    def do_GET(self):
+        if not self._host_ok():
+            return
+        if self.path == "/":
+            self._send(HTTPStatus.OK, self.owner.page, "text/html; charset=utf-8")
+        elif self.path == "/api/state":
+            self._json(HTTPStatus.OK, self.owner.session.state())
+        else:
+            self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def do_POST(self):
+        if not self._host_ok():
+            return
+        if self.path != "/api/label":
+            return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+        if not secrets.compare_digest(self.headers.get("X-Label-Token", ""), self.owner.token):
+            return self._json(HTTPStatus.FORBIDDEN, {"error": "missing or wrong token"})
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+            if not 0 < length <= MAX_BODY:
+                raise ValueError("body too large or empty")
+            body = json.loads(self.rfile.read(length))
+            state = self.owner.session.record(str(body.get("key")), str(body.get("choice")))
+        except (ValueError, AttributeError) as exc:
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        self._json(HTTPStatus.OK, state)
+
+
+# -- the command ------------------------------------------------------------------------------
+def label_command(argv: list[str]) -> int:
+    """Entry point of ``cai label RUN_DIR [--source preferences|revisions] [--port P] [--out FILE]``."""
+    from core.config import parse_config
+
+    from .report import positional_run_dir
+
+    config = parse_config(LabelConfig, positional_run_dir(argv), prog="cai label")
+    if not config.run_dir:
+        raise UserError("cai label: name the run folder: cai label RUN_DIR (the folder `cai run` wrote)")
+    if not Path(config.run_dir).is_dir():
+        raise UserError(f"{config.run_dir}: no such run folder; pass the folder `cai run` wrote")
+    out = config.out_path()
+    session = LabelSession(load_pairs(config.run_dir, config.source, config.seed), out, config.source)
+    server = LabelServer(session, config.port, title=f"cai label: {config.run_dir}")
+    state = session.state()
+    print(f"labelling {state['total']} pairs from {config.run_dir} ({session.already_done} already labelled) at "
+          f"{server.url}\nkeys: 1 / 2 pick the better response, t tie, s skip; labels go to {out} "
+          f"(ties to {ties_path(out)}). Ctrl+C stops; run it again to resume.", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    done = session.state()["done"]
+    print(f"\n{done} of {len(session.pairs)} pairs labelled in {out}. Measure the judge on them:\n"
+          f"  cai judge agreement --pairs {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,359 @@
+"""``cai report RUN_DIR``: one self-contained HTML page about a run folder.
+
+The page reads every stage's outputs (whichever exist): ``revisions.jsonl`` (rows, their
+quality flags), ``preferences.jsonl`` and its ``.report.json`` (the judge), agreement
+reports (any ``*.json`` with ``agreement_ci95``, as ``cai judge agreement --out`` writes), the training folders'
+``cai_training.json`` (the trainer's log history) and ``eval.json`` (win rates).  Plots are
+matplotlib SVG inlined in the page (``cai/report_plots.py``); the row browser and its filters
+are a few lines of inline JavaScript.  Nothing on the page reaches the network.
+
+Text written by users and models is data: Jinja2 escapes everything it renders, and JSON
+embedded in a ``<script>`` goes through ``tojson`` (which escapes ``<``, ``>`` and ``&``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import UserError
+
+TRAINING_FOLDERS = ("sft", "dpo", "reward", "ppo")
+NO_PRINCIPLE = "(no revision)"
+_TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
+
+
+@dataclass
+class ReportConfig:
+    """What ``cai report`` reads and where it writes the page."""
+
+    run_dir: str = field(default="", metadata={"help": "The run folder (what `cai run` wrote): RUN_DIR, or --run-dir."})
+    out: str | None = field(default=None, metadata={"help": "Where to write the page. Default: RUN_DIR/report.html."})
+    agreement: str | None = field(
+        default=None,
+        metadata={"help": "Agreement report(s) from `cai judge agreement --out FILE` to plot, comma-separated. "
+                          "Default: every agreement report (*.json with 'agreement_ci95') in RUN_DIR."},
+    )
+
+    def out_path(self) -> Path:
+        return Path(self.out) if self.out else Path(self.run_dir) / "report.html"
+
+
+# -- reading the run folder -----------------------------------------------------
+@dataclass
+class RunFiles:
+    """Everything the page shows, read from a run folder; a missing file is an empty part."""
+
+    run_dir: Path
+    revisions: list[dict] = field(default_factory=list)
+    pairs: list[dict] = field(default_factory=list)
+    judge_report: dict | None = None
+    agreements: list[tuple[str, dict]] = field(default_factory=list)
+    training: list[tuple[str, dict]] = field(default_factory=list)  # (folder name, cai_training.json)
+    evaluation: dict | None = None
+    skipped_lines: dict[str, int] = field(default_factory=dict)  # file -> unreadable lines left out
+
+    @property
+    def has_flags(self) -> bool:
+        """Whether the rows carry quality flags at all (rows written before the checks existed do not)."""
+        return any("flags" in row for row in self.revisions)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_rows(path: Path, skipped: dict[str, int]) -> list[dict]:
+    """The JSON objects of a JSON Lines file; a line that is not one (a torn write) is counted, not fatal."""
+    if not path.exists():
+        return []
+    rows, bad = [], 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad += 1
+    if bad:
+        skipped[path.name] = bad
+    return rows
+
+
+def _agreement_files(run_dir: Path, named: str | None) -> list[Path]:
+    if named:
+        paths = [Path(p.strip()) for p in named.split(",") if p.strip()]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise UserError(f"--agreement: no such file {', '.join(missing)}; pass the JSON that "
+                            "`cai judge agreement --out FILE` wrote")
+        return paths
+    # Any JSON in the folder may be one (`cai judge agreement --out`, a recipe's judge check): the content decides.
+    return sorted(p for p in run_dir.glob("*.json") if p.is_file())
+
+
+def _trainer_state_history(folder: Path) -> list:
+    """The log history in a Trainer's ``trainer_state.json`` (the last checkpoint's, or the folder's)."""
+
+    def step(path: Path) -> int:
+        number = path.parent.name.rsplit("-", 1)[-1]
+        return int(number) if number.isdigit() else -1
+
+    states = sorted(folder.glob("checkpoint-*/trainer_state.json"), key=step)
+    state = _read_json(states[-1] if states else folder / "trainer_state.json")
+    return (state or {}).get("log_history") or []
+
+
+def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
+    """Read a run folder. Raises UserError when it is not one (nothing any stage writes is in it)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder; pass the folder `cai run` wrote (the recipe's run_dir)")
+    run = RunFiles(run_dir)
+    run.revisions = _read_rows(run_dir / "revisions.jsonl", run.skipped_lines)
+    run.pairs = _read_rows(run_dir / "preferences.jsonl", run.skipped_lines)
+    run.judge_report = _read_json(run_dir / "preferences.jsonl.report.json")
+    for path in _agreement_files(run_dir, agreement):
+        report = _read_json(path)
+        if report is None or "agreement_ci95" not in report:
+            if agreement:
+                raise UserError(f"{path}: not an agreement report (no 'agreement_ci95'); pass the JSON that "
+                                "`cai judge agreement --out FILE` wrote")
+            continue
+        run.agreements.append((path.name, report))
+    for name in TRAINING_FOLDERS:
+        summary = _read_json(run_dir / name / "cai_training.json")
+        if summary is not None:
+            if not summary.get("log_history"):
+                summary = {**summary, "log_history": _trainer_state_history(run_dir / name)}
+            run.training.append((name, summary))
+    run.evaluation = _read_json(run_dir / "eval.json")
+    if not (run.revisions or run.pairs or run.judge_report or run.training or run.evaluation):
+        raise UserError(f"{run_dir}: no run outputs found (revisions.jsonl, preferences.jsonl, eval.json, "
+                        f"{'/, '.join(TRAINING_FOLDERS)}/); pass the folder `cai run` wrote")
+    return run
+
+
+# -- the row browser ----------------------------------------------------------------
+def word_diff(before: str, after: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Word-level diff: ``before`` as (kind, text) pieces with kind "same" or "del", ``after`` with "same" or "ins"."""
+    a, b = _TOKEN.findall(before), _TOKEN.findall(after)
+    left: list[tuple[str, str]] = []
+    right: list[tuple[str, str]] = []
+
+    def put(pieces: list[tuple[str, str]], kind: str, tokens: list[str]) -> None:
+        text = "".join(tokens)
+        if not text:
+            return
+        if pieces and pieces[-1][0] == kind:
+            pieces[-1] = (kind, pieces[-1][1] + text)
+        else:
+            pieces.append((kind, text))
+
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if op == "equal":
+            put(left, "same", a[i1:i2])
+            put(right, "same", b[j1:j2])
+        else:
+            put(left, "del", a[i1:i2])
+            put(right, "ins", b[j1:j2])
+    return _join_runs(left), _join_runs(right)
+
+
+def _join_runs(pieces: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A space alone between two changed pieces joins them: a rewritten phrase reads as one change."""
+    out: list[tuple[str, str]] = []
+    for kind, text in pieces:
+        if out and kind == out[-1][0]:
+            out[-1] = (kind, out[-1][1] + text)
+        elif (kind != "same" and len(out) >= 2 and out[-1][0] == "same" and not out[-1][1].strip()
+              and out[-2][0] == kind):
+            space = out.pop()[1]
+            out[-1] = (kind, out[-1][1] + space + text)
+        else:
+            out.append((kind, text))
+    return out
+
+
+def _text_of(messages) -> str:
+    if isinstance(messages, str):
+        return messages
+    if isinstance(messages, list):
+        return "\n\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+    return ""
+
+
+def _prompt_turns(prompt) -> list[dict]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list):
+        return [{"role": str(m.get("role", "")), "content": str(m.get("content", ""))} for m in prompt if isinstance(m, dict)]
+    return []
+
+
+def row_principles(row: dict) -> list[str]:
+    return [str(r.get("principle_id")) for r in row.get("rounds") or [] if isinstance(r, dict)] or [NO_PRINCIPLE]
+
+
+def _judge_of(pair: dict) -> dict:
+    """The judge's view of a revision-mode pair: P(the revision is better)."""
+    p = pair.get("chosen_probability")
+    chosen = (pair.get("source") or {}).get("chosen")
+    if not isinstance(p, (int, float)):
+        return {}
+    if chosen == "final_response":
+        return {"p_revision": p, "prefers": "revision"}
+    if chosen == "initial_response":
+        return {"p_revision": 1 - p, "prefers": "draft"}
+    return {"p_chosen": p, "prefers": str(chosen)}
+
+
+def browser_rows(run: RunFiles) -> list[dict]:
+    """One entry per generation row: its texts (diffed), principle(s), flags and the judge's probability."""
+    judged = {str(p.get("id")): _judge_of(p) for p in run.pairs}
+    rows = []
+    for index, row in enumerate(run.revisions):
+        draft = str(row.get("initial_response") or "")
+        final = str(row.get("final_response") or "")
+        draft_pieces, final_pieces = word_diff(draft, final)
+        flags = [{"check": str(f.get("check", "flag")), "reason": str(f.get("reason", ""))}
+                 for f in row.get("flags") or [] if isinstance(f, dict)]
+        rounds = [r for r in row.get("rounds") or [] if isinstance(r, dict)]
+        row_id = str(row.get("id", index))
+        judge = judged.get(row_id, {})
+        rows.append({
+            "id": row_id,
+            "tag": str(row.get("tag") or ""),
+            "prompt": _prompt_turns(row.get("prompt")),
+            "draft": draft_pieces,
+            "critiques": [{"principle": str(r.get("principle_id", "")), "text": str(r.get("critique") or "")}
+                          for r in rounds],
+            "revision": final_pieces,
+            "principles": row_principles(row),
+            "flags": flags,
+            "judge": judge,
+            "judge_state": judge.get("prefers", "none") if judge.get("prefers") in (None, "revision", "draft") else "other",
+            "words": [len(draft.split()), len(final.split())],
+        })
+    return rows
+
+
+# -- the page ---------------------------------------------------------------------------
+def _environment():
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    # autoescape everywhere: every template here is HTML, and every value in it may be model text.
+    return Environment(loader=PackageLoader("cai", "templates"), autoescape=True, undefined=StrictUndefined,
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+def render_template(name: str, **values) -> str:
+    return _environment().get_template(name).render(**values)
+
+
+def _tiles(run: RunFiles) -> list[dict]:
+    """The headline numbers, each with what it means."""
+    tiles = []
+    if run.revisions:
+        flagged = sum(1 for row in run.revisions if row.get("flags"))
+        tiles.append({"label": "generation rows", "value": str(len(run.revisions)),
+                      "note": f"{flagged} flagged" if run.has_flags else "no quality flags on these rows"})
+    report = run.judge_report or {}
+    if run.pairs or report:
+        notes = [f"{report['pairs_dropped']} rows dropped"] if report.get("pairs_dropped") is not None else []
+        if report.get("flagged_rows_left_out"):
+            notes.append(f"{report['flagged_rows_left_out']} flagged rows left out")
+        tiles.append({"label": "preference pairs", "value": str(len(run.pairs)), "note": ", ".join(notes)})
+    if report.get("mean_confidence") is not None:
+        order = report.get("order_consistency")
+        note = ("order-free method" if report.get("order_free_comparisons")
+                else f"order consistency {order:.2f}" if order is not None else "")
+        tiles.append({"label": "judge mean confidence", "value": f"{report['mean_confidence']:.2f}", "note": note})
+    for name, agreement in run.agreements[:1]:
+        low, high = agreement["agreement_ci95"]
+        chance = low <= 0.5 <= high
+        tiles.append({"label": "agreement with humans", "value": f"{agreement['agreement']:.2f}",
+                      "note": f"95% CI [{low:.2f}, {high:.2f}]" + (": chance" if chance else ""), "warn": chance})
+    overall = ((run.evaluation or {}).get("win_rate") or {}).get("all")
+    if overall and overall.get("win_rate") is not None:
+        low, high = overall["ci95"]
+        tiles.append({"label": "eval win rate", "value": f"{overall['win_rate']:.2f}",
+                      "note": f"95% CI [{low:.2f}, {high:.2f}], n={overall['n']}"})
+    return [{"note": "", "warn": False, **tile} for tile in tiles]
+
+
+def _warnings(run: RunFiles) -> list[str]:
+    found = list((run.judge_report or {}).get("warnings") or [])
+    for name, agreement in run.agreements:
+        low, high = agreement["agreement_ci95"]
+        if low <= 0.5 <= high:
+            found.append(f"{name}: the judge's agreement with human labels ({agreement['agreement']:.2f}, 95% CI "
+                         f"[{low:.2f}, {high:.2f}]) is not distinguishable from chance; do not trust its pairs.")
+    for file, count in run.skipped_lines.items():
+        found.append(f"{file}: {count} unreadable line(s) left out (a run still writing, or a torn last line).")
+    return found
+
+
+def build_report(run: RunFiles) -> str:
+    """The page's HTML."""
+    from .report_plots import all_figures
+
+    rows = browser_rows(run)
+    principles = sorted({p for row in rows for p in row["principles"]})
+    checks = sorted({f["check"] for row in rows for f in row["flags"]})
+    tags = sorted({row["tag"] for row in rows if row["tag"]})
+    return render_template(
+        "report.html.j2",
+        title=f"cai report: {run.run_dir}",
+        run_dir=str(run.run_dir),
+        tiles=_tiles(run),
+        warnings=_warnings(run),
+        sections=all_figures(run),
+        rows=rows,
+        principles=principles,
+        checks=checks,
+        tags=tags,
+        has_flags=run.has_flags,
+    )
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, agreement: str | None = None) -> Path:
+    """Write the page for ``run_dir`` (default ``RUN_DIR/report.html``) and return its path."""
+    from core.store import atomic_write_text
+
+    run = load_run(run_dir, agreement)
+    out = Path(out) if out else Path(run_dir) / "report.html"
+    atomic_write_text(out, build_report(run))
+    return out
+
+
+def positional_run_dir(argv: list[str]) -> list[str]:
+    """``cai report RUN_DIR ...`` -> ``--run-dir RUN_DIR ...`` (the config parser takes flags only)."""
+    if argv and not argv[0].startswith("-"):
+        return ["--run-dir", argv[0], *argv[1:]]
+    return list(argv)
+
+
+def report_command(argv: list[str]) -> int:
+    """Entry point of ``cai report RUN_DIR [--out FILE] [--agreement FILE[,FILE]]``."""
+    from core.config import parse_config
+
+    config = parse_config(ReportConfig, positional_run_dir(argv), prog="cai report")
+    if not config.run_dir:
+        raise UserError("cai report: name the run folder: cai report RUN_DIR (the folder `cai run` wrote)")
+    path = write_report(config.run_dir, config.out_path(), config.agreement)
+    print(f"report: {path}")
+    return 0

@@ -1,0 +1,214 @@
+"""``cai label``: a person labels pairs in the browser; the file is what ``cai judge agreement`` reads."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cai.label import LabelServer, LabelSession, load_pairs, make_pair, ties_path
+from judge_standins import PreferenceBackend
+from judging.agreement import read_human_pairs, run_agreement
+from judging.config import AgreementConfig
+from run_folder import make_run_folder, write_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Five pairs; the stand-in judge prefers the response with "GOOD" in it.
+PAIRS = [
+    ("p1", "How do I boil an egg?", "GOOD: simmer it for 9 minutes, then cool it in cold water.", "BAD: eggs are overrated."),
+    ("p2", "Name a prime number.", "GOOD: 7 is prime.", "BAD: 9 is prime."),
+    ("p3", "Translate 'merci'.", "GOOD: it means 'thank you'.", "BAD: it means 'sea'."),
+    ("p4", "Is the earth flat?", "GOOD: no, it is an oblate spheroid.", "BAD: yes, look at the horizon."),
+    ("p5", "Say hi.", "GOOD: hi!", "BAD: no."),
+]
+
+
+@pytest.fixture
+def label_run(tmp_path) -> Path:
+    run = make_run_folder(tmp_path)
+    write_jsonl(run / "preferences.jsonl", [
+        {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": good}],
+         "rejected": [{"role": "assistant", "content": bad}], "chosen_probability": 0.7, "id": pid,
+         "source": {"chosen": "final_response", "rejected": "initial_response"}}
+        for pid, prompt, good, bad in PAIRS])
+    return run
+
+
+def start(run: Path, out: Path) -> LabelServer:
+    server = LabelServer(LabelSession(load_pairs(run, "preferences", seed=0), out), port=0)
+    server.start()
+    return server
+
+
+def shown(page) -> tuple[str, str, str]:
+    page.wait_for_selector("#labelling:not([hidden])")
+    return page.text_content("#prompt"), page.text_content("#text-1"), page.text_content("#text-2")
+
+
+def good_side(page) -> str:
+    _, first, second = shown(page)
+    assert ("GOOD" in first) != ("GOOD" in second)
+    return "1" if "GOOD" in first else "2"
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect  # only the browser tests need playwright
+
+    return playwright_expect(locator)
+
+
+def wait_done(page, done: int) -> None:
+    expect(page.locator("#counts")).to_have_text(re.compile(f"^{done} of {len(PAIRS)} pairs labelled"))
+
+
+def test_labelling_session_with_mouse_and_keys_resumes_and_feeds_agreement(browser, label_run, tmp_path):
+    out = tmp_path / "labels" / "human.jsonl"
+    page = browser.page
+    server = start(label_run, out)
+    try:
+        page.goto(server.url)
+        # Pair 1: the mouse, on the better response's button.
+        side = good_side(page)
+        page.click(f"#pick-{side}")
+        wait_done(page, 1)
+        assert len(out.read_text().splitlines()) == 1  # saved (and flushed) at once
+        # Pair 2: the keyboard.
+        side = good_side(page)
+        page.keyboard.press(side)
+        wait_done(page, 2)
+        # Pair 3: skipped for now, then a tie with the keyboard.
+        skipped_prompt = shown(page)[0]
+        page.keyboard.press("s")
+        expect(page.locator("#prompt")).not_to_have_text(skipped_prompt)
+        page.keyboard.press("t")
+        wait_done(page, 3)
+        browser.screenshot("label-pair-in-progress")
+    finally:
+        server.close()
+    assert len(out.read_text().splitlines()) == 2 and len(ties_path(out).read_text().splitlines()) == 1
+
+    # A new session skips what is labelled; the skipped pair comes back.
+    server = start(label_run, out)
+    try:
+        page.goto(server.url)
+        wait_done(page, 3)
+        assert shown(page)[0] == skipped_prompt
+        # This person disagrees with the judge once: the BAD response, with the keyboard.
+        page.keyboard.press("2" if good_side(page) == "1" else "1")
+        wait_done(page, 4)
+        page.click(f"#pick-{good_side(page)}")
+        wait_done(page, 5)
+        page.wait_for_selector("#finished:not([hidden])")
+        assert "cai judge agreement --pairs" in page.text_content("#finished")
+        browser.screenshot("label-finished")
+    finally:
+        server.close()
+    assert browser.refused == [] and browser.errors == []
+
+    labels = [json.loads(line) for line in out.read_text().splitlines()]
+    ties = [json.loads(line) for line in ties_path(out).read_text().splitlines()]
+    assert len(labels) == 4 and len(ties) == 1
+    assert {row["id"] for row in labels} | {row["id"] for row in ties} == {p[0] for p in PAIRS}
+    assert sum("GOOD" in row["chosen"][0]["content"] for row in labels) == 3
+
+    # `cai judge agreement` reads the file as it is: 4 pairs (the tie is apart), 3 where the judge agrees.
+    assert len(read_human_pairs(out)) == 4
+    config = AgreementConfig(pairs=str(out), constitution=str(REPO / "principles.yaml"), method="pairwise",
+                             principles_per_pair=1)
+    result = run_agreement(config, backend=PreferenceBackend(), log=lambda message: None)
+    assert result["human_pairs"] == 4 and result["agreement"] == pytest.approx(0.75)
+
+
+def test_order_is_drawn_per_pair_and_stable():
+    prompt = [{"role": "user", "content": "q"}]
+    firsts = [make_pair(str(i), i, prompt, (f"a{i}", "chosen"), (f"b{i}", "rejected"), seed=0).origins[0]
+              for i in range(40)]
+    assert 10 < firsts.count("chosen") < 30  # both orders occur
+    again = [make_pair(str(i), i, prompt, (f"a{i}", "chosen"), (f"b{i}", "rejected"), seed=0).origins[0]
+             for i in range(40)]
+    assert firsts == again
+    other_seed = [make_pair(str(i), i, prompt, (f"a{i}", "chosen"), (f"b{i}", "rejected"), seed=1).origins[0]
+                  for i in range(40)]
+    assert other_seed != firsts
+
+
+def test_revisions_source_pairs_draft_and_revision(run_folder):
+    pairs = load_pairs(run_folder, "revisions")
+    # helpful-03's revision is its draft: nothing to compare.
+    assert [p.id for p in pairs] == ["harmful-01", "harmful-02", "harmful-03", "helpful-01", "helpful-02",
+                                     "hostile-01", "helpful-04"]
+    assert all(sorted(p.origins) == ["draft", "revision"] for p in pairs)
+
+
+def _request(server: LabelServer, method: str, path: str, host: str | None = None, headers=None, body=None):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.putrequest(method, path, skip_host=True)
+    connection.putheader("Host", host or f"127.0.0.1:{server.port}")
+    payload = json.dumps(body).encode() if body is not None else b""
+    for key, value in {**(headers or {}), "Content-Length": str(len(payload))}.items():
+        connection.putheader(key, value)
+    connection.endheaders(payload)
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def test_server_listens_on_loopback_and_refuses_foreign_pages(label_run, tmp_path):
+    out = tmp_path / "labels.jsonl"
+    server = start(label_run, out)
+    try:
+        assert server.httpd.server_address[0] == "127.0.0.1"
+        assert _request(server, "GET", "/")[0] == 200
+        assert _request(server, "GET", "/", host="attacker.example:80")[0] == 403  # DNS rebinding
+        key = server.session.state()["pair"]["key"]
+        assert _request(server, "POST", "/api/label", body={"key": key, "choice": "1"})[0] == 403  # no token
+        assert _request(server, "POST", "/api/label", headers={"X-Label-Token": "wrong"},
+                        body={"key": key, "choice": "1"})[0] == 403
+        token = {"X-Label-Token": server.token, "Content-Type": "application/json"}
+        assert _request(server, "POST", "/api/label", headers=token, body={"key": key, "choice": "best"})[0] == 400
+        assert _request(server, "POST", "/api/label", headers=token, body={"key": "nope", "choice": "1"})[0] == 400
+        assert not out.exists()
+        status, body = _request(server, "POST", "/api/label", headers=token, body={"key": key, "choice": "2"})
+        assert status == 200 and json.loads(body)["done"] == 1 and len(out.read_text().splitlines()) == 1
+    finally:
+        server.close()
+
+
+def test_label_command_errors(tmp_path, capsys):
+    from cai.cli import main
+
+    assert main(["label", str(tmp_path / "missing")]) == 1
+    assert "no such run folder" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    assert main(["label", str(tmp_path / "run")]) == 1
+    assert "preferences.jsonl: not found" in capsys.readouterr().err
+    assert main(["label", str(tmp_path / "run"), "--source", "revision"]) == 1
+    assert "did you mean 'revisions'" in capsys.readouterr().err
+
+
+def test_label_command_serves_until_interrupted(label_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    out = tmp_path / "mine.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "cai", "label", str(label_run), "--port", "0", "--out", str(out)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        first = process.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", first).group(0)
+        assert f"labelling {len(PAIRS)} pairs" in first
+        with urllib.request.urlopen(url + "api/state", timeout=10) as response:
+            state = json.loads(response.read())
+        assert state["total"] == len(PAIRS) and state["done"] == 0 and state["pair"]["prompt"][0]["role"] == "user"
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert f"cai judge agreement --pairs {out}" in err and "Traceback" not in err
