@@ -225,7 +225,8 @@ def bench_judge(task, backend, prompts, rows, settings, results) -> None:
 def main(argv=None) -> None:
     args, settings = child_args(argv)
     from constitution.loader import load_constitution
-    from core.backends.base import Sampling, create_backend
+    from core.backends.base import Sampling
+    from core.backends.registry import create_backend
     from generation.critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
     from core.model import model_identity, resolve_model
     from generation.prompts import read_prompts

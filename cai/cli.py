@@ -6,7 +6,6 @@ in its package's ``cli`` module and is imported only when called.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
@@ -37,10 +36,11 @@ def _find_command(argv: list[str]) -> tuple[str, list[str]]:
         name = " ".join(argv[:words])
         if len(argv) >= words and name in COMMANDS:
             return name, argv[words:]
-    guess = " ".join(argv[:2])
-    close = difflib.get_close_matches(guess, COMMANDS, n=1) or difflib.get_close_matches(argv[0], COMMANDS, n=1)
-    hint = f" Did you mean 'cai {close[0]}'?" if close else ""
-    raise SystemExit(f"cai: unknown command {argv[0]!r}.{hint}\n\n{_usage()}")
+    from core.config import did_you_mean
+
+    commands = [f"cai {name}" for name in COMMANDS]
+    hint = did_you_mean("cai " + " ".join(argv[:2]), commands) or did_you_mean(f"cai {argv[0]}", commands)
+    raise SystemExit(f"cai: unknown command {argv[0]!r}{hint}\n\n{_usage()}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,17 +122,14 @@ def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
     policy = None
     try:
         started = time.monotonic()
-        if generate_config.backend == "vllm":
-            from generation.run import make_backend
+        from generation.run import make_backend
 
-            # Built lazily: a finished stage loads no model.
-            def policy_factory(_config=generate_config):
-                nonlocal policy
-                if policy is None:
-                    policy = make_backend(_config)
-                return policy
-        else:
-            policy_factory = None
+        # Built lazily (a finished stage loads no model), then shared by the judge and eval.
+        def policy_factory(_config=generate_config):
+            nonlocal policy
+            if policy is None:
+                policy = make_backend(_config)
+            return policy
         log("[run] 1/4 generate")
         generate(generate_config, backend_factory=policy_factory, log=log)
         timings["generate_s"] = time.monotonic() - started

@@ -36,14 +36,19 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
     """A UserError quoting ``value`` unless it is one of ``choices`` (``name`` is the flag or key)."""
     choices = list(choices)
     if value not in choices:
-        raise UserError(f"{name} {value!r} is unknown{did_you_mean(value, choices)}. Choose one of: {', '.join(choices)}.")
+        hint = did_you_mean(value, choices) or "."
+        raise UserError(f"{name} {value!r} is unknown{hint} Choose one of: {', '.join(choices)}.")
 
 
-def check_rules(config: Any, rules: Sequence[tuple[str, bool, str]]) -> None:
-    """``rules`` are ``(field, holds, rule)``; the first that does not hold is a UserError quoting the value."""
+def check_rules(config: Any, rules: Sequence[tuple[str, bool, str]], flags: Mapping[str, str] | None = None) -> None:
+    """``rules`` are ``(field, holds, rule)``; the first that does not hold is a UserError quoting the value.
+
+    The error names the field's flag, or ``flags[field]`` when the value came from another option
+    (a judge's ``--judge-base-url``).
+    """
     for name, holds, rule in rules:
         if not holds:
-            raise UserError(f"{flag(name)} {getattr(config, name)!r} {rule}")
+            raise UserError(f"{(flags or {}).get(name) or flag(name)} {getattr(config, name)!r} {rule}")
 
 
 def _field_types(config_class: type) -> dict[str, Any]:
@@ -117,8 +122,12 @@ def check_values(config_class: type, values: Mapping[str, Any], where) -> dict[s
     """
     hints = _field_types(config_class)
     known = [f.name for f in dataclasses.fields(config_class) if f.init]
+    # A field's flag aliases name it in YAML too (``--in`` of ``input``: ``in: file.jsonl``).
+    aliases = {alias.lstrip("-").replace("-", "_"): f.name for f in dataclasses.fields(config_class)
+               for alias in f.metadata.get("aliases", ())}
     problems, checked = [], {}
     for key, value in values.items():
+        key = aliases.get(key, key)
         if key not in known:
             problems.append(f"{where(key)}: unknown option {key!r}{did_you_mean(key, known)}")
             continue

@@ -5,18 +5,17 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from .config import GenerateConfig
+from core.config import parse_config
 from core.progress import shorten
 from core.store import manifest_path
 
+from .config import GenerateConfig
+
 
 def generate(argv: list[str]) -> int:
-    from trl import TrlParser
-
     from .run import generate as run_generate
 
-    parser = TrlParser([GenerateConfig], prog="cai generate")
-    (config,) = parser.parse_args_and_config(argv)
+    config = parse_config(GenerateConfig, argv, prog="cai generate")
     result = run_generate(config)
     counts = result["counts"]
     print(

@@ -13,9 +13,9 @@ from core.errors import UserError
 from constitution.loader import load_constitution
 
 from core.backends.base import Backend, Sampling
+from core.backends.registry import backend_identity
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
-from core.model import model_identity
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.store import JsonlStore, errors_path, manifest_path, read_manifest, write_manifest
@@ -43,11 +43,11 @@ def _hold_ctrl_c():
 
 def make_backend(config: GenerateConfig) -> Backend:
     """The backend a generate config asks for."""
-    return config.build_backend(config.backend, config.model, config.base_url, config.seed)
+    return config.build_backend(config.backend, config.model)
 
 
 def chain_settings(config: GenerateConfig) -> ChainSettings:
-    model = model_identity(config.model) if config.backend == "vllm" else config.model
+    model = backend_identity(config.backend, config.model)
     sampling = Sampling(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
     return ChainSettings(model=model, sampling=sampling, seed=config.seed, rounds=config.rounds)
 
@@ -194,7 +194,6 @@ def generate(
         "prompts": str(config.prompts),
         "constitution": str(config.constitution),
         "backend": config.backend,
-        "base_url": config.base_url,
         "settings": settings.as_dict(),
         "batch_size": config.batch_size,
         "limit": config.limit,

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import textwrap
 
+from core.config import parse_config
 from core.progress import shorten as _short
 
 from .config import AgreementConfig, JudgeConfig
 
 
 def judge(argv: list[str]) -> int:
-    from trl import TrlParser
-
     from .pairs import run_judge
 
-    parser = TrlParser([JudgeConfig], prog="cai judge")
-    (config,) = parser.parse_args_and_config(argv)
+    config = parse_config(JudgeConfig, argv, prog="cai judge")
     result = run_judge(config)
     counts = result["counts"]
     print(result["text"])
@@ -33,12 +31,9 @@ def judge(argv: list[str]) -> int:
 
 
 def agreement(argv: list[str]) -> int:
-    from trl import TrlParser
-
     from .agreement import run_agreement
 
-    parser = TrlParser([AgreementConfig], prog="cai judge agreement")
-    (config,) = parser.parse_args_and_config(argv)
+    config = parse_config(AgreementConfig, argv, prog="cai judge agreement")
     result = run_agreement(config)
     print(result["text"])
     return 0 if result.get("human_pairs") else 1

@@ -1,14 +1,14 @@
-"""Configuration of ``cai judge`` and ``cai judge agreement`` (YAML via --config, any field overridable by a flag)."""
+"""Configuration of ``cai judge`` and ``cai judge agreement`` (defaults, then ``--config`` YAML, then flags:
+``core.config.parse_config``)."""
 
 from __future__ import annotations
 
-import difflib
-import os
 from dataclasses import dataclass, field
 
+from core.backends.base import BackendOptions
+from core.backends.registry import BACKEND_HELP, DEFAULT_BACKEND, EngineOptions, backend_options
+from core.config import check_choice, check_rules
 from core.errors import UserError
-from core.backends.base import BACKENDS
-from generation.config import EngineOptions
 
 from .methods import METHODS, method_class
 
@@ -17,18 +17,65 @@ _COT_METHODS = [name for name in METHODS if method_class(name).supports_cot]
 MODES = ("revision", "samples")
 
 
-def _choice(flag: str, value, choices) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        raise UserError(
-            f"{flag} {value!r} is unknown" + (f"; did you mean {close[0]!r}?" if close else "")
-            + f" Choose one of: {', '.join(choices)}."
-        )
-
-
 @dataclass
 class JudgeModelConfig(EngineOptions):
-    """Which judge, how it scores, and which principles it asks about."""
+    r"""Which judge, how it scores, and which principles it asks about: the options ``cai judge``,
+    ``cai judge agreement`` and ``cai eval`` share.
+
+    Parameters:
+        > Parameters that control the judge model (and the engine options of ``EngineOptions``)
+
+        judge_model (`str` or `None`, *optional*, defaults to `None`):
+            A local model folder, a hub id, `"default"` or, with an openai judge backend, the served model name.
+            `None`: the same as `model` (one engine, loaded once).
+        judge_backend (`str` or `None`, *optional*, defaults to `None`):
+            The judge's backend (see `backend`); `None`: the same as `backend`.
+        judge_base_url (`str` or `None`, *optional*, defaults to `None`):
+            The judge endpoint's OpenAI-compatible URL; `None`: `base_url` when the backends are the same.
+
+        > Parameters that control the policy model
+
+        model (`str`, *optional*, defaults to `"default"`):
+            The policy (samples mode samples from it; the judge defaults to it): `"default"`, a folder, a hub id or
+            a served model name.
+        backend (`str`, *optional*, defaults to `"vllm"`):
+            A backend registered in `core/backends/registry.py`: `"vllm"` (in-process) or `"openai"` (an endpoint).
+        base_url (`str` or `None`, *optional*, defaults to `None`):
+            The policy endpoint's OpenAI-compatible URL (openai backend; or set `$OPENAI_BASE_URL`).
+        seed (`int`, *optional*, defaults to `0`):
+            Seed for principle assignment and sampling.
+
+        > Parameters that control scoring
+
+        method (`str`, *optional*, defaults to `"likelihood"`):
+            How the judge scores: `"likelihood"`, `"pairwise"` or `"text"`.
+        cot (`bool`, *optional*, defaults to `False`):
+            Chain of thought (pairwise and text methods): the judge reasons first, then the label is read.
+        cot_clamp (`bool`, *optional*, defaults to `True`):
+            With `cot`, clamp each probability to [0.4, 0.6].
+        cot_max_tokens (`int`, *optional*, defaults to `192`):
+            With `cot`, maximum tokens of reasoning.
+        constrained_verdict (`bool`, *optional*, defaults to `True`):
+            Text method: constrain the verdict to (A) or (B) with structured outputs.
+        likelihood_scale (`float`, *optional*, defaults to `1.0`):
+            Likelihood method: P(x better) = sigmoid(scale * (score_x - score_y)).
+
+        > Parameters that control the principles
+
+        constitution (`str`, *optional*, defaults to `"principles.yaml"`):
+            Constitution YAML file (its comparison questions).
+        principles_per_pair (`int`, *optional*, defaults to `3`):
+            Principles each pair is judged under; their scores are averaged.
+        principle_ids (`str` or `None`, *optional*, defaults to `None`):
+            Comma-separated principle ids to judge every pair under, instead of an assignment.
+
+        > Parameters that control the run
+
+        batch_size (`int`, *optional*, defaults to `32`):
+            Rows per batch; each batch is saved when judged.
+        limit (`int` or `None`, *optional*, defaults to `None`):
+            Use only the first N input rows.
+    """
 
     constitution: str = field(default="principles.yaml", metadata={"help": "Constitution YAML file (its comparison questions)."})
     judge_model: str | None = field(
@@ -38,7 +85,7 @@ class JudgeModelConfig(EngineOptions):
                           "(one engine, loaded once)."},
     )
     judge_backend: str | None = field(
-        default=None, metadata={"help": "Judge backend: 'vllm' (in-process) or 'openai' (any endpoint). Default: --backend."}
+        default=None, metadata={"help": "The judge's backend, as --backend. Default: --backend."}
     )
     judge_base_url: str | None = field(
         default=None, metadata={"help": "Judge's OpenAI-compatible base URL. Default: --base-url."}
@@ -47,8 +94,11 @@ class JudgeModelConfig(EngineOptions):
         default="default",
         metadata={"help": "Policy model (samples mode samples from it; the judge defaults to it): 'default', a folder or a hub id."},
     )
-    backend: str = field(default="vllm", metadata={"help": "Policy backend: 'vllm' (in-process) or 'openai'."})
-    base_url: str | None = field(default=None, metadata={"help": "Policy's OpenAI-compatible base URL."})
+    backend: str = field(default=DEFAULT_BACKEND, metadata={"help": "Policy backend. " + BACKEND_HELP})
+    base_url: str | None = field(
+        default=None, metadata={"help": "openai backend: the policy endpoint's URL, e.g. http://127.0.0.1:8000/v1 "
+                                        "(or $OPENAI_BASE_URL)."}
+    )
     method: str = field(
         default="likelihood",
         metadata={"help": f"How the judge scores, one of {', '.join(METHODS)}. "
@@ -85,28 +135,28 @@ class JudgeModelConfig(EngineOptions):
     limit: int | None = field(default=None, metadata={"help": "Use only the first N input rows."})
 
     def __post_init__(self):
-        super().__post_init__()
-        _choice("--backend", self.backend, list(BACKENDS))
-        if self.judge_backend is not None:
-            _choice("--judge-backend", self.judge_backend, list(BACKENDS))
-        _choice("--method", self.method, METHODS)
+        self.policy_options()  # each backend's name and options, checked before any work
+        self.judge_options()
+        check_choice("--method", self.method, METHODS)
         if self.cot and not method_class(self.method).supports_cot:
             raise UserError(f"--cot needs --method {' or '.join(_COT_METHODS)} (the {self.method} method has no verdict "
                             "to reason towards)")
-        for flag, backend, url in (("--base-url", self.backend, self.base_url),
-                                   ("--judge-base-url", self.resolved_judge_backend, self.resolved_judge_base_url)):
-            if backend == "openai" and not url and not os.environ.get("OPENAI_BASE_URL"):
-                raise UserError(f"an openai backend needs {flag} (e.g. http://127.0.0.1:8000/v1)")
-        checks = [
+        check_rules(self, [
             ("principles_per_pair", self.principles_per_pair >= 1, "must be >= 1"),
             ("cot_max_tokens", self.cot_max_tokens >= 1, "must be >= 1"),
             ("likelihood_scale", self.likelihood_scale > 0, "must be > 0"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("limit", self.limit is None or self.limit >= 1, "must be >= 1"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)!r} {rule}")
+        ])
+
+    def policy_options(self) -> BackendOptions:
+        """The policy backend's options, from this config's fields."""
+        return backend_options(self.backend, self)
+
+    def judge_options(self) -> BackendOptions:
+        """The judge backend's options: this config's fields, with the judge's endpoint."""
+        return backend_options(self.resolved_judge_backend, self, flag="--judge-backend",
+                               flags={"base_url": "--judge-base-url"}, base_url=self.resolved_judge_base_url)
 
     @property
     def resolved_judge_backend(self) -> str:
@@ -134,6 +184,42 @@ class JudgeModelConfig(EngineOptions):
 
 @dataclass
 class JudgeConfig(JudgeModelConfig):
+    r"""Configuration of ``cai judge``: judge responses into preference pairs (and SFT rows).
+
+    Parameters (besides those of ``JudgeModelConfig``):
+        > Parameters that control the data
+
+        input (`str`, flag `--in`):
+            `cai generate` output (revision mode), or prompts with optional `responses` (samples mode).
+        out (`str`):
+            Output preference pairs (JSON Lines); an existing one is resumed.
+        sft_out (`str` or `None`, *optional*, defaults to `None`):
+            Where to write the SFT rows; `None`: `sft.jsonl` beside `out`.
+        overwrite (`bool`, *optional*, defaults to `False`):
+            Discard an existing output and its judgement cache.
+
+        > Parameters that control the pairs
+
+        mode (`str`, *optional*, defaults to `"revision"`):
+            `"revision"`: the initial response against the final revision; `"samples"`: `num_samples` policy
+            samples per prompt, best against worst by mean win probability.
+        min_margin (`float`, *optional*, defaults to `0.0`):
+            Drop pairs whose margin (2 * chosen_probability - 1, in [0, 1]) is below this.
+        require_orders_agree (`bool`, *optional*, defaults to `False`):
+            Drop pairs whose winner changes when the order of the options is swapped.
+
+        > Parameters that control sampling (samples mode)
+
+        num_samples (`int`, *optional*, defaults to `4`):
+            Responses sampled per prompt without `responses`.
+        max_tokens (`int`, *optional*, defaults to `256`):
+            Maximum new tokens per sampled response.
+        temperature (`float`, *optional*, defaults to `0.9`):
+            Sampling temperature.
+        top_p (`float`, *optional*, defaults to `0.95`):
+            Nucleus sampling probability mass.
+    """
+
     input: str | None = field(
         default=None, metadata={"aliases": ["--in"], "help": "Input JSON Lines: `cai generate` output (revision mode), "
                                                               "or prompts with optional 'responses' (samples mode)."}
@@ -166,21 +252,31 @@ class JudgeConfig(JudgeModelConfig):
             raise UserError("--in is required: the input JSON Lines file (e.g. the output of `cai generate`)")
         if not self.out:
             raise UserError("--out is required: where to write the preference pairs (JSON Lines)")
-        _choice("--mode", self.mode, MODES)
-        checks = [
+        check_choice("--mode", self.mode, MODES)
+        check_rules(self, [
             ("min_margin", 0.0 <= self.min_margin <= 1.0, "must be in [0, 1]"),
             ("num_samples", self.num_samples >= 2, "must be >= 2"),
             ("max_tokens", self.max_tokens >= 1, "must be >= 1"),
             ("temperature", self.temperature >= 0, "must be >= 0"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)!r} {rule}")
+        ])
 
 
 @dataclass
 class AgreementConfig(JudgeModelConfig):
+    r"""Configuration of ``cai judge agreement``: how often the judge agrees with human labels.
+
+    Parameters (besides those of ``JudgeModelConfig``):
+        > Parameters that control the data
+
+        pairs (`str`):
+            Human-labelled pairs (JSON Lines): `{prompt|messages, chosen, rejected}` or two transcripts.
+        out (`str` or `None`, *optional*, defaults to `None`):
+            Also save the agreement report (JSON) here.
+        details (`str` or `None`, *optional*, defaults to `None`):
+            Also save each pair's judgement (JSON Lines) here.
+    """
+
     pairs: str | None = field(
         default=None,
         metadata={"help": "Human-labelled pairs (JSON Lines): {'prompt'|'messages', 'chosen', 'rejected'} or two "

@@ -5,29 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core.backends.base import Backend
-from core.model import model_identity
+from core.backends.registry import backend_identity, build_backend
 
 from .config import JudgeModelConfig
 from .judge import JudgeSettings
 
 
-def _build(config: JudgeModelConfig, name: str, backend: str, base_url: str | None) -> Backend:
-    return config.build_backend(backend, name, base_url, config.seed)
-
-
 def make_judge_backend(config: JudgeModelConfig) -> Backend:
-    return _build(config, config.resolved_judge_model, config.resolved_judge_backend, config.resolved_judge_base_url)
+    return build_backend(config.resolved_judge_backend, config.resolved_judge_model, config.judge_options())
 
 
 def make_policy_backend(config: JudgeModelConfig) -> Backend:
-    return _build(config, config.model, config.backend, config.base_url)
+    return build_backend(config.backend, config.model, config.policy_options())
 
 
 def judge_identity(config: JudgeModelConfig) -> str:
-    """The judge model as recorded in rows and keys (an endpoint's model is named with its URL)."""
-    if config.resolved_judge_backend == "vllm":
-        return model_identity(config.resolved_judge_model)
-    return f"{config.resolved_judge_model}@{config.resolved_judge_base_url or 'OPENAI_BASE_URL'}"
+    """The judge model as recorded in rows and keys (an endpoint's by its served name: no URL in the data)."""
+    return backend_identity(config.resolved_judge_backend, config.resolved_judge_model)
 
 
 def judge_settings(config: JudgeModelConfig) -> JudgeSettings:

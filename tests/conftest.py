@@ -29,7 +29,7 @@ def default_model_dir() -> str:
 @pytest.fixture(scope="session")
 def vllm_backend(default_model_dir):
     """The in-process vLLM engine on the default model, shared by every test."""
-    from core.backends.base import create_backend
+    from core.backends.registry import create_backend
 
     backend = create_backend("vllm", default_model_dir, seed=0, show_progress=False)
     yield backend

@@ -98,7 +98,7 @@ def test_validate_command_exit_codes(tmp_path, capsys):
 def test_unknown_command_suggests(capsys):
     with pytest.raises(SystemExit) as info:
         cai_main(["generte"])
-    assert "Did you mean 'cai generate'?" in str(info.value)
+    assert "unknown command 'generte'; did you mean 'cai generate'?" in str(info.value)
 
 
 def test_import_anthropic_fixture_validates_and_keeps_texts(tmp_path):

@@ -14,7 +14,8 @@ import yaml
 
 from constitution.assignment import assign_principles
 from constitution.loader import load_constitution
-from core.backends.base import Sampling, create_backend
+from core.backends.base import Sampling
+from core.backends.registry import create_backend
 from generation.config import GenerateConfig
 from generation.run import generate
 

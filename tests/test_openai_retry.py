@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from core.backends.base import Sampling, create_backend
+from core.backends.base import Sampling
+from core.backends.registry import create_backend
 
 OK_BODY = {
     "id": "x", "object": "chat.completion", "created": 0, "model": "m",

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from core.errors import UserError
 from constitution.loader import load_constitution
-from core.backends.base import Backend, Sampling, create_backend
-from core.model import model_identity, resolve_model
+from core.backends.base import Backend, Sampling
+from core.backends.registry import backend_identity
 from generation.prompts import read_prompts
 from core.store import atomic_write_text
 from judging.config import JudgeModelConfig
@@ -93,18 +93,21 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None, log=None)
     prompts = read_prompts(config.prompts, config.limit)
 
     log(f"[eval] {config.trained_model} answers {len(prompts)} held-out prompts")
-    trained_backend = create_backend("vllm", resolve_model(config.trained_model), seed=config.seed)
+    trained_backend = config.build_backend(config.backend, config.trained_model)
     try:
         trained = answer(trained_backend, prompts, config.max_tokens)
     finally:
         trained_backend.close()
     owned = judge_backend is None
     judge_backend = judge_backend or make_judge_backend(config)
-    base_backend = judge_backend if judge_backend.model == resolve_model(config.base_model) else None
+    # The judge answers for the base model too when it is that model on the same backend.
+    same_model = (judge_backend.name == config.backend
+                  and backend_identity(config.backend, judge_backend.model) == backend_identity(config.backend, config.base_model))
+    base_backend = judge_backend if same_model else None
     try:
         log(f"[eval] {config.base_model} answers the same prompts")
         if base_backend is None:
-            base_backend = create_backend("vllm", resolve_model(config.base_model), seed=config.seed)
+            base_backend = config.build_backend(config.backend, config.base_model)
         base = answer(base_backend, prompts, config.max_tokens)
         if base_backend is not judge_backend:
             base_backend.close()
@@ -133,8 +136,8 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None, log=None)
                      "base": base[i], "p_trained_better": p, "win": win,
                      "principles": [v.principle_id for v in per_prompt[i]]})
     result = {
-        "trained_model": model_identity(config.trained_model),
-        "base_model": model_identity(config.base_model),
+        "trained_model": backend_identity(config.backend, config.trained_model),
+        "base_model": backend_identity(config.backend, config.base_model),
         "judge": judge_settings(config).as_dict(),
         "win_rate": {tag: win_rate(wins) for tag, wins in sorted(wins_by_tag.items())},
         "unjudged": sum(1 for r in rows if r["win"] is None),

@@ -2,15 +2,19 @@
 
 A backend answers a whole batch at once so that engines can schedule it as they
 like (vLLM batches it continuously; the OpenAI client sends it concurrently).
+Besides ``chat`` and ``label_logprobs`` a backend class declares what a stage
+config may set for it (``Options``), how it is built from them (``from_options``)
+and how its model is named in records (``identity``); ``core.backends.registry``
+is the one place that picks a backend by name.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -72,14 +76,39 @@ class SequenceLogprob:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class BackendOptions:
+    """What a stage config sets for a backend: each backend subclasses this with its own fields.
+
+    The registry fills the fields by name from the stage config's flat fields (``--concurrency``
+    fills ``concurrency``), then checks ``rules()``.
+    """
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        """``(field, holds, rule)`` checks, as ``core.config.check_rules`` takes them."""
+        return []
+
+
 class Backend(ABC):
     """A model behind a small batch interface (see module docstring)."""
 
     #: registry name, e.g. "vllm"
     name: str = ""
+    #: the options a stage config sets for this backend
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
 
     def __init__(self, model: str):
         self.model = model
+
+    @classmethod
+    def from_options(cls, model: str, options: BackendOptions) -> Backend:
+        """The backend on ``model`` (as the user named it) with a stage config's options."""
+        return cls(model=model, **dataclasses.asdict(options))
+
+    @classmethod
+    def identity(cls, model: str) -> str:
+        """``model`` as recorded in rows, keys and manifests: loads nothing and holds no secret."""
+        return model
 
     @abstractmethod
     def chat(
@@ -118,26 +147,6 @@ class Backend(ABC):
 
     def __exit__(self, *exc):
         self.close()
-
-
-BACKENDS = {
-    "vllm": "core.backends.vllm_backend:VLLMBackend",
-    "openai": "core.backends.openai_backend:OpenAIBackend",
-}
-
-
-def backend_class(name: str) -> type[Backend]:
-    if name not in BACKENDS:
-        close = difflib.get_close_matches(name, BACKENDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown backend {name!r}{hint} Choose one of: {', '.join(BACKENDS)}.")
-    module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-def create_backend(name: str, model: str, **options) -> Backend:
-    """Build a backend by registry name; heavy libraries load only here."""
-    return backend_class(name)(model=model, **options)
 
 
 def ends_with_assistant(conversation: Conversation) -> bool:

@@ -13,13 +13,16 @@ import asyncio
 import os
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from core.errors import UserError
 
-from .base import Backend, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant
+from .base import (
+    Backend, BackendOptions, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant,
+)
 
 RETRY_STATUS = {408, 409, 429}
 
@@ -83,8 +86,36 @@ class EndpointDownError(UserError):
     """Many requests in a row failed even after their retries: stop instead of trying every prompt."""
 
 
+@dataclass(frozen=True)
+class OpenAIOptions(BackendOptions):
+    """The openai backend's options (``--base-url``, ``--api-key-env``, ``--concurrency``, ...)."""
+
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 32
+    request_timeout: float = 120.0
+    seed: int = 0
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("base_url", bool(self.base_url or os.environ.get("OPENAI_BASE_URL")),
+             "is not an endpoint: the openai backend needs its OpenAI-compatible URL, e.g. "
+             "http://127.0.0.1:8000/v1 (or set $OPENAI_BASE_URL)"),
+            ("concurrency", self.concurrency >= 1, "must be >= 1"),
+            ("request_timeout", self.request_timeout > 0, "must be > 0"),
+        ]
+
+
 class OpenAIBackend(Backend):
+    """Any OpenAI-compatible endpoint; its model is recorded by the served name, never the URL."""
+
     name = "openai"
+    Options = OpenAIOptions
+
+    @classmethod
+    def from_options(cls, model: str, options: OpenAIOptions) -> OpenAIBackend:
+        return cls(model, base_url=options.base_url, api_key_env=options.api_key_env, concurrency=options.concurrency,
+                   timeout=options.request_timeout, seed=options.seed)
 
     def __init__(
         self,

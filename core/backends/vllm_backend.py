@@ -5,9 +5,33 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .base import Backend, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant
+from core.errors import UserError
+from core.model import model_identity, resolve_model
+
+from .base import (
+    Backend, BackendOptions, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant,
+)
+
+
+@dataclass(frozen=True)
+class VLLMOptions(BackendOptions):
+    """The vllm backend's options (``--seed``, ``--max-model-len``, ``--gpu-memory-utilization``, ...)."""
+
+    seed: int = 0
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    tensor_parallel_size: int = 1
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("max_model_len", self.max_model_len is None or self.max_model_len >= 1, "must be >= 1"),
+            ("gpu_memory_utilization", self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
+             "must be in (0, 1]"),
+            ("tensor_parallel_size", self.tensor_parallel_size >= 1, "must be >= 1"),
+        ]
 
 
 def _on_cpu() -> bool:
@@ -34,6 +58,20 @@ def _cpu_memory_share(model: str) -> float:
 
 class VLLMBackend(Backend):
     name = "vllm"
+    Options = VLLMOptions
+
+    @classmethod
+    def from_options(cls, model: str, options: VLLMOptions) -> VLLMBackend:
+        """The engine on ``model``: 'default' (converted once), a model folder or a hub id."""
+        try:
+            folder = resolve_model(model)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+        return cls(folder, **asdict(options))
+
+    @classmethod
+    def identity(cls, model: str) -> str:
+        return model_identity(model)  # a folder's absolute path; converts nothing
 
     def __init__(
         self,

@@ -167,7 +167,7 @@ def test_cai_judge_output_goes_into_trl_as_it_is(vllm_backend, tmp_path, judging
 
 
 def test_openai_backend_scores_likelihoods_like_the_engine(vllm_server, served_model, vllm_backend):
-    from core.backends.base import create_backend
+    from core.backends.registry import create_backend
 
     conversation = PROMPT + [{"role": "assistant", "content": REFUSAL}]
     remote = create_backend("openai", served_model, base_url=vllm_server)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cai.cli import main as cai_main
-from core.backends.base import create_backend
+from core.backends.registry import create_backend
 from generation.config import GenerateConfig
 from generation.run import generate
 from harness import REPO, compare, generate_args, manifest_of, rows_of, run_cli, wait_for, write_prompts

@@ -1,0 +1,130 @@
+"""The one place a backend is chosen and configured.
+
+A backend is one module holding a ``Backend`` subclass (``core.backends.base``): its
+``Options`` (the fields a stage config sets for it, with their rules), ``from_options``
+(how it is built) and ``identity`` (how its model is named in records).  Adding one is
+that module plus one line in ``BACKENDS``; no other module tests a backend's name.
+
+Stage configs keep one flat set of fields for the user (``--backend``, ``--base-url``,
+``--concurrency``, ...: ``EngineOptions`` plus each stage's model, backend, base_url and
+seed).  Turning them into a backend is one call::
+
+    build_backend(config.backend, config.model, backend_options(config.backend, config))
+
+or, on a stage config, ``config.build_backend(config.backend, config.model)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.config import check_choice, check_rules
+
+from .base import Backend, BackendOptions
+
+#: name -> "module:Class" (imported only when chosen, so heavy libraries load only then) or the class itself
+BACKENDS: dict[str, str | type[Backend]] = {
+    "vllm": "core.backends.vllm_backend:VLLMBackend",
+    "openai": "core.backends.openai_backend:OpenAIBackend",
+}
+DEFAULT_BACKEND = "vllm"
+#: the help of every ``--backend`` flag
+BACKEND_HELP = (
+    "How the model runs: 'vllm' (an in-process engine on a model folder) or 'openai' (any OpenAI-compatible "
+    "endpoint at --base-url); the backends are registered in core/backends/registry.py."
+)
+
+
+def backend_class(name: str, flag: str = "--backend") -> type[Backend]:
+    """The class registered as ``name``; an unknown name is a UserError with "did you mean" (``flag`` names it)."""
+    check_choice(flag, name, BACKENDS)
+    target = BACKENDS[name]
+    if isinstance(target, str):
+        module, attribute = target.split(":")
+        target = getattr(importlib.import_module(module), attribute)
+    return target
+
+
+def backend_options(
+    name: str, config: Any = None, *, flag: str = "--backend", flags: Mapping[str, str] | None = None, **values
+) -> BackendOptions:
+    """Backend ``name``'s options, checked by its rules.
+
+    Each option is taken from ``values``, else from ``config``'s field of the same name (a stage
+    config's flat fields), else it keeps its default.  A broken rule is a UserError quoting the
+    value and naming its flag; ``flags`` maps an option to the flag it came from when that is not
+    its own (a judge's ``base_url`` comes from ``--judge-base-url``).
+    """
+    options_class = backend_class(name, flag).Options
+    chosen = {}
+    for option in dataclasses.fields(options_class):
+        if option.name in values:
+            chosen[option.name] = values[option.name]
+        elif hasattr(config, option.name):
+            chosen[option.name] = getattr(config, option.name)
+    options = options_class(**chosen)
+    check_rules(options, options.rules(), flags)
+    return options
+
+
+def build_backend(name: str, model: str, options: BackendOptions | None = None) -> Backend:
+    """Backend ``name`` on ``model`` (as the user named it) with ``options`` (default: the backend's defaults)."""
+    cls = backend_class(name)
+    return cls.from_options(model, options if options is not None else backend_options(name))
+
+
+def backend_identity(name: str, model: str) -> str:
+    """``model`` as backend ``name`` records it in rows, keys and manifests: loads nothing, holds no URL or key."""
+    return backend_class(name).identity(model)
+
+
+def create_backend(name: str, model: str, **arguments) -> Backend:
+    """Backend ``name`` built from its class's own arguments (tests, benchmarks, engine knobs that no
+    stage config exposes); commands build theirs from a stage config with ``build_backend``."""
+    return backend_class(name)(model=model, **arguments)
+
+
+@dataclass(kw_only=True)
+class EngineOptions:
+    r"""How a stage reaches its models: every stage config has these flat fields (with its own ``model``,
+    ``backend``, ``base_url`` and ``seed``), and each backend takes the ones its options name.
+
+    Parameters:
+        > Parameters that control the openai backend (any OpenAI-compatible endpoint)
+
+        api_key_env (`str`, *optional*, defaults to `"OPENAI_API_KEY"`):
+            Name of the environment variable holding the API key. The key itself is never logged or stored.
+        concurrency (`int`, *optional*, defaults to `32`):
+            Requests in flight at once.
+        request_timeout (`float`, *optional*, defaults to `120.0`):
+            Seconds one request may take before it is retried.
+
+        > Parameters that control the vllm backend (an in-process engine)
+
+        max_model_len (`int` or `None`, *optional*, defaults to `None`):
+            Context length in tokens; `None` uses the model's.
+        gpu_memory_utilization (`float` or `None`, *optional*, defaults to `None`):
+            Share of memory the engine reserves: on GPU 0.9 by default; on CPU the share of RAM, sized to the model.
+        tensor_parallel_size (`int`, *optional*, defaults to `1`):
+            GPUs to shard the model over.
+    """
+
+    api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "openai backend: environment variable holding the API key (never logged)."}
+    )
+    concurrency: int = field(default=32, metadata={"help": "openai backend: requests in flight at once."})
+    request_timeout: float = field(default=120.0, metadata={"help": "openai backend: seconds per request (> 0)."})
+    max_model_len: int | None = field(default=None, metadata={"help": "vllm backend: context length (default: model's)."})
+    gpu_memory_utilization: float | None = field(
+        default=None,
+        metadata={"help": "vllm backend: memory share for the engine (on CPU: RAM to reserve, sized to the model; 0.9 on GPU)."},
+    )
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm backend: GPUs to shard the model over."})
+
+    def build_backend(self, backend: str, model: str, **values) -> Backend:
+        """Backend ``backend`` on ``model`` with this config's options; ``values`` override fields (e.g. ``base_url=``)."""
+        return build_backend(backend, model, backend_options(backend, self, **values))
