@@ -68,6 +68,10 @@ def test_config_file_values_are_overridden_by_flags(tmp_path):
     (tmp_path / "c.yaml").write_text("in: x.jsonl\nout: y.jsonl\nmethod: text\nconcurrency: 4\n")
     config = parse_config(JudgeConfig, ["--config", str(tmp_path / "c.yaml"), "--method", "pairwise"], prog="cai judge")
     assert (config.input, config.method, config.concurrency) == ("x.jsonl", "pairwise", 4)
+    (tmp_path / "g.yaml").write_text("prompts: p.jsonl\nout: o.jsonl\ntemperature: 0.2\nbackend: openai\n"
+                                     "base_url: http://127.0.0.1:9/v1\n")
+    config = parse_config(GenerateConfig, ["--config", str(tmp_path / "g.yaml"), "--temperature", "0"], prog="cai generate")
+    assert (config.prompts, config.temperature, config.backend) == ("p.jsonl", 0.0, "openai")
 
 
 @pytest.mark.parametrize("overrides,message", [
