@@ -44,6 +44,36 @@ def _find_command(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            # A closed stdout (``cai --help | head -1``) shows here, where it can be handled, and not as a
+            # traceback when the interpreter flushes stdout on exit; this also covers argparse's --help exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_is_closed():
+            raise  # a broken connection elsewhere is not the reader of our output going away
+        # What Python's documentation advises: point stdout at devnull so the exit flush is silent too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status of a command the shell's pipe closed
+
+
+def _stdout_is_closed() -> bool:
+    """True when nothing reads our stdout any more (a pipe whose reader exited reports an error to poll)."""
+    import select
+
+    if not hasattr(select, "poll"):
+        return True  # no way to ask (Windows): take Python's documented view that it was stdout
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (OSError, ValueError):  # stdout is not a file: the broken pipe was not ours
+        return False
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
