@@ -1,4 +1,7 @@
-"""Shared fixtures: one real vLLM engine and one real vLLM OpenAI server per test session."""
+"""Shared fixtures: one real vLLM engine and one real vLLM OpenAI server per test session.
+
+Every test that uses either is marked ``engine`` here, so ``pytest -m "not engine"`` is the fast run.
+"""
 
 from __future__ import annotations
 
@@ -89,6 +92,16 @@ class _Server:
 
 
 _SERVER = _Server()
+
+# Fixtures that start vLLM (in-process or as a server); a test using any of them, directly or through another
+# fixture, is marked ``engine``.  A test that starts vLLM some other way carries ``@pytest.mark.engine`` itself.
+ENGINE_FIXTURES = frozenset({"vllm_backend", "vllm_server"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)
 
 
 def pytest_collection_finish(session):

@@ -55,9 +55,7 @@ def test_twenty_percent_faults_complete_every_row(standin, tmp_path, capsys):
     assert not Path(str(tmp_path / "out.jsonl") + ".errors.jsonl").exists()
 
 
-@pytest.mark.engine
 def test_faults_in_front_of_a_real_vllm_server(vllm_server, served_model, tmp_path):
-
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": "a", "prompt": "Name a fruit."}\n{"id": "b", "prompt": "Say hi."}\n')
     upstream = vllm_server.removesuffix("/v1")
