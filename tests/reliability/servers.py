@@ -11,7 +11,9 @@ for anything a model would decide.  Behaviours a test can trigger:
 - a conversation longer than ``context_chars`` characters gets vLLM's 400
   context-length error (not retryable);
 - ``api_key`` set: a request without ``Bearer <api_key>`` gets a 401 whose
-  message echoes the key it was sent (as some real servers do).
+  message echoes the key it was sent (as some real servers do);
+- ``hold_after`` set: requests after that many are held, unanswered, until
+  ``release()`` (a run caught in the middle of a batch, for certain).
 
 The proxy forwards to any upstream (the stand-in or a real ``vllm serve``) and,
 for a configurable share of requests, answers 429 with Retry-After, 500 or 503,
@@ -145,6 +147,11 @@ class _StandinHandler(BaseHTTPRequestHandler):
         with owner.lock:
             owner.requests += 1
             owner.auth_headers.add(auth)
+            held = owner.hold_after is not None and owner.requests > owner.hold_after
+            owner.held += held
+        if held:
+            while not (owner.released.wait(0.05) or owner.stopping.is_set()):
+                pass
         if owner.delay:
             time.sleep(owner.delay)
         if self.path.rstrip("/") != "/v1/chat/completions":
@@ -191,14 +198,26 @@ class StandinServer(_Base):
     handler = _StandinHandler
 
     def __init__(self, port: int = 0, model: str = "standin", delay: float = 0.0, context_chars: int = 20000,
-                 api_key: str | None = None, keep_bodies: bool = False):
+                 api_key: str | None = None, keep_bodies: bool = False, hold_after: int | None = None):
         self.model, self.delay, self.context_chars, self.api_key = model, delay, context_chars, api_key
         self.keep_bodies = keep_bodies
         self.lock = threading.Lock()
         self.requests = 0
         self.auth_headers: set[str] = set()
         self.bodies: list[dict] = []
+        self.hold_after = hold_after
+        self.held = 0  # requests held so far
+        self.released = threading.Event()
         super().__init__(port)
+
+    def hold(self, after: int | None) -> None:
+        """Answer the next ``after`` requests, then hold every later one until ``release()`` (None: hold none)."""
+        with self.lock:
+            self.requests, self.held, self.hold_after = 0, 0, after
+            self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):

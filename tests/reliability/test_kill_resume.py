@@ -5,6 +5,8 @@
 killed again, and finally allowed to finish; its output must equal an
 uninterrupted run's, row for row.  Ctrl-C (SIGINT) must stop cleanly: the batch
 in flight is written whole or not at all and the manifest counts match the file.
+The SIGINT test and one SIGKILL test hold the stand-in's replies part-way through
+a batch, so the signal lands in the middle of the run for certain.
 bench/reliability/kill_trials.py runs the long version (20 trials, 1,000 prompts).
 """
 
@@ -21,6 +23,7 @@ from servers import StandinServer
 
 N_PROMPTS = 48
 BATCH = 4
+CALLS_PER_PROMPT = 3  # draft, critique, revision (one round)
 
 
 @pytest.fixture(scope="module")
@@ -56,46 +59,55 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(standin, reference, tmp_p
     assert manifest_of(out)["counts"]["rows"] == N_PROMPTS
 
 
-def test_kill_after_a_fixed_number_of_batches_loses_nothing(standin, reference, tmp_path):
-    """Kill as soon as the file has grown 3 batches (a deterministic point), then resume."""
-    out = tmp_path / "out.jsonl"
-    args = generate_args(reference["prompts"], out, standin.base_url, batch_size=BATCH)
-    for batches in (3,):
-        process = start_cli(args, tmp_path / "log")
-        wait_for(lambda: out.exists() and out.read_bytes().count(b"\n") >= batches * BATCH or process.poll() is not None, 60)
+def held_mid_batch(server: StandinServer, rows_before: int, batches: int) -> int:
+    """Hold ``server`` once ``batches`` more batches are done and the next is half answered; the rows that makes."""
+    server.hold(after=batches * BATCH * CALLS_PER_PROMPT + BATCH // 2)
+    return rows_before + batches * BATCH
+
+
+def test_kill_9_in_the_middle_of_a_batch_loses_nothing(reference, tmp_path):
+    """SIGKILL while the 4th batch's requests are held at the server: a deterministic point in the middle of a batch."""
+    out, log = tmp_path / "out.jsonl", tmp_path / "log"
+    with StandinServer() as server:
+        args = generate_args(reference["prompts"], out, server.base_url, batch_size=BATCH)
+        expected = held_mid_batch(server, 0, batches=3)
+        process = start_cli(args, log)
+        assert wait_for(lambda: server.held >= 1 or process.poll() is not None, 60), log.read_text()[-2000:]
+        assert process.poll() is None, log.read_text()[-2000:]  # still running: the kill lands mid-run
         process.kill()
         process.wait(30)
-    process = start_cli(args, tmp_path / "log")
-    assert process.wait(120) == 0
-    assert compare(reference["rows"], rows_of(out))["differing"] == 0
+        assert rows_of(out) == reference["rows"][:expected]  # the finished batches, and no part of the 4th
+        server.release()
+        server.hold(None)
+        process = start_cli(args, log)
+        assert process.wait(120) == 0, log.read_text()[-2000:]
     assert rows_of(out) == reference["rows"]
 
 
-@pytest.mark.parametrize("seed", [11])
-def test_ctrl_c_writes_whole_batches_and_a_matching_manifest(standin, reference, tmp_path, seed):
-    out = tmp_path / "out.jsonl"
-    log = tmp_path / "log"
-    args = generate_args(reference["prompts"], out, standin.base_url, batch_size=BATCH)
-    rng = random.Random(seed)
-    for _ in range(2):
+def test_ctrl_c_writes_whole_batches_and_a_matching_manifest(reference, tmp_path):
+    """SIGINT while a batch's requests are held at the server, twice (the second time in a resumed run), then resume."""
+    out, log = tmp_path / "out.jsonl", tmp_path / "log"
+    with StandinServer() as server:
+        args = generate_args(reference["prompts"], out, server.base_url, batch_size=BATCH)
+        for batches in (2, 1):
+            expected = held_mid_batch(server, len(rows_of(out)), batches)
+            process = start_cli(args, log)
+            assert wait_for(lambda: server.held >= 1 or process.poll() is not None, 60), log.read_text()[-2000:]
+            assert process.poll() is None, log.read_text()[-2000:]  # the run is waiting on the held batch
+            process.send_signal(signal.SIGINT)
+            code = process.wait(60)
+            server.release()
+            assert code == 130, log.read_text()[-2000:]
+            assert "interrupted: finished batches are saved" in log.read_text()
+            assert "Traceback" not in log.read_text()
+            assert out.read_bytes().endswith(b"\n")
+            rows = rows_of(out)
+            assert rows == reference["rows"][:expected]  # finished batches kept; the one in flight not written
+            manifest = manifest_of(out)
+            assert manifest["counts"]["rows"] == expected and manifest["counts"]["stopped"] == "interrupted"
+        server.hold(None)
         process = start_cli(args, log)
-        # SIGINT once the run is under way (before that Python itself would print a traceback).
-        assert wait_for(lambda: "to generate" in log.read_text() or process.poll() is not None, 60)
-        time.sleep(rng.uniform(0.0, reference["seconds"] / 2))
-        process.send_signal(signal.SIGINT)
-        code = process.wait(60)
-        rows = rows_of(out)
-        if code == 0:
-            break  # finished before the signal
-        assert code == 130, log.read_text()[-2000:]
-        assert "interrupted: finished batches are saved" in log.read_text()
-        assert out.read_bytes().endswith(b"\n") if out.exists() else True
-        assert len(rows) % BATCH == 0  # the batch in flight was written whole or not at all
-        manifest = manifest_of(out)
-        assert manifest["counts"]["rows"] == len(rows) and manifest["counts"]["stopped"] == "interrupted"
-        assert rows == reference["rows"][: len(rows)]
-    process = start_cli(args, log)
-    assert process.wait(120) == 0
+        assert process.wait(120) == 0, log.read_text()[-2000:]
     assert rows_of(out) == reference["rows"]
     assert manifest_of(out)["counts"]["rows"] == N_PROMPTS and "stopped" not in manifest_of(out)["counts"]
 
