@@ -26,6 +26,8 @@ EXPECTED = {
     "train": ["usage: cai train", *TRAIN_METHODS, "--data", "--output-dir", "cai train METHOD --help"],
     "eval": ["usage: cai eval", "--trained-model", "--prompts", "--out"],
     "run": ["usage: cai run", "--recipe"],
+    "report": ["usage: cai report", "--run-dir", "--out", "--agreement"],
+    "label": ["usage: cai label", "--run-dir", "--source", "--out", "--port"],
     **{f"train {method}": [f"usage: cai train {method}", "--data", "--output-dir", "--max-steps", "--learning-rate"]
        for method in TRAIN_METHODS},
 }
