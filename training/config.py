@@ -62,9 +62,12 @@ class StageFields:
         per_device_train_batch_size (`int`, *optional*, defaults to `2`): instead of `8`.
         per_device_eval_batch_size (`int`, *optional*, defaults to `2`): instead of `8`.
         logging_steps (`float`, *optional*, defaults to `1`): instead of `10`; short runs log every step.
-        save_strategy (`str`, *optional*, defaults to `"no"`): instead of `"steps"`; the folder is written once, at the end.
-        bf16 (`bool`, *optional*, defaults to `False`): instead of `True`, which fails on CPU; pass `--bf16 true` on GPUs.
-        gradient_checkpointing (`bool`, *optional*, defaults to `False`): instead of `True`; slower, and no memory is short here.
+        save_strategy (`str`, *optional*, defaults to `"no"`):
+            Instead of `"steps"`; the model folder is written once, at the end.
+        bf16 (`bool`, *optional*, defaults to `False`):
+            Instead of `True`, which fails on CPU; pass `--bf16 true` on GPUs.
+        gradient_checkpointing (`bool`, *optional*, defaults to `False`):
+            Instead of `True`; it is slower, and a 135M model is not short of memory.
         dataloader_pin_memory (`bool`, *optional*, defaults to `False`): instead of `True`; pinning is for GPUs.
     """
 

@@ -105,46 +105,6 @@ class DPOStageConfig(StageFields, DPOConfig):
                 )
 
 
-class DPOStage(TrainingStage):
-    counts = "pairs"
-
-    def load_rows(self) -> list[dict]:
-        config = self.config
-        extra = (config.confidence_column,) if config.confidence != "none" else ()
-        rows = training_data.load_preference_rows(
-            config.data, config.max_rows, extra, "or pass --confidence none for plain DPO"
-        )
-        for row in rows if extra else ():
-            row[CONFIDENCE_KEY] = row.pop(config.confidence_column)
-        return rows
-
-    def build_trainer(self, model, tokenizer, train_rows, eval_rows, base):
-        config = self.config
-        peft_config = models.lora_config(config, "CAUSAL_LM")
-        # With LoRA the reference is the base model with the adapter switched off; otherwise a frozen copy.
-        ref_model = None if peft_config is not None else models.load_causal_lm(base, config.train_dtype)
-        collator = ConfidencePreferenceCollator(
-            pad_token_id=tokenizer.pad_token_id,
-            max_length=config.max_length,
-            truncation_mode=config.truncation_mode,
-            pad_to_multiple_of=config.pad_to_multiple_of,
-        )
-        return ConfidenceDPOTrainer(
-            model=model,
-            ref_model=ref_model,
-            args=config,
-            data_collator=collator,
-            train_dataset=self.dataset(train_rows),
-            eval_dataset=self.dataset(eval_rows),
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            confidence_mode=config.confidence,
-        )
-
-    def details(self, trainer) -> dict[str, Any]:
-        return {"beta": self.config.beta, "confidence": self.config.confidence}
-
-
 @dataclass
 class ConfidencePreferenceCollator(DataCollatorForPreference):
     """TRL's preference collator that also carries each pair's confidence as a float tensor."""
@@ -216,3 +176,36 @@ class ConfidenceDPOTrainer(DPOTrainer):
         logps = (per_token * shift_mask).sum(dim=1)
         chosen, rejected = logps.chunk(2, dim=0)
         return (chosen - inputs["ref_chosen_logps"]) - (rejected - inputs["ref_rejected_logps"])
+
+
+class DPOStage(TrainingStage):
+    counts = "pairs"
+    trainer_class = ConfidenceDPOTrainer
+
+    def load_rows(self) -> list[dict]:
+        config = self.config
+        extra = (config.confidence_column,) if config.confidence != "none" else ()
+        rows = training_data.load_preference_rows(
+            config.data, config.max_rows, extra, "or pass --confidence none for plain DPO"
+        )
+        for row in rows if extra else ():
+            row[CONFIDENCE_KEY] = row.pop(config.confidence_column)
+        return rows
+
+    def trainer_options(self, tokenizer, base, peft_config) -> dict[str, Any]:
+        config = self.config
+        collator = ConfidencePreferenceCollator(
+            pad_token_id=tokenizer.pad_token_id,
+            max_length=config.max_length,
+            truncation_mode=config.truncation_mode,
+            pad_to_multiple_of=config.pad_to_multiple_of,
+        )
+        return {
+            # With LoRA the reference is the base model with the adapter switched off; otherwise a frozen copy.
+            "ref_model": None if peft_config is not None else models.load_causal_lm(base, config.train_dtype),
+            "data_collator": collator,
+            "confidence_mode": config.confidence,
+        }
+
+    def details(self, trainer) -> dict[str, Any]:
+        return {"beta": self.config.beta, "confidence": self.config.confidence}

@@ -3,7 +3,7 @@
 # No ``from __future__ import annotations``: HfArgumentParser reads the field types.
 from dataclasses import dataclass, field
 
-from trl import RewardConfig
+from trl import RewardConfig, RewardTrainer
 
 from core.config import check_rules
 from training import data as training_data
@@ -68,6 +68,8 @@ class RewardStageConfig(StageFields, RewardConfig):
 
 class RewardStage(TrainingStage):
     counts = "pairs"
+    trainer_class = RewardTrainer
+    lora_task = "SEQ_CLS"
 
     def load_rows(self) -> list[dict]:
         config = self.config
@@ -81,15 +83,3 @@ class RewardStage(TrainingStage):
 
     def load_model(self, base, tokenizer):
         return models.load_score_model(base, self.config.train_dtype, tokenizer.pad_token_id, "--model")
-
-    def build_trainer(self, model, tokenizer, train_rows, eval_rows, base):
-        from trl import RewardTrainer
-
-        return RewardTrainer(
-            model=model,
-            args=self.config,
-            train_dataset=self.dataset(train_rows),
-            eval_dataset=self.dataset(eval_rows),
-            processing_class=tokenizer,
-            peft_config=models.lora_config(self.config, "SEQ_CLS"),
-        )

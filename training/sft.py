@@ -3,10 +3,9 @@
 # No ``from __future__ import annotations``: HfArgumentParser reads the field types.
 from dataclasses import dataclass, field
 
-from trl import SFTConfig
+from trl import SFTConfig, SFTTrainer
 
 from training import data as training_data
-from training import models
 from training.config import StageFields
 from training.stages import TrainingStage
 
@@ -31,17 +30,7 @@ class SFTStageConfig(StageFields, SFTConfig):
 
 
 class SFTStage(TrainingStage):
+    trainer_class = SFTTrainer
+
     def load_rows(self) -> list[dict]:
         return training_data.load_sft_rows(self.config.data, self.config.max_rows)
-
-    def build_trainer(self, model, tokenizer, train_rows, eval_rows, base):
-        from trl import SFTTrainer
-
-        return SFTTrainer(
-            model=model,
-            args=self.config,
-            train_dataset=self.dataset(train_rows),
-            eval_dataset=self.dataset(eval_rows),
-            processing_class=tokenizer,
-            peft_config=models.lora_config(self.config, "CAUSAL_LM"),
-        )

@@ -2,8 +2,9 @@
 -> train -> evaluate the held-out rows -> save a model folder and its summary.
 
 A method subclasses :class:`TrainingStage` and states only what differs: how its rows are read
-(``load_rows``), which model it trains (``load_model``), which trainer it builds (``build_trainer``)
-and what its summary adds (``details``).
+(``load_rows``), its TRL trainer class and extra trainer arguments (``trainer_class``,
+``trainer_options``), and where needed which model it trains (``load_model``) and what its summary
+adds (``details``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class TrainingStage:
     padding_side = "right"
     #: whether the trainer evaluates the held-out rows after training (PPOTrainer has no evaluate())
     evaluates = True
+    #: the TRL trainer, built with the shared arguments plus ``trainer_options``
+    trainer_class: type
+    #: peft's task type for ``--use-peft``
+    lora_task = "CAUSAL_LM"
 
     def __init__(self, config, method: str):
         self.config = config
@@ -47,8 +52,21 @@ class TrainingStage:
     def load_model(self, base: str, tokenizer):
         return models.load_causal_lm(base, self.config.train_dtype)
 
+    def trainer_options(self, tokenizer, base: str, peft_config) -> dict[str, Any]:
+        """Trainer arguments beyond the shared ones (a reference model, a collator, ...)."""
+        return {}
+
     def build_trainer(self, model, tokenizer, train_rows: list, eval_rows: list, base: str):
-        raise NotImplementedError
+        peft_config = models.lora_config(self.config, self.lora_task)
+        return self.trainer_class(
+            model=model,
+            args=self.config,
+            train_dataset=self.dataset(train_rows),
+            eval_dataset=self.dataset(eval_rows),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            **self.trainer_options(tokenizer, base, peft_config),
+        )
 
     def trained_model(self, trainer):
         """The model to save (PPO saves the policy inside its policy-and-value wrapper)."""
