@@ -1,123 +1,229 @@
 """``cai run``: generate, judge, train and eval from one recipe, in one run folder.
 
-Every stage resumes: generation and judging skip finished rows, a training stage
-whose output folder was written from the same data and settings is skipped, and
-eval reruns only when its inputs changed.  One vLLM engine on the policy model
-serves generation, the judge (when the judge is the policy) and the base side of
-eval, so the model is loaded once.
+Every stage's config object is built from its recipe section (``core.config.build_config``:
+values keep their YAML types, unknown keys and bad values name the recipe's file and line)
+before any work starts, and each stage is then run through its package's Python API.
+
+Every stage resumes: generation and judging skip finished rows; a training stage whose
+output folder was written from the same data and settings is skipped; eval is skipped when
+the trained model's stamp, its own settings and the files it reads are unchanged.  One vLLM
+engine on the policy model serves generation, the judge (when the judge is the policy) and
+the base side of eval, so the model is loaded once, and not at all when nothing is left to do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
-from dataclasses import fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import yaml
-
+from core.config import build_config, check_values, did_you_mean
 from core.errors import UserError
 from core.hashing import stable_hash
-from generation.config import GenerateConfig
 from core.model import resolve_model
-from generation.run import generate
 from core.store import atomic_write_text, write_manifest
+from core.yamlfile import read_yaml
+from generation.config import GenerateConfig
+from generation.run import generate
 from judging.config import JudgeConfig
 from judging.pairs import run_judge, sft_path
-
 from training.evaluate import EvalConfig, evaluate, format_eval
+from training.methods import TrainingMethod, get_method
 
 SECTIONS = ("generate", "judge", "train", "eval")
 TOP_LEVEL = ("run_dir", "constitution", "model", "seed", *SECTIONS)
-TRAIN_METHODS = ("dpo", "reward+ppo", "sft")
+#: top-level keys every section whose config has that field receives (the section's own value wins)
+SHARED = ("constitution", "model", "seed")
+#: the eval judge is the recipe's judge unless the eval section says otherwise
+EVAL_FROM_JUDGE = ("constitution", "judge_model", "judge_backend", "judge_base_url", "method", "principles_per_pair",
+                   "seed")
+DEFAULT_TRAIN = {"method": "dpo"}
 
 
-def load_recipe(path: str | Path) -> dict:
-    path = Path(path)
+class Recipe:
+    """A recipe file: its mapping, and the ``file:line`` of every key for messages."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        document = read_yaml(self.path, "recipe")
+        if document.duplicates:
+            raise UserError("\n".join(f"{self.path}:{line}: {message}" for line, message in document.duplicates))
+        if not isinstance(document.data, dict):
+            raise UserError(f"{self.path}: a recipe is a mapping with run_dir, model and the sections {', '.join(SECTIONS)}")
+        self.document = document
+        self.data: dict = document.data
+        problems = [f"{self.where(key)}: unknown key {key!r}{did_you_mean(key, TOP_LEVEL)}; a recipe has "
+                    f"{', '.join(TOP_LEVEL)}" for key in self.data if key not in TOP_LEVEL]
+        if problems:
+            raise UserError("\n".join(problems))
+
+    def where(self, *keys) -> str:
+        return self.document.where(*keys)
+
+    def section(self, *keys, default: dict | None = None) -> dict:
+        """The mapping at ``keys`` (``{}`` or ``default`` when absent or empty)."""
+        value: Any = self.data
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            return dict(default or {})
+        if not isinstance(value, dict):
+            raise UserError(f"{self.where(*keys)}: {'.'.join(keys)} must be a mapping of option: value lines")
+        return dict(value)
+
+    def build(self, config_class: type, keys: tuple[str, ...], values: dict, inherited: dict | None = None, **fixed):
+        """``config_class`` from a section's ``values`` over ``inherited`` ones and the top-level SHARED keys.
+
+        Every problem names the recipe file and the line of the key (or of the section).
+        """
+        known = {f.name for f in dataclasses.fields(config_class) if f.init}
+        merged = {key: self.data[key] for key in SHARED if key in self.data and key in known}
+        sources = {key: (key,) for key in merged}
+        for key, (value, source) in (inherited or {}).items():
+            merged[key], sources[key] = value, source
+        merged.update(values)
+        sources.update({key: (*keys, key) for key in values})
+        label = f"{self.where(*keys)}: {'.'.join(keys)}"
+        checked = check_values(config_class, merged, lambda key: self.where(*sources.get(key, keys)))
+        try:
+            return build_config(config_class, checked, prog=label, **fixed)
+        except UserError as exc:  # the config's own rules (e.g. --beta must be > 0): name the section
+            message = str(exc)
+            raise UserError(message if message.startswith(str(self.path)) else f"{label}: {message}") from None
+
+
+@dataclass
+class TrainStep:
+    """One training method of the recipe's ``train.method`` chain, with its config object."""
+
+    method: TrainingMethod
+    config: Any
+    uses: dict[str, str]  # config field -> name of the earlier step whose folder it is
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.output_dir)
+
+
+@dataclass
+class RunPlan:
+    """Every stage's config object, built from a recipe before anything runs."""
+
+    recipe: Recipe
+    run_dir: Path
+    base: str
+    generate: GenerateConfig
+    judge: JudgeConfig
+    train: list[TrainStep]
+    eval: EvalConfig
+
+
+def plan_run(recipe_path: str | Path) -> RunPlan:
+    """Build the config object of every stage of a recipe; a bad recipe fails here, before any work."""
+    recipe = Recipe(recipe_path)
+    run_dir = Path(recipe.data.get("run_dir") or f"runs/{recipe.path.stem}")
+    base = recipe.data.get("model") or "default"
+
+    generate_config = recipe.build(GenerateConfig, ("generate",), recipe.section("generate"),
+                                   out=str(run_dir / "revisions.jsonl"))
+    judge_config = recipe.build(JudgeConfig, ("judge",), recipe.section("judge"), input=generate_config.out,
+                                out=str(run_dir / "preferences.jsonl"))
+    files = {"preferences": judge_config.out, "sft": str(sft_path(judge_config))}
+    steps = _train_steps(recipe, run_dir, files)
+
+    inherited = {key: (getattr(judge_config, key), ("judge", key) if key in recipe.section("judge") else
+                       (key,) if key in recipe.data else ("judge",))
+                 for key in EVAL_FROM_JUDGE}
+    fixed = {"trained_model": str(steps[-1].folder), "base_model": base, "out": str(run_dir / "eval.json")}
+    if "reward" in (step.method.name for step in steps):
+        fixed.update(reward_model=str(run_dir / "reward"), pairs=judge_config.out)
+    eval_config = recipe.build(EvalConfig, ("eval",), recipe.section("eval"), inherited, **fixed)
+    return RunPlan(recipe, run_dir, base, generate_config, judge_config, steps, eval_config)
+
+
+def _train_steps(recipe: Recipe, run_dir: Path, files: dict[str, str]) -> list[TrainStep]:
+    """The ``train`` section: ``method`` is a training method or a chain joined by '+' (``reward+ppo``)."""
+    section = recipe.section("train", default=DEFAULT_TRAIN)
+    chain = section.pop("method", "dpo")
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the recipe: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: malformed YAML: {getattr(exc, 'problem', exc)}; fix the syntax") from None
-    if not isinstance(recipe, dict):
-        raise UserError(f"{path}: a recipe is a mapping with run_dir, model and the sections {', '.join(SECTIONS)}")
-    unknown = sorted(set(recipe) - set(TOP_LEVEL))
-    if unknown:
-        raise UserError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; a recipe has {', '.join(TOP_LEVEL)}")
-    return recipe
+        methods = [get_method(name, "train.method") for name in str(chain).split("+")]
+    except UserError as exc:
+        raise UserError(f"{recipe.where('train', 'method')}: {exc} Or chain them with '+', e.g. reward+ppo.") from None
+    names = [method.name for method in methods]
+    if len(set(names)) != len(names):
+        raise UserError(f"{recipe.where('train', 'method')}: train.method {chain!r} names a method twice")
+    if len(methods) > 1:
+        stray = [key for key in section if key not in names]
+        if stray:
+            raise UserError(
+                f"{recipe.where('train', stray[0])}: train.{stray[0]}: with the chain {chain!r}, put each method's "
+                f"options under its name ({', '.join(names)})"
+            )
+    steps: list[TrainStep] = []
+    for method in methods:
+        keys = ("train", method.name) if len(methods) > 1 else ("train",)
+        values = recipe.section(*keys) if len(methods) > 1 else section
+        earlier = {step.method.name: step for step in steps}
+        uses = {name: source for name, source in method.uses.items() if source in earlier}
+        fixed = {"data": files[method.trains_on], "output_dir": str(run_dir / method.name),
+                 **{name: str(earlier[source].folder) for name, source in uses.items()}}
+        steps.append(TrainStep(method, recipe.build(method.config_class, keys, values, **fixed), uses))
+    return steps
 
 
-def _check_keys(recipe: dict, name: str, config_class, path: Path) -> dict:
-    """The section's options, or an error naming each unknown one (with a suggestion)."""
-    values = dict(recipe.get(name) or {})
-    known = {f.name for f in fields(config_class)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        import difflib
-
-        hints = [repr(k) + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, n=1)) else "")
-                 for k in unknown]
-        raise UserError(f"{path}: unknown option(s) in '{name}': {', '.join(hints)}")
-    return values
+# ---------------------------------------------------------------------------------------------- stamps
 
 
-def _section(recipe: dict, name: str, config_class, path: Path, **fixed):
-    values = _check_keys(recipe, name, config_class, path)
-    known = {f.name for f in fields(config_class)}
-    for key in ("constitution", "model", "seed"):
-        if key in known and key in recipe and key not in values:
-            values[key] = recipe[key]
-    values.update(fixed)
-    return config_class(**values)
+def _file_hash(path: str | Path | None) -> str | None:
+    return stable_hash(Path(path).read_text(encoding="utf-8")) if path and Path(path).is_file() else None
 
 
-def _flags(options: dict) -> list[str]:
-    argv = []
-    for key, value in options.items():
-        argv += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return argv
+def _current(stamp_path: Path, key: str) -> bool:
+    try:
+        return json.loads(stamp_path.read_text()).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
-def _train(method: str, data: str, output_dir: Path, options: dict, stamp: dict, log) -> Path:
-    """One ``cai train`` stage, skipped when its folder was written from the same inputs."""
-    from training.cli import train
+def _write_stamp(stamp_path: Path, key: str, stamp: dict) -> None:
+    record = {"key": key, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stamp": stamp}
+    atomic_write_text(stamp_path, json.dumps(record, indent=2, default=str) + "\n")
 
-    stamp_path = output_dir / "cai_stage.json"
+
+def _train(step: TrainStep, keys: dict[str, str], log) -> str:
+    """Run one training step unless its folder was written from the same inputs; returns its stamp key.
+
+    A later step that uses this folder (ppo's reward model) has this key in its own stamp, so it reruns
+    when this step does."""
+    from training.api import train
+
+    config = step.config
+    stamp = {"method": step.method.name, "settings": config.to_dict(), "data": _file_hash(config.data),
+             "after": {source: keys[source] for source in step.uses.values()}}
     key = stable_hash(stamp)
-    if stamp_path.exists() and json.loads(stamp_path.read_text()).get("key") == key:
-        log(f"[run] train {method}: {output_dir} is up to date, skipped")
-        return output_dir
-    argv = [method, "--data", data, "--output-dir", str(output_dir), *_flags(options)]
-    if train(argv) != 0:
-        raise UserError(f"cai train {method} failed")
-    atomic_write_text(stamp_path, json.dumps({"key": key, "stamp": stamp}, indent=2) + "\n")
-    return output_dir
+    stamp_path = step.folder / "cai_stage.json"
+    if _current(stamp_path, key):
+        log(f"[run] train {step.method.name}: {step.folder} is up to date, skipped")
+        return key
+    summary = train(config)
+    log(f"[run] train {step.method.name}: wrote {step.folder} ({summary['global_step']} steps)")
+    _write_stamp(stamp_path, key, stamp)
+    return key
 
 
-def _data_hash(path: str | Path) -> str:
-    return stable_hash(Path(path).read_text(encoding="utf-8"))
+# ---------------------------------------------------------------------------------------------- the run
 
 
 def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    recipe_path = Path(recipe_path)
-    recipe = load_recipe(recipe_path)
-    run_dir = Path(recipe.get("run_dir") or f"runs/{recipe_path.stem}")
+    plan = plan_run(recipe_path)
+    run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-
-    generate_config = _section(recipe, "generate", GenerateConfig, recipe_path, out=str(run_dir / "revisions.jsonl"))
-    judge_config = _section(recipe, "judge", JudgeConfig, recipe_path, input=generate_config.out,
-                            out=str(run_dir / "preferences.jsonl"))
-    train_options = dict(recipe.get("train") or {"method": "dpo"})
-    method = train_options.pop("method", "dpo")
-    if method not in TRAIN_METHODS:
-        raise UserError(f"{recipe_path}: train.method {method!r} is unknown; choose one of {', '.join(TRAIN_METHODS)}")
-    eval_options = _check_keys(recipe, "eval", EvalConfig, recipe_path)  # before hours of work, not after
 
     policy = None
     try:
@@ -125,75 +231,75 @@ def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
         from generation.run import make_backend
 
         # Built lazily (a finished stage loads no model), then shared by the judge and eval.
-        def policy_factory(_config=generate_config):
+        def policy_factory(_config=plan.generate):
             nonlocal policy
             if policy is None:
                 policy = make_backend(_config)
             return policy
         log("[run] 1/4 generate")
-        generate(generate_config, backend_factory=policy_factory, log=log)
+        generate(plan.generate, backend_factory=policy_factory, log=log)
         timings["generate_s"] = time.monotonic() - started
 
         started = time.monotonic()
         log("[run] 2/4 judge")
-        judge_backend = policy if judge_config.judge_is_policy() else None
-        result = run_judge(judge_config, backend=judge_backend, policy_backend=policy, log=log)
+        judge_backend = policy if plan.judge.judge_is_policy() else None
+        result = run_judge(plan.judge, backend=judge_backend, policy_backend=policy, log=log)
         timings["judge_s"] = time.monotonic() - started
-        pairs_path = judge_config.out
-        if not Path(pairs_path).exists() or not Path(pairs_path).read_text().strip():
+        pairs_path = Path(plan.judge.out)
+        if not pairs_path.exists() or not pairs_path.read_text().strip():
             raise UserError(f"the judge made no preference pairs in {pairs_path}; see its report")
 
         started = time.monotonic()
-        log(f"[run] 3/4 train {method}")
-        base = recipe.get("model", "default")
-        base_options = {"model": base} if base != "default" else {}
-        stamp = {"data": _data_hash(pairs_path), "options": train_options, "base": base}
-        if method == "dpo":
-            trained = _train("dpo", pairs_path, run_dir / "dpo", {**base_options, **train_options}, stamp, log)
-            reward_folder = None
-        elif method == "sft":
-            sft = str(sft_path(judge_config))
-            trained = _train("sft", sft, run_dir / "sft", {**base_options, **train_options},
-                             {**stamp, "data": _data_hash(sft)}, log)
-            reward_folder = None
-        else:
-            reward_options = dict(train_options.pop("reward", {}) or {})
-            ppo_options = dict(train_options.pop("ppo", {}) or {})
-            reward_folder = _train("reward", pairs_path, run_dir / "reward", {**base_options, **reward_options},
-                                   {**stamp, "options": reward_options}, log)
-            trained = _train("ppo", pairs_path, run_dir / "ppo",
-                             {**base_options, "reward_model": str(reward_folder), **ppo_options},
-                             {**stamp, "options": ppo_options, "reward": str(reward_folder)}, log)
+        keys: dict[str, str] = {}
+        for step in plan.train:
+            log(f"[run] 3/4 train {step.method.name}")
+            keys[step.method.name] = _train(step, keys, log)
         timings["train_s"] = time.monotonic() - started
 
         started = time.monotonic()
         log("[run] 4/4 eval")
-        # The eval judge defaults to the recipe's judge; the eval section may override any option.
-        judge_defaults = {key: getattr(judge_config, key) for key in (
-            "constitution", "judge_model", "judge_backend", "judge_base_url", "method", "principles_per_pair", "seed")}
-        eval_recipe = {**recipe, "eval": {**judge_defaults, **eval_options}}
-        fixed = {"trained_model": str(trained), "base_model": base, "out": str(run_dir / "eval.json")}
-        if reward_folder:
-            fixed.update(reward_model=str(reward_folder), pairs=pairs_path)
-        eval_config = _section(eval_recipe, "eval", EvalConfig, recipe_path, **fixed)
-        judge_for_eval = policy if (policy is not None and eval_config.judge_model in (None, base)
-                                    and policy.model == resolve_model(base)) else None
-        evaluation = evaluate(eval_config, judge_backend=judge_for_eval, log=log)
+        evaluation = _eval(plan, policy, log)
         timings["eval_s"] = time.monotonic() - started
     finally:
         if policy is not None:
             policy.close()
 
+    trained = plan.train[-1].folder
     summary = {"run_dir": str(run_dir), "trained_model": str(trained), "timings": timings,
                "judge_report": result.get("report"), "win_rate": evaluation["win_rate"]}
-    write_manifest(run_dir / "run.json", "run", {"recipe": str(recipe_path), **recipe}, {"timings": timings})
+    write_manifest(run_dir / "run.json", "run", {"recipe": str(plan.recipe.path), **plan.recipe.data},
+                   {"timings": timings})
     print(format_eval(evaluation))
-    print(f"\nrun folder: {run_dir} (revisions.jsonl, preferences.jsonl, sft.jsonl, {Path(trained).name}/, eval.json)")
+    print(f"\nrun folder: {run_dir} (revisions.jsonl, preferences.jsonl, sft.jsonl, {trained.name}/, eval.json)")
     from cai.report import write_report
 
     summary["report"] = str(write_report(run_dir))
     print(f"report: {summary['report']} (open it in a browser; `cai label {run_dir}` to label pairs by hand)")
     return summary
+
+
+def _eval(plan: RunPlan, policy, log) -> dict:
+    """Eval, skipped when the trained folders' stamps (written anew by every training), its settings and the
+    files it reads are unchanged."""
+    config = plan.eval
+    out = Path(config.out)
+    stamp = {"trained": {step.method.name: _file_hash(step.folder / "cai_stage.json") for step in plan.train},
+             "settings": dataclasses.asdict(config),
+             "files": {name: _file_hash(getattr(config, name)) for name in ("prompts", "constitution", "pairs")}}
+    key = stable_hash(stamp)
+    stamp_path = out.with_name(out.name + ".stage.json")
+    if _current(stamp_path, key):
+        try:
+            evaluation = json.loads(out.read_text())
+            log(f"[run] eval: {out} is up to date, skipped")
+            return evaluation
+        except (OSError, ValueError):
+            pass  # the result is gone or torn: evaluate again
+    judge_for_eval = policy if (policy is not None and config.judge_model in (None, plan.base)
+                                and policy.model == resolve_model(plan.base)) else None
+    evaluation = evaluate(config, judge_backend=judge_for_eval, log=log)
+    _write_stamp(stamp_path, key, stamp)
+    return evaluation
 
 
 def run_command(argv: list[str]) -> int:

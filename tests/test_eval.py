@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from cai.cli import main as cai_main
+from judging.scoring import wilson_interval
 from training.evaluate import EvalConfig, evaluate, format_eval
 
 REPO = Path(__file__).parent.parent
@@ -24,12 +27,19 @@ def test_trained_folder_serves_in_vllm_and_eval_reports_win_rates(tmp_path, vllm
 
     assert set(result["win_rate"]) == {"all", "harmful", "helpful"}
     overall = result["win_rate"]["all"]
-    assert overall["n"] == 4 and 0.0 <= overall["win_rate"] <= 1.0
-    low, high = overall["ci95"]
-    assert 0.0 <= low <= overall["win_rate"] <= high <= 1.0
+    wins = [row["win"] for row in result["rows"]]
+    assert overall["n"] == 4 and None not in wins
+    # every row's win follows from the judge's probability, and the rates are the mean wins per tag
     for row in result["rows"]:
         assert row["trained"].strip() and row["base"].strip()  # the trained folder generated in vLLM
-        assert 0.0 <= row["p_trained_better"] <= 1.0
+        p = row["p_trained_better"]
+        assert row["win"] == (1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0)
+    assert overall["win_rate"] == pytest.approx(sum(wins) / 4)
+    for tag in ("harmful", "helpful"):
+        tagged = [row["win"] for row in result["rows"] if row["tag"] == tag]
+        assert result["win_rate"][tag]["win_rate"] == pytest.approx(sum(tagged) / len(tagged))
+    low, high = overall["ci95"]
+    assert (low, high) == pytest.approx(wilson_interval(sum(wins), 4))
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["win_rate"] == result["win_rate"]
     assert "95% CI" in format_eval(result)

@@ -1,12 +1,11 @@
-"""One config dataclass per training method, in TRL's style.
+"""The fields every training method shares, and every default they start from.
 
-Each class is TRL's own config (so every TRL and ``transformers.TrainingArguments``
-field stays available from YAML and the command line) plus :class:`StageFields`,
-the few fields of ours: the data file, the base model, the held-out split, LoRA
-and the dtype of the saved folder.  Validation errors quote the bad value.
+Each method's config class (``training/sft.py``, ``reward.py``, ``ppo.py``, ``dpo.py``) is
+:class:`StageFields` plus TRL's own config, so every TRL and ``transformers.TrainingArguments``
+field stays a YAML key and a flag.  Defaults live only in these dataclasses: the values
+below override TRL's where a 2-core CPU and the 135M default model need others.
 
-This module imports TRL (and so torch); ``training.cli`` imports it only once a
-``cai train`` command actually runs.
+This module imports TRL (and so torch); ``cai train`` imports it only once a method runs.
 """
 
 # No ``from __future__ import annotations``: HfArgumentParser reads the field types.
@@ -16,36 +15,72 @@ from dataclasses import dataclass, field
 # We pin trl==1.12.0 for PPOTrainer; its "experimental API" warning on every run says nothing new.
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from trl import DPOConfig, RewardConfig, SFTConfig
-from trl.experimental.ppo import PPOConfig
+from transformers.trainer_utils import SaveStrategy
 
+from core.config import check_choice, check_rules
 from core.errors import UserError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-CONFIDENCE_MODES = ("none", "smooth", "weight")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 @dataclass
 class StageFields:
-    """Fields every ``cai train`` method shares (ours, not TRL's)."""
+    r"""
+    Fields every ``cai train`` method shares: ours, and TRL defaults changed for CPU training.
+
+    Parameters:
+        > Parameters that control the data
+
+        data (`str`):
+            JSON Lines file to train on: `sft.jsonl` rows (`messages`) for sft, the judge's preference rows
+            (`prompt`, `chosen`, `rejected`, ...) for reward, ppo and dpo. Required (ppo: or `prompts`).
+        max_rows (`int`, *optional*):
+            Use at most this many rows of the data file, first rows first. `None` uses all.
+        eval_fraction (`float`, *optional*, defaults to `0.0`):
+            Fraction of rows held out (split by `seed`) and evaluated after training; the metrics go to
+            `eval_results.json` in the output folder. `0` disables the held-out split.
+
+        > Parameters that control the model
+
+        model (`str`, *optional*):
+            Base model: a Hugging Face model folder (e.g. one written by `cai train`) or a hub id; `None` or
+            `"default"` is the embedded SmolLM2-135M-Instruct.
+        train_dtype (`str`, *optional*, defaults to `"float32"`):
+            Dtype the weights are trained in, one of `auto`, `float32`, `bfloat16`, `float16`.
+        save_dtype (`str`, *optional*, defaults to `"float32"`):
+            Dtype of the saved model folder; bf16 would round away the small updates of a short run.
+        use_peft (`bool`, *optional*, defaults to `False`):
+            Train a LoRA adapter instead of all weights; the saved folder holds the merged weights.
+        lora_r, lora_alpha, lora_dropout, lora_target_modules:
+            LoRA rank (`16`), alpha (`32`), dropout (`0.05`) and the modules it wraps (`"all-linear"`).
+
+        > Parameters whose defaults differ from TRL's (sized for a 2-core CPU)
+
+        output_dir (`str`):
+            The model folder to write. Required (TRL would write to `trainer_output`).
+        num_train_epochs (`float`, *optional*, defaults to `1.0`): instead of `3.0`.
+        per_device_train_batch_size (`int`, *optional*, defaults to `2`): instead of `8`.
+        per_device_eval_batch_size (`int`, *optional*, defaults to `2`): instead of `8`.
+        logging_steps (`float`, *optional*, defaults to `1`): instead of `10`; short runs log every step.
+        save_strategy (`str`, *optional*, defaults to `"no"`):
+            Instead of `"steps"`; the model folder is written once, at the end.
+        bf16 (`bool`, *optional*, defaults to `False`):
+            Instead of `True`, which fails on CPU; pass `--bf16 true` on GPUs.
+        gradient_checkpointing (`bool`, *optional*, defaults to `False`):
+            Instead of `True`; it is slower, and a 135M model is not short of memory.
+        dataloader_pin_memory (`bool`, *optional*, defaults to `False`): instead of `True`; pinning is for GPUs.
+    """
 
     data: str | None = field(
         default=None,
         metadata={
             "help": "JSON Lines file to train on: sft.jsonl rows with `messages` for sft; the judge's preference "
-            "rows (`prompt`, `chosen`, `rejected`, ...) for reward, ppo and dpo."
+            "rows (`prompt`, `chosen`, `rejected`, ...) for reward, ppo and dpo. Required."
         },
     )
-    model: str | None = field(
+    max_rows: int | None = field(
         default=None,
-        metadata={
-            "help": "Base model: a Hugging Face model folder (e.g. one written by `cai train`) or a hub id; "
-            "empty or `default` means the embedded SmolLM2-135M-Instruct."
-        },
+        metadata={"help": "Use at most this many rows of the data file (first rows first); empty uses all."},
     )
     eval_fraction: float = field(
         default=0.0,
@@ -54,9 +89,12 @@ class StageFields:
             "metrics are written to eval_results.json in the output folder. 0 disables the held-out split."
         },
     )
-    max_rows: int | None = field(
+    model: str | None = field(
         default=None,
-        metadata={"help": "Use at most this many rows of the data file (first rows first); empty uses all."},
+        metadata={
+            "help": "Base model: a Hugging Face model folder (e.g. one written by `cai train`) or a hub id; "
+            "empty or `default` means the embedded SmolLM2-135M-Instruct."
+        },
     )
     train_dtype: str = field(
         default="float32",
@@ -90,138 +128,40 @@ class StageFields:
         },
     )
 
-    def __post_init__(self):
-        for name in ("train_dtype", "save_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise UserError(f"{_flag(name)} {getattr(self, name)!r} is not one of {', '.join(DTYPES)}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise UserError(f"--eval-fraction {self.eval_fraction!r} must be in [0, 1), e.g. 0.1")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise UserError(f"--max-rows {self.max_rows!r} must be a positive number of rows")
-        if self.lora_r < 1:
-            raise UserError(f"--lora-r {self.lora_r!r} must be at least 1, e.g. 16")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise UserError(f"--lora-dropout {self.lora_dropout!r} must be in [0, 1)")
-        super().__post_init__()
-
-
-@dataclass
-class SFTStageConfig(StageFields, SFTConfig):
-    """Supervised fine-tuning on the final revisions (`sft.jsonl`): the supervised stage of Constitutional AI."""
-
-
-@dataclass
-class RewardStageConfig(StageFields, RewardConfig):
-    """Bradley-Terry reward model: a one-output sequence-classification head trained on the judge's pairs."""
-
-    use_margin: bool = field(
-        default=True,
-        metadata={
-            "help": "Pass the judge's `margin` column to TRL's RewardTrainer, whose loss becomes "
-            "-log sigmoid(r_chosen - r_rejected - margin_scale * margin): confident pairs must be separated further."
-        },
+    # TRL / TrainingArguments fields whose defaults we change (same types as theirs).
+    output_dir: str | None = field(
+        default=None, metadata={"help": "The model folder to write (required)."}
     )
-    margin_scale: float = field(
-        default=1.0,
-        metadata={"help": "Multiplier on the judge's margin (a probability difference in [0, 1]) in reward units."},
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Total number of training epochs."})
+    per_device_train_batch_size: int = field(default=2, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=2, metadata={"help": "Evaluation batch size per device."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every this many steps (short runs: every step)."})
+    save_strategy: SaveStrategy | str = field(
+        default="no",
+        metadata={"help": "Checkpoint strategy: `no` (the model folder is written once, at the end), `steps` or `epoch`."},
+    )
+    bf16: bool | None = field(
+        default=False,
+        metadata={"help": "Train in bf16 mixed precision (needs a GPU that supports it; pass --bf16 true there)."},
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass to save memory (slower)."}
+    )
+    dataloader_pin_memory: bool = field(
+        default=False, metadata={"help": "Pin data-loader memory (helps GPU transfers only)."}
     )
 
     def __post_init__(self):
-        if self.margin_scale < 0:
-            raise UserError(f"--margin-scale {self.margin_scale!r} must be >= 0 (0 ignores the margin)")
+        if not self.output_dir:
+            raise UserError("--output-dir DIR is required: the model folder to write")
+        if not self.data and not getattr(self, "prompts", None):
+            raise UserError("--data FILE is required: the JSON Lines file to train on")
+        check_choice("--train-dtype", self.train_dtype, DTYPES)
+        check_choice("--save-dtype", self.save_dtype, DTYPES)
+        check_rules(self, [
+            ("eval_fraction", 0.0 <= self.eval_fraction < 1.0, "must be in [0, 1), e.g. 0.1"),
+            ("max_rows", self.max_rows is None or self.max_rows >= 1, "must be a positive number of rows"),
+            ("lora_r", self.lora_r >= 1, "must be at least 1, e.g. 16"),
+            ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "must be in [0, 1)"),
+        ])
         super().__post_init__()
-
-
-@dataclass
-class PPOStageConfig(StageFields, PPOConfig):
-    """PPO (TRL's experimental PPOTrainer): policy, frozen reference, reward model and value model."""
-
-    reward_model: str | None = field(
-        default=None,
-        metadata={"help": "Reward model folder written by `cai train reward` (required)."},
-    )
-    value_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "Folder the value model starts from; empty means the reward model, as in TRL's PPO example."
-        },
-    )
-    prompts: str | None = field(
-        default=None,
-        metadata={
-            "help": "Optional prompts file (JSON Lines with `prompt`: a string or a list of chat messages); "
-            "empty takes the `prompt` column of --data."
-        },
-    )
-    kl_coef_final: float | None = field(
-        default=None,
-        metadata={
-            "help": "Raise (or lower) the KL coefficient linearly from --kl-coef at the first PPO update to this "
-            "value at the last; empty keeps --kl-coef constant."
-        },
-    )
-    max_prompt_length: int = field(
-        default=256,
-        metadata={"help": "Prompts longer than this many tokens (after the chat template) are cut from the left."},
-    )
-
-    def __post_init__(self):
-        if self.kl_coef < 0:
-            raise UserError(f"--kl-coef {self.kl_coef!r} must be >= 0, e.g. 0.05")
-        if self.kl_coef_final is not None and self.kl_coef_final < 0:
-            raise UserError(f"--kl-coef-final {self.kl_coef_final!r} must be >= 0, e.g. 0.2")
-        if self.max_prompt_length < 1:
-            raise UserError(f"--max-prompt-length {self.max_prompt_length!r} must be at least 1")
-        super().__post_init__()
-
-
-@dataclass
-class DPOStageConfig(StageFields, DPOConfig):
-    """DPO on the judge's pairs, optionally smoothed or weighted per pair by the judge's confidence."""
-
-    confidence: str = field(
-        default="none",
-        metadata={
-            "help": f"Use the judge's confidence per pair, one of {CONFIDENCE_MODES}. `smooth`: conservative DPO "
-            "(cDPO) with a per-pair label-smoothing epsilon = 1 - confidence, i.e. loss = (1 - eps) * "
-            "-log sigmoid(beta * delta) + eps * -log sigmoid(-beta * delta). `weight`: each pair's sigmoid "
-            "loss is multiplied by 2 * confidence - 1 (0 for a coin flip, 1 for a sure pair). `none`: plain DPO."
-        },
-    )
-    confidence_column: str = field(
-        default="chosen_probability",
-        metadata={
-            "help": "Column holding the judge's probability that `chosen` is better (in [0.5, 1]; values below "
-            "0.5 are read as 0.5)."
-        },
-    )
-
-    def __post_init__(self):
-        if self.confidence not in CONFIDENCE_MODES:
-            raise UserError(f"--confidence {self.confidence!r} is not one of {', '.join(CONFIDENCE_MODES)}")
-        if self.beta <= 0:
-            raise UserError(f"--beta {self.beta!r} must be > 0, e.g. 0.1")
-        super().__post_init__()
-        if self.confidence != "none":
-            # The per-pair term is derived for the plain sigmoid DPO loss; refuse the combinations it does not cover.
-            problems = []
-            if list(self.loss_type) != ["sigmoid"]:
-                problems.append(f"--loss-type {self.loss_type!r} (needs ['sigmoid'])")
-            if self.f_divergence_type != "reverse_kl":
-                problems.append(f"--f-divergence-type {self.f_divergence_type!r} (needs 'reverse_kl')")
-            if self.ld_alpha is not None:
-                problems.append(f"--ld-alpha {self.ld_alpha!r} (needs empty)")
-            if self.use_weighting:
-                problems.append("--use-weighting True (needs False)")
-            if self.use_liger_kernel:
-                problems.append("--use-liger-kernel True (needs False)")
-            if problems:
-                raise UserError(f"--confidence {self.confidence!r} cannot be combined with " + "; ".join(problems))
-
-
-STAGE_CONFIGS = {
-    "sft": SFTStageConfig,
-    "reward": RewardStageConfig,
-    "ppo": PPOStageConfig,
-    "dpo": DPOStageConfig,
-}

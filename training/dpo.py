@@ -15,18 +15,94 @@ correction computed from the same forward pass:
 Here p_i is the judge's probability that ``chosen`` is better (0.5 = coin flip).
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
+# No ``from __future__ import annotations``: HfArgumentParser reads the field types.
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from trl import DPOTrainer
+from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import selective_log_softmax
 
+from core.config import check_choice, check_rules
+from core.errors import UserError
+from training import data as training_data
+from training import models
+from training.config import StageFields
+from training.stages import TrainingStage
+
 CONFIDENCE_KEY = "pair_confidence"
+CONFIDENCE_MODES = ("smooth", "weight", "none")
+
+
+@dataclass
+class DPOStageConfig(StageFields, DPOConfig):
+    r"""
+    Configuration of ``cai train dpo``: [`StageFields`] and TRL's [`~trl.DPOConfig`].
+
+    Parameters:
+        > Parameters that control the judge's confidence
+
+        confidence (`str`, *optional*, defaults to `"smooth"`):
+            How each pair's confidence p (the judge's probability that `chosen` is better) enters the loss.
+            `smooth`: conservative DPO (cDPO) with a per-pair label smoothing eps = 1 - p, i.e.
+            `(1 - eps) * -log sigmoid(beta * d) + eps * -log sigmoid(-beta * d)`. `weight`: each pair's sigmoid
+            loss times `2p - 1` (0 for a coin flip, 1 for a sure pair). `none`: plain DPO. `smooth` and `weight`
+            need TRL's plain sigmoid loss (`loss_type: [sigmoid]`, the default).
+        confidence_column (`str`, *optional*, defaults to `"chosen_probability"`):
+            Column holding p, in [0.5, 1]; values below 0.5 are read as 0.5.
+
+        > Parameters whose defaults differ from TRL's
+
+        learning_rate (`float`, *optional*, defaults to `5e-6`): instead of `1e-6`; short CPU runs need a visible step.
+        max_length (`int` or `None`, *optional*, defaults to `512`): instead of `1024`.
+    """
+
+    confidence: str = field(
+        default="smooth",
+        metadata={
+            "help": f"Use the judge's confidence per pair, one of {CONFIDENCE_MODES}. `smooth`: conservative DPO "
+            "(cDPO) with a per-pair label-smoothing epsilon = 1 - confidence, i.e. loss = (1 - eps) * "
+            "-log sigmoid(beta * delta) + eps * -log sigmoid(-beta * delta). `weight`: each pair's sigmoid "
+            "loss is multiplied by 2 * confidence - 1 (0 for a coin flip, 1 for a sure pair). `none`: plain DPO."
+        },
+    )
+    confidence_column: str = field(
+        default="chosen_probability",
+        metadata={
+            "help": "Column holding the judge's probability that `chosen` is better (in [0.5, 1]; values below "
+            "0.5 are read as 0.5)."
+        },
+    )
+    learning_rate: float = field(default=5e-6, metadata={"help": "The initial learning rate for AdamW."})
+    max_length: int | None = field(
+        default=512,
+        metadata={"help": "Maximum tokens per prompt and answer; longer ones are truncated. Empty: no truncation."},
+    )
+
+    def __post_init__(self):
+        check_choice("--confidence", self.confidence, CONFIDENCE_MODES)
+        check_rules(self, [("beta", self.beta > 0, "must be > 0, e.g. 0.1")])
+        super().__post_init__()
+        if self.confidence != "none":
+            # The per-pair term is derived for the plain sigmoid DPO loss; refuse the combinations it does not cover.
+            problems = []
+            if list(self.loss_type) != ["sigmoid"]:
+                problems.append(f"--loss-type {self.loss_type!r} (needs ['sigmoid'])")
+            if self.f_divergence_type != "reverse_kl":
+                problems.append(f"--f-divergence-type {self.f_divergence_type!r} (needs 'reverse_kl')")
+            if self.ld_alpha is not None:
+                problems.append(f"--ld-alpha {self.ld_alpha!r} (needs empty)")
+            if self.use_weighting:
+                problems.append("--use-weighting True (needs False)")
+            if self.use_liger_kernel:
+                problems.append("--use-liger-kernel True (needs False)")
+            if problems:
+                raise UserError(
+                    f"--confidence {self.confidence!r} cannot be combined with " + "; ".join(problems)
+                    + "; pass --confidence none for TRL's other losses"
+                )
 
 
 @dataclass
@@ -100,3 +176,36 @@ class ConfidenceDPOTrainer(DPOTrainer):
         logps = (per_token * shift_mask).sum(dim=1)
         chosen, rejected = logps.chunk(2, dim=0)
         return (chosen - inputs["ref_chosen_logps"]) - (rejected - inputs["ref_rejected_logps"])
+
+
+class DPOStage(TrainingStage):
+    counts = "pairs"
+    trainer_class = ConfidenceDPOTrainer
+
+    def load_rows(self) -> list[dict]:
+        config = self.config
+        extra = (config.confidence_column,) if config.confidence != "none" else ()
+        rows = training_data.load_preference_rows(
+            config.data, config.max_rows, extra, "or pass --confidence none for plain DPO"
+        )
+        for row in rows if extra else ():
+            row[CONFIDENCE_KEY] = row.pop(config.confidence_column)
+        return rows
+
+    def trainer_options(self, tokenizer, base, peft_config) -> dict[str, Any]:
+        config = self.config
+        collator = ConfidencePreferenceCollator(
+            pad_token_id=tokenizer.pad_token_id,
+            max_length=config.max_length,
+            truncation_mode=config.truncation_mode,
+            pad_to_multiple_of=config.pad_to_multiple_of,
+        )
+        return {
+            # With LoRA the reference is the base model with the adapter switched off; otherwise a frozen copy.
+            "ref_model": None if peft_config is not None else models.load_causal_lm(base, config.train_dtype),
+            "data_collator": collator,
+            "confidence_mode": config.confidence,
+        }
+
+    def details(self, trainer) -> dict[str, Any]:
+        return {"beta": self.config.beta, "confidence": self.config.confidence}

@@ -7,16 +7,106 @@ is a faithful schedule; the coefficient in force is logged as
 (``objective/kl``) and entropy (``objective/entropy``).
 """
 
-from __future__ import annotations
-
-from typing import Any
+# No ``from __future__ import annotations``: HfArgumentParser reads the field types.
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
 
 from transformers import TrainerCallback
-from trl.experimental.ppo import PPOTrainer
+from trl.experimental.ppo import PPOConfig, PPOTrainer
 
+from core.config import check_rules
 from core.errors import UserError
 from training import data as training_data
 from training import models
+from training.config import StageFields
+from training.stages import TrainingStage
+
+
+@dataclass
+class PPOStageConfig(StageFields, PPOConfig):
+    r"""
+    Configuration of ``cai train ppo``: [`StageFields`] and TRL's experimental [`~trl.experimental.ppo.PPOConfig`].
+
+    Parameters:
+        > Parameters that control the models
+
+        reward_model (`str`):
+            Reward model folder written by `cai train reward`. Required.
+        value_model (`str`, *optional*):
+            Folder the value model starts from; `None` means the reward model, as in TRL's PPO example.
+
+        > Parameters that control the prompts
+
+        prompts (`str`, *optional*):
+            Prompts file (JSON Lines with `prompt`: a string or a list of chat messages); `None` takes the
+            `prompt` column of `data`.
+        max_prompt_length (`int`, *optional*, defaults to `256`):
+            Prompts longer than this many tokens (after the chat template) are cut from the left.
+
+        > Parameters that control the KL penalty
+
+        kl_coef_final (`float`, *optional*):
+            Move the KL coefficient linearly from `kl_coef` at the first PPO update to this value at the last;
+            `None` keeps `kl_coef` constant.
+
+        > Parameters whose defaults differ from TRL's (sized for a 2-core CPU)
+
+        num_ppo_epochs (`int`, *optional*, defaults to `1`): instead of `4`.
+        local_rollout_forward_batch_size (`int`, *optional*, defaults to `2`): instead of `64`.
+        response_length (`int`, *optional*, defaults to `48`): instead of `53`.
+        stop_token (`str`, *optional*, defaults to `"eos"`): instead of `None`; answers end at the EOS token.
+        num_sample_generations (`int`, *optional*, defaults to `0`): instead of `10`; no sample printing.
+    """
+
+    reward_model: str | None = field(
+        default=None,
+        metadata={"help": "Reward model folder written by `cai train reward` (required)."},
+    )
+    value_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder the value model starts from; empty means the reward model, as in TRL's PPO example."
+        },
+    )
+    prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optional prompts file (JSON Lines with `prompt`: a string or a list of chat messages); "
+            "empty takes the `prompt` column of --data."
+        },
+    )
+    kl_coef_final: float | None = field(
+        default=None,
+        metadata={
+            "help": "Raise (or lower) the KL coefficient linearly from --kl-coef at the first PPO update to this "
+            "value at the last; empty keeps --kl-coef constant."
+        },
+    )
+    max_prompt_length: int = field(
+        default=256,
+        metadata={"help": "Prompts longer than this many tokens (after the chat template) are cut from the left."},
+    )
+    num_ppo_epochs: int = field(default=1, metadata={"help": "Number of epochs per batch of rollouts."})
+    local_rollout_forward_batch_size: int = field(
+        default=2, metadata={"help": "Per rank no-grad forward pass batch size in the rollout."}
+    )
+    response_length: int = field(default=48, metadata={"help": "Length of the generated answers, in tokens."})
+    stop_token: Optional[Literal["eos"]] = field(
+        default="eos", metadata={"help": "`eos`: answers end at the EOS token (the tokenizer's)."}
+    )
+    num_sample_generations: int = field(
+        default=0, metadata={"help": "Sample generations printed during training (0: none)."}
+    )
+
+    def __post_init__(self):
+        if not self.reward_model:
+            raise UserError("--reward-model DIR is required: the folder written by `cai train reward`")
+        check_rules(self, [
+            ("kl_coef", self.kl_coef >= 0, "must be >= 0, e.g. 0.05"),
+            ("kl_coef_final", self.kl_coef_final is None or self.kl_coef_final >= 0, "must be >= 0, e.g. 0.2"),
+            ("max_prompt_length", self.max_prompt_length >= 1, "must be at least 1"),
+        ])
+        super().__post_init__()
 
 
 class LinearKLSchedule(TrainerCallback):
@@ -46,6 +136,75 @@ class ScheduledKLPPOTrainer(PPOTrainer):
         super().log(logs, start_time)
 
 
+class PPOStage(TrainingStage):
+    counts = "prompts"
+    padding_side = "left"  # generation needs the prompts padded on the left
+    evaluates = False  # PPOTrainer has no evaluate(); its eval_dataset only feeds sample generations
+
+    @property
+    def source(self) -> str:
+        return self.config.prompts or self.config.data
+
+    def load_rows(self) -> list[list[dict]]:
+        return training_data.load_prompts(self.source, self.config.max_rows)
+
+    def check_split(self, train_rows, source):
+        config = self.config
+        if len(train_rows) < config.per_device_train_batch_size * config.gradient_accumulation_steps:
+            raise UserError(
+                f"{source}: {len(train_rows)} training prompts, fewer than one PPO batch "
+                f"(--per-device-train-batch-size {config.per_device_train_batch_size} x "
+                f"--gradient-accumulation-steps {config.gradient_accumulation_steps}); add prompts or lower them"
+            )
+
+    def build_trainer(self, policy, tokenizer, train_rows, eval_rows, base):
+        from accelerate import PartialState
+
+        config = self.config
+        reward_folder = models.resolve_base(config.reward_model, "--reward-model")
+        value_folder = models.resolve_base(config.value_model or config.reward_model, "--value-model")
+        for folder, flag in ((reward_folder, "--reward-model"), (value_folder, "--value-model")):
+            _check_same_vocabulary(policy, folder, flag)
+        peft_config = models.lora_config(config, "CAUSAL_LM")
+        ref_policy = None if peft_config is not None else models.load_causal_lm(base, config.train_dtype)
+        reward_model = models.load_score_model(reward_folder, config.train_dtype, tokenizer.pad_token_id, "--reward-model")
+        value_model = models.load_score_model(value_folder, config.train_dtype, tokenizer.pad_token_id, "--value-model")
+
+        # TRL counts PPO in episodes (prompts); --max-steps counts PPO updates, as the other methods count steps.
+        if config.max_steps and config.max_steps > 0:
+            batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * PartialState().num_processes
+            config.total_episodes = config.max_steps * batch
+        config.sft_model_path = base  # TRL's own fields, kept truthful in the saved training arguments
+        config.reward_model_path = reward_folder
+
+        self.kl_coef_start = config.kl_coef
+        callbacks = [LinearKLSchedule(config.kl_coef, config.kl_coef_final)] if config.kl_coef_final is not None else []
+        return ScheduledKLPPOTrainer(
+            args=config,
+            processing_class=tokenizer,
+            model=policy,
+            ref_model=ref_policy,
+            reward_model=reward_model,
+            value_model=value_model,
+            train_dataset=_prompt_dataset(train_rows, tokenizer, config.max_prompt_length),
+            eval_dataset=_prompt_dataset(eval_rows or train_rows[: config.per_device_eval_batch_size], tokenizer,
+                                         config.max_prompt_length),
+            callbacks=callbacks,
+            peft_config=peft_config,
+        )
+
+    def trained_model(self, trainer):
+        return trainer.accelerator.unwrap_model(trainer.model).policy
+
+    def details(self, trainer) -> dict[str, Any]:
+        return {
+            "prompts_file": self.source,
+            "reward_model": self.config.reward_model,
+            "kl_coef_start": self.kl_coef_start,
+            "kl_coef_end": self.config.kl_coef,
+        }
+
+
 def _prompt_dataset(prompts: list[list[dict]], tokenizer, max_prompt_length: int):
     from datasets import Dataset
 
@@ -55,64 +214,6 @@ def _prompt_dataset(prompts: list[list[dict]], tokenizer, max_prompt_length: int
         input_ids = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
         ids.append(input_ids[-max_prompt_length:])  # keep the end: the generation prompt must stay
     return Dataset.from_dict({"input_ids": ids})
-
-
-def build_ppo_trainer(config) -> tuple[ScheduledKLPPOTrainer, Any, str, int]:
-    from accelerate import PartialState
-
-    if not config.reward_model:
-        raise UserError("--reward-model is required: the folder written by `cai train reward`")
-    prompt_file = config.prompts or config.data
-    prompts = training_data.load_prompts(prompt_file, config.max_rows)
-    base = models.resolve_base(config.model)
-    reward_folder = models.resolve_base(config.reward_model, "--reward-model")
-    value_folder = models.resolve_base(config.value_model or config.reward_model, "--value-model")
-    # Generation needs the prompts padded on the left.
-    tokenizer = models.load_tokenizer(base, padding_side="left")
-
-    policy = models.load_causal_lm(base, config.train_dtype)
-    for folder, flag in ((reward_folder, "--reward-model"), (value_folder, "--value-model")):
-        _check_same_vocabulary(policy, folder, flag)
-    peft_config = models.lora_config(config, "CAUSAL_LM")
-    ref_policy = None if peft_config is not None else models.load_causal_lm(base, config.train_dtype)
-    reward_model = models.load_score_model(reward_folder, config.train_dtype, tokenizer.pad_token_id, "--reward-model")
-    value_model = models.load_score_model(value_folder, config.train_dtype, tokenizer.pad_token_id, "--value-model")
-
-    # TRL counts PPO in episodes (prompts); --max-steps counts PPO updates, as the other methods count steps.
-    if config.max_steps and config.max_steps > 0:
-        batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * PartialState().num_processes
-        config.total_episodes = config.max_steps * batch
-    config.sft_model_path = base  # TRL's own fields, kept truthful in the saved training arguments
-    config.reward_model_path = reward_folder
-
-    dataset = _prompt_dataset(prompts, tokenizer, config.max_prompt_length)
-    train_rows, eval_rows = training_data.split_rows(list(range(len(dataset))), config.eval_fraction, config.seed)
-    eval_rows = eval_rows or train_rows[: config.per_device_eval_batch_size]
-    if len(train_rows) < config.per_device_train_batch_size * config.gradient_accumulation_steps:
-        raise UserError(
-            f"{prompt_file}: {len(train_rows)} training prompts, fewer than one PPO batch "
-            f"(--per-device-train-batch-size {config.per_device_train_batch_size} x "
-            f"--gradient-accumulation-steps {config.gradient_accumulation_steps}); add prompts or lower them"
-        )
-
-    kl_start = config.kl_coef
-    callbacks = []
-    if config.kl_coef_final is not None:
-        callbacks.append(LinearKLSchedule(kl_start, config.kl_coef_final))
-    trainer = ScheduledKLPPOTrainer(
-        args=config,
-        processing_class=tokenizer,
-        model=policy,
-        ref_model=ref_policy,
-        reward_model=reward_model,
-        value_model=value_model,
-        train_dataset=dataset.select(train_rows),
-        eval_dataset=dataset.select(eval_rows),
-        callbacks=callbacks,
-        peft_config=peft_config,
-    )
-    trainer.kl_coef_start = kl_start
-    return trainer, tokenizer, base, len(prompts)
 
 
 def _check_same_vocabulary(policy, folder: str, flag: str) -> None:

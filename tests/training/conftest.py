@@ -56,13 +56,13 @@ def sft_file() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_reward_dir(tmp_path_factory, tiny_model_dir, preference_file) -> str:
-    """A reward model trained by `cai train reward` on the tiny model (shared by the reward and PPO tests)."""
-    from training.cli import train
+    """A reward model trained through the Python API on the tiny model (shared by the reward and PPO tests)."""
+    from training.api import train
+    from training.reward import RewardStageConfig
 
     out = tmp_path_factory.mktemp("reward")
-    rc = train([
-        "reward", "--data", preference_file, "--output-dir", str(out), "--model", tiny_model_dir,
-        "--max-steps", "2", "--learning-rate", "1e-3", "--eval-fraction", "0.25", "--disable-tqdm", "true",
-    ])
-    assert rc == 0
+    config = RewardStageConfig(data=preference_file, output_dir=str(out), model=tiny_model_dir, max_steps=2,
+                               learning_rate=1e-3, eval_fraction=0.25, disable_tqdm=True)
+    summary = train(config)
+    assert summary["method"] == "reward" and summary["global_step"] == 2
     return str(out)

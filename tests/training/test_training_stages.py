@@ -7,10 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from cai.cli import main as cai_main
+from core.config import parse_config
 from core.errors import UserError
-from training.cli import parse_stage_config, train
+from training.cli import train
+from training.methods import METHODS, get_method
 
 QUIET = ["--disable-tqdm", "true"]
+README = Path(__file__).parent.parent.parent / "training" / "README.md"
+
+
+def parse(method: str, argv: list[str]):
+    """What `cai train METHOD ARGV` parses into."""
+    return parse_config(get_method(method).config_class, argv, f"cai train {method}")
 
 
 def _weights(folder: str | Path) -> dict:
@@ -38,15 +47,22 @@ def _assert_model_folder(folder: str | Path) -> None:
         assert (folder / name).is_file(), f"{name} missing from {folder}"
     assert not (folder / "adapter_config.json").exists(), "LoRA must be merged, not saved as an adapter"
     summary = json.loads((folder / "cai_training.json").read_text())
-    assert summary["global_step"] >= 2
+    assert summary["global_step"] == 2
 
 
 # ---------------------------------------------------------------- command line and bad input
 
 
 def test_unknown_method_suggests_the_closest():
-    with pytest.raises(UserError, match=r"Did you mean .cai train dpo.\?"):
+    with pytest.raises(UserError, match=r"training method 'dop' is unknown; did you mean 'dpo'\?"):
         train(["dop", "--data", "x.jsonl"])
+
+
+def test_usage_lists_every_registered_method(capsys):
+    assert train(["--help"]) == 0
+    usage = capsys.readouterr().out
+    for name, method in METHODS.items():
+        assert f"  {name:<7} {method.description}" in usage
 
 
 def test_missing_data_file_names_the_file(tmp_path, tiny_model_dir):
@@ -58,6 +74,15 @@ def test_missing_data_file_names_the_file(tmp_path, tiny_model_dir):
 def test_missing_model_folder_is_a_user_error(tmp_path, preference_file):
     with pytest.raises(UserError, match="--model '.*nope': no such model folder"):
         train(["dpo", "--data", preference_file, "--output-dir", str(tmp_path / "out"), "--model", str(tmp_path / "nope")])
+
+
+def test_output_dir_and_data_are_required():
+    with pytest.raises(UserError, match="--output-dir DIR is required"):
+        parse("sft", ["--data", "x.jsonl"])
+    with pytest.raises(UserError, match="--data FILE is required"):
+        parse("dpo", ["--output-dir", "o"])
+    with pytest.raises(UserError, match="--reward-model DIR is required"):
+        parse("ppo", ["--data", "x.jsonl", "--output-dir", "o"])
 
 
 def test_bad_row_names_file_and_line(tmp_path, preference_file):
@@ -86,34 +111,61 @@ def test_confidence_column_must_be_a_number(tmp_path, preference_file):
         load_preference_rows(bad, extra_columns=("chosen_probability",))
 
 
-def test_config_layers_shipped_yaml_user_yaml_then_flags(tmp_path):
+def test_config_layers_dataclass_defaults_user_yaml_then_flags(tmp_path):
     user = tmp_path / "mine.yaml"
-    user.write_text("beta: 0.3\nlearning_rate: 1.0e-4\n")
-    config = parse_stage_config("dpo", ["--config", str(user), "--learning-rate", "2e-4", "--output-dir", "o"])
-    assert config.beta == 0.3  # user YAML over shipped YAML
+    user.write_text("beta: 0.3\nlearning_rate: 1.0e-4\nloss_type: [sigmoid]\nmax_rows: null\n")
+    config = parse("dpo", ["--config", str(user), "--learning-rate", "2e-4", "--output-dir", "o", "--data", "d"])
+    assert config.beta == 0.3  # user YAML over the dataclass default
     assert config.learning_rate == 2e-4  # flag over user YAML
-    assert config.confidence == "smooth"  # shipped YAML kept where nobody overrode it
-    assert config.save_strategy == "no"
+    assert config.loss_type == ["sigmoid"] and config.max_rows is None
+    # dataclass defaults kept where nobody overrode them
+    assert config.confidence == "smooth" and config.save_strategy == "no" and config.bf16 is False
+    assert config.max_length == 512 and config.per_device_train_batch_size == 2
+
+
+def test_defaults_live_only_in_the_dataclasses_and_the_readme_agrees():
+    from training.dpo import DPOStageConfig
+
+    assert not (README.parent / "configs").exists()
+    assert DPOStageConfig(data="d", output_dir="o").confidence == "smooth"
+    assert "`smooth` (default)" in README.read_text()
 
 
 def test_config_errors_quote_the_bad_value(tmp_path):
-    with pytest.raises(UserError, match="--confidence 'always' is not one of"):
-        parse_stage_config("dpo", ["--confidence", "always", "--output-dir", "o"])
+    with pytest.raises(UserError, match="--confidence 'always' is unknown"):
+        parse("dpo", ["--confidence", "always", "--output-dir", "o", "--data", "d"])
     with pytest.raises(UserError, match=r"--eval-fraction 1\.5 must be in"):
-        parse_stage_config("reward", ["--eval-fraction", "1.5", "--output-dir", "o"])
-    typo = tmp_path / "typo.yaml"
-    typo.write_text("betta: 0.2\n")
-    with pytest.raises(UserError, match="'betta' \\(did you mean 'beta'\\?\\)"):
-        parse_stage_config("dpo", ["--config", str(typo)])
+        parse("reward", ["--eval-fraction", "1.5", "--output-dir", "o", "--data", "d"])
+    with pytest.raises(UserError, match=r"--confidence 'smooth' cannot be combined with --loss-type \['ipo'\]"):
+        parse("dpo", ["--loss-type", "ipo", "--output-dir", "o", "--data", "d"])
+
+
+def test_config_file_typo_is_one_error_line_with_did_you_mean(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("beta: 0.2\nbetta: 0.2\n")
+    assert cai_main(["train", "dpo", "--config", str(bad), "--output-dir", str(tmp_path / "o")]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {bad}:2: unknown option 'betta'; did you mean 'beta'?"]
+    assert not (tmp_path / "o").exists()
 
 
 def test_every_field_of_ours_has_help_text():
-    from training.config import STAGE_CONFIGS, StageFields
+    from training.config import StageFields
 
-    for config_class in STAGE_CONFIGS.values():
+    for method in METHODS.values():
+        config_class = method.config_class
         ours = [*StageFields.__annotations__, *config_class.__dict__.get("__annotations__", {})]
         for name in ours:
             assert config_class.__dataclass_fields__[name].metadata.get("help"), f"{config_class.__name__}.{name}"
+
+
+def test_the_config_class_says_the_method():
+    from training.methods import method_of
+    from training.sft import SFTStageConfig
+
+    assert method_of(SFTStageConfig(data="d", output_dir="o")).name == "sft"
+    with pytest.raises(TypeError, match="not the config of a training method"):
+        method_of(object())
 
 
 # ---------------------------------------------------------------- the confidence-aware DPO loss
@@ -127,8 +179,11 @@ def test_smoothed_dpo_loss_is_per_pair_cdpo(tmp_path, tiny_model_dir, preference
     from training.dpo import CONFIDENCE_KEY, ConfidenceDPOTrainer, ConfidencePreferenceCollator
     from training.models import load_causal_lm, load_tokenizer
 
-    config = parse_stage_config("dpo", ["--output-dir", str(tmp_path), "--beta", "0.5", *QUIET])
     from datasets import Dataset
+
+    from training.dpo import DPOStageConfig
+
+    config = DPOStageConfig(data=preference_file, output_dir=str(tmp_path), beta=0.5, disable_tqdm=True)
 
     from training.data import load_preference_rows
 
@@ -178,20 +233,33 @@ def test_sft_trains_and_saves(tmp_path, tiny_model_dir, sft_file):
     AutoModelForCausalLM.from_pretrained(out)
 
 
-def test_reward_trains_reports_accuracy_and_loads(tiny_reward_dir, tiny_model_dir):
+def test_reward_trains_reports_accuracy_and_loads(tiny_reward_dir, tiny_model_dir, preference_file):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from training.data import load_preference_rows, split_rows
+
     _assert_model_folder(tiny_reward_dir)
     summary = json.loads((Path(tiny_reward_dir) / "cai_training.json").read_text())
-    assert 0.0 <= summary["held_out_accuracy"] <= 1.0 and summary["held_out_rows"] == 2
-    assert json.loads((Path(tiny_reward_dir) / "eval_results.json").read_text())["eval_accuracy"] is not None
+    assert summary["held_out_rows"] == 2 and summary["pairs"] == 8
+    assert json.loads((Path(tiny_reward_dir) / "eval_results.json").read_text())["eval_accuracy"] == summary[
+        "held_out_accuracy"]
+    # The reported accuracy is the saved model's: chosen scored above rejected on the held-out pairs.
+    _, held_out = split_rows(load_preference_rows(preference_file), 0.25, 42)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_dir)
+
+    def score(messages) -> float:
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
+        with torch.no_grad():
+            return float(model(input_ids=ids["input_ids"]).logits[0, 0])
+
+    wins = [score(row["prompt"] + row["chosen"]) > score(row["prompt"] + row["rejected"]) for row in held_out]
+    assert summary["held_out_accuracy"] == pytest.approx(sum(wins) / len(wins))
     after = _weights(tiny_reward_dir)
     assert "score.weight" in after
     assert _changed(_weights(tiny_model_dir), after)
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_dir)
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
-    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_dir)
     batch = tokenizer(["a short answer", "a somewhat longer answer here"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert model(**batch).logits.shape == (2, 1)

@@ -1,0 +1,75 @@
+"""The one registry of training methods: ``cai train``, ``cai run`` and ``training.api`` read it.
+
+A method is one module (its config class, in TRL's style, and its stage, a
+:class:`training.stages.TrainingStage` that states what differs from the shared
+skeleton) plus one line here.  This module imports nothing heavy: the config
+classes and stages are imported only when a method runs, so ``cai train --help``
+and the did-you-mean of a mistyped method stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from core.config import check_choice
+
+
+@dataclass(frozen=True)
+class TrainingMethod:
+    """One training method: where its config class and stage live, and what it trains on."""
+
+    name: str
+    config: str  #: ``module:Class`` of its config dataclass
+    stage: str  #: ``module:Class`` of its stage (how it loads rows, builds its trainer, ...)
+    description: str  #: one line, shown by ``cai train --help``
+    trains_on: str  #: the judge's output ``cai run`` feeds it: ``preferences`` (pairs) or ``sft`` (final revisions)
+    #: config fields ``cai run`` fills with the output folder of an earlier method of a chain (``reward+ppo``)
+    uses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config_class(self) -> type:
+        return _load(self.config)
+
+    @property
+    def stage_class(self) -> type:
+        return _load(self.stage)
+
+
+def _load(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+METHODS: dict[str, TrainingMethod] = {
+    method.name: method
+    for method in (
+        TrainingMethod("sft", "training.sft:SFTStageConfig", "training.sft:SFTStage",
+                       "supervised fine-tuning on sft.jsonl (the final revisions)", "sft"),
+        TrainingMethod("reward", "training.reward:RewardStageConfig", "training.reward:RewardStage",
+                       "reward model (Bradley-Terry, one-output head) on the judge's pairs", "preferences"),
+        TrainingMethod("ppo", "training.ppo:PPOStageConfig", "training.ppo:PPOStage",
+                       "PPO with a reward model from `cai train reward`", "preferences", {"reward_model": "reward"}),
+        TrainingMethod("dpo", "training.dpo:DPOStageConfig", "training.dpo:DPOStage",
+                       "DPO on the judge's pairs, smoothed per pair by the judge's confidence (cDPO)", "preferences"),
+    )
+}
+
+
+def get_method(name: str, what: str = "training method") -> TrainingMethod:
+    """The registered method ``name``, or a UserError with the closest name and the choices."""
+    check_choice(what, name, METHODS)
+    return METHODS[name]
+
+
+def method_of(config) -> TrainingMethod:
+    """The method whose config class ``config`` is (or derives from)."""
+    for cls in type(config).__mro__:
+        target = f"{cls.__module__}:{cls.__qualname__}"
+        for method in METHODS.values():
+            if method.config == target:
+                return method
+    raise TypeError(
+        f"{type(config).__name__} is not the config of a training method; pass one of "
+        + ", ".join(method.config.split(":")[1] for method in METHODS.values())
+    )
