@@ -30,12 +30,13 @@ from core.yamlfile import read_yaml
 from generation.config import GenerateConfig
 from generation.run import generate
 from judging.config import JudgeConfig
+from judging.judge_check import check_judge, judge_check_config
 from judging.pairs import run_judge, sft_path
 from training.evaluate import EvalConfig, evaluate, format_eval
 from training.methods import TrainingMethod, get_method
 
 SECTIONS = ("generate", "judge", "train", "eval")
-TOP_LEVEL = ("run_dir", "constitution", "model", "seed", *SECTIONS)
+TOP_LEVEL = ("run_dir", "constitution", "model", "seed", "judge_check", *SECTIONS)
 #: top-level keys every section whose config has that field receives (the section's own value wins)
 SHARED = ("constitution", "model", "seed")
 #: the eval judge is the recipe's judge unless the eval section says otherwise
@@ -221,6 +222,7 @@ def _train(step: TrainStep, keys: dict[str, str], log) -> str:
 def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     plan = plan_run(recipe_path)
+    judge_check = judge_check_config(plan.recipe.data.get("judge_check"), str(plan.recipe.path))
     run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -236,6 +238,13 @@ def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
             if policy is None:
                 policy = make_backend(_config)
             return policy
+
+        judge_figure = None
+        if judge_check is not None:  # before any work the judge's labels would decide
+            log("[run] judge check")
+            judge_figure = check_judge(judge_check, plan.judge, run_dir / "judge_check.json",
+                                       backend_factory=policy_factory if plan.judge.judge_is_policy() else None,
+                                       log=log)
         log("[run] 1/4 generate")
         generate(plan.generate, backend_factory=policy_factory, log=log)
         timings["generate_s"] = time.monotonic() - started
@@ -270,6 +279,9 @@ def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
     write_manifest(run_dir / "run.json", "run", {"recipe": str(plan.recipe.path), **plan.recipe.data},
                    {"timings": timings})
     print(format_eval(evaluation))
+    if judge_figure is not None and not judge_figure["passed"]:
+        print(f"\nnote: the judge failed its check ({judge_figure['reason']}); the recipe allows it, so these "
+              "preference pairs and the trained model are unvalidated (see judge_check.json)")
     print(f"\nrun folder: {run_dir} (revisions.jsonl, preferences.jsonl, sft.jsonl, {trained.name}/, eval.json)")
     from cai.report import write_report
 

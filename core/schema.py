@@ -148,6 +148,13 @@ class GenerationSource(_Row):
     file: str = Field(description="The prompts file.")
 
 
+class Flag(_Row):
+    """One failed check on a generation row (generation/checks.py)."""
+
+    check: str = Field(description="The check's name, e.g. 'reads_like_critique'.")
+    reason: str = Field(description="Why, in words: \"starts with 'The user wants'\".")
+
+
 class GenerationRow(_Row):
     id: str
     tag: str | None
@@ -165,6 +172,8 @@ class GenerationRow(_Row):
     fingerprint: str = Field(description="The row's key: the last round's fingerprint, or the draft's.")
     source: GenerationSource
     reused_calls: int = Field(description="Calls taken from an earlier row instead of made.")
+    flags: list[Flag] = Field(default_factory=list, description="The checks the final revision fails; empty when "
+                              "clean (rows written before the checks get them on the next `cai generate`).")
 
 
 # -- cai judge: pairs and SFT rows ------------------------------------------------------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.backends.registry import BACKEND_HELP, DEFAULT_BACKEND, EngineOptions, backend_options
-from core.config import check_rules
+from core.config import check_choice, check_rules
+
+from .critique_revise import REVISION_STYLES
 
 
 @dataclass
@@ -70,6 +72,14 @@ class GenerateConfig(EngineOptions):
         default=None, metadata={"help": "openai backend: the endpoint's URL, e.g. http://127.0.0.1:8000/v1 (or $OPENAI_BASE_URL)."}
     )
     rounds: int = field(default=1, metadata={"help": "Critique-revision rounds per prompt."})
+    revision_style: str = field(
+        default="chain",
+        metadata={"help": "How the revision is asked for. 'chain': Constitutional AI's conversation (draft, critique "
+                          "request, critique, revision request, revision), few-shot exemplars in front, for capable "
+                          "models. 'direct': the same turns without the exemplars, asking for the new answer only "
+                          "and starting the reply with 'Here is my new answer:'; the default 135M model then writes "
+                          "answers more often (README)."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed for principle assignment and sampling."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     max_tokens: int = field(default=256, metadata={"help": "Maximum new tokens per call."})
@@ -83,6 +93,7 @@ class GenerateConfig(EngineOptions):
 
     def __post_init__(self):
         backend_options(self.backend, self)  # the backend's name and its options, checked before any work
+        check_choice("--revision-style", self.revision_style, REVISION_STYLES)
         check_rules(self, [
             ("rounds", self.rounds >= 0, "must be >= 0"),
             ("max_tokens", self.max_tokens >= 1, "must be >= 1"),

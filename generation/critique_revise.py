@@ -20,9 +20,13 @@ from core.hashing import stable_hash
 from constitution.schema import Constitution, Principle
 
 from core.backends.base import Backend, Completion, Sampling
+from .checks import RowChecker
 from core.progress import Progress
 from core.schema import CRITIQUE, DRAFT, REVISION, parse_step, step_name
 from .prompts import PromptRecord
+
+
+REVISION_STYLES = ("chain", "direct")
 
 
 @dataclass(frozen=True)
@@ -31,9 +35,33 @@ class ChainSettings:
     sampling: Sampling
     seed: int
     rounds: int
+    revision_style: str = "chain"
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "sampling": self.sampling.as_dict(), "seed": self.seed, "rounds": self.rounds}
+        settings = {"model": self.model, "sampling": self.sampling.as_dict(), "seed": self.seed, "rounds": self.rounds}
+        if self.revision_style != "chain":
+            settings["revision_style"] = self.revision_style
+        return settings
+
+
+ANSWER_PREFIX = "Here is my new answer:\n\n"
+
+
+def direct_revision(prompt: Sequence[dict], answer: str, critique: str, principle: Principle) -> list[dict]:
+    """``revision_style: direct``: the revision's own conversation (after the system prompt).
+
+    The chain's turns without the few-shot exemplars, the revision request asking for the new
+    answer only, and the reply started with ``ANSWER_PREFIX`` (the backend continues a final
+    assistant message and returns only what follows).  On the demo prompts the 135M model then
+    writes answers more often, and copies the exemplars less, than in the chain.
+    """
+    return list(prompt) + [
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": principle.critique_request},
+        {"role": "assistant", "content": critique},
+        {"role": "user", "content": principle.revision_request.strip() + " Reply with the new answer only, in a few sentences."},
+        {"role": "assistant", "content": ANSWER_PREFIX},
+    ]
 
 
 def _call_record(step: str, completion: Completion) -> dict:
@@ -59,6 +87,8 @@ class _RowState:
     reused_calls: int = 0
     critique: str = ""  # of the round in progress
     revision: str = ""
+    revision_request: str = ""  # the user turn sent for the revision in progress
+    revision_conversation: list[dict] | None = None  # direct: the revision's own conversation
 
 
 class ReuseIndex:
@@ -92,6 +122,7 @@ class CritiqueReviseTask:
         self.head = [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
         self.few_shot = [m for exemplar in constitution.few_shot for m in exemplar.messages()]
         self._few_shot_hash = stable_hash(self.few_shot) if self.few_shot else None
+        self.checker = RowChecker(constitution)
 
     # -- keys -------------------------------------------------------------
     def principles_for(self, prompt: PromptRecord) -> list[Principle]:
@@ -111,8 +142,10 @@ class CritiqueReviseTask:
 
     def round_fingerprints(self, draft_fingerprint: str, principles: Sequence[Principle]) -> list[str]:
         fingerprints, previous = [], draft_fingerprint
+        style = {} if self.settings.revision_style == "chain" else {"revision_style": self.settings.revision_style}
         for principle in principles:
-            previous = stable_hash({"previous": previous, "principle": principle.texts(), "few_shot": self._few_shot_hash})
+            previous = stable_hash({"previous": previous, "principle": principle.texts(), "few_shot": self._few_shot_hash,
+                                    **style})
             fingerprints.append(previous)
         return fingerprints
 
@@ -160,9 +193,9 @@ class CritiqueReviseTask:
                     state.rounds.append(dict(round_))
                     state.calls.extend(calls)
                     state.context += [
-                        {"role": "user", "content": round_["critique_request"]},
+                        {"role": "user", "content": state.principles[r].critique_request},
                         {"role": "assistant", "content": round_["critique"]},
-                        {"role": "user", "content": round_["revision_request"]},
+                        {"role": "user", "content": state.principles[r].revision_request},
                         {"role": "assistant", "content": round_["revision"]},
                     ]
                     state.reused_calls += 2
@@ -175,6 +208,14 @@ class CritiqueReviseTask:
             pending = [s for s in pending if s.error is None]
             for state in pending:
                 principle = state.principles[r]
+                if self.settings.revision_style == "direct":
+                    answer = state.rounds[-1]["revision"] if state.rounds else state.initial
+                    turns = direct_revision(state.prompt.messages, answer, state.critique, principle)
+                    state.revision_conversation = self.head + turns
+                    state.revision_request = next(t["content"] for t in reversed(turns) if t["role"] == "user")
+                else:
+                    state.revision_request = principle.revision_request
+                # The chain's context goes on as in Constitutional AI either way: later rounds critique in it.
                 state.context += [
                     {"role": "assistant", "content": state.critique},
                     {"role": "user", "content": principle.revision_request},
@@ -188,7 +229,7 @@ class CritiqueReviseTask:
                             "principle_id": principle.id,
                             "critique_request": principle.critique_request,
                             "critique": state.critique,
-                            "revision_request": principle.revision_request,
+                            "revision_request": state.revision_request,
                             "revision": state.revision,
                             "fingerprint": state.round_fingerprints[r],
                         }
@@ -209,6 +250,8 @@ class CritiqueReviseTask:
         kind, _ = parse_step(step)
         if kind == DRAFT:
             conversations = [self.head + s.prompt.messages for s in states]
+        elif step.startswith("revision") and self.settings.revision_style == "direct":
+            conversations = [s.revision_conversation for s in states]
         else:
             conversations = [s.context for s in states]
         seeds = [self._seed(s.prompt, step) for s in states]
@@ -239,7 +282,7 @@ class CritiqueReviseTask:
         """The row as ``core.schema.GenerationRow`` describes it: a new field goes there and here."""
         prompt = state.prompt
         final = state.rounds[-1]["revision"] if state.rounds else state.initial
-        return {
+        row = {
             "id": prompt.id,
             "tag": prompt.tag,
             "prompt": prompt.messages,
@@ -260,3 +303,5 @@ class CritiqueReviseTask:
             "source": {"line": prompt.line, "file": self.source_file},
             "reused_calls": state.reused_calls,
         }
+        row["flags"] = self.checker.flags(row)
+        return row

@@ -14,6 +14,7 @@ from constitution.loader import load_constitution
 
 from core.backends.base import Backend, Sampling
 from core.backends.registry import backend_identity
+from .checks import count_by_check
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
 from core.progress import Progress
@@ -49,7 +50,8 @@ def make_backend(config: GenerateConfig) -> Backend:
 def chain_settings(config: GenerateConfig) -> ChainSettings:
     model = backend_identity(config.backend, config.model)
     sampling = Sampling(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
-    return ChainSettings(model=model, sampling=sampling, seed=config.seed, rounds=config.rounds)
+    return ChainSettings(model=model, sampling=sampling, seed=config.seed, rounds=config.rounds,
+                         revision_style=config.revision_style)
 
 
 def _pending_batches(config: GenerateConfig, task: CritiqueReviseTask, fingerprints: dict[str, str],
@@ -67,6 +69,16 @@ def _pending_batches(config: GenerateConfig, task: CritiqueReviseTask, fingerpri
             batch = []
     if batch:
         yield batch
+
+
+def format_flag_summary(counts: dict) -> str:
+    """One line: how many rows the checks flagged, and why (see generation/checks.py)."""
+    done = counts["already_done"] + counts["generated"]
+    if not counts["flagged"]:
+        return f"checks: all {done} rows pass"
+    by_check = ", ".join(f"{name} {n}" for name, n in counts["flagged_by_check"].items())
+    return (f"checks: {counts['flagged']} of {done} rows flagged ({by_check}); `cai judge` leaves them out "
+            "(--keep-flagged keeps them); each row's 'flags' say why")
 
 
 def generate(
@@ -113,14 +125,20 @@ def generate(
     prompt_count = scan_prompts(config.prompts, config.limit, remember)
     done_ids: set[str] = set()
     stale_ids: set[str] = set()
-    rows_in_file = stale = 0
+    rows_in_file = stale = outdated_flags = 0
+    flag_lists: list[list[dict]] = []  # of this selection's rows, for the summary
     for row in store.iter_rows():
         rows_in_file += 1
+        # Rows written before the checks existed (or before they changed) get their flags
+        # recomputed below, without regenerating anything.
+        flags = task.checker.flags(row)
+        outdated_flags += row.get("flags") != flags
         row_id = row.get("id")
         if row_id not in fingerprints:
             continue  # another selection's row (e.g. --limit): kept as it is
         if row.get("fingerprint") == fingerprints[row_id] and row_id not in done_ids:
             done_ids.add(row_id)
+            flag_lists.append(flags)
         else:
             stale += 1  # an edited principle's row, or a batch written twice
             stale_ids.add(row_id)
@@ -154,6 +172,7 @@ def generate(
                     errors.append(failures)
                     generated += len(rows)
                     examples.extend(rows[: max(0, config.examples - len(examples))])
+                    flag_lists += [row["flags"] for row in rows]
                     failed += failures
                 progress.advance(len(batch))
         except (KeyboardInterrupt, UserError) as exc:
@@ -163,11 +182,13 @@ def generate(
                 backend.close()
 
     # Drop rows superseded by this run (an edited principle, a torn batch redone twice).
+    # Refresh outdated flags in the same atomic rewrite.
     rows_left = rows_in_file + generated
-    if stale:
+    if stale or outdated_flags:
         seen: set[str] = set()
 
-        def keep(row: dict) -> bool:
+        def keep_and_refresh_flags(row: dict) -> bool:
+            row["flags"] = task.checker.flags(row)
             row_id = row.get("id")
             if row_id not in fingerprints:
                 return True
@@ -176,7 +197,7 @@ def generate(
             seen.add(row_id)
             return True
 
-        rows_left = store.rewrite_kept(keep)
+        rows_left = store.rewrite_kept(keep_and_refresh_flags)
 
     counts = {
         "prompts": prompt_count,
@@ -187,6 +208,9 @@ def generate(
         "reused_calls": reused_calls,
         "stale_rows_dropped": stale,
         "torn_lines_dropped": store.torn_lines,
+        "flagged": sum(1 for flags in flag_lists if flags),
+        "flagged_by_check": count_by_check(flag_lists),
+        "flags_refreshed": outdated_flags,
     }
     if stopped is not None:
         counts["stopped"] = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "error"
@@ -210,6 +234,7 @@ def generate(
             "principles": len(constitution.principles),
         },
     )
+    log(format_flag_summary(counts))
     if failed:
         log(f"{len(failed)} row(s) failed; see {errors_path(out)} (they are retried on the next run)")
     if stopped is not None:

@@ -241,6 +241,12 @@ class JudgeConfig(JudgeModelConfig):
     max_tokens: int = field(default=256, metadata={"help": "samples mode: maximum new tokens per sampled response."})
     temperature: float = field(default=0.9, metadata={"help": "samples mode: sampling temperature."})
     top_p: float = field(default=0.95, metadata={"help": "samples mode: nucleus sampling probability mass."})
+    keep_flagged: bool = field(
+        default=False,
+        metadata={"help": "revision mode: also judge rows the generation checks flagged (a critique instead of an answer, "
+                          "a copied exemplar, cut off, ...); by default they are left out of the pairs and the SFT "
+                          "file and counted by check in the report."},
+    )
     sft_out: str | None = field(
         default=None, metadata={"help": "Where to write the SFT rows (default: sft.jsonl beside --out)."}
     )

@@ -26,6 +26,7 @@ from core.errors import UserError
 from core.hashing import stable_hash
 from constitution.loader import load_constitution
 from constitution.schema import Constitution, Principle
+from generation.checks import RowChecker
 from core.backends.base import Backend, Sampling
 from core.progress import Progress
 from core.schema import DRAFT, REVISION, GenerationRow, MessageError, parse_messages, parse_step, validate_fields
@@ -352,6 +353,7 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     errors.remove()
     judge = Judge(settings, backend_factory=engines.judge, cache=cache, on_records=cache_store.append)
     report = JudgeReport()
+    checker = RowChecker(constitution)
     pairs, new_pairs, sft_rows, current, appended = [], 0, [], set(), []
     judged_before = len(cache)
     try:
@@ -365,6 +367,10 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
                     item = revision_item(line, row, str(config.input))
                     if isinstance(item, str):
                         report.add_pair(None, item)
+                        continue
+                    flags = checker.row_flags(row)
+                    report.add_flags(flags, kept=config.keep_flagged)
+                    if flags and not config.keep_flagged:
                         continue
                 else:
                     item = samples_item(line, row, str(config.input))
@@ -431,13 +437,15 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
         "judgements_cached": judged_before,
         "stale_pairs_dropped": max(0, stale),
         "sft_rows": len(sft_rows),
+        "flagged_rows_left_out": report_dict["flagged_rows_left_out"],
     }
     write_manifest(
         out, "judge",
         {"input": str(config.input), "mode": config.mode, "judge": settings.as_dict(),
          "backend": config.resolved_judge_backend, "base_url": config.resolved_judge_base_url,
          "principles_per_pair": config.principles_per_pair, "principle_ids": config.principle_id_list(),
-         "min_margin": config.min_margin, "require_orders_agree": config.require_orders_agree, "seed": config.seed},
+         "min_margin": config.min_margin, "require_orders_agree": config.require_orders_agree, "seed": config.seed,
+         "keep_flagged": config.keep_flagged},
         counts,
         constitution={"path": str(config.constitution), "version": str(constitution.version),
                       "hash": constitution.content_hash()},

@@ -103,6 +103,20 @@ class JudgeReport:
     chosen_longer: int = 0
     chosen_is_revision: int = 0
     orders_agree_pairs: int = 0
+    flagged_rows: int = 0
+    flagged_kept: bool = False
+    flagged_by_check: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add_flags(self, flags: list[dict], kept: bool) -> None:
+        """One input row's generation flags (generation/checks.py); a row left out counts here, not as a pair."""
+        self.flagged_kept = kept
+        if not flags:
+            return
+        self.flagged_rows += 1
+        for name in dict.fromkeys(f.get("check") for f in flags):
+            self.flagged_by_check[name] += 1
+        if not kept:
+            self.rows += 1
 
     def add(self, verdict: Verdict, x_len: int | None = None, y_len: int | None = None) -> None:
         self.overall.add(verdict, x_len, y_len)
@@ -144,6 +158,9 @@ class JudgeReport:
             "rows": self.rows,
             "pairs_made": self.pairs_made,
             "pairs_dropped": sum(self.dropped.values()),
+            "flagged_rows": self.flagged_rows,
+            "flagged_rows_left_out": 0 if self.flagged_kept else self.flagged_rows,
+            "flagged_by_check": dict(sorted(self.flagged_by_check.items(), key=lambda kv: (-kv[1], kv[0]))),
             "dropped_by_reason": dict(sorted(self.dropped.items())),
             "pairs_with_orders_agreeing": self.orders_agree_pairs,
             "chosen_is_longer": _share(self.chosen_longer, self.pairs_made),
@@ -173,10 +190,20 @@ def principle_table(per_principle: dict[str, dict], columns: list[tuple[str, str
     return "\n".join(lines)
 
 
+def _flag_lines(report: dict) -> list[str]:
+    if not report.get("flagged_rows"):
+        return []
+    by_check = ", ".join(f"{name}: {n}" for name, n in report["flagged_by_check"].items())
+    what = "kept (--keep-flagged)" if not report["flagged_rows_left_out"] else "left out (--keep-flagged keeps them)"
+    return [f"  flagged rows:            {report['flagged_rows']} {what}: {by_check}"]
+
+
 def format_judge_report(report: dict) -> str:
     lines = [
         f"judge report: {report['rows']} rows -> {report['pairs_made']} pairs, {report['pairs_dropped']} dropped"
+        + (f", {report['flagged_rows_left_out']} flagged rows left out" if report.get("flagged_rows_left_out") else "")
         + (" (" + ", ".join(f"{k}: {v}" for k, v in report["dropped_by_reason"].items()) + ")" if report["dropped_by_reason"] else ""),
+        *_flag_lines(report),
         f"  comparisons judged:      {report['comparisons']} ({report['failures']} failed, "
         f"{report['parse_failures']} parse failures, {report['label_outside_top_k']} with a label outside the top tokens)",
         f"  order consistency:       {_fmt(report['order_consistency'])}"

@@ -268,7 +268,8 @@ REVISION_ROWS = [
 
 def test_revision_mode_judges_rather_than_assumes(tmp_path):
     write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS)
-    result = run_judge(judge_config(tmp_path), backend=PreferenceBackend(), log=lambda m: None)
+    # --keep-flagged: the identical, cut-off and empty revisions reach the pair builder (which must still drop them).
+    result = run_judge(judge_config(tmp_path, keep_flagged=True), backend=PreferenceBackend(), log=lambda m: None)
     pairs = rows_of(tmp_path / "prefs.jsonl")
     by_id = {p["id"]: p for p in pairs}
     assert set(by_id) == {"p0", "p1", "p4"}
