@@ -22,11 +22,14 @@ def generate_row(i: int, draft: str, final: str, **extra) -> dict:
     return {
         "id": f"p{i}", "tag": "helpful", "prompt": [{"role": "user", "content": f"Question {i}?"}],
         "initial_response": draft,
-        "rounds": [{"principle_id": "harm-privacy", "critique": "It lacks detail.", "revision": final}],
-        "final_response": final,
-        "calls": [{"step": "draft", "finish_reason": "stop"}, {"step": "critique 1", "finish_reason": "stop"},
-                  {"step": "revision 1", "finish_reason": "stop"}],
-        "fingerprint": f"f{i}", **extra,
+        "rounds": [{"principle_id": "harm-privacy", "critique_request": "c", "critique": "It lacks detail.",
+                    "revision_request": "r", "revision": final, "fingerprint": f"r{i}"}],
+        "final_response": final, "model": "m", "sampling": {}, "seed": 0,
+        "calls": [{"step": "draft", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1},
+                  {"step": "critique 1", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1},
+                  {"step": "revision 1", "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 1}],
+        "token_counts": {"prompt": 3, "completion": 3}, "constitution_version": "1", "draft_fingerprint": f"d{i}",
+        "fingerprint": f"f{i}", "source": {"file": "prompts.jsonl", "line": i + 1}, "reused_calls": 0, **extra,
     }
 
 
