@@ -149,7 +149,7 @@ _META_MENTION = re.compile(
     r"|the\s+(?:original|initial|previous|revised|rewritten)\s+(?:response|answer)|the\s+response\s+(?:is|was|should|does|did|helps|gives|contains|provides|lacks|fails|has|could|can)"
     r"|(?:rewrite|revise)\s+(?:your|my|the)\s+(?:response|answer)|the\s+draft"
     r"|(?:a|the)\s+(?:rewritten|revised|improved)\s+(?:version|answer|response))\b"
-    # The revision request's own markup, echoed back.
+    # Quoting markup (<question>, <answer>) echoed back.
     r"|</?(?:question|answer|critique|response)>",
     re.IGNORECASE,
 )
