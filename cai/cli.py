@@ -84,16 +84,34 @@ def _dispatch(argv: list[str] | None) -> int:
     target, _ = COMMANDS[name]
     module_name, function_name = target.split(":")
     from core.errors import UserError
+    from core.redact import redact_text
+    from core.signals import (TERMINATED_EXIT, Terminated, children, install_sigterm_handler, reap_children,
+                              restore_sigterm_handler)
 
+    previous_handler = install_sigterm_handler()
+    before = children()  # processes the caller already had (a test's server) are not ours to end
     try:
         function = getattr(importlib.import_module(module_name), function_name)
         return int(function(rest) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("terminated (SIGTERM): finished batches are saved; run the same command again to resume.",
+              file=sys.stderr)
+        return TERMINATED_EXIT
     except KeyboardInterrupt:
         print("interrupted: finished batches are saved; run the same command again to resume.", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # A last resort: the stages turn the failures they expect into UserErrors where they happen.
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{redact_text(exc.strerror or str(exc))}; check the path, its permissions and the free "
+              "space, then run the same command again", file=sys.stderr)
+        return 1
+    finally:
+        reap_children(before)
+        restore_sigterm_handler(previous_handler)
 
 
 if __name__ == "__main__":

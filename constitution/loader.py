@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from core.errors import UserError
+from core.yamlfile import YamlDocument, YamlError, parse_yaml, read_yaml
 from .schema import Constitution
 
 
@@ -32,50 +32,6 @@ class ConstitutionError(UserError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-class _LineTrackingLoader(yaml.SafeLoader):
-    """SafeLoader that records each node's line and flags duplicate keys instead of overwriting."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.duplicates: list[tuple[int, str]] = []
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                self.duplicates.append(
-                    (line, f"duplicate key {key!r} (first on line {seen[key]}); keep one of them")
-                )
-            else:
-                seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _line_index(node: yaml.Node, path: tuple = (), index: dict | None = None) -> dict[tuple, int]:
-    """Map every path (keys and list positions) to the 1-based line where its value starts."""
-    index = {} if index is None else index
-    index.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key_path = path + (key_node.value,)
-            index[key_path] = key_node.start_mark.line + 1
-            _line_index(value_node, key_path, index)
-            index[key_path] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, path + (i,), index)
-    return index
-
-
-def _line_for(index: dict[tuple, int], loc: tuple) -> int | None:
-    for cut in range(len(loc), -1, -1):
-        if loc[:cut] in index:
-            return index[loc[:cut]]
-    return None
-
-
 def _describe(error: dict, data: Any) -> str:
     loc = error["loc"]
     dotted = ".".join(str(part) for part in loc)
@@ -89,40 +45,33 @@ def _describe(error: dict, data: Any) -> str:
     return f"{dotted}: {error['msg']} (got {error.get('input')!r})"
 
 
-def parse_constitution(text: str, filename: str = "<string>") -> Constitution:
-    problems: list[Problem] = []
-    loader = _LineTrackingLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise ConstitutionError([Problem(filename, None, "file is empty; see principles.yaml for the format")])
-        data = loader.construct_document(node)
-    except yaml.constructor.ConstructorError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise ConstitutionError(
-            [Problem(filename, line, f"unsupported YAML tag ({exc.problem}); only plain YAML is allowed, remove the tag")]
-        ) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        column = f", column {mark.column + 1}" if mark else ""
-        raise ConstitutionError(
-            [Problem(filename, line, f"malformed YAML{column}: {exc.problem or exc.context}; fix the syntax")]
-        ) from None
-    finally:
-        loader.dispose()
-
-    problems.extend(Problem(filename, line, message) for line, message in loader.duplicates)
-    index = _line_index(node)
-    if not isinstance(data, dict):
-        problems.append(Problem(filename, 1, "top level must be a mapping with version, principles, ..."))
+def _checked_document(document: YamlDocument) -> YamlDocument:
+    problems = [Problem(document.path, line, message) for line, message in document.duplicates]
+    if document.data is None:
+        problems.append(Problem(document.path, None, "file is empty; see principles.yaml for the format"))
+    elif not isinstance(document.data, dict):
+        problems.append(Problem(document.path, 1, "top level must be a mapping with version, principles, ..."))
+    if document.data is None or not isinstance(document.data, dict):
         raise ConstitutionError(problems)
+    return document
 
+
+def parse_constitution(text: str, filename: str = "<string>") -> Constitution:
+    """A constitution from YAML text; every problem at once, each with file:line (see core.yamlfile)."""
+    try:
+        document = parse_yaml(text, filename)
+    except YamlError as exc:
+        raise ConstitutionError([Problem(exc.path, exc.line, exc.detail)]) from None
+    return _validate(_checked_document(document))
+
+
+def _validate(document: YamlDocument) -> Constitution:
+    filename, data = document.path, document.data
+    problems = [Problem(filename, line, message) for line, message in document.duplicates]
     seen_ids: dict[str, int] = {}
     for i, principle in enumerate(data.get("principles") or []):
         if isinstance(principle, dict) and isinstance(principle.get("id"), str):
-            line = _line_for(index, ("principles", i, "id"))
+            line = document.line_of("principles", i, "id")
             pid = principle["id"]
             if pid in seen_ids:
                 problems.append(Problem(filename, line, f"duplicate principle id {pid!r} (first on line {seen_ids[pid]}); ids must be unique"))
@@ -133,7 +82,7 @@ def parse_constitution(text: str, filename: str = "<string>") -> Constitution:
         constitution = Constitution.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
-            problems.append(Problem(filename, _line_for(index, tuple(error["loc"])), _describe(error, data)))
+            problems.append(Problem(filename, document.line_of(*error["loc"]), _describe(error, data)))
         constitution = None
 
     if problems:
@@ -143,14 +92,8 @@ def parse_constitution(text: str, filename: str = "<string>") -> Constitution:
 
 
 def load_constitution(path: str | Path) -> Constitution:
-    path = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConstitutionError([Problem(str(path), None, f"cannot read: {exc.strerror}")]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConstitutionError([Problem(str(path), line, "not valid UTF-8; save the file as UTF-8")]) from None
-    return parse_constitution(text, str(path))
+        document = read_yaml(path, "file")
+    except YamlError as exc:
+        raise ConstitutionError([Problem(exc.path, exc.line, exc.detail)]) from None
+    return _validate(_checked_document(document))

@@ -28,7 +28,8 @@ class Principle(BaseModel):
     revision_request: NonEmptyText = Field(description="User turn asking the model to rewrite its answer.")
     comparison_question: NonEmptyText = Field(description="Question the judge answers about two responses.")
     tags: list[str] = Field(default_factory=list, description="Free labels, e.g. harm, honesty, helpfulness.")
-    weight: float = Field(default=1.0, gt=0, description="Relative chance of being assigned; must be positive.")
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False,
+                          description="Relative chance of being assigned; a finite number > 0.")
 
     _check_texts = field_validator("critique_request", "revision_request", "comparison_question")(_not_blank)
 

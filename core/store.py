@@ -7,18 +7,108 @@ and an atomic rename, so nothing is ever half-written.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import platform
+import socket
+import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 
 import jsonlines
 
 from core.errors import UserError
+from core.redact import redact_values
+
+#: The longest line any JSON Lines input may have. A longer one (``/dev/zero``, a runaway file) is
+#: refused instead of being read until memory runs out.
+MAX_LINE_BYTES = 64 * 2**20
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, flag: str = "--out"):
+    """Turn an OSError while writing ``path`` (a full disk, a read-only folder) into a UserError naming it."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, (BlockingIOError, InterruptedError)):
+            raise
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free some space (finished batches are kept) and run the same command again"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = f"choose a writable place for {flag}"
+        elif exc.errno == errno.EISDIR:
+            fix = f"{flag} must be a file, not a folder"
+        else:
+            fix = f"check the path or choose another {flag}"
+        raise UserError(f"{path}: cannot write: {reason}; {fix}") from None
+
+
+def iter_lines(path: str | Path, what: str, flag: str) -> Iterator[tuple[int, bytes]]:
+    """The lines of an input file with their numbers (newline removed), streamed; each at most MAX_LINE_BYTES."""
+    path = Path(path)
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what} file; pass {flag} with an existing JSON Lines file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder; pass {flag} a JSON Lines file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what} file: {exc.strerror or exc}") from None
+    with handle:
+        number = 0
+        while True:
+            try:
+                line = handle.readline(MAX_LINE_BYTES + 1)
+            except IsADirectoryError:
+                raise UserError(f"{path}: is a folder; pass {flag} a JSON Lines file") from None
+            except OSError as exc:
+                raise UserError(f"{path}: cannot read the {what} file: {exc.strerror or exc}") from None
+            if not line:
+                return
+            number += 1
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                raise UserError(
+                    f"{path}:{number}: a line longer than {MAX_LINE_BYTES // 2**20} MiB (is {flag} a JSON Lines "
+                    "file? a device such as /dev/zero is not); split it or pass the right file"
+                )
+            yield number, line.rstrip(b"\n")
+
+
+def require_regular_file(path: str | Path, what: str, flag: str) -> None:
+    """Refuse a pipe, a device or process substitution where the file is read more than once."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what} file; pass {flag} with an existing JSON Lines file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what} file: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path}: is a folder; pass {flag} a JSON Lines file")
+    if not stat.S_ISREG(mode):
+        raise UserError(
+            f"{path}: not a regular file (a pipe, a device or a process substitution can be read only once, and "
+            f"{what} files are read twice); save it to a file first and pass {flag} that file"
+        )
+
+
+def parse_json_line(line: bytes | str) -> object:
+    """One JSON value; ValueError (with a message for the user) when it is not JSON or is nested too deeply."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise ValueError("not valid UTF-8; save the file as UTF-8") from None
+    except RecursionError:
+        raise ValueError("nested too deeply (more than Python's recursion limit); flatten it") from None
 
 
 def manifest_path(out: Path) -> Path:
@@ -35,6 +125,7 @@ class JsonlStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.torn_lines = 0
+        self.bad_lines = 0
 
     def _drop_torn_tail(self) -> None:
         """Cut a last line without its newline (a killed write) off the file."""
@@ -59,20 +150,35 @@ class JsonlStore:
             handle.truncate(keep)
         self.torn_lines = 1
 
-    def iter_rows(self) -> Iterator[dict]:
-        """Existing rows, streamed (memory does not grow with the file). A torn last line is cut off first."""
+    def iter_rows(self, skip_bad: bool = False) -> Iterator[dict]:
+        """Existing rows, streamed (memory does not grow with the file). A torn last line is cut off first.
+
+        A line that is not a JSON object is an error naming it, or with ``skip_bad`` (a cache, whose entries
+        can be redone) is skipped and counted in ``bad_lines``.
+        """
+        self.bad_lines = 0
         if not self.path.exists():
             return
-        self._drop_torn_tail()
-        with open(self.path, "rb") as handle:
-            reader = jsonlines.Reader(handle)
+        if self.path.is_dir():
+            raise UserError(f"{self.path}: is a folder; pass a file path")
+        with writing(self.path):
+            self._drop_torn_tail()
+        for number, line in iter_lines(self.path, "output", "--out"):
+            if not line.strip():
+                continue
             try:
-                yield from reader.iter(type=dict, skip_empty=True)
-            except jsonlines.InvalidLineError as exc:
+                row = parse_json_line(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+            except ValueError as exc:
+                if skip_bad:
+                    self.bad_lines += 1
+                    continue
                 raise UserError(
-                    f"{self.path}:{exc.lineno}: not a JSON object ({exc}); this output is damaged: "
+                    f"{self.path}:{number}: not a JSON object ({exc}); this output is damaged: "
                     "fix or delete that line, or pass --overwrite to start fresh"
                 ) from None
+            yield row
 
     def load(self) -> list[dict]:
         """All existing rows (see ``iter_rows``)."""
@@ -82,27 +188,34 @@ class JsonlStore:
         """Rewrite the file with only the rows ``keep`` accepts, streamed and atomic; return how many are left."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         left = 0
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with writing(self.path), open(tmp, "w", encoding="utf-8") as handle:
             for row in self.iter_rows():
                 if keep(row):
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                     left += 1
             handle.flush()
             os.fsync(handle.fileno())
-        tmp.replace(self.path)
+        with writing(self.path):
+            tmp.replace(self.path)
         return left
 
     def append(self, rows: Iterable[dict]) -> None:
         rows = list(rows)
         if not rows:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         # One write per batch, then fsync: a kill loses at most this batch.
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                start = handle.tell()
+                try:
+                    handle.write(payload)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                except OSError:
+                    handle.truncate(start)  # a disk that filled up mid-batch: the batch is not half written
+                    raise
 
     def rewrite(self, rows: Iterable[dict]) -> None:
         atomic_write_text(self.path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
@@ -119,20 +232,14 @@ def read_json_objects(path: str | Path | None, what: str, flag: str, example: st
     if not path:
         raise UserError(f"{flag} is required: the {what} file (JSON Lines)")
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such {what} file; pass {flag} with an existing JSON Lines file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the {what} file as UTF-8 JSON Lines ({exc})") from None
     rows, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in iter_lines(path, what, flag):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: invalid JSON at column {exc.colno}: {exc.msg}")
+            row = parse_json_line(line)
+        except ValueError as exc:
+            problems.append(f"{path}:{number}: {exc}")
             continue
         if not isinstance(row, dict):
             problems.append(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
@@ -147,13 +254,18 @@ def read_json_objects(path: str | Path | None, what: str, flag: str, example: st
 
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    with writing(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def versions() -> dict[str, str]:
@@ -171,9 +283,10 @@ def read_manifest(out: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def write_manifest(out: Path, stage: str, config: dict, counts: dict, **extra) -> dict:
@@ -187,5 +300,115 @@ def write_manifest(out: Path, stage: str, config: dict, counts: dict, **extra) -
         "counts": counts,
         **extra,
     }
+    manifest = redact_values(manifest)  # a base URL's credentials never reach shared files
     atomic_write_text(manifest_path(out), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
+
+
+# -- claiming an output: never an input, never another stage's file, one writer at a time ------------------
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file, links resolved (hard links too, when both exist)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_outputs(stage: str, outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None]) -> None:
+    """Refuse, before any work, an output that is a folder, an input of the command, another of its outputs,
+    or a file whose manifest names another stage.  Keys are what the user passed (``--out``, ``--in``)."""
+    seen: dict[str, Path] = {}
+    for label, output in outputs.items():
+        if output is None:
+            continue
+        output = Path(output)
+        if output.is_dir():
+            raise UserError(f"{label} {output}: is a folder; pass a file path")
+        for input_label, source in inputs.items():
+            if source is not None and same_file(output, source):
+                raise UserError(
+                    f"{label} {output} is the same file as {input_label} {source}, an input of this command; "
+                    f"writing it would destroy the input: choose another {label}"
+                )
+        for other_label, other in seen.items():
+            if same_file(output, other):
+                raise UserError(f"{label} and {other_label} are the same file ({output}); choose different files")
+        seen[label] = output
+        owner = read_manifest(output)
+        if owner is not None and owner.get("stage") != stage:
+            raise UserError(
+                f"{label} {output} was written by `cai {owner.get('stage')}` (see {manifest_path(output)}); "
+                f"this command would replace it: choose another {label}"
+            )
+
+
+def check_own_output(out: Path, stage: str, looks_like_ours: Callable[[dict], bool], flag: str = "--out") -> None:
+    """Refuse an existing file that is not this stage's output, even with --overwrite (which is not suggested).
+
+    A file with this stage's manifest is ours; without one (a first run killed before writing it, a lost
+    manifest), its first row must look like this stage's rows.
+    """
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    manifest = read_manifest(out)
+    if manifest is not None and manifest.get("stage") == stage:
+        return
+    for number, line in iter_lines(out, "output", flag):
+        if not line.strip():
+            continue
+        try:
+            row = parse_json_line(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and looks_like_ours(row):
+            return
+        raise UserError(
+            f"{flag} {out} exists and is not an output of `cai {stage}` (line {number} is not one of its rows); "
+            f"it was left as it is: choose another {flag}"
+        )
+
+
+def _holder_of(lock_path: Path) -> str:
+    try:
+        holder = json.loads(lock_path.read_text(encoding="utf-8"))
+        return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not recorded itself yet"
+
+
+@contextlib.contextmanager
+def exclusive_output(out: str | Path, flag: str = "--out"):
+    """Hold an exclusive lock on ``out`` while this command writes it; a second writer stops at once.
+
+    The lock is ``OUT.lock`` (released, and removed, when the command ends, even when it is killed: the
+    kernel drops the lock with the process); it records the holder's pid and host for the message.
+    """
+    from filelock import FileLock, Timeout
+
+    out = Path(out)
+    lock_path = out.with_name(out.name + ".lock")
+
+    def record_holder(fd: int) -> None:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+
+    lock = FileLock(str(lock_path), timeout=0, on_acquired=record_holder)
+    with writing(lock_path, flag):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise UserError(
+                f"{out} is being written by another run ({_holder_of(lock_path)}); wait for it to finish, "
+                f"or choose another {flag}"
+            ) from None
+    try:
+        yield
+    finally:
+        # Removed while still held (nothing is left beside the output); a peer that opened the old
+        # file sees it unlinked when its flock succeeds, and filelock makes it start over.
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        lock.release()

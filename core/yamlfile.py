@@ -12,6 +12,14 @@ import yaml
 
 from .errors import UserError
 
+class YamlError(UserError):
+    """A YAML document that cannot be read: ``line`` (1-based, or None) and ``detail`` say where and why."""
+
+    def __init__(self, path: str, line: int | None, detail: str):
+        self.path, self.line, self.detail = path, line, detail
+        super().__init__(f"{path}:{line}: {detail}" if line else f"{path}: {detail}")
+
+
 #: Nodes a document may expand to, aliases counted each time they are used. Real configs and
 #: constitutions have a few thousand; an alias bomb has billions.
 MAX_NODES = 200_000
@@ -67,8 +75,8 @@ def _count_nodes(root: yaml.Node, path: str) -> None:
         node = stack.pop()
         seen += 1
         if seen > MAX_NODES:
-            raise UserError(
-                f"{path}:{node.start_mark.line + 1}: the YAML expands to more than {MAX_NODES:,} values through "
+            raise YamlError(
+                path, node.start_mark.line + 1, f"the YAML expands to more than {MAX_NODES:,} values through "
                 "aliases (*name); write the values out instead of nesting aliases"
             )
         if isinstance(node, yaml.MappingNode):
@@ -105,17 +113,17 @@ def parse_yaml(text: str, path: str = "<string>") -> YamlDocument:
         data = loader.construct_document(node)
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}" if mark else path
-        raise UserError(f"{where}: unsupported YAML ({exc.problem}); only plain YAML is allowed, remove the tag") from None
+        raise YamlError(path, mark.line + 1 if mark else None,
+                        f"unsupported YAML tag ({exc.problem}); only plain YAML is allowed, remove the tag") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}" if mark else path
         column = f", column {mark.column + 1}" if mark else ""
-        raise UserError(f"{where}: malformed YAML{column}: {exc.problem or exc.context}; fix the syntax") from None
+        raise YamlError(path, mark.line + 1 if mark else None,
+                        f"malformed YAML{column}: {exc.problem or exc.context}; fix the syntax") from None
     except yaml.YAMLError as exc:  # a reader error: a character YAML does not allow
-        raise UserError(f"{path}: not valid YAML ({exc}); fix the file") from None
+        raise YamlError(path, None, f"not valid YAML ({exc}); fix the file") from None
     except RecursionError:
-        raise UserError(f"{path}: the YAML is nested too deeply; flatten it") from None
+        raise YamlError(path, None, "the YAML is nested too deeply; flatten it") from None
     finally:
         loader.dispose()
     return YamlDocument(path, data, _line_index(node), loader.duplicates)
@@ -127,12 +135,12 @@ def read_yaml(path: str | Path, what: str = "YAML file") -> YamlDocument:
     try:
         raw = path.read_bytes()
     except IsADirectoryError:
-        raise UserError(f"{path}: is a folder; pass the {what} itself") from None
+        raise YamlError(str(path), None, f"is a folder; pass the {what} itself") from None
     except OSError as exc:
-        raise UserError(f"{path}: cannot read the {what}: {exc.strerror}") from None
+        raise YamlError(str(path), None, f"cannot read the {what}: {exc.strerror}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not valid UTF-8; save the {what} as UTF-8") from None
+        raise YamlError(str(path), line, f"not valid UTF-8; save the {what} as UTF-8") from None
     return parse_yaml(text, str(path))

@@ -10,6 +10,7 @@ from pathlib import Path
 from core.errors import UserError
 from core.hashing import stable_hash
 from core.schema import MessageError, parse_messages
+from core.store import iter_lines, parse_json_line
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,7 @@ def _messages(row: dict) -> tuple[list[dict[str, str]] | None, str | None]:
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """The file's lines with their numbers, read as a stream (a prompts file may be larger than memory)."""
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read prompts file: {exc.strerror}") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            yield number, line.rstrip(b"\n")
+    return iter_lines(path, "prompts", "--prompts")
 
 
 def _record(number: int, line: bytes) -> PromptRecord | str:
@@ -67,13 +62,15 @@ def _record(number: int, line: bytes) -> PromptRecord | str:
     except UnicodeDecodeError:
         return "not valid UTF-8; save the file as UTF-8"
     try:
-        row = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return f"invalid JSON at column {exc.colno}: {exc.msg}"
+        row = parse_json_line(text)
+    except ValueError as exc:
+        return str(exc)
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
     try:
         json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        return "nested too deeply (more than Python's recursion limit); flatten it"
     except UnicodeEncodeError as exc:
         # A JSON escape like \\ud800 decodes to half a surrogate pair: not text any output can hold.
         return f"contains an unpaired surrogate ({exc.object[exc.start]!r}), which is not valid Unicode; fix the escape"

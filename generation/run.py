@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,27 +16,40 @@ from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
-from core.store import JsonlStore, errors_path, manifest_path, read_manifest, write_manifest
+from core.redact import redact_values
+from core.signals import Terminated, hold_interrupts
+from core.store import (
+    JsonlStore,
+    check_outputs,
+    check_own_output,
+    errors_path,
+    exclusive_output,
+    manifest_path,
+    read_manifest,
+    require_regular_file,
+    write_manifest,
+)
 
 # What an existing output must share with this run to be resumed; principles and
-# rounds may change (those rows are regenerated incrementally).
+# rounds may change (those rows are regenerated incrementally).  Each row records them
+# too, so a lost or damaged manifest does not switch the check off.
 _RESUME_KEYS = ("model", "sampling", "seed")
 
 
-@contextlib.contextmanager
-def _hold_ctrl_c():
-    """Hold Ctrl-C (SIGINT) while a batch is written, so the batch lands whole or not at all."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-        if caught:
-            raise KeyboardInterrupt
+def is_generate_row(row: dict) -> bool:
+    """Whether a row was written by ``cai generate`` (and records what it was generated with)."""
+    return all(key in row for key in ("id", "initial_response", "draft_fingerprint", *_RESUME_KEYS))
+
+
+def _check_configuration(out: Path, recorded: dict, now: dict, where: str) -> None:
+    """Refuse to resume rows written with another model, sampling or seed."""
+    changed = [k for k in _RESUME_KEYS if recorded.get(k) is not None and recorded.get(k) != now[k]]
+    if changed:
+        detail = "; ".join(f"{k}: {recorded[k]!r} -> {now[k]!r}" for k in changed)
+        raise UserError(
+            f"{where} was written by a different configuration ({detail}); "
+            "pass --overwrite to start fresh, or choose another --out"
+        )
 
 
 def make_backend(config: GenerateConfig) -> Backend:
@@ -58,7 +68,9 @@ def _pending_batches(config: GenerateConfig, task: CritiqueReviseTask, fingerpri
                      done_ids: set[str]) -> Iterator[list[PromptRecord]]:
     """The prompts still to do, read again from the file, ``batch_size`` at a time."""
     batch: list[PromptRecord] = []
+    seen = 0
     for prompt in iter_prompts(config.prompts, config.limit):
+        seen += 1
         if prompt.id in done_ids:
             continue
         if fingerprints.get(prompt.id) != task.fingerprint(prompt):
@@ -69,6 +81,10 @@ def _pending_batches(config: GenerateConfig, task: CritiqueReviseTask, fingerpri
             batch = []
     if batch:
         yield batch
+    if seen < len(fingerprints):
+        raise UserError(f"{config.prompts} gave {seen} prompts on its second reading but {len(fingerprints)} on its "
+                        "first (it changed during the run, or can be read only once); pass a regular file that "
+                        "stays as it is, and run again")
 
 
 def format_flag_summary(counts: dict) -> str:
@@ -93,27 +109,31 @@ def generate(
     is built only if there is work to do, so a finished output loads no model:
     by ``backend_factory`` (the caller keeps and closes it) or from the config.
     """
+    out = Path(config.out)
+    check_outputs("generate", {"--out": out, "its errors file": errors_path(out), "its manifest": manifest_path(out)},
+                  {"--prompts": config.prompts, "--constitution": config.constitution})
+    require_regular_file(config.prompts, "prompts", "--prompts")
+    check_own_output(out, "generate", is_generate_row)
+    with exclusive_output(out):
+        return _generate(config, out, backend, backend_factory, log)
+
+
+def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
+              backend_factory: Callable[[GenerateConfig], Backend] | None, log) -> dict:
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     constitution = load_constitution(config.constitution)
     settings = chain_settings(config)
     task = CritiqueReviseTask(constitution, settings, str(config.prompts))
 
-    out = Path(config.out)
     store = JsonlStore(out)
     if config.overwrite:
         for path in (out, errors_path(out), manifest_path(out)):
             path.unlink(missing_ok=True)
     previous = read_manifest(out)
+    now = {k: settings.as_dict()[k] for k in _RESUME_KEYS}
     if out.exists() and out.stat().st_size and previous and previous.get("stage") == "generate":
-        before = {k: previous.get("config", {}).get("settings", {}).get(k) for k in _RESUME_KEYS}
-        now = {k: settings.as_dict()[k] for k in _RESUME_KEYS}
-        changed = [k for k in _RESUME_KEYS if before[k] is not None and before[k] != now[k]]
-        if changed:
-            detail = "; ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
-            raise UserError(
-                f"{out} was written by a different configuration ({detail}); "
-                "pass --overwrite to start fresh, or choose another --out"
-            )
+        recorded = previous.get("config", {}).get("settings", {})
+        _check_configuration(out, recorded if isinstance(recorded, dict) else {}, now, str(out))
     # Streamed passes: the prompts (checked, and each one's fingerprint kept), then the output
     # (which prompts are done, which rows are stale).  Memory holds an id and a fingerprint
     # per prompt: neither the prompts' text nor the rows already in the file.
@@ -129,6 +149,10 @@ def generate(
     flag_lists: list[list[dict]] = []  # of this selection's rows, for the summary
     for row in store.iter_rows():
         rows_in_file += 1
+        if not is_generate_row(row):
+            raise UserError(f"{out}: row {rows_in_file} is not a `cai generate` row (no id, responses, model, sampling "
+                            "and seed); this output is damaged: fix or delete that row, or choose another --out")
+        _check_configuration(out, row, now, f"{out} (row {rows_in_file})")
         # Rows written before the checks existed (or before they changed) get their flags
         # recomputed below, without regenerating anything.
         flags = task.checker.flags(row)
@@ -166,10 +190,10 @@ def generate(
             progress = Progress("generate", pending)
             for batch in _pending_batches(config, task, fingerprints, done_ids):
                 rows, failures = task.run_batch(backend, batch, reuse, progress)
-                with _hold_ctrl_c():
+                with hold_interrupts():
                     reused_calls += sum(row["reused_calls"] for row in rows)
                     store.append(rows)
-                    errors.append(failures)
+                    errors.append(redact_values(failures))
                     generated += len(rows)
                     examples.extend(rows[: max(0, config.examples - len(examples))])
                     flag_lists += [row["flags"] for row in rows]
@@ -213,7 +237,8 @@ def generate(
         "flags_refreshed": outdated_flags,
     }
     if stopped is not None:
-        counts["stopped"] = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "error"
+        counts["stopped"] = ("terminated" if isinstance(stopped, Terminated)
+                             else "interrupted" if isinstance(stopped, KeyboardInterrupt) else "error")
     config_record = {
         "prompts": str(config.prompts),
         "constitution": str(config.constitution),
@@ -222,11 +247,11 @@ def generate(
         "batch_size": config.batch_size,
         "limit": config.limit,
     }
-    write_manifest(
-        out,
-        "generate",
-        config_record,
-        counts,
+    manifest = dict(
+        out=out,
+        stage="generate",
+        config=config_record,
+        counts=counts,
         constitution={
             "path": str(config.constitution),
             "version": str(constitution.version),
@@ -234,6 +259,11 @@ def generate(
             "principles": len(constitution.principles),
         },
     )
+    try:
+        write_manifest(**manifest)
+    except UserError:
+        if stopped is None:
+            raise  # when stopping already, the first failure is the one to report
     log(format_flag_summary(counts))
     if failed:
         log(f"{len(failed)} row(s) failed; see {errors_path(out)} (they are retried on the next run)")

@@ -116,7 +116,7 @@ CASES = [
     ("prompts-bad-role", {"p.jsonl": json.dumps({"messages": [{"role": "tool", "content": "x"}]}) + "\n"}, [],
      [r"p\.jsonl:1: messages\[0\]\.role is 'tool'; use one of system, user, assistant"], None),
     ("prompts-empty-file", {"p.jsonl": "\n\n"}, [], [r"p\.jsonl: no prompts; add JSON lines like"], None),
-    ("prompts-missing-file", {}, ["--prompts", "{tmp}/nowhere.jsonl"], [r"nowhere\.jsonl: cannot read prompts file"], None),
+    ("prompts-missing-file", {}, ["--prompts", "{tmp}/nowhere.jsonl"], [r"nowhere\.jsonl: no such prompts file; pass --prompts with an existing JSON Lines file"], None),
     ("prompt-longer-than-context", {"p.jsonl": json.dumps({"id": "huge", "prompt": "word " * 2000}) + "\n"}, [],
      [r"1 row\(s\) failed; see .*out\.jsonl\.errors\.jsonl"], "context"),
     # --- options and existing outputs ---------------------------------------------------------------

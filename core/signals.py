@@ -1,0 +1,98 @@
+"""SIGTERM handled like Ctrl-C, writes that land whole, and no engine process left behind.
+
+Slurm, Kubernetes and ``timeout`` stop a job with SIGTERM: it becomes ``Terminated`` (a
+KeyboardInterrupt), so every path that saves finished batches on Ctrl-C does so on SIGTERM too,
+and the command exits 143.  vLLM runs its engine in child processes; ``reap_children`` ends every
+process the command started, whatever moment it stopped at (engine start-up included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+#: Exit status of a command stopped by SIGTERM (128 + 15), as a shell reports it.
+TERMINATED_EXIT = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """The command received SIGTERM."""
+
+
+_seen_children: set[int] = set()
+
+
+def _descendants() -> set[int]:
+    import psutil
+
+    try:
+        return {child.pid for child in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
+def _on_sigterm(signum, frame):
+    # The engine's processes, noted now: one that loses its parent while we stop is still found.
+    _seen_children.update(_descendants())
+    raise Terminated
+
+
+def install_sigterm_handler():
+    """SIGTERM raises Terminated in the main thread (a no-op elsewhere); returns the handler it replaced."""
+    if threading.current_thread() is threading.main_thread():
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    return None
+
+
+def restore_sigterm_handler(previous) -> None:
+    """Put back what ``install_sigterm_handler`` replaced (a caller that runs commands in-process keeps its own)."""
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
+
+
+def children() -> set[int]:
+    """The pids of this process's descendants now."""
+    return _descendants()
+
+
+def reap_children(keep: set[int], grace: float = 5.0) -> list[int]:
+    """End every descendant not in ``keep`` (the ones that existed before the command): TERM, then KILL."""
+    import psutil
+
+    pids = (_descendants() | _seen_children) - keep
+    _seen_children.clear()
+    processes = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            process.terminate()
+            processes.append(process)
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return [process.pid for process in processes]
+
+
+@contextlib.contextmanager
+def hold_interrupts():
+    """Hold Ctrl-C and SIGTERM while a batch is written, so the batch lands whole or not at all."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            restored = handler if handler is not None else signal.default_int_handler
+            signal.signal(sig, restored)
+        if signal.SIGTERM in caught:
+            _seen_children.update(_descendants())
+            raise Terminated
+        if caught:
+            raise KeyboardInterrupt
