@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from core.errors import UserError
+from core.store import check_outputs
 from .importer import import_anthropic, write_constitution
 from .loader import ConstitutionError, load_constitution
 
@@ -40,6 +41,7 @@ def import_constitution(argv: list[str]) -> int:
     parser.add_argument("--force", action="store_true", help="Overwrite --out if it exists.")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    check_outputs("constitution import", {"--out": out}, {"FILE": args.file, "--few-shot": args.few_shot})
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
     constitution = import_anthropic(args.file, args.few_shot)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from core.store import atomic_write_text
+
 from .loader import ConstitutionError, Problem, parse_constitution
 from .schema import Constitution
 
@@ -35,13 +37,25 @@ def _comparison_question(critique_request: str) -> str:
     return f"Which response has fewer of the problems that this request asks about? {critique_request}"
 
 
+#: The largest file an import reads: published constitutions are a few hundred kilobytes.
+MAX_IMPORT_BYTES = 64 * 2**20
+
+
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_IMPORT_BYTES + 1)
+        if len(raw) > MAX_IMPORT_BYTES:
+            raise ConstitutionError([Problem(str(path), None, f"larger than {MAX_IMPORT_BYTES // 2**20} MiB; "
+                                                              "is it the right file?")])
+        return json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise ConstitutionError([Problem(str(path), exc.lineno, f"not valid JSON: {exc.msg}")]) from None
+    except RecursionError:
+        raise ConstitutionError([Problem(str(path), None, "nested too deeply; is it the right file?")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConstitutionError([Problem(str(path), None, f"cannot read as UTF-8 JSON: {exc}")]) from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConstitutionError([Problem(str(path), None, f"cannot read as UTF-8 JSON: {reason}")]) from None
 
 
 def parse_transcript(text: str, where: str) -> dict:
@@ -78,6 +92,11 @@ def import_anthropic(critiques_path: str | Path, few_shot_path: str | Path | Non
             problems.append(Problem(str(critiques_path), None, f"entry {key!r} needs 'prompt' and 'edit_request'"))
             continue
         prompts = entry["prompt"] if isinstance(entry["prompt"], list) else [entry["prompt"]]
+        texts = [*prompts, entry["edit_request"]]
+        if not prompts or not all(isinstance(text, str) and text.strip() for text in texts):
+            problems.append(Problem(str(critiques_path), None, f"entry {key!r}: 'prompt' (text or a list of texts) "
+                                                               "and 'edit_request' (text) must be non-empty text"))
+            continue
         revision = _strip(entry["edit_request"], "\n\nRevisionRequest: ", "\n\nRevision:")
         for n, prompt in enumerate(prompts):
             critique = _strip(prompt, "\n\nCritiqueRequest: ", "\n\nCritique:")
@@ -99,6 +118,10 @@ def import_anthropic(critiques_path: str | Path, few_shot_path: str | Path | Non
             problems.append(Problem(str(few_shot_path), 1, "expected a JSON list of transcripts"))
         else:
             for i, text in enumerate(transcripts):
+                if not isinstance(text, str):
+                    problems.append(Problem(str(few_shot_path), None, f"transcript [{i}] must be text, got "
+                                                                      f"{type(text).__name__}"))
+                    continue
                 try:
                     few_shot.append(parse_transcript(text, f"{few_shot_path}[{i}]"))
                 except ConstitutionError as exc:
@@ -115,7 +138,4 @@ def dump_constitution_dict(document: dict) -> str:
 
 
 def write_constitution(constitution: Constitution, out: str | Path) -> None:
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(dump_constitution_dict(constitution.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(Path(out), dump_constitution_dict(constitution.model_dump(mode="json", exclude_none=True)))

