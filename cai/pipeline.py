@@ -25,7 +25,7 @@ from core.config import build_config, check_values, did_you_mean
 from core.errors import UserError
 from core.hashing import stable_hash
 from core.model import resolve_model
-from core.store import atomic_write_text, write_manifest
+from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, write_manifest
 from core.yamlfile import read_yaml
 from generation.config import GenerateConfig
 from generation.run import generate
@@ -143,7 +143,30 @@ def plan_run(recipe_path: str | Path) -> RunPlan:
     if "reward" in (step.method.name for step in steps):
         fixed.update(reward_model=str(run_dir / "reward"), pairs=judge_config.out)
     eval_config = recipe.build(EvalConfig, ("eval",), recipe.section("eval"), inherited, **fixed)
+    _check_files(recipe.path, run_dir, generate_config, judge_config, eval_config)
     return RunPlan(recipe, run_dir, base, generate_config, judge_config, steps, eval_config)
+
+
+def _check_files(recipe_path: Path, run_dir: Path, generate_config, judge_config, eval_config) -> None:
+    """Before any work: no stage writes another stage's file or one of the recipe's inputs."""
+    from judging.pairs import judgements_path, report_path, samples_path
+
+    revisions, preferences = Path(generate_config.out), Path(judge_config.out)
+    outputs = {
+        "generate's output": revisions, "generate's manifest": manifest_path(revisions),
+        "generate's errors file": errors_path(revisions),
+        "judge's output": preferences, "judge's manifest": manifest_path(preferences),
+        "judge's errors file": errors_path(preferences), "judge's cache": judgements_path(preferences),
+        "judge's samples": samples_path(preferences), "judge's report": report_path(preferences),
+        "judge.sft_out": sft_path(judge_config), "eval's output": Path(eval_config.out),
+    }
+    inputs = {"the recipe": recipe_path, "generate.prompts": generate_config.prompts,
+              "generate.constitution": generate_config.constitution, "judge.constitution": judge_config.constitution,
+              "eval.prompts": eval_config.prompts, "eval.constitution": eval_config.constitution}
+    try:
+        check_outputs(None, outputs, inputs)
+    except UserError as exc:
+        raise UserError(f"{recipe_path}: {exc}") from None
 
 
 def _train_steps(recipe: Recipe, run_dir: Path, files: dict[str, str]) -> list[TrainStep]:

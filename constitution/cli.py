@@ -21,7 +21,8 @@ def validate(argv: list[str]) -> int:
     except ConstitutionError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) in {args.path}", file=sys.stderr)
+        print(f"error: {len(exc.problems)} problem(s) in {args.path}; fix them and run `cai validate` again",
+              file=sys.stderr)
         return 1
     print(
         f"{args.path}: OK: version {constitution.version}, {len(constitution.principles)} principles, "

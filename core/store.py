@@ -314,9 +314,11 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def check_outputs(stage: str, outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None]) -> None:
+def check_outputs(stage: str | None, outputs: Mapping[str, str | Path | None],
+                  inputs: Mapping[str, str | Path | None]) -> None:
     """Refuse, before any work, an output that is a folder, an input of the command, another of its outputs,
-    or a file whose manifest names another stage.  Keys are what the user passed (``--out``, ``--in``)."""
+    or a file whose manifest names another stage (``stage`` None: each stage checks that when it runs).
+    Keys are what the user passed (``--out``, ``--in``)."""
     seen: dict[str, Path] = {}
     for label, output in outputs.items():
         if output is None:
@@ -334,7 +336,7 @@ def check_outputs(stage: str, outputs: Mapping[str, str | Path | None], inputs: 
             if same_file(output, other):
                 raise UserError(f"{label} and {other_label} are the same file ({output}); choose different files")
         seen[label] = output
-        owner = read_manifest(output)
+        owner = read_manifest(output) if stage is not None else None
         if owner is not None and owner.get("stage") != stage:
             raise UserError(
                 f"{label} {output} was written by `cai {owner.get('stage')}` (see {manifest_path(output)}); "

@@ -59,7 +59,9 @@ class _Server:
                 sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                 "--model", model_dir, "--served-model-name", SERVED_MODEL,
                 "--host", "127.0.0.1", "--port", str(self.port),
-                "--enforce-eager", "--gpu-memory-utilization", "0.3", "--max-model-len", "4096",
+                # The README's command: on CPU, chunked prefill must be off (see the README's "Against a server").
+                "--enforce-eager", "--no-enable-chunked-prefill", "--gpu-memory-utilization", "0.3",
+                "--max-model-len", "4096",
                 "--max-logprobs", "20", "--seed", "0",
             ],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,

@@ -9,6 +9,7 @@ are checked by ``core.schema.parse_messages`` (the one message validator).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ PREFERENCE_EXAMPLE = (
     '{"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}], '
     '"rejected": [{"role": "assistant", "content": "..."}], "chosen_probability": 0.83, "margin": 0.66}'
 )
+#: Columns the judge writes as probabilities or margins: a number outside [0, 1] is a damaged row.
+UNIT_COLUMNS = {"chosen_probability": (0.0, 1.0), "margin": (0.0, 1.0)}
 SFT_EXAMPLE = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
 
 
@@ -87,6 +90,11 @@ def load_preference_rows(
                     f"{path}:{number}: column {column!r} must be a number, got {json.dumps(value)}; the judge "
                     f"writes it for every pair ({extra_hint})"
                 )
+            low, high = UNIT_COLUMNS.get(column, (-math.inf, math.inf))
+            if not math.isfinite(value) or not low <= value <= high:
+                bounds = f"in [{low:g}, {high:g}]" if column in UNIT_COLUMNS else "finite"
+                raise UserError(f"{path}:{number}: column {column!r} is {value!r}; it must be a number {bounds} "
+                                "(fix the row or judge the pairs again)")
             kept[column] = float(value)
         rows.append(kept)
     return rows

@@ -115,6 +115,13 @@ def save_model_folder(model, tokenizer, output_dir: str | Path, dtype, extra: di
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
     model = model.to(dtype)
+    import torch
+
+    broken = [name for name, tensor in model.state_dict().items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if broken:
+        raise UserError(f"the trained weights are not finite ({len(broken)} tensors, e.g. {broken[0]}); no model was "
+                        f"saved to {output_dir}. Check the data and lower --learning-rate")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = output_dir / ".saving"

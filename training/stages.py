@@ -20,6 +20,26 @@ from training import data as training_data
 from training import models
 
 
+def finite_loss_callback(method: str):
+    """A TrainerCallback that stops training when a logged loss is NaN or infinite (nothing is saved then)."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class FiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key, value in (logs or {}).items():
+                watched = "loss" in key or key == "grad_norm"
+                if watched and isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise UserError(
+                        f"cai train {method}: {key} became {value} at step {state.global_step}; training stopped and "
+                        "no model was saved. Check the data (every number finite), lower --learning-rate, or "
+                        "train in float32 (--train-dtype float32)"
+                    )
+
+    return FiniteLoss()
+
+
 class TrainingStage:
     """One training run of a method on its config; :meth:`run` returns the summary (also in cai_training.json)."""
 
@@ -88,6 +108,9 @@ class TrainingStage:
         model = self.load_model(base, tokenizer)
         started = time.time()
         trainer = self.build_trainer(model, tokenizer, train_rows, eval_rows, base)
+        # transformers hides a NaN loss from the logs by default (logging_nan_inf_filter); it must be seen to stop.
+        trainer.args.logging_nan_inf_filter = False
+        trainer.add_callback(finite_loss_callback(self.method))
         trainer.train()
         summary: dict[str, Any] = {
             "method": self.method,

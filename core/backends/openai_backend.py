@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from core.errors import UserError
+from core.redact import redact_text, redact_url
 
 from .base import (
     Backend, BackendOptions, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant,
@@ -78,7 +79,7 @@ class BackoffWait:
 
 def describe_error(exc: BaseException) -> str:
     status = getattr(exc, "status_code", None)
-    message = getattr(exc, "message", None) or str(exc)
+    message = redact_text(getattr(exc, "message", None) or str(exc))
     return f"HTTP {status}: {message}" if status else f"{type(exc).__name__}: {message}"
 
 
@@ -164,7 +165,7 @@ class OpenAIBackend(Backend):
 
     def _down_error(self) -> EndpointDownError:
         return EndpointDownError(
-            f"the endpoint {self.base_url} is not answering: {self._failed_in_a_row} requests in a row failed "
+            f"the endpoint {redact_url(self.base_url)} is not answering: {self._failed_in_a_row} requests in a row failed "
             f"after up to {self.max_attempts} attempts each (last: {self._last_failure}). Stopped; finished "
             "batches are saved. Check the server, then run the same command again to resume."
         )

@@ -154,7 +154,7 @@ class _StandinHandler(BaseHTTPRequestHandler):
                 pass
         if owner.delay:
             time.sleep(owner.delay)
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        if urlsplit(self.path).path.rstrip("/") != "/v1/chat/completions":  # a key in the query is allowed
             return _send_json(self, 404, {"error": {"message": f"The model or route {self.path} does not exist"}})
         if owner.api_key is not None and auth != f"Bearer {owner.api_key}":
             sent = auth.removeprefix("Bearer ")

@@ -242,3 +242,370 @@ def test_api_key_never_appears_in_logs_manifests_or_outputs(tmp_path):
     assert not [t[:200] for t in texts if secret in t]
     assert not [t[:200] for t in texts if secret[8:24] in t]  # not even a chunk of it
     assert os.environ.get("OPENAI_API_KEY") != secret
+
+
+# --- every command, round two: outputs over inputs, two writers, pipes, NaN, damaged state, tracebacks ------------
+# Each case runs one `cai` command in-process on a folder holding good inputs and earlier outputs (a generate
+# output, a judge output, human pairs); it must exit with its code, say its message in one `error:` line, never
+# show a traceback, and leave every file that was there byte for byte as it was.
+
+TRAINING_PAIRS = Path(__file__).resolve().parents[1] / "training" / "preferences.jsonl"
+HUMAN_PAIRS = Path(__file__).resolve().parents[2] / "judging" / "data" / "human_pairs.jsonl"
+BOMB = "".join(f"{x}: &{x} [{', '.join([f'*{p}' if p else 'x'] * 9)}]\n"
+               for p, x in zip(["", *"abcdefgh"], "abcdefghi"))
+
+
+@pytest.fixture(scope="module")
+def earlier_outputs(standin, tmp_path_factory):
+    """A generate output (r.jsonl) and a judge output (prefs.jsonl) with their manifests, made once."""
+    folder = tmp_path_factory.mktemp("earlier")
+    (folder / "c.yaml").write_text(GOOD_YAML)
+    (folder / "p.jsonl").write_text(GOOD_PROMPTS)
+    args = generate_args(folder / "p.jsonl", folder / "r.jsonl", standin.base_url)
+    args[args.index("--constitution") + 1] = str(folder / "c.yaml")
+    assert cai_main(args) == 0
+    assert cai_main(_judge_args(folder, standin.base_url)) == 0
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def _judge_args(tmp: Path, url: str, *extra: str) -> list[str]:
+    return ["judge", "--in", str(tmp / "r.jsonl"), "--out", str(tmp / "prefs.jsonl"), "--backend", "openai",
+            "--base-url", url, "--model", "standin", "--method", "pairwise", "--constitution", str(tmp / "c.yaml"),
+            *extra]
+
+
+def _generate(tmp: Path, url: str, *extra: str) -> list[str]:
+    args = generate_args(tmp / "p.jsonl", tmp / "out.jsonl", url)
+    args[args.index("--constitution") + 1] = str(tmp / "c.yaml")
+    return args + list(extra)
+
+
+def _set(name: str, text: str | bytes):
+    def setup(tmp: Path) -> None:
+        path = tmp / name
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    return setup
+
+
+def _generate_row_edit(edit):
+    """r.jsonl with its first row changed by ``edit(row)`` (a hand-edited generate output)."""
+    def setup(tmp: Path) -> None:
+        lines = (tmp / "r.jsonl").read_text().splitlines()
+        row = json.loads(lines[0])
+        edit(row)
+        lines[0] = json.dumps(row)
+        (tmp / "r.jsonl").write_text("\n".join(lines) + "\n")
+    return setup
+
+
+def _earlier_temperature(keep_manifest: str):
+    """out.jsonl written at temperature 0.7, its manifest then truncated, deleted or kept."""
+    def setup(tmp: Path, url: str) -> None:
+        args = _generate(tmp, url)
+        args[args.index("--temperature") + 1] = "0.7"
+        assert cai_main(args) == 0
+        manifest = tmp / "out.jsonl.manifest.json"
+        if keep_manifest == "truncated":
+            manifest.write_text(manifest.read_text()[:40])
+        elif keep_manifest == "deleted":
+            manifest.unlink()
+    return setup
+
+
+def _link(kind: str, target: str, name: str = "out.jsonl"):
+    def setup(tmp: Path) -> None:
+        (os.symlink if kind == "symlink" else os.link)(tmp / target, tmp / name)
+    return setup
+
+
+def _fifo(tmp: Path) -> None:
+    os.mkfifo(tmp / "fifo")
+
+
+def _folder(name: str):
+    return lambda tmp: (tmp / name).mkdir()
+
+
+def _deep(n: int = 100_000) -> str:
+    return '{"prompt": ' + "[" * n + "]" * n + "}\n"
+
+
+def _model_folder_without_config(tmp: Path) -> None:
+    (tmp / "model").mkdir()
+    (tmp / "model" / "weights.bin").write_bytes(b"\0" * 16)
+
+
+def _pairs_row(column: str, raw: str):
+    def setup(tmp: Path) -> None:
+        lines = TRAINING_PAIRS.read_text().splitlines()
+        row = json.loads(lines[1])
+        row[column] = "__V__"
+        lines[1] = json.dumps(row).replace('"__V__"', raw)
+        (tmp / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return setup
+
+
+def _recipe(**sections):
+    def setup(tmp: Path) -> None:
+        import yaml
+
+        recipe = {"run_dir": str(tmp / "run"), "constitution": str(tmp / "c.yaml"),
+                  "generate": {"prompts": str(tmp / "p.jsonl"), "backend": "openai", "base_url": "http://127.0.0.1:9/v1",
+                               "model": "standin"}}
+        for key, value in sections.items():
+            recipe.setdefault(key, {}).update(value) if isinstance(value, dict) else recipe.__setitem__(key, value)
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe).replace("{tmp}", str(tmp)))
+    return setup
+
+
+SAME_AS = r"is the same file as {} .*an input of this command; writing it would destroy the input: choose another {}"
+NOT_OURS = r"exists and is not an output of `cai {}` \(line 1 is not one of its rows\); it was left as it is"
+
+# (case id, argv builder (tmp, url) -> args, setup (tmp) or (tmp, url), expected message regexes, exit code)
+COMMAND_CASES = [
+    # --- generate: its output over its inputs or another stage's file -------------------------------------------
+    ("generate-out-is-prompts", lambda t, u: _generate(t, u, "--out", str(t / "p.jsonl")), None,
+     [SAME_AS.format("--prompts", "--out")], 1),
+    ("generate-out-is-prompts-overwrite", lambda t, u: _generate(t, u, "--out", str(t / "p.jsonl"), "--overwrite"), None,
+     [SAME_AS.format("--prompts", "--out")], 1),
+    ("generate-out-symlink-to-prompts", _generate, _link("symlink", "p.jsonl"), [SAME_AS.format("--prompts", "--out")], 1),
+    ("generate-out-hardlink-to-prompts", _generate, _link("hardlink", "p.jsonl"), [SAME_AS.format("--prompts", "--out")], 1),
+    ("generate-out-is-constitution", lambda t, u: _generate(t, u, "--out", str(t / "c.yaml")), None,
+     [SAME_AS.format("--constitution", "--out")], 1),
+    ("generate-out-is-another-constitution", _generate, _set("out.jsonl", GOOD_YAML), [NOT_OURS.format("generate")], 1),
+    ("generate-out-is-another-constitution-overwrite", lambda t, u: _generate(t, u, "--overwrite"),
+     _set("out.jsonl", GOOD_YAML), [NOT_OURS.format("generate")], 1),
+    ("generate-out-is-judge-output", lambda t, u: _generate(t, u, "--out", str(t / "prefs.jsonl")), None,
+     [r"--out .*prefs\.jsonl was written by `cai judge` .*choose another --out"], 1),
+    ("generate-out-is-judge-output-overwrite", lambda t, u: _generate(t, u, "--out", str(t / "prefs.jsonl"),
+                                                                      "--overwrite"), None,
+     [r"was written by `cai judge`"], 1),
+    ("generate-out-is-judge-rows-without-manifest", lambda t, u: _generate(t, u, "--out", str(t / "copy.jsonl")),
+     lambda t: (t / "copy.jsonl").write_bytes((t / "prefs.jsonl").read_bytes()),
+     [r"copy\.jsonl exists and is not an output of `cai generate`"], 1),
+    ("generate-out-is-a-folder", _generate, _folder("out.jsonl"), [r"--out .*out\.jsonl: is a folder; pass a file path"], 1),
+    ("generate-out-not-writable", lambda t, u: _generate(t, u, "--out", "/proc/version/out.jsonl"), None,
+     [r"/proc/version/out\.jsonl\.lock: cannot write: .*; (choose a writable place|check the path)"], 1),
+    ("generate-second-writer", _generate, "locked",
+     [r"out\.jsonl is being written by another run \(pid \d+ on .*, since .*\); wait for it to finish"], 1),
+    # --- generate: inputs read once, devices, runaway lines, deep nesting -------------------------------------------
+    ("generate-prompts-fifo", lambda t, u: _generate(t, u, "--prompts", str(t / "fifo")), _fifo,
+     [r"fifo: not a regular file \(a pipe, a device or a process substitution can be read only once"], 1),
+    ("generate-prompts-dev-zero", lambda t, u: _generate(t, u, "--prompts", "/dev/zero"), None,
+     [r"/dev/zero: not a regular file"], 1),
+    ("generate-prompts-dev-stdin", lambda t, u: _generate(t, u, "--prompts", "/dev/null"), None,
+     [r"/dev/null: not a regular file"], 1),
+    ("generate-prompts-a-folder", lambda t, u: _generate(t, u, "--prompts", str(t)), None,
+     [r": is a folder; pass --prompts a JSON Lines file"], 1),
+    ("generate-prompt-nested-100000-deep", _generate, _set("p.jsonl", _deep()),
+     [r"p\.jsonl:1: nested too deeply .*flatten it"], 1),
+    ("generate-messages-nested-deep", _generate, _set("p.jsonl", '{"messages": ' + "[" * 5000 + "]" * 5000 + "}\n"),
+     [r"p\.jsonl:1: nested too deeply"], 1),
+    # --- generate: numbers -------------------------------------------------------------------------------------------
+    ("generate-temperature-inf", lambda t, u: _generate(t, u, "--temperature", "inf"), None,
+     [r"--temperature inf must be a finite number"], 1),
+    ("generate-temperature-nan", lambda t, u: _generate(t, u, "--temperature", "nan"), None,
+     [r"--temperature nan must be"], 1),
+    ("generate-top-p-above-one", lambda t, u: _generate(t, u, "--top-p", "1.5"), None, [r"--top-p 1\.5 must be in \(0, 1\]"], 1),
+    ("generate-request-timeout-zero", lambda t, u: _generate(t, u, "--request-timeout", "0"), None,
+     [r"--request-timeout 0\.0 must be a number of seconds > 0"], 1),
+    ("generate-request-timeout-negative", lambda t, u: _generate(t, u, "--request-timeout", "-5"), None,
+     [r"--request-timeout -5\.0 must be a number of seconds > 0"], 1),
+    ("generate-concurrency-zero", lambda t, u: _generate(t, u, "--concurrency", "0"), None,
+     [r"--concurrency 0 must be >= 1"], 1),
+    ("generate-max-tokens-zero", lambda t, u: _generate(t, u, "--max-tokens", "0"), None, [r"--max-tokens 0 must be >= 1"], 1),
+    ("generate-config-temperature-inf", lambda t, u: _generate(t, u, "--config", str(t / "g.yaml")),
+     _set("g.yaml", "temperature: .inf\n"), [r"g\.yaml:1: temperature: expected a finite number"], 1),
+    ("generate-config-alias-bomb", lambda t, u: _generate(t, u, "--config", str(t / "g.yaml")), _set("g.yaml", BOMB),
+     [r"g\.yaml:\d+: the YAML expands to more than 200,000 values"], 1),
+    ("generate-weight-inf", _generate, _set("c.yaml", GOOD_YAML.replace("Which is kinder?", "Which is kinder?\n    weight: .inf")),
+     [r"c\.yaml:11: principles\.1\.weight: Input should be a finite number"], 1),
+    ("generate-weight-nan", _generate, _set("c.yaml", GOOD_YAML.replace("Which is kinder?", "Which is kinder?\n    weight: .nan")),
+     [r"c\.yaml:11: principles\.1\.weight: Input should be a finite number"], 1),
+    ("generate-constitution-alias-bomb", _generate, _set("c.yaml", BOMB), [r"c\.yaml:\d+: the YAML expands to more than"], 1),
+    ("generate-model-folder-missing", lambda t, u: _generate(t, u, "--backend", "vllm", "--model", str(t / "nope")),
+     None, [r"--model '.*nope': no such model folder"], 1),
+    ("generate-model-folder-without-config", lambda t, u: _generate(t, u, "--backend", "vllm", "--model", str(t / "model")),
+     _model_folder_without_config, [r"--model '.*model': .* is not a Hugging Face model folder \(no config\.json\)"], 1),
+    # --- generate: damaged state never weakens the configuration check ------------------------------------------
+    ("generate-other-temperature-manifest-truncated", _generate, _earlier_temperature("truncated"),
+     [r"out\.jsonl \(row 1\) was written by a different configuration \(sampling: .*'temperature': 0\.7"], 1),
+    ("generate-other-temperature-manifest-deleted", _generate, _earlier_temperature("deleted"),
+     [r"out\.jsonl \(row 1\) was written by a different configuration \(sampling: .*'temperature': 0\.7"], 1),
+    ("generate-other-seed-manifest-deleted", lambda t, u: _generate(t, u, "--out", str(t / "r.jsonl"), "--seed", "5"),
+     lambda t: (t / "r.jsonl.manifest.json").unlink(), [r"r\.jsonl \(row 1\) was written by a different configuration \(seed: 0 -> 5\)"], 1),
+    # --- judge ---------------------------------------------------------------------------------------------------------
+    ("judge-out-is-in", lambda t, u: _judge_args(t, u, "--out", str(t / "r.jsonl")), None, [SAME_AS.format("--in", "--out")], 1),
+    ("judge-out-is-in-overwrite", lambda t, u: _judge_args(t, u, "--out", str(t / "r.jsonl"), "--overwrite"), None,
+     [SAME_AS.format("--in", "--out")], 1),
+    ("judge-out-is-generate-output", lambda t, u: _judge_args(t, u, "--in", str(t / "p.jsonl"), "--mode", "samples",
+                                                              "--out", str(t / "r.jsonl")), None,
+     [r"--out .*r\.jsonl was written by `cai generate`"], 1),
+    ("judge-sft-out-is-in", lambda t, u: _judge_args(t, u, "--sft-out", str(t / "r.jsonl")), None,
+     [SAME_AS.format("--in", "--sft-out")], 1),
+    ("judge-sft-out-is-out", lambda t, u: _judge_args(t, u, "--sft-out", str(t / "prefs.jsonl")), None,
+     [r"--sft-out and --out are the same file"], 1),
+    ("judge-sft-out-is-constitution", lambda t, u: _judge_args(t, u, "--sft-out", str(t / "c.yaml")), None,
+     [SAME_AS.format("--constitution", "--sft-out")], 1),
+    ("judge-out-is-another-file", lambda t, u: _judge_args(t, u, "--out", str(t / "notes.txt")),
+     _set("notes.txt", "my notes\n"), [NOT_OURS.format("judge")], 1),
+    ("judge-out-is-a-folder", lambda t, u: _judge_args(t, u, "--out", str(t / "d")), _folder("d"),
+     [r"--out .*d: is a folder"], 1),
+    ("judge-second-writer", _judge_args, "locked-prefs", [r"prefs\.jsonl is being written by another run \(pid \d+"], 1),
+    ("judge-in-missing", lambda t, u: _judge_args(t, u, "--in", str(t / "nowhere.jsonl")), None,
+     [r"nowhere\.jsonl: no such input file; pass --in"], 1),
+    ("judge-in-dev-zero", lambda t, u: _judge_args(t, u, "--in", "/dev/zero"), None,
+     [r"/dev/zero:1: a line longer than 64 MiB"], 1),
+    ("judge-in-nested-deep", lambda t, u: _judge_args(t, u, "--in", str(t / "deep.jsonl")), _set("deep.jsonl", _deep()),
+     [r"deep\.jsonl:1: nested too deeply"], 1),
+    ("judge-in-rounds-a-string", _judge_args, _generate_row_edit(lambda r: r.__setitem__("rounds", "one")),
+     [r"r\.jsonl:1: 'rounds' must be a list, got \"one\""], 1),
+    ("judge-in-response-a-number", _judge_args, _generate_row_edit(lambda r: r.__setitem__("final_response", 7)),
+     [r"r\.jsonl:1: 'final_response' must be text or null, got 7"], 1),
+    ("judge-in-calls-of-strings", _judge_args, _generate_row_edit(lambda r: r.__setitem__("calls", ["x"])),
+     [r"r\.jsonl:1: 'calls' must be a list of objects"], 1),
+    ("judge-in-round-a-list", _judge_args, _generate_row_edit(lambda r: r.__setitem__("rounds", [["a"]])),
+     [r"r\.jsonl:1: 'rounds' must be a list of .*principle_id"], 1),
+    ("judge-in-not-generate-rows", lambda t, u: _judge_args(t, u, "--in", str(t / "p.jsonl")), None,
+     [r"p\.jsonl:1: not a `cai generate` row \(missing initial_response"], 1),
+    ("judge-samples-responses-not-a-list", lambda t, u: _judge_args(t, u, "--in", str(t / "s.jsonl"), "--mode", "samples"),
+     _set("s.jsonl", '{"prompt": "hi", "responses": "a"}\n'), [r"s\.jsonl:1: 'responses' must be a list or null"], 1),
+    ("judge-likelihood-scale-inf", lambda t, u: _judge_args(t, u, "--likelihood-scale", "inf"), None,
+     [r"--likelihood-scale inf must be a finite number"], 1),
+    ("judge-min-margin-above-one", lambda t, u: _judge_args(t, u, "--min-margin", "2"), None,
+     [r"--min-margin 2\.0 must be in \[0, 1\]"], 1),
+    ("judge-request-timeout-zero", lambda t, u: _judge_args(t, u, "--request-timeout", "0"), None,
+     [r"--request-timeout 0\.0 must be a number of seconds > 0"], 1),
+    ("judge-model-folder-missing", lambda t, u: _judge_args(t, u, "--judge-backend", "vllm", "--judge-model",
+                                                            str(t / "nope")), None,
+     [r"--judge-model '.*nope': no such model folder"], 1),
+    # --- judge agreement -------------------------------------------------------------------------------------------------
+    ("agreement-out-is-pairs", lambda t, u: ["judge", "agreement", "--pairs", str(t / "human.jsonl"), "--out",
+                                             str(t / "human.jsonl"), "--backend", "openai", "--base-url", u], None,
+     [SAME_AS.format("--pairs", "--out")], 1),
+    ("agreement-details-is-constitution", lambda t, u: ["judge", "agreement", "--pairs", str(t / "human.jsonl"),
+                                                        "--details", str(t / "c.yaml"), "--constitution",
+                                                        str(t / "c.yaml"), "--backend", "openai", "--base-url", u], None,
+     [SAME_AS.format("--constitution", "--details")], 1),
+    ("agreement-out-is-judge-output", lambda t, u: ["judge", "agreement", "--pairs", str(t / "human.jsonl"), "--out",
+                                                    str(t / "prefs.jsonl"), "--backend", "openai", "--base-url", u],
+     None, [r"--out .*prefs\.jsonl was written by `cai judge`"], 1),
+    ("agreement-pairs-dev-zero", lambda t, u: ["judge", "agreement", "--pairs", "/dev/zero", "--constitution", "c.yaml", "--backend", "openai",
+                                               "--base-url", u], None, [r"/dev/zero:1: a line longer than 64 MiB"], 1),
+    ("agreement-pairs-wrong-types", lambda t, u: ["judge", "agreement", "--pairs", str(t / "bad.jsonl"), "--constitution", "c.yaml", "--backend",
+                                                  "openai", "--base-url", u],
+     _set("bad.jsonl", '{"prompt": "hi", "chosen": 3, "rejected": "no"}\n'),
+     [r"bad\.jsonl:1: 'chosen' must be text or a non-empty list"], 1),
+    # --- validate and constitution import --------------------------------------------------------------------------
+    ("validate-alias-bomb", lambda t, u: ["validate", str(t / "bomb.yaml")], _set("bomb.yaml", BOMB),
+     [r"bomb\.yaml:\d+: the YAML expands to more than 200,000 values", r"error: 1 problem\(s\) in .*bomb\.yaml"], 1),
+    ("validate-a-folder", lambda t, u: ["validate", str(t)], None, [r": is a folder; pass the file itself"], 1),
+    ("validate-weight-inf", lambda t, u: ["validate", str(t / "c.yaml")],
+     _set("c.yaml", GOOD_YAML.replace("Which is better?", "Which is better?\n    weight: .inf")),
+     [r"c\.yaml:7: principles\.0\.weight: Input should be a finite number"], 1),
+    ("import-out-is-file", lambda t, u: ["constitution", "import", str(t / "crit.json"), "--out", str(t / "crit.json"),
+                                         "--force"], _set("crit.json", '{"a": {"prompt": "x", "edit_request": "y"}}'),
+     [SAME_AS.format("FILE", "--out")], 1),
+    ("import-out-is-judge-output", lambda t, u: ["constitution", "import", str(t / "crit.json"), "--out",
+                                                 str(t / "prefs.jsonl"), "--force"],
+     _set("crit.json", '{"a": {"prompt": "x", "edit_request": "y"}}'), [r"was written by `cai judge`"], 1),
+    ("import-prompt-a-number", lambda t, u: ["constitution", "import", str(t / "crit.json"), "--out", str(t / "new.yaml")],
+     _set("crit.json", '{"a": {"prompt": 5, "edit_request": "y"}}'),
+     [r"crit\.json: entry 'a': 'prompt' \(text or a list of texts\) and 'edit_request' \(text\) must be non-empty text"], 1),
+    ("import-few-shot-numbers", lambda t, u: ["constitution", "import", str(t / "crit.json"), "--few-shot",
+                                              str(t / "shots.json"), "--out", str(t / "new.yaml")],
+     lambda t: ((t / "crit.json").write_text('{"a": {"prompt": "x", "edit_request": "y"}}'),
+                (t / "shots.json").write_text("[1, 2]")), [r"shots\.json: transcript \[0\] must be text, got int"], 1),
+    ("import-not-json", lambda t, u: ["constitution", "import", str(t / "c.yaml"), "--out", str(t / "new.yaml")], None,
+     [r"c\.yaml:1: not valid JSON"], 1),
+    ("import-nested-deep", lambda t, u: ["constitution", "import", str(t / "deep.json"), "--out", str(t / "new.yaml")],
+     _set("deep.json", "[" * 100_000 + "]" * 100_000), [r"deep\.json: nested too deeply"], 1),
+    ("import-a-folder", lambda t, u: ["constitution", "import", str(t), "--out", str(t / "new.yaml")], None,
+     [r"cannot read as UTF-8 JSON: Is a directory"], 1),
+    ("import-bad-principle-id", lambda t, u: ["constitution", "import", str(t / "crit.json"), "--out", str(t / "new.yaml")],
+     _set("crit.json", '{"a b/c": {"prompt": "x", "edit_request": "y"}}'), [r"principles\.0\.id: String should match"], 1),
+    # --- train and eval ----------------------------------------------------------------------------------------------
+    ("train-dpo-nan-probability", lambda t, u: ["train", "dpo", "--data", str(t / "train.jsonl"), "--output-dir",
+                                                str(t / "dpo")], _pairs_row("chosen_probability", "NaN"),
+     [r"train\.jsonl:2: column 'chosen_probability' is nan; it must be a number in \[0, 1\]"], 1),
+    ("train-dpo-probability-five", lambda t, u: ["train", "dpo", "--data", str(t / "train.jsonl"), "--output-dir",
+                                                 str(t / "dpo")], _pairs_row("chosen_probability", "5.0"),
+     [r"train\.jsonl:2: column 'chosen_probability' is 5\.0"], 1),
+    ("train-reward-margin-inf", lambda t, u: ["train", "reward", "--data", str(t / "train.jsonl"), "--output-dir",
+                                              str(t / "rm")], _pairs_row("margin", "Infinity"),
+     [r"train\.jsonl:2: column 'margin' is inf"], 1),
+    ("train-sft-dev-zero", lambda t, u: ["train", "sft", "--data", "/dev/zero", "--output-dir", str(t / "sft")], None,
+     [r"/dev/zero:1: a line longer than 64 MiB"], 1),
+    ("train-dpo-model-missing", lambda t, u: ["train", "dpo", "--data", str(TRAINING_PAIRS), "--output-dir",
+                                              str(t / "dpo"), "--model", str(t / "nope")], None,
+     [r"--model '.*nope': no such model folder"], 1),
+    ("eval-trained-model-missing", lambda t, u: ["eval", "--trained-model", str(t / "nope"), "--prompts",
+                                                 str(t / "p.jsonl")], None,
+     [r"--trained-model '.*nope': no such model folder"], 1),
+    ("eval-trained-model-without-config", lambda t, u: ["eval", "--trained-model", str(t / "model"), "--prompts",
+                                                        str(t / "p.jsonl")], _model_folder_without_config,
+     [r"--trained-model '.*model': .* is not a Hugging Face model folder"], 1),
+    ("eval-out-is-prompts", lambda t, u: ["eval", "--trained-model", str(t / "nope"), "--prompts", str(t / "p.jsonl"),
+                                          "--out", str(t / "p.jsonl")], None, [SAME_AS.format("--prompts", "--out")], 1),
+    # --- cai run: a recipe pointing two stages at one file is refused before any work ---------------------------
+    ("run-sft-out-is-revisions", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
+     _recipe(judge={"sft_out": "{tmp}/run/revisions.jsonl"}),
+     [r"recipe\.yaml: judge\.sft_out and generate's output are the same file"], 1),
+    ("run-prompts-is-revisions", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
+     _recipe(generate={"prompts": "{tmp}/run/revisions.jsonl"}),
+     [r"recipe\.yaml: generate's output .*revisions\.jsonl is the same file as generate\.prompts"], 1),
+    ("run-sft-out-is-constitution", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
+     _recipe(judge={"sft_out": "{tmp}/c.yaml"}), [r"judge\.sft_out .*c\.yaml is the same file as generate\.constitution"], 1),
+    ("run-temperature-inf", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
+     _recipe(generate={"temperature": float("inf")}), [r"temperature: expected a finite number"], 1),
+    ("run-recipe-alias-bomb", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")], _set("recipe.yaml", BOMB),
+     [r"recipe\.yaml:\d+: the YAML expands to more than 200,000 values"], 1),
+    ("run-recipe-missing", lambda t, u: ["run", "--recipe", str(t / "nowhere.yaml")], None,
+     [r"nowhere\.yaml: cannot read the recipe"], 1),
+]
+
+
+def test_the_tables_have_at_least_80_cases():
+    names = [c[0] for c in CASES] + [c[0] for c in COMMAND_CASES]
+    assert len(names) >= 80 and len(set(names)) == len(names)
+
+
+def _hashes(tmp: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(tmp)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in tmp.rglob("*") if p.is_file() and not p.is_symlink() and not p.name.startswith("cai-")}
+
+
+@pytest.mark.parametrize("case", COMMAND_CASES, ids=[c[0] for c in COMMAND_CASES])
+def test_every_command_refuses_with_one_error_line_and_changes_no_input(case, standin, earlier_outputs, tmp_path,
+                                                                        capsys, monkeypatch):
+    from core.store import exclusive_output
+
+    name, make_args, setup, expected, exit_code = case
+    monkeypatch.chdir(tmp_path)
+    for filename, content in earlier_outputs.items():
+        (tmp_path / filename).write_bytes(content)
+    (tmp_path / "human.jsonl").write_text("".join(HUMAN_PAIRS.read_text().splitlines(keepends=True)[:2]))
+    if callable(setup):
+        setup(*((tmp_path, standin.base_url) if setup.__code__.co_argcount == 2 else (tmp_path,)))
+    args = make_args(tmp_path, standin.base_url)
+    before, requests_before = _hashes(tmp_path), standin.requests
+    capsys.readouterr()
+
+    if setup in ("locked", "locked-prefs"):
+        with exclusive_output(tmp_path / ("out.jsonl" if setup == "locked" else "prefs.jsonl")):
+            code = cai_main(args)
+    else:
+        code = cai_main(args)
+
+    captured = capsys.readouterr()
+    err = captured.err
+    assert code == exit_code, err
+    for pattern in expected:
+        assert re.search(pattern, err), f"{name}: {pattern!r} not in:\n{err}"
+    assert "Traceback" not in err and "Traceback" not in captured.out
+    assert [line for line in err.splitlines() if line.startswith("error: ")], err
+    assert "--overwrite" not in err or name.startswith("generate-other-"), err  # never offered for a file not ours
+    assert standin.requests == requests_before, f"{name}: the server was called"
+    assert _hashes(tmp_path) == before, f"{name}: files changed"
