@@ -15,6 +15,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
@@ -153,11 +154,17 @@ class OpenAIBackend(Backend):
     def _client(self):
         import openai
 
+        # A key in the base URL's query (``?api-key=...``) is sent with every request; the client would
+        # otherwise put the path after the query.
+        parts = urlsplit(self.base_url) if self.base_url else None
+        query = dict(parse_qsl(parts.query)) if parts else {}
+        base_url = urlunsplit(parts._replace(query="", fragment="")) if parts else None
         return openai.AsyncOpenAI(
-            base_url=self.base_url,
+            base_url=base_url,
             api_key=os.environ.get(self.api_key_env) or "EMPTY",
             max_retries=0,
             timeout=self.timeout,
+            default_query=query or None,
         )
 
     def _is_down(self) -> bool:
