@@ -184,9 +184,9 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         errors.remove()  # failures are retried on every run; the file lists this run's
         # A backend built here is closed here; one from the caller's factory stays the caller's.
         owned = backend is None and backend_factory is None
-        if backend is None:
-            backend = (backend_factory or make_backend)(config)
         try:
+            if backend is None:  # inside the try: a stop during the engine's start-up still writes the manifest
+                backend = (backend_factory or make_backend)(config)
             # Drafts and rounds to reuse come only from the stale rows of prompts still to do.
             reusable = stale_ids - done_ids
             reuse = ReuseIndex([row for row in store.iter_rows() if row.get("id") in reusable] if reusable else [])
@@ -205,7 +205,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         except (KeyboardInterrupt, UserError) as exc:
             stopped = exc
         finally:
-            if owned:
+            if owned and backend is not None:
                 backend.close()
 
     # Drop rows superseded by this run (an edited principle, a torn batch redone twice).

@@ -1,0 +1,76 @@
+"""SIGTERM with the real in-process engine: no engine process outlives the command, at start-up or mid-run.
+
+vLLM runs its engine core in child processes; a SIGTERM while ``LLM(...)`` is still starting used to
+leave them orphaned (one grew to 4.2 GB).  Run under ``flock /tmp/cai-cpu.lock`` (it starts vLLM).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import psutil
+import pytest
+
+from harness import manifest_of, rows_of, start_cli, write_prompts
+
+
+def _descendants(pid: int) -> set[int]:
+    try:
+        return {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
+def _alive(pids: set[int]) -> list[str]:
+    alive = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{pid} {' '.join(process.cmdline())[:80]}")
+        except psutil.Error:
+            pass
+    return alive
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("moment", ["start-up", "generation"])
+def test_sigterm_leaves_no_engine_process_behind(tmp_path, moment):
+    prompts = write_prompts(tmp_path / "p.jsonl", 12)
+    out = tmp_path / "out.jsonl"
+    log = tmp_path / "run.log"
+    process = start_cli(["generate", "--prompts", str(prompts), "--out", str(out), "--max-tokens", "48",
+                         "--batch-size", "4", "--examples", "0"], log)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            seen |= _descendants(process.pid)
+            if moment == "start-up" and seen and "to generate" in log.read_text():
+                time.sleep(3)  # the engine's processes are starting (loading the model, profiling memory)
+                seen |= _descendants(process.pid)
+                if not out.exists():
+                    break
+            if moment == "generation" and out.exists() and out.read_text().count("\n") >= 4:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, log.read_text()
+        if moment == "start-up":
+            assert not out.exists(), "the engine started before the signal; the trial is not of start-up"
+        assert seen, "the engine started no child process"
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert code == 143, text[-3000:]
+    assert "terminated (SIGTERM)" in text and "Traceback" not in text, text[-3000:]
+    time.sleep(1)
+    assert not _alive(seen), _alive(seen)
+    manifest = manifest_of(out)
+    assert manifest["counts"]["stopped"] == "terminated"
+    assert manifest["counts"]["rows"] == len(rows_of(out))
+    if moment == "generation":
+        assert len(rows_of(out)) % 4 == 0 and rows_of(out)  # whole batches only
