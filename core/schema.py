@@ -107,6 +107,12 @@ def parse_step(step: str) -> tuple[str, int | None]:
     return match.group(1), int(match.group(2))
 
 
+#: A probability as rows and caches hold it: a finite number in [0, 1], never text (a hand-edited "0.7").
+Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=True)]
+#: A log-probability: a finite number <= 0.
+LogProbability = Annotated[float, Field(le=0, allow_inf_nan=False, strict=True)]
+
+
 # -- cai generate -------------------------------------------------------------------------------
 class _Row(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -180,7 +186,7 @@ class GenerationRow(_Row):
 class PrincipleScore(_Row):
     """The verdict under one principle, oriented to the pair (P(chosen better))."""
 
-    chosen_probability: float | None
+    chosen_probability: Probability | None
     orders: list[float] | None = Field(default=None, description="P(chosen better) with chosen shown as (A), as (B).")
     orders_agree: bool | None = None
     bounded: bool | None = Field(default=None, description="Present (true) when a label was outside the top-k.")
@@ -201,8 +207,8 @@ class PreferenceRow(_Row):
     prompt: Messages
     chosen: Messages
     rejected: Messages
-    chosen_probability: float = Field(description="P(chosen better than rejected), the soft label.")
-    margin: float = Field(description="2 * chosen_probability - 1.")
+    chosen_probability: Probability = Field(description="P(chosen better than rejected), the soft label.")
+    margin: Probability = Field(description="2 * chosen_probability - 1.")
     principle_ids: list[str]
     principle_scores: dict[str, PrincipleScore]
     judge_model: str
@@ -241,7 +247,7 @@ class OrderJudgement(_Row):
 
     key: str
     kind: Literal["order"]
-    p_first: float | None
+    p_first: Probability | None
     error: str | None
     transient: bool = Field(description="A failed request: kept for this run only, never written.")
     bounded: bool | None = None
@@ -258,7 +264,7 @@ class LikelihoodJudgement(_Row):
 
     key: str
     kind: Literal["likelihood"]
-    logprob: float | None
+    logprob: LogProbability | None
     tokens: int | None
     error: str | None
     transient: bool

@@ -14,7 +14,6 @@ principle's question), so runs resume and only new comparisons reach the model.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,26 +47,18 @@ class JudgeSettings:
                 "constrained_verdict": self.constrained_verdict, "prompts": self.strategy.prompt_version}
 
 
-def _number(value, low: float, high: float) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and low <= value <= high)
-
-
 def is_valid_judgement(record) -> bool:
-    """Whether a cached judgement can be used as it is: a hand-edited or damaged one is redone instead.
+    """Whether a cached judgement can be used as it is (core.schema's JudgementRecord: a probability is a
+    finite number in [0, 1], a log-likelihood a finite number <= 0); a hand-edited or damaged one is redone."""
+    from pydantic import TypeAdapter, ValidationError
 
-    A probability must be a finite number in [0, 1] and a log-likelihood a finite number <= 0 (or absent,
-    with the reason in ``error``).
-    """
-    if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+    from core.schema import JudgementRecord
+
+    try:
+        TypeAdapter(JudgementRecord).validate_python(record)
+    except ValidationError:
         return False
-    if record.get("error") is not None and not isinstance(record.get("error"), str):
-        return False
-    if record.get("kind") == "likelihood":
-        return record.get("logprob") is None or _number(record.get("logprob"), -math.inf, 0.0)
-    if record.get("kind") == "order":
-        return record.get("p_first") is None or _number(record.get("p_first"), 0.0, 1.0)
-    return False
+    return True
 
 
 class Judge:

@@ -32,7 +32,8 @@ from core.model import DEFAULT_MODEL, resolve_model
 from core.progress import Progress
 from core.redact import redact_url, redact_values
 from core.signals import Terminated, hold_interrupts
-from core.schema import DRAFT, REVISION, GenerationRow, MessageError, parse_messages, parse_step, validate_fields
+from core.schema import (DRAFT, REVISION, GenerationRow, MessageError, SampleRecord, parse_messages, parse_step,
+                         validate_fields)
 from core.store import (
     JsonlStore,
     atomic_write_text,
@@ -353,8 +354,13 @@ def is_pair_row(row: dict) -> bool:
 
 
 def _is_valid_sample(record) -> bool:
-    return (isinstance(record, dict) and isinstance(record.get("key"), str) and isinstance(record.get("text"), str)
-            and isinstance(record.get("finish_reason"), (str, type(None))))
+    from pydantic import ValidationError
+
+    try:
+        SampleRecord.model_validate(record)
+    except ValidationError:
+        return False
+    return True
 
 
 def _load_cache(store: JsonlStore, valid, log) -> dict[str, dict]:
