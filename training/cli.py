@@ -8,8 +8,10 @@ Options come from the method's config dataclass (its defaults), then ``--config 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from core.config import parse_config
+from core.errors import UserError
 from training.methods import METHODS, get_method
 
 USAGE = (
@@ -18,6 +20,20 @@ USAGE = (
     + "\n".join(f"  {name:<7} {method.description}" for name, method in METHODS.items())
     + "\n\n`cai train METHOD --help` lists every option of that method and its default."
 )
+
+
+def _check_output_dir(prog: str, config) -> None:
+    """The model folder to write is a folder, and not one of the command's inputs (the base model, the data)."""
+    from core.store import same_file
+
+    output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"{prog}: --output-dir {output_dir} is a file; pass the model folder to write")
+    for flag in ("model", "reward_model", "data", "prompts"):
+        source = getattr(config, flag, None)
+        if source and Path(source).exists() and same_file(output_dir, source):
+            raise UserError(f"{prog}: --output-dir {output_dir} is --{flag.replace('_', '-')}, an input; "
+                            "writing it would replace the input: choose another --output-dir")
 
 
 def train(argv: list[str]) -> int:
@@ -31,6 +47,7 @@ def train(argv: list[str]) -> int:
     if "-h" not in argv and "--help" not in argv:
         print(f"{prog}: loading TRL ...", file=sys.stderr, flush=True)
     config = parse_config(method.config_class, argv[1:], prog)
+    _check_output_dir(prog, config)
     from training.api import train as run_training
 
     summary = run_training(config)
