@@ -101,7 +101,7 @@ def test_a_second_run_on_the_same_output_stops_at_once_naming_the_holder(tmp_pat
 
 # --- 7. SIGTERM like Ctrl-C ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["generate", "judge"])
+@pytest.mark.parametrize("command", ["generate", "judge", "run"])
 def test_sigterm_lands_the_batch_in_flight_whole_writes_the_manifest_and_exits_143(tmp_path, command):
     prompts = write_prompts(tmp_path / "p.jsonl", 24)
     with StandinServer(delay=0.05) as server:
@@ -112,6 +112,16 @@ def test_sigterm_lands_the_batch_in_flight_whole_writes_the_manifest_and_exits_1
                     "--base-url", server.base_url, "--model", "standin", "--method", "pairwise", "--batch-size", "2", "--constitution", str(REPO / "principles.yaml"),
                     "--concurrency", "1", "--principles-per-pair", "3"]
             out = tmp_path / "prefs.jsonl"
+        elif command == "run":
+            import yaml
+
+            recipe = tmp_path / "recipe.yaml"
+            recipe.write_text(yaml.safe_dump({
+                "run_dir": str(tmp_path / "run"), "constitution": str(REPO / "principles.yaml"),
+                "generate": {"prompts": str(prompts), "backend": "openai", "base_url": server.base_url,
+                             "model": "standin", "temperature": 0.0, "batch_size": 2, "concurrency": 1}}))
+            args = ["run", "--recipe", str(recipe)]
+            out = tmp_path / "run" / "revisions.jsonl"
         else:
             args = generate_args(prompts, revisions, server.base_url, batch_size=2, concurrency=1)
             out = revisions
@@ -127,9 +137,11 @@ def test_sigterm_lands_the_batch_in_flight_whole_writes_the_manifest_and_exits_1
     rows = rows_of(out)  # every line is a whole row
     manifest = manifest_of(out)
     assert manifest["counts"]["stopped"] == "terminated"
-    assert manifest["counts"]["rows" if command == "generate" else "pairs"] == len(rows) > 0
+    assert manifest["counts"]["pairs" if command == "judge" else "rows"] == len(rows) > 0
     assert len(rows) % 2 == 0 or command == "judge"  # generate's batches of 2 land whole
     assert not Path(str(out) + ".lock").exists()
+    if command == "run":
+        return  # the rest of the recipe (training) is not for the stand-in
     # The same command again resumes and finishes.
     with StandinServer() as server:
         args[args.index("--base-url") + 1] = server.base_url
