@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 
-import jsonlines
-
 from core.errors import UserError
 from core.redact import redact_values
 
