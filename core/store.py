@@ -353,19 +353,22 @@ def check_own_output(out: Path, stage: str, looks_like_ours: Callable[[dict], bo
     manifest = read_manifest(out)
     if manifest is not None and manifest.get("stage") == stage:
         return
-    for number, line in iter_lines(out, "output", flag):
-        if not line.strip():
-            continue
-        try:
-            row = parse_json_line(line)
-        except ValueError:
-            row = None
-        if isinstance(row, dict) and looks_like_ours(row):
-            return
-        raise UserError(
-            f"{flag} {out} exists and is not an output of `cai {stage}` (line {number} is not one of its rows); "
-            f"it was left as it is: choose another {flag}"
-        )
+    with open(out, "rb") as handle:
+        for number, line in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if not line.strip():
+                continue
+            if not line.endswith(b"\n"):
+                return  # a torn last line (a killed run): the store cuts it off and redoes it
+            try:
+                row = parse_json_line(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and looks_like_ours(row):
+                return
+            raise UserError(
+                f"{flag} {out} exists and is not an output of `cai {stage}` (line {number} is not one of its rows); "
+                f"it was left as it is: choose another {flag}"
+            )
 
 
 def _holder_of(lock_path: Path) -> str:
