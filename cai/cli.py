@@ -88,8 +88,8 @@ def _dispatch(argv: list[str] | None) -> int:
     from core.signals import (TERMINATED_EXIT, Terminated, children, install_sigterm_handler, reap_children,
                               restore_sigterm_handler)
 
-    previous_handler = install_sigterm_handler()
     before = children()  # processes the caller already had (a test's server) are not ours to end
+    previous_handler = install_sigterm_handler(keep=before)
     try:
         function = getattr(importlib.import_module(module_name), function_name)
         return int(function(rest) or 0)

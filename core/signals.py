@@ -21,6 +21,7 @@ class Terminated(KeyboardInterrupt):
 
 
 _seen_children: set[int] = set()
+_kept_children: set[int] = set()  # processes the caller had before the command: never ended here
 
 
 def _descendants() -> set[int]:
@@ -33,13 +34,18 @@ def _descendants() -> set[int]:
 
 
 def _on_sigterm(signum, frame):
-    # The engine's processes, noted now: one that loses its parent while we stop is still found.
-    _seen_children.update(_descendants())
+    # The engine's processes end first: vLLM's clean-up of an engine still starting waits on its
+    # handshake (minutes) and would hold the command; a batch in flight is dropped anyway.
+    _seen_children.update(_descendants() - _kept_children)
+    _end(_seen_children, grace=3.0)
     raise Terminated
 
 
-def install_sigterm_handler():
-    """SIGTERM raises Terminated in the main thread (a no-op elsewhere); returns the handler it replaced."""
+def install_sigterm_handler(keep: set[int] = frozenset()):
+    """SIGTERM ends the command's child processes, then raises Terminated in the main thread (a no-op
+    elsewhere); ``keep`` are processes that existed before the command.  Returns the handler it replaced."""
+    _kept_children.clear()
+    _kept_children.update(keep)
     if threading.current_thread() is threading.main_thread():
         return signal.signal(signal.SIGTERM, _on_sigterm)
     return None
@@ -58,10 +64,14 @@ def children() -> set[int]:
 
 def reap_children(keep: set[int], grace: float = 5.0) -> list[int]:
     """End every descendant not in ``keep`` (the ones that existed before the command): TERM, then KILL."""
-    import psutil
-
     pids = (_descendants() | _seen_children) - keep
     _seen_children.clear()
+    return _end(pids, grace)
+
+
+def _end(pids: set[int], grace: float) -> list[int]:
+    import psutil
+
     processes = []
     for pid in pids:
         with contextlib.suppress(psutil.Error):
@@ -92,7 +102,7 @@ def hold_interrupts():
             restored = handler if handler is not None else signal.default_int_handler
             signal.signal(sig, restored)
         if signal.SIGTERM in caught:
-            _seen_children.update(_descendants())
+            _seen_children.update(_descendants() - _kept_children)
             raise Terminated
         if caught:
             raise KeyboardInterrupt

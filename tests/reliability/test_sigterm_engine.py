@@ -64,6 +64,13 @@ def test_sigterm_leaves_no_engine_process_behind(tmp_path, moment):
     finally:
         if process.poll() is None:
             process.kill()
+        left = _alive(seen)
+        for pid in seen:  # a failed trial must not leave engines running on a shared machine
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+        assert not left, f"engine processes outlived the command: {left}"
     text = log.read_text()
     assert code == 143, text[-3000:]
     assert "terminated (SIGTERM)" in text and "Traceback" not in text, text[-3000:]
