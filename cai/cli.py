@@ -99,7 +99,12 @@ def _dispatch(argv: list[str] | None) -> int:
     except Terminated:
         print("terminated (SIGTERM): finished batches are saved; run the same command again to resume.",
               file=sys.stderr)
-        return TERMINATED_EXIT
+        reap_children(before)
+        # End now: an engine stopped during its start-up can leave threads that would hold the
+        # interpreter's exit for minutes; everything written is already on disk (fsynced).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(TERMINATED_EXIT)
     except KeyboardInterrupt:
         print("interrupted: finished batches are saved; run the same command again to resume.", file=sys.stderr)
         return 130

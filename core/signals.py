@@ -70,20 +70,34 @@ def reap_children(keep: set[int], grace: float = 5.0) -> list[int]:
 
 
 def _end(pids: set[int], grace: float) -> list[int]:
+    """TERM our direct children first (vLLM's engine core then shuts its workers down itself), then
+    whatever of ``pids`` is left; KILL what is still alive after ``grace`` seconds."""
     import psutil
 
     processes = []
     for pid in pids:
         with contextlib.suppress(psutil.Error):
-            process = psutil.Process(pid)
-            process.terminate()
-            processes.append(process)
-    _, alive = psutil.wait_procs(processes, timeout=grace)
-    for process in alive:
+            processes.append(psutil.Process(pid))
+    direct = [p for p in processes if _parent_pid(p) == psutil.Process().pid]
+    for group in (direct, processes):
+        for process in group:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        psutil.wait_procs(group, timeout=grace)
+    for process in processes:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    psutil.wait_procs(alive, timeout=grace)
+    psutil.wait_procs(processes, timeout=grace)
     return [process.pid for process in processes]
+
+
+def _parent_pid(process) -> int | None:
+    import psutil
+
+    try:
+        return process.ppid()
+    except psutil.Error:
+        return None
 
 
 @contextlib.contextmanager

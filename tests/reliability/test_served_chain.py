@@ -33,7 +33,8 @@ def test_demo_critique_chain_through_the_readme_server_command(vllm_server, serv
     # The README's generate command on the demo prompts, with their default sampling (seeded, temperature 0.7)
     # and the default token budget, so the critique and revision prompts are as long as the demo's.
     code = cai_main(["generate", "--backend", "openai", "--base-url", vllm_server, "--model", served_model,
-                     "--prompts", str(REPO / "prompts" / "demo.jsonl"), "--out", str(out), "--limit", "6"])
+                     "--prompts", str(REPO / "prompts" / "demo.jsonl"),
+                     "--constitution", str(REPO / "principles.yaml"), "--out", str(out), "--limit", "6"])
     err = capsys.readouterr().err
     assert code == 0, err
     rows = rows_of(out)
