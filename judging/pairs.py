@@ -30,7 +30,7 @@ from generation.checks import RowChecker
 from core.backends.base import Backend, Sampling
 from core.model import DEFAULT_MODEL, resolve_model
 from core.progress import Progress
-from core.redact import redact_url, redact_values
+from core.redact import redact_values
 from core.signals import Terminated, hold_interrupts
 from core.schema import (DRAFT, REVISION, GenerationRow, MessageError, SampleRecord, parse_messages, parse_step,
                          validate_fields)
@@ -436,7 +436,7 @@ def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_b
     judged_before = len(cache)
     config_record = {
         "input": str(config.input), "mode": config.mode, "judge": settings.as_dict(),
-        "backend": config.resolved_judge_backend, "base_url": redact_url(config.resolved_judge_base_url),
+        "backend": config.resolved_judge_backend,
         "principles_per_pair": config.principles_per_pair, "principle_ids": config.principle_id_list(),
         "min_margin": config.min_margin, "require_orders_agree": config.require_orders_agree, "seed": config.seed,
         "keep_flagged": config.keep_flagged}

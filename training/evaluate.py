@@ -22,6 +22,7 @@ from core.errors import UserError
 from constitution.loader import load_constitution
 from core.backends.base import Backend, Sampling
 from core.backends.registry import backend_identity
+from core.model import DEFAULT_MODEL, resolve_model
 from generation.prompts import read_prompts
 from core.store import atomic_write_text, check_outputs
 from judging.config import JudgeModelConfig
@@ -91,9 +92,11 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None, log=None)
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     check_outputs("eval", {"--out": config.out}, {"--prompts": config.prompts, "--constitution": config.constitution,
                                                    "--pairs": config.pairs})
-    for flag, name in (("--trained-model", config.trained_model), ("--base-model", config.base_model),
-                       ("--reward-model", config.reward_model)):
-        if name:
+    folders = [("--reward-model", config.reward_model)]
+    if config.backend == "vllm":
+        folders += [("--trained-model", config.trained_model), ("--base-model", config.base_model)]
+    for flag, name in folders:
+        if name and name != DEFAULT_MODEL:
             resolve_model(name, flag)  # a missing folder is refused before any model loads
     constitution = load_constitution(config.constitution)
     prompts = read_prompts(config.prompts, config.limit)
