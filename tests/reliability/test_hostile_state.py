@@ -39,7 +39,7 @@ def test_a_secret_in_the_url_or_the_key_reaches_no_file_and_no_output(tmp_path):
         runs = [
             generate_args(prompts, tmp_path / "r.jsonl", url, "--examples", "2"),
             ["judge", "--in", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "prefs.jsonl"), "--backend",
-             "openai", "--base-url", url, "--model", "standin", "--method", "pairwise"],
+             "openai", "--base-url", url, "--model", "standin", "--method", "pairwise", "--keep-flagged"],
             ["judge", "agreement", "--pairs", str(HUMAN_PAIRS), "--limit", "3", "--backend", "openai", "--base-url",
              url, "--model", "standin", "--method", "pairwise", "--out", str(tmp_path / "agreement.json"),
              "--details", str(tmp_path / "details.jsonl")],
@@ -108,7 +108,8 @@ def test_sigterm_lands_the_batch_in_flight_whole_writes_the_manifest_and_exits_1
         if command == "judge":
             assert cai_main(generate_args(prompts, revisions, server.base_url)) == 0
             args = ["judge", "--in", str(revisions), "--out", str(tmp_path / "prefs.jsonl"), "--backend", "openai",
-                    "--base-url", server.base_url, "--model", "standin", "--method", "pairwise", "--batch-size", "2", "--constitution", str(REPO / "principles.yaml"),
+                    "--base-url", server.base_url, "--model", "standin", "--method", "pairwise", "--keep-flagged",
+                    "--batch-size", "2", "--constitution", str(REPO / "principles.yaml"),
                     "--concurrency", "1", "--principles-per-pair", "3"]
             out = tmp_path / "prefs.jsonl"
         elif command == "run":
@@ -190,7 +191,7 @@ def test_damaged_or_hand_edited_cache_lines_are_skipped_and_redone(tmp_path, cap
         assert cai_main(generate_args(prompts, tmp_path / "r.jsonl", server.base_url)) == 0
         args = ["judge", "--in", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "prefs.jsonl"), "--backend",
                 "openai", "--base-url", server.base_url, "--model", "standin", "--method", "pairwise",
-                "--constitution", str(REPO / "principles.yaml")]
+                "--keep-flagged", "--constitution", str(REPO / "principles.yaml")]
         assert cai_main(args) == 0
         reference = rows_of(tmp_path / "prefs.jsonl")
         cache = tmp_path / "prefs.jsonl.judgements.jsonl"
