@@ -167,7 +167,7 @@ def bench_resume(settings: dict, results: dict) -> None:
         times = []
         for repeat in range(settings["resume_repeats"]):
             started = time.perf_counter()
-            result = generate(config, backend=backend, log=lambda m: None)
+            result = generate(config, backend=backend)
             times.append(time.perf_counter() - started)
             assert result["counts"]["generated"] == 0 and result["counts"]["already_done"] == count, result["counts"]
             log(f"  resume {repeat + 1}: {times[-1]:.2f} s")
@@ -200,7 +200,7 @@ def bench_resume(settings: dict, results: dict) -> None:
         log(f"  resume phases: {phases}")
         profile = cProfile.Profile()
         profile.enable()
-        generate(config, backend=backend, log=lambda m: None)
+        generate(config, backend=backend)
         profile.disable()
         stream = io.StringIO()
         stats = pstats.Stats(profile, stream=stream).sort_stats("tottime")
@@ -224,11 +224,11 @@ def memory_run(size: int) -> dict:
         _prompts_file(prompts, size)
         backend = _FatScripted()
         tracemalloc.start()
-        generate(_config(prompts, out), backend=backend, log=lambda m: None)
+        generate(_config(prompts, out), backend=backend)
         _, fresh_peak = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         _prompts_file(prompts, size + 100)
-        result = generate(_config(prompts, out), backend=backend, log=lambda m: None)
+        result = generate(_config(prompts, out), backend=backend)
         _, rerun_peak = tracemalloc.get_traced_memory()
         # What is still held when generate returns (its result keeps every row alive): the biggest allocation sites.
         snapshot = tracemalloc.take_snapshot()

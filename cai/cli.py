@@ -80,6 +80,9 @@ def _dispatch(argv: list[str] | None) -> int:
         return 0
     # Nothing here may reach a model hub unless the user allows it.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from core.log import configure as configure_logging
+
+    configure_logging()
     name, rest = _find_command(argv)
     target, _ = COMMANDS[name]
     module_name, function_name = target.split(":")
@@ -108,6 +111,8 @@ def _dispatch(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished batches are saved; run the same command again to resume.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # our stdout closed by its reader: main() ends quietly
     except OSError as exc:
         # A last resort: the stages turn the failures they expect into UserErrors where they happen.
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""

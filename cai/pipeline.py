@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.log import get_logger
 from core.config import build_config, check_values, did_you_mean
 from core.errors import UserError
 from core.hashing import stable_hash
@@ -34,6 +34,9 @@ from judging.judge_check import check_judge, judge_check_config
 from judging.pairs import run_judge, sft_path
 from training.evaluate import EvalConfig, evaluate, format_eval
 from training.methods import TrainingMethod, get_method
+
+logger = get_logger(__name__)
+
 
 SECTIONS = ("generate", "judge", "train", "eval")
 TOP_LEVEL = ("run_dir", "constitution", "model", "seed", "judge_check", *SECTIONS)
@@ -218,7 +221,7 @@ def _write_stamp(stamp_path: Path, key: str, stamp: dict) -> None:
     atomic_write_text(stamp_path, json.dumps(record, indent=2, default=str) + "\n")
 
 
-def _train(step: TrainStep, keys: dict[str, str], log) -> str:
+def _train(step: TrainStep, keys: dict[str, str]) -> str:
     """Run one training step unless its folder was written from the same inputs; returns its stamp key.
 
     A later step that uses this folder (ppo's reward model) has this key in its own stamp, so it reruns
@@ -231,10 +234,10 @@ def _train(step: TrainStep, keys: dict[str, str], log) -> str:
     key = stable_hash(stamp)
     stamp_path = step.folder / "cai_stage.json"
     if _current(stamp_path, key):
-        log(f"[run] train {step.method.name}: {step.folder} is up to date, skipped")
+        logger.info(f"[run] train {step.method.name}: {step.folder} is up to date, skipped")
         return key
     summary = train(config)
-    log(f"[run] train {step.method.name}: wrote {step.folder} ({summary['global_step']} steps)")
+    logger.info(f"[run] train {step.method.name}: wrote {step.folder} ({summary['global_step']} steps)")
     _write_stamp(stamp_path, key, stamp)
     return key
 
@@ -242,8 +245,8 @@ def _train(step: TrainStep, keys: dict[str, str], log) -> str:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
+    log = logger.info
     plan = plan_run(recipe_path)
     judge_check = judge_check_config(plan.recipe.data.get("judge_check"), str(plan.recipe.path))
     run_dir = plan.run_dir
@@ -266,16 +269,15 @@ def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
         if judge_check is not None:  # before any work the judge's labels would decide
             log("[run] judge check")
             judge_figure = check_judge(judge_check, plan.judge, run_dir / "judge_check.json",
-                                       backend_factory=policy_factory if plan.judge.judge_is_policy() else None,
-                                       log=log)
+                                       backend_factory=policy_factory if plan.judge.judge_is_policy() else None)
         log("[run] 1/4 generate")
-        generate(plan.generate, backend_factory=policy_factory, log=log)
+        generate(plan.generate, backend_factory=policy_factory)
         timings["generate_s"] = time.monotonic() - started
 
         started = time.monotonic()
         log("[run] 2/4 judge")
         judge_backend = policy if plan.judge.judge_is_policy() else None
-        result = run_judge(plan.judge, backend=judge_backend, policy_backend=policy, log=log)
+        result = run_judge(plan.judge, backend=judge_backend, policy_backend=policy)
         timings["judge_s"] = time.monotonic() - started
         pairs_path = Path(plan.judge.out)
         if not pairs_path.exists() or not pairs_path.read_text().strip():
@@ -285,12 +287,12 @@ def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
         keys: dict[str, str] = {}
         for step in plan.train:
             log(f"[run] 3/4 train {step.method.name}")
-            keys[step.method.name] = _train(step, keys, log)
+            keys[step.method.name] = _train(step, keys)
         timings["train_s"] = time.monotonic() - started
 
         started = time.monotonic()
         log("[run] 4/4 eval")
-        evaluation = _eval(plan, policy, log)
+        evaluation = _eval(plan, policy)
         timings["eval_s"] = time.monotonic() - started
     finally:
         if policy is not None:
@@ -313,7 +315,7 @@ def run_pipeline_from_recipe(recipe_path: str | Path, log=None) -> dict:
     return summary
 
 
-def _eval(plan: RunPlan, policy, log) -> dict:
+def _eval(plan: RunPlan, policy) -> dict:
     """Eval, skipped when the trained folders' stamps (written anew by every training), its settings and the
     files it reads are unchanged."""
     config = plan.eval
@@ -326,13 +328,13 @@ def _eval(plan: RunPlan, policy, log) -> dict:
     if _current(stamp_path, key):
         try:
             evaluation = json.loads(out.read_text())
-            log(f"[run] eval: {out} is up to date, skipped")
+            logger.info(f"[run] eval: {out} is up to date, skipped")
             return evaluation
         except (OSError, ValueError):
             pass  # the result is gone or torn: evaluate again
     judge_for_eval = policy if (policy is not None and config.judge_model in (None, plan.base)
                                 and policy.model == resolve_model(plan.base)) else None
-    evaluation = evaluate(config, judge_backend=judge_for_eval, log=log)
+    evaluation = evaluate(config, judge_backend=judge_for_eval)
     _write_stamp(stamp_path, key, stamp)
     return evaluation
 

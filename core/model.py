@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from core.errors import UserError
+from core.log import get_logger
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -98,7 +99,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"Converting the embedded default model {gguf.name} to {target} (once) ...", flush=True)
+    get_logger(__name__).info(f"Converting the embedded default model {gguf.name} to {target} (once) ...")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses GGUF-loaded models: rebuild from a plain config and copy the weights.

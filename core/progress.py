@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 import time
+
+from .log import get_logger
+
+logger = get_logger(__name__)
 
 
 def _duration(seconds: float) -> str:
@@ -14,9 +17,8 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, total: int, stream=None):
+    def __init__(self, label: str, total: int):
         self.label, self.total = label, total
-        self.stream = stream or sys.stderr
         self.done = 0
         self.started = time.monotonic()
         self.output_tokens = 0
@@ -24,16 +26,15 @@ class Progress:
     def stage(self, name: str, count: int, output_tokens: int, seconds: float) -> None:
         self.output_tokens += output_tokens
         rate = output_tokens / seconds if seconds > 0 else 0.0
-        print(f"[{self.label}] {name}: {count} calls, {output_tokens} tokens in {seconds:.1f}s ({rate:.0f} tok/s)",
-              file=self.stream, flush=True)
+        logger.info(f"[{self.label}] {name}: {count} calls, {output_tokens} tokens in {seconds:.1f}s ({rate:.0f} tok/s)")
 
     def advance(self, count: int) -> None:
         self.done += count
         elapsed = time.monotonic() - self.started
         rate = self.output_tokens / elapsed if elapsed > 0 else 0.0
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-        print(f"[{self.label}] {self.done}/{self.total} rows | {rate:.0f} output tok/s | "
-              f"elapsed {_duration(elapsed)} | ETA {_duration(eta)}", file=self.stream, flush=True)
+        logger.info(f"[{self.label}] {self.done}/{self.total} rows | {rate:.0f} output tok/s | "
+                    f"elapsed {_duration(elapsed)} | ETA {_duration(eta)}")
 
 
 def shorten(text: str, width: int = 300) -> str:

@@ -9,8 +9,13 @@ process the command started, whatever moment it stopped at (engine start-up incl
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import signal
+import socket
+import sys
 import threading
+import time
 
 #: Exit status of a command stopped by SIGTERM (128 + 15), as a shell reports it.
 TERMINATED_EXIT = 143
@@ -33,7 +38,12 @@ def _descendants() -> set[int]:
         return set()
 
 
+_handled = threading.Event()  # the main thread has run the SIGTERM handler
+_watcher: threading.Thread | None = None
+
+
 def _on_sigterm(signum, frame):
+    _handled.set()
     # The engine's processes end first: vLLM's clean-up of an engine still starting waits on its
     # handshake (minutes) and would hold the command; a batch in flight is dropped anyway.
     _seen_children.update(_descendants() - _kept_children)
@@ -41,12 +51,63 @@ def _on_sigterm(signum, frame):
     raise Terminated
 
 
+def _main_thread_in_zmq() -> bool:
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    return frame is not None and f"{os.sep}zmq{os.sep}" in frame.f_code.co_filename
+
+
+def _watch(wakeup: socket.socket) -> None:
+    """Make sure a SIGTERM stops the main thread.
+
+    Python runs signal handlers in the main thread only, between bytecodes.  While vLLM starts its
+    engine, the main thread waits in pyzmq's poll, which runs the handler on EINTR but drops the
+    exception it raises and polls again (for minutes).  So: the signal is sent again to the main
+    thread when another thread received it, and while the main thread is still in pyzmq after the
+    handler ran, ``Terminated`` is raised there asynchronously (pyzmq builds its EINTR exception in
+    Python code, where the pending exception fires and leaves the poll).
+    """
+    while True:
+        try:
+            data = wakeup.recv(64)
+        except OSError:
+            return
+        if not data:
+            return
+        if signal.SIGTERM not in data:
+            continue
+        main = threading.main_thread().ident
+        if not _handled.wait(1.0):
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_kill(main, signal.SIGTERM)
+        for _ in range(30):
+            time.sleep(1.0)
+            if not _main_thread_in_zmq():
+                continue
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(main), ctypes.py_object(Terminated))
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_kill(main, signal.SIGTERM)
+
+
+def _start_watcher() -> None:
+    global _watcher
+    if _watcher is not None:
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    _watcher = threading.Thread(target=_watch, args=(reader,), name="cai-sigterm-watcher", daemon=True)
+    _watcher._cai_sockets = (reader, writer)  # kept open for the process's life
+    _watcher.start()
+
+
 def install_sigterm_handler(keep: set[int] = frozenset()):
     """SIGTERM ends the command's child processes, then raises Terminated in the main thread (a no-op
     elsewhere); ``keep`` are processes that existed before the command.  Returns the handler it replaced."""
     _kept_children.clear()
     _kept_children.update(keep)
+    _handled.clear()
     if threading.current_thread() is threading.main_thread():
+        _start_watcher()
         return signal.signal(signal.SIGTERM, _on_sigterm)
     return None
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from core.log import get_logger
 from core.errors import UserError
 from constitution.loader import load_constitution
 
@@ -35,6 +35,8 @@ from core.store import (
 # rounds may change (those rows are regenerated incrementally).  Each row records them
 # too, so a lost or damaged manifest does not switch the check off.
 _RESUME_KEYS = ("model", "sampling", "seed")
+
+logger = get_logger(__name__)
 
 
 def is_generate_row(row: dict) -> bool:
@@ -102,7 +104,6 @@ def generate(
     config: GenerateConfig,
     backend: Backend | None = None,
     backend_factory: Callable[[GenerateConfig], Backend] | None = None,
-    log=None,
 ) -> dict:
     """Run (or resume) generation; return the manifest's counts.
 
@@ -118,12 +119,12 @@ def generate(
     if config.backend == "vllm" and config.model != DEFAULT_MODEL:
         resolve_model(config.model)  # a missing folder is refused before any work
     with exclusive_output(out):
-        return _generate(config, out, backend, backend_factory, log)
+        return _generate(config, out, backend, backend_factory)
 
 
 def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
-              backend_factory: Callable[[GenerateConfig], Backend] | None, log) -> dict:
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+              backend_factory: Callable[[GenerateConfig], Backend] | None) -> dict:
+    log = logger.info
     constitution = load_constitution(config.constitution)
     settings = chain_settings(config)
     task = CritiqueReviseTask(constitution, settings, str(config.prompts))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.log import get_logger
 from core.errors import UserError
 from core.hashing import stable_hash
 from constitution.loader import load_constitution
@@ -28,6 +28,9 @@ from .judge import Comparison, Judge
 from .pairs import read_jsonl, select_principles
 from .report import ComparisonStats, principle_table
 from .scoring import ensemble
+
+logger = get_logger(__name__)
+
 
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -106,8 +109,8 @@ def read_human_pairs(path: str | Path, limit: int | None = None) -> list[HumanPa
     return pairs
 
 
-def run_agreement(config: AgreementConfig, backend: Backend | None = None, log=None) -> dict:
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+def run_agreement(config: AgreementConfig, backend: Backend | None = None) -> dict:
+    log = logger.info
     check_outputs("judge agreement", {"--out": config.out, "--details": config.details},
                   {"--pairs": config.pairs, "--constitution": config.constitution})
     constitution = load_constitution(config.constitution)

@@ -13,12 +13,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.log import get_logger
 from core.config import build_config, check_rules
 from core.errors import UserError
 from core.hashing import stable_hash
 from core.store import atomic_write_text
 
 from .config import AgreementConfig, JudgeModelConfig
+
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -65,7 +69,8 @@ def _verdict(result: dict, check: JudgeCheckConfig) -> str | None:
     return " and ".join(problems) or None
 
 
-def check_judge(check: JudgeCheckConfig, judge: JudgeModelConfig, out: Path, backend_factory=None, log=print) -> dict:
+def check_judge(check: JudgeCheckConfig, judge: JudgeModelConfig, out: Path, backend_factory=None) -> dict:
+    log = logger.info
     """Measure ``judge`` on ``check.pairs`` (or reuse the figure in ``out``); stop the run when it fails.
 
     ``backend_factory`` gives an engine already serving the judge (the run's policy); called only to measure.
@@ -91,7 +96,7 @@ def check_judge(check: JudgeCheckConfig, judge: JudgeModelConfig, out: Path, bac
         log(f"[run] judge check: reusing the figure in {out}")
     else:
         config = AgreementConfig(pairs=check.pairs, limit=check.limit, **options)
-        result = {k: v for k, v in run_agreement(config, backend=backend_factory() if backend_factory else None, log=log).items() if k != "text"}
+        result = {k: v for k, v in run_agreement(config, backend=backend_factory() if backend_factory else None).items() if k != "text"}
         atomic_write_text(out, json.dumps({"key": key, "result": result}, indent=2) + "\n")
     reason = _verdict(result, check)
     figure = (f"judge {result['judge']['model']} (method {result['judge']['method']}) agrees with {check.pairs} "

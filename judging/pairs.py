@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from constitution.assignment import assign_principles
+from core.log import get_logger
 from core.errors import UserError
+from core.config import did_you_mean
 from core.hashing import stable_hash
 from constitution.loader import load_constitution
 from constitution.schema import Constitution, Principle
@@ -52,6 +53,9 @@ from .judge import Comparison, Judge, Verdict, is_valid_judgement
 from .report import JudgeReport, format_judge_report
 from .scoring import ensemble
 
+logger = get_logger(__name__)
+
+
 GENERATE_FIELDS = ("prompt", "initial_response", "final_response", "rounds")  # what revision mode needs
 
 
@@ -79,10 +83,7 @@ def select_principles(constitution: Constitution, config: JudgeModelConfig, key:
         known = {p.id: p for p in constitution.principles}
         unknown = [i for i in ids if i not in known]
         if unknown:
-            import difflib
-
-            hints = [f"{u!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, known, n=1)) else "")
-                     for u in unknown]
+            hints = [f"{u!r}" + (f" ({hint[2:]})" if (hint := did_you_mean(u, known)) else "") for u in unknown]
             raise UserError(f"--principle-ids: unknown principle(s) {', '.join(hints)} in {config.constitution}")
         return [known[i] for i in ids]
     chosen = assign_principles(key, constitution.principles, config.principles_per_pair, config.seed)
@@ -378,7 +379,7 @@ def _load_cache(store: JsonlStore, valid, log) -> dict[str, dict]:
 
 
 def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backend: Backend | None = None,
-              log=None) -> dict:
+              ) -> dict:
     """Run (or resume) ``cai judge``; returns counts, the report and the pairs."""
     out = Path(config.out)
     outputs = {"--out": out, "--sft-out": sft_path(config), "its manifest": manifest_path(out),
@@ -394,11 +395,11 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
         if backend_name == "vllm" and name != DEFAULT_MODEL:
             resolve_model(name, flag)  # a missing folder is refused before any work
     with exclusive_output(out):
-        return _run_judge(config, out, backend, policy_backend, log)
+        return _run_judge(config, out, backend, policy_backend)
 
 
-def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_backend: Backend | None, log) -> dict:
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_backend: Backend | None) -> dict:
+    log = logger.info
     constitution = load_constitution(config.constitution)
     settings = judge_settings(config)
     # Every input row is checked before anything is written.

@@ -155,7 +155,7 @@ def test_a_registered_backend_is_built_from_a_generate_config(echo, tmp_path):
     write_prompts(tmp_path / "p.jsonl", 2)
     config = GenerateConfig(prompts=str(tmp_path / "p.jsonl"), out=str(tmp_path / "o.jsonl"), constitution=CONSTITUTION,
                             backend="echo", model="m", rounds=0, concurrency=1)
-    assert generate(config, log=lambda message: None)["counts"]["generated"] == 2
+    assert generate(config)["counts"]["generated"] == 2
     assert len(echo.built) == 1
 
 

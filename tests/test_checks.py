@@ -131,10 +131,11 @@ def file_rows(path) -> list[dict]:
     return [json.loads(line) for line in open(path)]
 
 
-def test_generate_stores_flags_and_a_rerun_refreshes_rows_written_without_them(tmp_path):
+def test_generate_stores_flags_and_a_rerun_refreshes_rows_written_without_them(tmp_path, caplog):
     cfg = generate_config(tmp_path)
-    said: list[str] = []
-    result = generate(cfg, backend=ScriptedBackend(), log=said.append)
+    caplog.set_level("INFO", logger="cai")
+    result = generate(cfg, backend=ScriptedBackend())
+    said = caplog.messages
     rows = file_rows(cfg.out)
     # The stand-in's revision is "reply#N to: Rewrite your response ...": it talks about "your response".
     assert all(row["flags"] == CHECKER.flags(row) and row["flags"] for row in rows)
@@ -142,7 +143,7 @@ def test_generate_stores_flags_and_a_rerun_refreshes_rows_written_without_them(t
     assert any(line.startswith("checks: 3 of 3 rows flagged (") for line in said)
     # An output written before the checks existed: the rerun adds flags, regenerating nothing.
     Path(cfg.out).write_text("".join(json.dumps({k: v for k, v in row.items() if k != "flags"}) + "\n" for row in rows))
-    again = generate(cfg, backend_factory=no_engine, log=lambda m: None)
+    again = generate(cfg, backend_factory=no_engine)
     assert again["counts"]["generated"] == 0 and again["counts"]["flags_refreshed"] == 3
     assert file_rows(cfg.out) == rows
 
@@ -150,7 +151,7 @@ def test_generate_stores_flags_and_a_rerun_refreshes_rows_written_without_them(t
 def test_direct_revision_is_the_chain_without_exemplars_and_starts_an_answer(tmp_path):
     backend = ScriptedBackend()
     cfg = generate_config(tmp_path, revision_style="direct")
-    generate(cfg, backend=backend, log=lambda m: None)
+    generate(cfg, backend=backend)
     revisions = [c for c in backend.calls if c[-1]["role"] == "assistant"]
     assert len(revisions) == 3
     exemplar_question = CHECKER.context.exemplar_texts and "pick the lock"
@@ -165,6 +166,6 @@ def test_direct_revision_is_the_chain_without_exemplars_and_starts_an_answer(tmp
     # The chain is the default; the same prompts in the chain share the drafts, not the rounds.
     chain = generate_config(tmp_path, out=str(tmp_path / "chain.jsonl"))
     assert chain.revision_style == "chain"
-    generate(chain, backend=ScriptedBackend(), log=lambda m: None)
+    generate(chain, backend=ScriptedBackend())
     assert file_rows(chain.out)[0]["fingerprint"] != row["fingerprint"]
     assert file_rows(chain.out)[0]["draft_fingerprint"] == row["draft_fingerprint"]

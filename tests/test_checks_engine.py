@@ -25,7 +25,7 @@ def test_default_model_rows_carry_their_flags(tmp_path, vllm_backend, revision_s
     # The demo's sampling with fewer tokens: a 48-token limit cuts some revisions off, so flags are certain.
     cfg = GenerateConfig(prompts=str(prompts), out=str(tmp_path / "out.jsonl"), constitution=str(REPO / "principles.yaml"),
                          max_tokens=48, temperature=0.7, rounds=1, examples=0, revision_style=revision_style)
-    result = generate(cfg, backend=vllm_backend, log=lambda m: None)
+    result = generate(cfg, backend=vllm_backend)
     rows = [json.loads(line) for line in Path(cfg.out).read_text().splitlines()]
     checker = RowChecker(load_constitution(cfg.constitution))
     assert len(rows) == 4

@@ -41,7 +41,7 @@ def engine_run(tmp_path_factory, vllm_backend):
     constitution.write_text((REPO / "principles.yaml").read_text())
     cfg = GenerateConfig(prompts=str(prompts), out=str(tmp / "out.jsonl"), constitution=str(constitution),
                          max_tokens=32, temperature=0.0, rounds=1, examples=0)
-    result = generate(cfg, backend=vllm_backend, log=lambda m: None)
+    result = generate(cfg, backend=vllm_backend)
     return cfg, result
 
 
@@ -69,7 +69,7 @@ def test_output_loads_with_datasets(engine_run):
 
 def test_second_run_generates_nothing_and_loads_no_model(engine_run):
     cfg, _ = engine_run
-    result = generate(cfg, backend_factory=no_engine, log=lambda m: None)
+    result = generate(cfg, backend_factory=no_engine)
     assert result["counts"]["generated"] == 0 and result["counts"]["already_done"] == 4
 
 
@@ -97,7 +97,7 @@ def test_edited_principle_regenerates_only_its_rows(engine_run, vllm_backend):
             principle["revision_request"] = "Be brief. " + principle["revision_request"]
     Path(cfg.constitution).write_text(yaml.safe_dump(document, sort_keys=False))
     users = {i for i, r in before.items() if r["rounds"][0]["principle_id"] == target}
-    result = generate(cfg, backend=vllm_backend, log=lambda m: None)
+    result = generate(cfg, backend=vllm_backend)
     assert result["counts"]["generated"] == len(users)
     after = {r["id"]: r for r in rows_of(cfg.out)}
     assert set(after) == set(before)
@@ -154,7 +154,7 @@ def test_openai_backend_against_real_vllm_server(vllm_server, served_model, tmp_
     prompts.write_text('{"id": "a", "prompt": "How do I boil an egg?"}\n{"id": "b", "prompt": "Write a haiku."}\n')
     cfg = GenerateConfig(prompts=str(prompts), out=str(tmp_path / "o.jsonl"), backend="openai", base_url=vllm_server,
                          model=served_model, max_tokens=24, temperature=0.0, concurrency=4)
-    result = generate(cfg, log=lambda m: None)
+    result = generate(cfg)
     assert result["counts"]["generated"] == 2
     rows = rows_of(cfg.out)
     assert all(r["final_response"].strip() and r["model"] == served_model for r in rows)

@@ -23,7 +23,7 @@ def test_trained_folder_serves_in_vllm_and_eval_reports_win_rates(tmp_path, vllm
     prompts.write_text("\n".join(lines[:2] + lines[8:10]) + "\n")
     config = EvalConfig(trained_model=str(trained), prompts=str(prompts), out=str(tmp_path / "eval.json"),
                         max_tokens=24, principles_per_pair=1)
-    result = evaluate(config, judge_backend=vllm_backend, log=lambda m: None)
+    result = evaluate(config, judge_backend=vllm_backend)
 
     assert set(result["win_rate"]) == {"all", "harmful", "helpful"}
     overall = result["win_rate"]["all"]

@@ -31,7 +31,7 @@ def config(tmp_path: Path, **overrides) -> GenerateConfig:
 
 def run(cfg, backend=None):
     backend = backend or ScriptedBackend()
-    return generate(cfg, backend=backend, log=lambda m: None), backend
+    return generate(cfg, backend=backend), backend
 
 
 def rows_of(path) -> list[dict]:
@@ -77,7 +77,7 @@ def test_bad_prompts_generate_nothing(tmp_path):
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "fine"}\n{"oops": 1}\n')
     backend = ScriptedBackend()
     with pytest.raises(PromptFileError):
-        generate(config(tmp_path), backend=backend, log=lambda m: None)
+        generate(config(tmp_path), backend=backend)
     assert backend.calls == [] and not (tmp_path / "out.jsonl").exists()
 
 

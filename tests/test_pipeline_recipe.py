@@ -83,7 +83,7 @@ def test_sft_trains_on_the_judges_sft_file(tmp_path):
 def test_bad_recipes_fail_before_any_work_naming_file_and_line(tmp_path, change, key_line, message):
     path = _recipe(tmp_path, change)
     with pytest.raises(UserError) as info:
-        run_pipeline_from_recipe(path, log=lambda m: None)
+        run_pipeline_from_recipe(path)
     assert f"{path}:{_line_of(path, key_line)}:" in str(info.value) and message in str(info.value)
     assert not (tmp_path / "run").exists()
 
@@ -118,7 +118,7 @@ def test_a_train_step_reruns_only_when_its_inputs_change(tmp_path, monkeypatch):
     def run_chain():
         keys = {}
         for step in (reward, ppo):
-            keys[step.method.name] = _train(step, keys, log=lambda m: None)
+            keys[step.method.name] = _train(step, keys)
 
     run_chain()
     run_chain()
@@ -142,20 +142,20 @@ def test_eval_is_skipped_when_its_stamp_is_unchanged(tmp_path, monkeypatch):
     (folder / "cai_stage.json").write_text('{"key": "a"}\n')
     calls = []
 
-    def fake_evaluate(config, judge_backend=None, log=None):
+    def fake_evaluate(config, judge_backend=None):
         calls.append(config.max_tokens)
         result = {"win_rate": {"all": {"n": 1, "win_rate": 1.0, "ci95": [0.2, 1.0]}}, "call": len(calls)}
         Path(config.out).write_text(json.dumps(result))
         return result
 
     monkeypatch.setattr(cai.pipeline, "evaluate", fake_evaluate)
-    assert _eval(plan, None, lambda m: None)["call"] == 1
-    assert _eval(plan, None, lambda m: None)["call"] == 1  # read back from eval.json, not rerun
+    assert _eval(plan, None)["call"] == 1
+    assert _eval(plan, None)["call"] == 1  # read back from eval.json, not rerun
     prompts.write_text('{"prompt": "hello"}\n')
-    assert _eval(plan, None, lambda m: None)["call"] == 2  # the held-out prompts changed
+    assert _eval(plan, None)["call"] == 2  # the held-out prompts changed
     (folder / "cai_stage.json").write_text('{"key": "b"}\n')
-    assert _eval(plan, None, lambda m: None)["call"] == 3  # the model was trained again
+    assert _eval(plan, None)["call"] == 3  # the model was trained again
     plan.eval.max_tokens = 16
-    assert _eval(plan, None, lambda m: None)["call"] == 4  # an eval option changed
+    assert _eval(plan, None)["call"] == 4  # an eval option changed
     Path(plan.eval.out).unlink()
-    assert _eval(plan, None, lambda m: None)["call"] == 5  # the result is gone
+    assert _eval(plan, None)["call"] == 5  # the result is gone

@@ -13,11 +13,11 @@ pairs is reported too.
 from __future__ import annotations
 
 import json
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.log import get_logger
 from core.errors import UserError
 from constitution.loader import load_constitution
 from core.backends.base import Backend, Sampling
@@ -30,6 +30,9 @@ from judging.engines import judge_settings, make_judge_backend
 from judging.judge import Comparison, Judge
 from judging.pairs import select_principles
 from judging.scoring import ensemble, wilson_interval
+
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -88,8 +91,8 @@ def reward_accuracy(reward_model: str, pairs_path: str) -> dict:
     return {"pairs": len(rows), "accuracy": correct / len(rows) if rows else None, "ci95": [low, high]}
 
 
-def evaluate(config: EvalConfig, judge_backend: Backend | None = None, log=None) -> dict:
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
+    log = logger.info
     check_outputs("eval", {"--out": config.out}, {"--prompts": config.prompts, "--constitution": config.constitution,
                                                    "--pairs": config.pairs})
     folders = [("--reward-model", config.reward_model)]

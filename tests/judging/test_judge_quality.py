@@ -48,7 +48,7 @@ def run(tmp_path: Path, **overrides) -> dict:
     (tmp_path / "revisions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     config = JudgeConfig(input=str(tmp_path / "revisions.jsonl"), out=str(tmp_path / "prefs.jsonl"),
                          constitution=CONSTITUTION, method="pairwise", principles_per_pair=1, **overrides)
-    return run_judge(config, backend=PreferenceBackend(), log=lambda m: None)
+    return run_judge(config, backend=PreferenceBackend())
 
 
 def test_flagged_rows_are_left_out_and_counted_by_check(tmp_path):
@@ -94,8 +94,7 @@ def judge(**overrides) -> JudgeModelConfig:
 
 def test_judge_check_passes_a_judge_that_agrees(tmp_path):
     check = judge_check_config({"pairs": human_pairs(tmp_path / "h.jsonl", 30, 2), "min_agreement": 0.8}, "recipe.yaml")
-    result = check_judge(check, judge(), tmp_path / "judge_check.json", backend_factory=PreferenceBackend,
-                         log=lambda m: None)
+    result = check_judge(check, judge(), tmp_path / "judge_check.json", backend_factory=PreferenceBackend)
     assert result["passed"] and result["human_pairs"] == 32
 
 
@@ -103,37 +102,36 @@ def test_judge_check_stops_a_judge_at_chance(tmp_path):
     check = judge_check_config({"pairs": human_pairs(tmp_path / "h.jsonl", 11, 9), "min_agreement": 0.5},
                                "recipe.yaml")
     with pytest.raises(UserError) as info:
-        check_judge(check, judge(), tmp_path / "judge_check.json", backend_factory=PreferenceBackend,
-                    log=lambda m: None)
+        check_judge(check, judge(), tmp_path / "judge_check.json", backend_factory=PreferenceBackend)
     message = str(info.value)
     assert "judge check failed" in message and "0.550 of 20 pairs" in message
     assert "includes 0.5 (not distinguishable from chance)" in message and "allow_chance: true" in message
 
 
-def test_judge_check_below_min_agreement_stops_and_allow_chance_goes_on(tmp_path):
+def test_judge_check_below_min_agreement_stops_and_allow_chance_goes_on(tmp_path, caplog):
     pairs = human_pairs(tmp_path / "h.jsonl", 60, 20)  # 0.75, clearly above chance
     strict = judge_check_config({"pairs": pairs, "min_agreement": 0.9}, "recipe.yaml")
     with pytest.raises(UserError, match="below min_agreement 0.9"):
-        check_judge(strict, judge(), tmp_path / "a.json", backend_factory=PreferenceBackend, log=lambda m: None)
+        check_judge(strict, judge(), tmp_path / "a.json", backend_factory=PreferenceBackend)
     lenient = judge_check_config({"pairs": pairs, "min_agreement": 0.9, "allow_chance": True}, "recipe.yaml")
-    said: list[str] = []
-    result = check_judge(lenient, judge(), tmp_path / "a.json", backend_factory=PreferenceBackend, log=said.append)
+    caplog.set_level("INFO", logger="cai")
+    result = check_judge(lenient, judge(), tmp_path / "a.json", backend_factory=PreferenceBackend)
+    said = caplog.messages
     assert not result["passed"] and "below min_agreement" in result["reason"]
     assert any("FAILED, going on" in line for line in said)
 
 
 def test_judge_check_figure_is_reused_while_nothing_changes(tmp_path):
     check = judge_check_config({"pairs": human_pairs(tmp_path / "h.jsonl", 30, 2)}, "recipe.yaml")
-    check_judge(check, judge(), tmp_path / "c.json", backend_factory=PreferenceBackend, log=lambda m: None)
+    check_judge(check, judge(), tmp_path / "c.json", backend_factory=PreferenceBackend)
 
     def no_engine():
         raise AssertionError("the saved figure should have been reused")
 
-    assert check_judge(check, judge(), tmp_path / "c.json", backend_factory=no_engine, log=lambda m: None)["passed"]
+    assert check_judge(check, judge(), tmp_path / "c.json", backend_factory=no_engine)["passed"]
     changed = judge(principles_per_pair=2)
     built = []
-    check_judge(check, changed, tmp_path / "c.json", backend_factory=lambda: built.append(1) or PreferenceBackend(),
-                log=lambda m: None)
+    check_judge(check, changed, tmp_path / "c.json", backend_factory=lambda: built.append(1) or PreferenceBackend())
     assert built == [1]
 
 
@@ -151,7 +149,7 @@ def test_judge_check_section_errors_name_the_problem(section, message):
 def test_judge_check_names_a_missing_pairs_file(tmp_path):
     check = judge_check_config({"pairs": str(tmp_path / "none.jsonl")}, "recipe.yaml")
     with pytest.raises(UserError, match="cannot read it"):
-        check_judge(check, judge(), tmp_path / "c.json", backend_factory=PreferenceBackend, log=lambda m: None)
+        check_judge(check, judge(), tmp_path / "c.json", backend_factory=PreferenceBackend)
 
 
 def test_cai_run_stops_before_any_work_when_the_recipes_judge_check_fails(tmp_path, monkeypatch):
@@ -160,7 +158,7 @@ def test_cai_run_stops_before_any_work_when_the_recipes_judge_check_fails(tmp_pa
     import judging.agreement
     from cai.pipeline import run_pipeline_from_recipe
 
-    def at_chance(config, backend=None, log=None):  # what the 135M judge measures on crowd labels
+    def at_chance(config, backend=None):  # what the 135M judge measures on crowd labels
         assert backend is None or backend.model  # the policy engine is handed over, not a new one
         return {"human_pairs": 100, "agreement": 0.52, "agreement_ci95": [0.42, 0.62],
                 "judge": {"model": "m", "method": config.method}}
@@ -175,7 +173,7 @@ def test_cai_run_stops_before_any_work_when_the_recipes_judge_check_fails(tmp_pa
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(UserError) as info:
-        run_pipeline_from_recipe(path, log=lambda m: None)
+        run_pipeline_from_recipe(path)
     assert "judge check failed" in str(info.value) and "not distinguishable from chance" in str(info.value)
     assert not (tmp_path / "run" / "revisions.jsonl").exists()
     assert json.loads((tmp_path / "run" / "judge_check.json").read_text())["result"]["agreement"] == 0.52

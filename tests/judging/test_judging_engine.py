@@ -100,7 +100,7 @@ def test_agreement_on_the_bundled_transcript_file(vllm_backend, tmp_path):
     config = AgreementConfig(pairs=str(DATA / "human_pairs_hh.jsonl"), constitution=CONSTITUTION, limit=8,
                              principles_per_pair=1, out=str(tmp_path / "agreement.json"),
                              details=str(tmp_path / "details.jsonl"))
-    result = run_agreement(config, backend=vllm_backend, log=lambda m: None)
+    result = run_agreement(config, backend=vllm_backend)
     print(result["text"])
     assert result["human_pairs"] == 8 and result["failed_pairs"] == 0
     # The figures follow from the engine's per-pair verdicts: the share above 0.5, and its Wilson interval.
@@ -145,7 +145,7 @@ def test_cai_judge_output_goes_into_trl_as_it_is(vllm_backend, tmp_path, judging
 
     config = JudgeConfig(input=_generate_rows(tmp_path / "revisions.jsonl"), out=str(tmp_path / "preferences.jsonl"),
                          constitution=CONSTITUTION, principles_per_pair=2)
-    result = run_judge(config, backend=vllm_backend, log=lambda m: None)
+    result = run_judge(config, backend=vllm_backend)
     print(result["text"])
     report = json.loads(Path(result["report_path"]).read_text())
     assert report["order_consistency"] is not None and report["comparisons"] == 6

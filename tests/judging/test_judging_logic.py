@@ -269,7 +269,7 @@ REVISION_ROWS = [
 def test_revision_mode_judges_rather_than_assumes(tmp_path):
     write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS)
     # --keep-flagged: the identical, cut-off and empty revisions reach the pair builder (which must still drop them).
-    result = run_judge(judge_config(tmp_path, keep_flagged=True), backend=PreferenceBackend(), log=lambda m: None)
+    result = run_judge(judge_config(tmp_path, keep_flagged=True), backend=PreferenceBackend())
     pairs = rows_of(tmp_path / "prefs.jsonl")
     by_id = {p["id"]: p for p in pairs}
     assert set(by_id) == {"p0", "p1", "p4"}
@@ -295,11 +295,10 @@ def test_revision_mode_judges_rather_than_assumes(tmp_path):
 
 def test_min_margin_and_order_agreement_drop_pairs(tmp_path):
     write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS[:2])
-    result = run_judge(judge_config(tmp_path, min_margin=0.99), backend=PreferenceBackend(), log=lambda m: None)
+    result = run_judge(judge_config(tmp_path, min_margin=0.99), backend=PreferenceBackend())
     assert result["counts"]["pairs"] == 0 and result["report"]["dropped_by_reason"] == {"margin below --min-margin": 2}
     # A judge that mostly follows position: the winner flips with the order.
-    result = run_judge(judge_config(tmp_path, require_orders_agree=True, overwrite=True), backend=PreferenceBackend(position_bias=5),
-                       log=lambda m: None)
+    result = run_judge(judge_config(tmp_path, require_orders_agree=True, overwrite=True), backend=PreferenceBackend(position_bias=5))
     assert result["report"]["dropped_by_reason"] == {"orders disagree": 2}
     assert result["report"]["order_consistency"] == 0.0 and result["report"]["first_option_wins"] == 1.0
     assert any("order consistency" in w for w in result["report"]["warnings"])
@@ -308,7 +307,7 @@ def test_min_margin_and_order_agreement_drop_pairs(tmp_path):
 def test_resume_runs_only_missing_judgements_and_survives_a_torn_line(tmp_path):
     write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS[:2])
     first = PreferenceBackend()
-    run_judge(judge_config(tmp_path), backend=first, log=lambda m: None)
+    run_judge(judge_config(tmp_path), backend=first)
     assert first.label_calls == 2 * 2 * 2  # rows x principles x orders
     out = tmp_path / "prefs.jsonl"
     before = out.read_text()
@@ -318,13 +317,13 @@ def test_resume_runs_only_missing_judgements_and_survives_a_torn_line(tmp_path):
     with open(judgements_path(out), "a") as handle:
         handle.write('{"key": "x", "p_fi')
     again = PreferenceBackend()
-    result = run_judge(judge_config(tmp_path), backend=again, log=lambda m: None)
+    result = run_judge(judge_config(tmp_path), backend=again)
     assert again.label_calls == 0 and result["counts"]["judgements_run"] == 0
     assert out.read_text() == before
     # A new row: only its judgements run.
     write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS[:2] + [generate_row(9, "BAD x", "GOOD y")])
     third = PreferenceBackend()
-    result = run_judge(judge_config(tmp_path), backend=third, log=lambda m: None)
+    result = run_judge(judge_config(tmp_path), backend=third)
     assert third.label_calls == 4 and result["counts"]["pairs"] == 3 and len(rows_of(out)) == 3
 
 
@@ -333,7 +332,7 @@ def test_editing_a_question_rejudges_only_what_it_touches(tmp_path):
 
     write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS[:2])
     cfg = judge_config(tmp_path, principles_per_pair=1)
-    run_judge(cfg, backend=PreferenceBackend(), log=lambda m: None)
+    run_judge(cfg, backend=PreferenceBackend())
     used = {p["principle_ids"][0] for p in rows_of(tmp_path / "prefs.jsonl")}
     document = yaml.safe_load(Path(CONSTITUTION).read_text())
     edited = next(iter(used))
@@ -342,8 +341,7 @@ def test_editing_a_question_rejudges_only_what_it_touches(tmp_path):
             principle["comparison_question"] = "Which response is kinder?"
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(document))
     backend = PreferenceBackend()
-    run_judge(judge_config(tmp_path, principles_per_pair=1, constitution=str(tmp_path / "c.yaml")), backend=backend,
-              log=lambda m: None)
+    run_judge(judge_config(tmp_path, principles_per_pair=1, constitution=str(tmp_path / "c.yaml")), backend=backend)
     affected = sum(1 for p in rows_of(tmp_path / "prefs.jsonl") if p["principle_ids"][0] == edited)
     assert backend.label_calls == 2 * affected and len(rows_of(tmp_path / "prefs.jsonl")) == 2
 
@@ -351,21 +349,21 @@ def test_editing_a_question_rejudges_only_what_it_touches(tmp_path):
 def test_failures_make_no_pair_and_are_listed(tmp_path):
     write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS[:2])
     backend = PreferenceBackend(fail_when=lambda c: "Question 1?" in c[0]["content"])
-    result = run_judge(judge_config(tmp_path), backend=backend, log=lambda m: None)
+    result = run_judge(judge_config(tmp_path), backend=backend)
     assert [p["id"] for p in result["pairs"]] == ["p0"]
     assert result["report"]["failures"] == 2 and result["report"]["dropped_by_reason"] == {"judge failed": 1}
     errors = rows_of(tmp_path / "prefs.jsonl.errors.jsonl")
     assert errors and all(e["id"] == "p1" and "HTTP 500" in e["error"] for e in errors)
     # Backend failures are not cached: the next run retries them.
     retry = PreferenceBackend()
-    result = run_judge(judge_config(tmp_path), backend=retry, log=lambda m: None)
+    result = run_judge(judge_config(tmp_path), backend=retry)
     assert retry.label_calls == 4 and result["counts"]["pairs"] == 2
 
 
 def test_text_verdicts_that_do_not_parse_never_become_pairs(tmp_path):
     write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS[:1])
     backend = PreferenceBackend(verdicts=["(B)", "(A)", "maybe", "(A)"])
-    result = run_judge(judge_config(tmp_path, method="text"), backend=backend, log=lambda m: None)
+    result = run_judge(judge_config(tmp_path, method="text"), backend=backend)
     report = result["report"]
     assert report["parse_failures"] == 1 and report["comparisons"] == 1 and report["failures"] == 1
     assert result["pairs"][0]["principle_scores"][result["pairs"][0]["principle_ids"][1]]["chosen_probability"] is None
@@ -373,8 +371,7 @@ def test_text_verdicts_that_do_not_parse_never_become_pairs(tmp_path):
 
 def test_all_unparsable_verdicts_drop_the_pair(tmp_path):
     write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS[:1])
-    result = run_judge(judge_config(tmp_path, method="text"), backend=PreferenceBackend(verdicts=["no idea"] * 4),
-                       log=lambda m: None)
+    result = run_judge(judge_config(tmp_path, method="text"), backend=PreferenceBackend(verdicts=["no idea"] * 4))
     assert result["counts"]["pairs"] == 0 and result["report"]["dropped_by_reason"] == {"verdict did not parse": 1}
 
 
@@ -384,7 +381,7 @@ def test_samples_mode_best_against_worst(tmp_path):
              "responses": ["plain", "GOOD GOOD", {"content": "GOOD GOOD GOOD cut", "finish_reason": "length"}, "BAD"]}]
     write_rows(tmp_path / "prompts.jsonl", rows)
     cfg = judge_config(tmp_path, input=str(tmp_path / "prompts.jsonl"), mode="samples", principles_per_pair=1)
-    result = run_judge(cfg, backend=PreferenceBackend(), log=lambda m: None)
+    result = run_judge(cfg, backend=PreferenceBackend())
     [pair] = result["pairs"]
     assert pair["chosen"][0]["content"] == "GOOD GOOD"  # the cut-off response ranks first but is never chosen
     assert pair["rejected"][0]["content"] == "BAD" and pair["prompt"] == [{"role": "user", "content": "Tell me something."}]
@@ -397,10 +394,10 @@ def test_samples_mode_samples_from_the_policy_once(tmp_path):
     cfg = judge_config(tmp_path, input=str(tmp_path / "prompts.jsonl"), mode="samples", num_samples=4,
                        principles_per_pair=1, method="likelihood")
     backend = PreferenceBackend()
-    result = run_judge(cfg, backend=backend, log=lambda m: None)
+    result = run_judge(cfg, backend=backend)
     assert backend.chat_calls == 4 and len(result["pairs"]) == 1
     again = PreferenceBackend()
-    run_judge(cfg, backend=again, log=lambda m: None)
+    run_judge(cfg, backend=again)
     assert again.chat_calls == 0 and again.likelihood_calls == 0
 
 
@@ -450,7 +447,7 @@ def test_agreement_reports_share_interval_and_per_principle(tmp_path):
     write_rows(path, rows)
     cfg = AgreementConfig(pairs=str(path), constitution=CONSTITUTION, method="pairwise", principles_per_pair=2,
                           out=str(tmp_path / "a.json"))
-    result = run_agreement(cfg, backend=PreferenceBackend(), log=lambda m: None)
+    result = run_agreement(cfg, backend=PreferenceBackend())
     assert result["agreement"] == pytest.approx(9 / 11, abs=1e-3)
     low, high = result["agreement_ci95"]
     assert low < 9 / 11 < high and result["order_consistency"] == 1.0
@@ -488,7 +485,7 @@ def test_cli_prints_errors_without_traceback(tmp_path, capsys):
 def test_unknown_principle_id_is_named(tmp_path):
     write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS[:1])
     with pytest.raises(UserError) as info:
-        run_judge(judge_config(tmp_path, principle_ids="harm-privcy"), backend=PreferenceBackend(), log=lambda m: None)
+        run_judge(judge_config(tmp_path, principle_ids="harm-privcy"), backend=PreferenceBackend())
     assert "'harm-privcy'" in str(info.value) and "harm-privacy" in str(info.value)
 
 

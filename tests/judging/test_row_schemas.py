@@ -63,7 +63,7 @@ def generated(tmp_path_factory) -> Path:
     for rounds in (2, 3):
         config = GenerateConfig(prompts=str(prompts), out=str(tmp / "revisions.jsonl"), constitution=CONSTITUTION,
                                 batch_size=4, rounds=rounds, examples=0)
-        generate(config, backend=PreferenceBackend(), log=lambda m: None)
+        generate(config, backend=PreferenceBackend())
     return tmp / "revisions.jsonl"
 
 
@@ -107,7 +107,7 @@ def test_judge_rows_caches_and_manifest_validate(generated, tmp_path, method, co
     out = tmp_path / "prefs.jsonl"
     config = JudgeConfig(input=str(generated), out=str(out), constitution=CONSTITUTION, method=method, cot=cot,
                          principles_per_pair=2, batch_size=4)
-    run_judge(config, backend=PreferenceBackend(), log=lambda m: None)
+    run_judge(config, backend=PreferenceBackend())
     pairs = validate_all(PreferenceRow, out)
     validate_all(SftRow, tmp_path / "sft.jsonl")
     for record in rows_of(judgements_path(out)):
@@ -128,7 +128,7 @@ def test_samples_mode_rows_and_caches_validate(tmp_path):
     out = tmp_path / "prefs.jsonl"
     config = JudgeConfig(input=str(tmp_path / "prompts.jsonl"), out=str(out), constitution=CONSTITUTION,
                          mode="samples", num_samples=4, method="pairwise", principles_per_pair=1)
-    run_judge(config, backend=PreferenceBackend(), log=lambda m: None)
+    run_judge(config, backend=PreferenceBackend())
     assert len(validate_all(PreferenceRow, out)) == 2
     validate_all(SftRow, tmp_path / "sft.jsonl")
     validate_all(SampleRecord, samples_path(out))

@@ -151,12 +151,12 @@ def test_endpoint_going_down_mid_run_keeps_finished_batches_and_resumes(standin,
 
         threading.Thread(target=pull_the_plug, daemon=True).start()
         with pytest.raises(Exception, match="is not answering") as info:
-            generate(cfg, backend_factory=quick, log=lambda m: None)
+            generate(cfg, backend_factory=quick)
         assert type(info.value).__name__ == "EndpointDownError"
         kept = rows_of(out)
         assert 10 <= len(kept) < 40 and len(kept) % 5 == 0
         assert kept == reference[: len(kept)]
         assert manifest_of(out)["counts"]["rows"] == len(kept)
         proxy.down = False
-        generate(cfg, backend_factory=quick, log=lambda m: None)
+        generate(cfg, backend_factory=quick)
     assert rows_of(out) == reference

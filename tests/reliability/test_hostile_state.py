@@ -179,8 +179,7 @@ def test_a_prompts_file_that_gives_fewer_prompts_the_second_time_is_an_error(tmp
         with pytest.raises(Exception, match=r"gave 3 prompts on its second reading but 4 on its first"):
             run.generate(run.GenerateConfig(prompts=str(prompts), out=str(tmp_path / "o.jsonl"), backend="openai",
                                             base_url=server.base_url, model="standin", temperature=0.0,
-                                            constitution=str(REPO / "principles.yaml")),
-                         log=lambda m: None)
+                                            constitution=str(REPO / "principles.yaml")))
 
 
 # --- 6. damaged state: cache lines skipped and redone --------------------------------------------------------------------

@@ -140,8 +140,8 @@ def test_ctrl_c_in_the_middle_of_a_batch_write_is_held_until_the_batch_is_whole(
     out = tmp_path / "out.jsonl"
     cfg = GenerateConfig(prompts=str(prompts), out=str(out), constitution=str(REPO / "principles.yaml"), batch_size=5)
     with pytest.raises(KeyboardInterrupt):
-        generate(cfg, backend=ScriptedBackend(), log=lambda m: None)
+        generate(cfg, backend=ScriptedBackend())
     assert interrupted and len(rows_of(out)) == 5  # the whole batch, and not the next one
     assert manifest_of(out)["counts"]["rows"] == 5 and manifest_of(out)["counts"]["stopped"] == "interrupted"
-    result = generate(cfg, backend=ScriptedBackend(), log=lambda m: None)
+    result = generate(cfg, backend=ScriptedBackend())
     assert result["counts"]["generated"] == 7 and len(rows_of(out)) == 12

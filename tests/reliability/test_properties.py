@@ -49,7 +49,7 @@ def test_arbitrary_prompt_text_reaches_the_model_and_the_row_verbatim(text, syst
                            + json.dumps({"id": "chat", "messages": chat}, ensure_ascii=ascii_only) + "\n",
                            encoding="utf-8")
         backend = ScriptedBackend()
-        generate(_config(tmp, prompts), backend=backend, log=lambda m: None)
+        generate(_config(tmp, prompts), backend=backend)
         rows = {r["id"]: r for r in rows_of(tmp / "out.jsonl")}
         assert rows["plain"]["prompt"] == [{"role": "user", "content": text}]
         assert rows["chat"]["prompt"] == chat
@@ -74,7 +74,7 @@ def test_arbitrary_principle_text_is_sent_verbatim(critique, revision):
         prompts = tmp / "p.jsonl"
         prompts.write_text('{"id": "x", "prompt": "hi"}\n')
         backend = ScriptedBackend()
-        generate(_config(tmp, prompts, constitution), backend=backend, log=lambda m: None)
+        generate(_config(tmp, prompts, constitution), backend=backend)
         draft, critique_call, revision_call = backend.calls
         assert critique_call[-1] == {"role": "user", "content": critique}
         assert revision_call[-1] == {"role": "user", "content": revision}
@@ -127,7 +127,7 @@ def whole_run(tmp_path_factory):
     lines = [json.dumps({"id": f"p{i}", "prompt": f"Question {i} \u2028 {{response}} caf\u00e9?"}, ensure_ascii=False)
              for i in range(10)]
     prompts.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    generate(_config(tmp, prompts, rounds=2), backend=ScriptedBackend(), log=lambda m: None)
+    generate(_config(tmp, prompts, rounds=2), backend=ScriptedBackend())
     return prompts, (tmp / "out.jsonl").read_bytes()
 
 
@@ -140,12 +140,12 @@ def test_any_prefix_of_a_run_plus_a_resume_equals_the_whole_run(whole_run, data)
         tmp = Path(tmp)
         (tmp / "out.jsonl").write_bytes(whole[:cut])
         backend = ScriptedBackend()
-        result = generate(_config(tmp, prompts, rounds=2), backend=backend, log=lambda m: None)
+        result = generate(_config(tmp, prompts, rounds=2), backend=backend)
         assert (tmp / "out.jsonl").read_bytes() == whole
         complete = whole[:cut].count(b"\n")
         assert len(backend.calls) == (10 - complete) * 5  # exactly the missing rows were generated
         assert result["counts"]["rows"] == 10
         assert result["counts"]["torn_lines_dropped"] == int(cut > 0 and whole[cut - 1:cut] != b"\n")
         again = ScriptedBackend()
-        generate(_config(tmp, prompts, rounds=2), backend=again, log=lambda m: None)
+        generate(_config(tmp, prompts, rounds=2), backend=again)
         assert again.calls == [] and (tmp / "out.jsonl").read_bytes() == whole

@@ -34,15 +34,8 @@ def _alive(pids: set[int]) -> list[str]:
     return alive
 
 
-# Known gap: while LLM(...) waits for its engine core's ready message, the main thread sits in a zmq
-# poll with vLLM's long start-up timeout; SIGTERM is delivered to one of zmq's threads, so the poll
-# is not interrupted and Python's handler runs only when the poll returns.  The fix (SIGTERM blocked
-# in every thread, a watcher thread that sigwaits and interrupts the main thread) is not done yet.
-STARTUP_GAP = pytest.mark.xfail(reason="SIGTERM during vLLM's start-up handshake waits for the poll", strict=False)
-
-
 @pytest.mark.engine
-@pytest.mark.parametrize("moment", [pytest.param("start-up", marks=STARTUP_GAP), "generation"])
+@pytest.mark.parametrize("moment", ["start-up", "generation"])
 def test_sigterm_leaves_no_engine_process_behind(tmp_path, moment):
     prompts = write_prompts(tmp_path / "p.jsonl", 12)
     out = tmp_path / "out.jsonl"

@@ -119,7 +119,7 @@ def test_labelling_session_with_mouse_and_keys_resumes_and_feeds_agreement(brows
     assert len(read_human_pairs(out)) == 4
     config = AgreementConfig(pairs=str(out), constitution=str(REPO / "principles.yaml"), method="pairwise",
                              principles_per_pair=1)
-    result = run_agreement(config, backend=PreferenceBackend(), log=lambda message: None)
+    result = run_agreement(config, backend=PreferenceBackend())
     assert result["human_pairs"] == 4 and result["agreement"] == pytest.approx(0.75)
 
 
