@@ -93,10 +93,11 @@ def synthesize_done_output(prompts: Path, out: Path, count: int) -> None:
                 "sampling": settings.sampling.as_dict(), "seed": settings.seed, "calls": calls,
                 "token_counts": {"prompt": 1200, "completion": 540}, "constitution_version": "1",
                 "draft_fingerprint": draft_fp, "fingerprint": round_fps[-1] if round_fps else draft_fp,
-                "source": {"line": prompt.line, "file": str(prompts)}, "reused_calls": 0,
+                "source": {"line": prompt.line, "file": str(prompts)}, "reused_calls": 0, "flags": [],
             }
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    write_manifest(out, "generate", {"settings": settings.as_dict()}, {"rows": count})
+    write_manifest(out, "generate", {"settings": settings.as_dict()}, {"rows": count},
+                   checks_version=task.checker.version)
 
 
 def _what_a_fix_gives(out: Path, records, task) -> dict:

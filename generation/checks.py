@@ -277,6 +277,15 @@ class RowChecker:
         self.context = CheckContext.of(constitution)
         self.checks = tuple(checks)
 
+    @property
+    def version(self) -> str:
+        """Changes when the checks, their thresholds or the exemplars change: stored flags are then recomputed."""
+        from core.hashing import stable_hash
+
+        thresholds = [COPY_RUN_WORDS, CRITIQUE_NGRAM, CRITIQUE_SHARE, SAME_AS_DRAFT]
+        return stable_hash([[type(check).__qualname__ for check in self.checks], thresholds,
+                            [list(text) for text in self.context.exemplar_texts]])
+
     def flags(self, row: dict) -> list[dict]:
         """The row's flags, computed now: ``[{"check", "reason"}]``, empty when clean."""
         text = RowText.of(row)

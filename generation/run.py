@@ -149,6 +149,10 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
     prompt_count = scan_prompts(config.prompts, config.limit, remember)
     done_ids: set[str] = set()
     stale_ids: set[str] = set()
+    # Stored flags are trusted only when the manifest says the same checks wrote them (a damaged or
+    # missing manifest means recomputing them: slower, never weaker); recomputing every row's flags on
+    # every rerun would cost about 1 ms a row.
+    flags_current = bool(previous) and previous.get("checks_version") == task.checker.version
     rows_in_file = stale = outdated_flags = 0
     flag_lists: list[list[dict]] = []  # of this selection's rows, for the summary
     for row in store.iter_rows():
@@ -159,8 +163,9 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         _check_configuration(out, row, now, f"{out} (row {rows_in_file})")
         # Rows written before the checks existed (or before they changed) get their flags
         # recomputed below, without regenerating anything.
-        flags = task.checker.flags(row)
-        outdated_flags += row.get("flags") != flags
+        stored = row.get("flags")
+        flags = stored if flags_current and isinstance(stored, list) else task.checker.flags(row)
+        outdated_flags += stored != flags
         row_id = row.get("id")
         if row_id not in fingerprints:
             continue  # another selection's row (e.g. --limit): kept as it is
@@ -256,6 +261,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         stage="generate",
         config=config_record,
         counts=counts,
+        checks_version=task.checker.version,
         constitution={
             "path": str(config.constitution),
             "version": str(constitution.version),
