@@ -25,9 +25,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Settings per mode.  quick: one engine start, small N, few repeats (a few minutes).
 MODES = {
     "quick": {
-        "prompts": 6,            # prompts through the chain (engine vs raw vLLM)
+        "prompts": 48,           # prompts through the chain (engine vs vLLM's ceiling vs lockstep)
         "max_tokens": 32,        # per call
-        "repeats": 3,            # timed runs per side, alternated, after one warm-up
+        "repeats": 3,            # timed runs per side, rotated, after one warm-up
         "naive_prompts": 1,      # prompts through the transformers loop
         "naive_repeats": 2,
         "naive_token_cap": None,  # or a cap on new tokens per naive call (None: the engine's lengths)
@@ -43,9 +43,9 @@ MODES = {
         "dpo_length": 128,
     },
     "full": {
-        "prompts": 40,
+        "prompts": 200,
         "max_tokens": 128,
-        "repeats": 5,
+        "repeats": 3,
         "naive_prompts": 2,
         "naive_repeats": 3,
         "naive_token_cap": None,

@@ -1,14 +1,15 @@
 """Measures 1, 3 and 4 on one in-process vLLM engine (one engine per process).
 
-1. Engine efficiency: ``CritiqueReviseTask.run_batch`` with ``VLLMBackend`` on N
-   prompts (draft, critique, revision), output tokens/s, divided by raw vLLM
-   doing the same three calls with the same conversations and lengths: one
-   ``LLM.chat`` per stage with nothing around it, on the same ``vllm.LLM``.
-   Lengths: the raw calls get ``min_tokens = max_tokens = `` the length the
-   engine produced for that call (same seeds and sampling), so both sides emit
-   exactly the same number of tokens.  The prefix cache is reset before every
-   timed run and the two sides alternate (ABBA), so neither inherits the
-   other's cache or a quieter moment of the shared machine.
+1. Ceiling ratio: ``cai generate``'s streaming engine (``generation.run.generate`` with
+   the in-process ``VLLMBackend``: every row runs draft, critique, revision on its own,
+   rows written as they finish) on N prompts, output tokens/s, divided by vLLM's
+   ceiling on the same engine: the same calls (the engine's conversations, seeds and
+   lengths, rebuilt from its rows) as independent requests all submitted at once (what
+   one ``LLM.generate`` over them does), with ``min_tokens = max_tokens =`` the length
+   the engine produced, so both sides emit the same tokens.  The lockstep design the
+   engine had before (batches of 64 prompts: all drafts, wait, all critiques, wait, all
+   revisions) runs the same prompts in the same repeats, for its ratio.  The prefix
+   cache is reset before every timed run and the sides rotate.
 3. Prefix caching: the share of prompt tokens served from the cache in one
    engine run (vLLM's ``prefix_cache_queries``/``prefix_cache_hits`` counters),
    and the engine's tokens/s, which ``bench.run`` divides by the same figure
@@ -24,14 +25,19 @@ Run: ``python -m bench.engine_bench --mode quick --out X.json`` (``bench.run`` d
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
+from pathlib import Path
 
 from bench.common import REPO, child_args, log, measure, summary, write_json
 
 
-def _metrics(llm) -> dict[str, float]:
+def _metrics() -> dict[str, float]:
+    from vllm.v1.metrics.reader import get_metrics_snapshot
+
     found = {}
-    for metric in llm.get_metrics():
+    for metric in get_metrics_snapshot():
         if metric.name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits"):
             found[metric.name] = float(getattr(metric, "value", 0) or 0)
     return found
@@ -74,6 +80,7 @@ def _raw_plan(task, prompts, rows):
 
 def _raw_params(stages, sampling):
     from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
     return {
         step: [
@@ -83,6 +90,7 @@ def _raw_params(stages, sampling):
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 seed=item["seed"],
+                output_kind=RequestOutputKind.FINAL_ONLY,
             )
             for item in items
         ]
@@ -90,26 +98,81 @@ def _raw_params(stages, sampling):
     }
 
 
-def _run_raw(llm, stages, params) -> tuple[float, int, list]:
-    """The three stages as three ``LLM.chat`` calls; (seconds, output tokens, outputs)."""
-    tokens, outputs = 0, []
+def _run_ceiling(backend, stages, params) -> tuple[float, int, list]:
+    """Every call as an independent request, all submitted at once; (seconds, output tokens, outputs)."""
+    import asyncio
+
+    from core import aio
+
+    requests = [(backend._token_ids(item["conversation"]), params[step][i])
+                for step, items in stages.items() for i, item in enumerate(items)]
+
+    async def one(n, token_ids, param):
+        final = None
+        async for output in backend.engine.generate({"prompt_token_ids": token_ids}, param, f"ceiling-{n}"):
+            final = output
+        return final
+
+    async def everything():
+        return await asyncio.gather(*(one(f"{time.monotonic_ns()}-{n}", ids, param)
+                                      for n, (ids, param) in enumerate(requests)))
+
     started = time.perf_counter()
-    for step, items in stages.items():
-        outs = llm.chat([item["conversation"] for item in items], params[step], use_tqdm=False)
-        outputs.append(outs)
+    outputs = aio.run_sync(everything())
     elapsed = time.perf_counter() - started
-    for outs in outputs:
-        tokens += sum(len(o.outputs[0].token_ids) for o in outs)
-    return elapsed, tokens, outputs
+    return elapsed, sum(len(o.outputs[0].token_ids) for o in outputs), outputs
 
 
-def _run_engine(task, backend, prompts, reuse_cls) -> tuple[float, int, list]:
+def _run_engine(config_of, backend) -> tuple[float, int, list]:
+    """``cai generate`` as a user runs it (a fresh output each time), with the engine already loaded."""
+    from generation.run import generate
+
+    config = config_of()
     started = time.perf_counter()
-    rows, failures = task.run_batch(backend, prompts, reuse_cls())
+    result = generate(config, backend=backend)
     elapsed = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"engine run failed: {failures[:2]}")
+    if result["counts"]["failed"]:
+        raise RuntimeError(f"engine run failed: {result['failed'][:2]}")
+    rows = [json.loads(line) for line in open(config.out, encoding="utf-8")]
     return elapsed, sum(r["token_counts"]["completion"] for r in rows), rows
+
+
+def _run_lockstep(task, backend, prompts, batch_size: int = 64) -> tuple[float, int]:
+    """The design the engine had before: per batch of prompts, all drafts, then all critiques, then all revisions."""
+    from core.schema import step_name
+
+    tokens = 0
+    started = time.perf_counter()
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start: start + batch_size]
+        contexts = [task.head + p.messages for p in batch]
+        drafts = backend.chat(contexts, task.settings.sampling, [task._seed(p, step_name("draft")) for p in batch])
+        contexts = [task.head + task.few_shot + p.messages + [{"role": "assistant", "content": d.text}]
+                    for p, d in zip(batch, drafts)]
+        principles = [task.principles_for(p)[0] for p in batch]
+        contexts = [c + [{"role": "user", "content": pr.critique_request}] for c, pr in zip(contexts, principles)]
+        critiques = backend.chat(contexts, task.settings.sampling,
+                                 [task._seed(p, step_name("critique", 1)) for p in batch])
+        contexts = [c + [{"role": "assistant", "content": k.text}, {"role": "user", "content": pr.revision_request}]
+                    for c, k, pr in zip(contexts, critiques, principles)]
+        revisions = backend.chat(contexts, task.settings.sampling,
+                                 [task._seed(p, step_name("revision", 1)) for p in batch])
+        tokens += sum(c.completion_tokens for c in drafts + critiques + revisions)
+    return time.perf_counter() - started, tokens
+
+
+def _prompts_file(path, count: int) -> None:
+    """``count`` distinct prompts: the demo's, then variants of them (another id, the question numbered)."""
+    lines = [json.loads(line) for line in (REPO / "prompts" / "demo.jsonl").read_text().splitlines() if line.strip()]
+    out = []
+    for n in range(count):
+        row = dict(lines[n % len(lines)])
+        variant = n // len(lines)
+        if variant:
+            row["id"] = f"{row['id']}-v{variant}"
+            row["prompt"] = f"Question {n + 1}. {row['prompt']}"
+        out.append(json.dumps(row))
+    path.write_text("\n".join(out) + "\n")
 
 
 # -- the judge -----------------------------------------------------------------
@@ -124,7 +187,6 @@ def bench_judge(task, backend, prompts, rows, settings, results) -> None:
     Runs alternate between the three."""
     from judging.judge import Comparison, Judge, JudgeSettings
 
-    llm = backend.llm
     by_id = {row["id"]: row for row in rows}
     principles = {p.id: p for p in task.constitution.principles}
     comparisons = []
@@ -142,7 +204,7 @@ def bench_judge(task, backend, prompts, rows, settings, results) -> None:
         method, cot = modes[mode]
         judge = Judge(JudgeSettings(model=model, method=method, cot=cot, cot_max_tokens=settings["judge_cot_tokens"]),
                       backend=backend, cache={})
-        llm.reset_prefix_cache()
+        backend.reset_prefix_cache()
         started = time.perf_counter()
         verdicts = judge.judge(comparisons)
         return len(comparisons) / (time.perf_counter() - started), verdicts, judge.cache
@@ -191,7 +253,7 @@ def bench_judge(task, backend, prompts, rows, settings, results) -> None:
         judge_prompts.pairwise_label_conversation(c.prompt, first, second, c.principle.comparison_question)
         for c in comparisons for first, second in ((c.x, c.y), (c.y, c.x))
     ]
-    llm.reset_prefix_cache()
+    backend.reset_prefix_cache()
     started = time.perf_counter()
     backend.chat(floor_conversations, Sampling(max_tokens=1, temperature=0.0))
     floor_rate = len(comparisons) / (time.perf_counter() - started)
@@ -227,95 +289,92 @@ def main(argv=None) -> None:
     from constitution.loader import load_constitution
     from core.backends.base import Sampling
     from core.backends.registry import create_backend
-    from generation.critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
+    from generation.config import GenerateConfig
+    from generation.critique_revise import ChainSettings, CritiqueReviseTask
     from core.model import model_identity, resolve_model
     from generation.prompts import read_prompts
 
     prefix_on = args.prefix_caching == "on"
     results: dict = {}
-    prompts = read_prompts(REPO / "prompts" / "demo.jsonl")[: settings["prompts"]]
+    work = Path(tempfile.mkdtemp(prefix="cai-bench-"))
+    prompts_path = work / "prompts.jsonl"
+    _prompts_file(prompts_path, settings["prompts"])
+    prompts = read_prompts(prompts_path)
     sampling = Sampling(max_tokens=settings["max_tokens"], temperature=0.7, top_p=0.9)
     task = CritiqueReviseTask(
         load_constitution(REPO / "principles.yaml"),
         ChainSettings(model=model_identity(None), sampling=sampling, seed=0, rounds=1),
     )
+
+    def config_of() -> GenerateConfig:
+        return GenerateConfig(prompts=str(prompts_path), out=str(work / "out.jsonl"), overwrite=True, examples=0,
+                              constitution=str(REPO / "principles.yaml"), rounds=1, max_tokens=settings["max_tokens"],
+                              temperature=0.7, top_p=0.9, seed=0)
+
     started = time.perf_counter()
-    backend = create_backend(
-        "vllm", resolve_model(None), seed=0, show_progress=False,
-        enable_prefix_caching=prefix_on, disable_log_stats=False,
-    )
+    backend = create_backend("vllm", resolve_model(None), seed=0, enable_prefix_caching=prefix_on,
+                             disable_log_stats=False)
     start_s = time.perf_counter() - started
-    log(f"engine started in {start_s:.0f} s (prefix caching {args.prefix_caching})")
+    log(f"engine started in {start_s:.0f} s (prefix caching {args.prefix_caching}); "
+        f"{len(prompts)} prompts, up to {backend.concurrency} rows in flight")
     results[f"_engine_start_s_prefix_{args.prefix_caching}"] = start_s
-    llm = backend.llm
     try:
-        # Warm-up: one engine run gives the conversations, seeds and lengths the raw side replays.
-        _, _, rows = _run_engine(task, backend, prompts, ReuseIndex)
+        # Warm-up: one engine run gives the conversations, seeds and lengths the ceiling replays.
+        _, _, rows = _run_engine(config_of, backend)
         stages = _raw_plan(task, prompts, rows)
         params = _raw_params(stages, sampling)
-        _, _, raw_outs = _run_raw(llm, stages, params) if prefix_on else (0, 0, [])
-        # Same conversations? The raw side's prompt token counts must equal the engine's.
-        mismatched = sum(
-            len(o.prompt_token_ids) != item["prompt_tokens"]
-            for step, outs in zip(stages, raw_outs) for o, item in zip(outs, stages[step])
-        )
+        _, _, ceiling_outs = _run_ceiling(backend, stages, params) if prefix_on else (0, 0, [])
+        # Same conversations? The ceiling's prompt token counts must equal the engine's.
+        flat = [item for items in stages.values() for item in items]
+        mismatched = sum(len(o.prompt_token_ids) != item["prompt_tokens"] for o, item in zip(ceiling_outs, flat))
         if mismatched:
-            log(f"warning: {mismatched} raw prompts differ in length from the engine's")
+            log(f"warning: {mismatched} ceiling prompts differ in length from the engine's")
 
-        engine_rates, raw_rates, ratios, hit_shares, query_counts, token_totals = [], [], [], [], [], []
+        rates = {"engine": [], "ceiling": [], "lockstep": []}
+        ratios, lockstep_ratios, hit_shares, query_counts, token_totals = [], [], [], [], []
+        sides = ("engine", "ceiling", "lockstep") if prefix_on else ("engine",)
         for repeat in range(settings["repeats"]):
-            order = ("engine", "raw") if repeat % 2 == 0 else ("raw", "engine")
-            if not prefix_on:
-                order = ("engine",)  # this engine only gives the prefix-off tokens/s
-            rates = {}
+            order = sides[repeat % len(sides):] + sides[: repeat % len(sides)]
+            this = {}
             for side in order:
-                llm.reset_prefix_cache()
+                backend.reset_prefix_cache()
                 if side == "engine":
-                    before = _metrics(llm)
-                    elapsed, tokens, _ = _run_engine(task, backend, prompts, ReuseIndex)
-                    share, queries = _hit_share(before, _metrics(llm))
+                    before = _metrics()
+                    elapsed, tokens, _ = _run_engine(config_of, backend)
+                    share, queries = _hit_share(before, _metrics())
                     if share is not None:
                         hit_shares.append(share)
                     query_counts.append(queries)
                     token_totals.append(tokens)
+                elif side == "ceiling":
+                    elapsed, tokens, _ = _run_ceiling(backend, stages, params)
                 else:
-                    elapsed, tokens, _ = _run_raw(llm, stages, params)
-                rates[side] = tokens / elapsed
-                log(f"  repeat {repeat + 1} {side}: {tokens} tokens in {elapsed:.2f} s = {rates[side]:.0f} tokens/s")
-            engine_rates.append(rates["engine"])
-            if "raw" in rates:
-                raw_rates.append(rates["raw"])
-                ratios.append(rates["engine"] / rates["raw"])
-
-        # Where the engine's time goes: time inside LLM.generate vs everything around it.
-        inside = []
-        original = llm.generate
-
-        def timed_generate(*a, **k):
-            t = time.perf_counter()
-            try:
-                return original(*a, **k)
-            finally:
-                inside.append(time.perf_counter() - t)
-
-        llm.generate = timed_generate
-        llm.reset_prefix_cache()
-        total, _, _ = _run_engine(task, backend, prompts, ReuseIndex)
-        llm.generate = original
-        overhead = (total - sum(inside)) / total
+                    elapsed, tokens = _run_lockstep(task, backend, prompts)
+                this[side] = tokens / elapsed
+                rates[side].append(this[side])
+                log(f"  repeat {repeat + 1} {side}: {tokens} tokens in {elapsed:.2f} s = {this[side]:.0f} tokens/s")
+            if "ceiling" in this:
+                ratios.append(this["engine"] / this["ceiling"])
+                lockstep_ratios.append(this["lockstep"] / this["ceiling"])
 
         key = "engine_tokens_per_s" if prefix_on else "engine_tokens_per_s_prefix_off"
-        results[key] = measure(**summary(engine_rates), goal=None, unit="output tokens/s",
+        results[key] = measure(**summary(rates["engine"]), goal=None, unit="output tokens/s",
                                prompts=len(prompts), max_tokens=settings["max_tokens"],
                                output_tokens=token_totals[0] if token_totals else None)
         if prefix_on:
-            results["engine_efficiency"] = measure(
-                **summary(ratios), goal=">= 0.9", unit="x (engine tokens/s / raw vLLM tokens/s)",
-                raw_tokens_per_s=summary(raw_rates)["value"],
-                engine_tokens_per_s=summary(engine_rates)["value"],
-                overhead_outside_llm_generate=round(overhead, 4),
-                raw_prompt_length_mismatches=mismatched,
+            results["ceiling_ratio"] = measure(
+                **summary(ratios), goal=">= 0.85", unit="x (streaming engine tokens/s / vLLM ceiling tokens/s)",
+                ceiling_tokens_per_s=summary(rates["ceiling"])["value"],
+                engine_tokens_per_s=summary(rates["engine"])["value"],
+                lockstep_ratio=summary(lockstep_ratios),
+                lockstep_tokens_per_s=summary(rates["lockstep"])["value"],
+                rows_in_flight=backend.concurrency,
+                ceiling_prompt_length_mismatches=mismatched,
                 prompts=len(prompts), max_tokens=settings["max_tokens"],
+                note=("engine: `generation.run.generate` (the `cai generate` path: rows streamed, checked and "
+                      "written); ceiling: the same calls, lengths and seeds as independent requests submitted at "
+                      "once to the same engine; lockstep: batches of 64 prompts, one stage at a time (the design "
+                      "before streaming)"),
             )
             results["prefix_cache_hit_share"] = measure(
                 **summary(hit_shares) if hit_shares else {"value": None}, goal=None,
@@ -326,7 +385,9 @@ def main(argv=None) -> None:
             results["_lengths"] = {
                 row["id"]: [c["completion_tokens"] for c in row["calls"]] for row in rows
             }
-            bench_judge(task, backend, prompts, rows, settings, results)
+            judge_prompts = prompts[: settings["judge_pairs"]]
+            bench_judge(task, backend, judge_prompts, [r for r in rows if r["id"] in {p.id for p in judge_prompts}],
+                        settings, results)
     finally:
         backend.close()
     write_json(args.out, results)

@@ -27,7 +27,7 @@ from bench.common import MODES, RESULTS, log, measure, run_child, write_json
 PARTS = ("engine", "naive", "prefix_off", "bookkeeping", "dpo")
 
 ORDER = [
-    "engine_efficiency", "engine_tokens_per_s", "naive_tokens_per_s", "naive_speedup",
+    "ceiling_ratio", "engine_tokens_per_s", "naive_tokens_per_s", "naive_speedup",
     "prefix_cache_hit_share", "engine_tokens_per_s_prefix_off", "prefix_caching_speedup",
     "judge_speedup", "judge_agreement", "resume_50k_seconds", "memory_growth", "memory_per_done_row",
     "dpo_pairs_per_s_cpu", "dpo_pairs_per_s_gpu",

@@ -100,7 +100,7 @@ def _dispatch(argv: list[str] | None) -> int:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except Terminated:
-        print("terminated (SIGTERM): finished batches are saved; run the same command again to resume.",
+        print("terminated (SIGTERM): finished work is saved; run the same command again to resume.",
               file=sys.stderr)
         reap_children(before)
         # End now: an engine stopped during its start-up can leave threads that would hold the
@@ -109,7 +109,7 @@ def _dispatch(argv: list[str] | None) -> int:
         sys.stderr.flush()
         os._exit(TERMINATED_EXIT)
     except KeyboardInterrupt:
-        print("interrupted: finished batches are saved; run the same command again to resume.", file=sys.stderr)
+        print("interrupted: finished work is saved; run the same command again to resume.", file=sys.stderr)
         return 130
     except BrokenPipeError:
         raise  # our stdout closed by its reader: main() ends quietly

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from .log import get_logger
@@ -17,24 +18,56 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, total: int):
-        self.label, self.total = label, total
+    """Rows done of the total, output tokens/s and ETA, as rows finish.
+
+    On a terminal, a bar (tqdm) on stderr; otherwise (a log file, a job's output) a plain line
+    through the ``cai`` logger at most every ``every`` seconds, and one at the end.
+    """
+
+    def __init__(self, label: str, total: int, every: float = 10.0, bar: bool | None = None):
+        self.label, self.total, self.every = label, total, every
         self.done = 0
-        self.started = time.monotonic()
         self.output_tokens = 0
+        self.started = time.monotonic()
+        self._last_line = self.started
+        self._bar = None
+        if bar if bar is not None else sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=label, unit="row", dynamic_ncols=True, leave=True)
 
     def stage(self, name: str, count: int, output_tokens: int, seconds: float) -> None:
+        """A lockstep stage's line (stages that still wait for a whole batch)."""
         self.output_tokens += output_tokens
         rate = output_tokens / seconds if seconds > 0 else 0.0
         logger.info(f"[{self.label}] {name}: {count} calls, {output_tokens} tokens in {seconds:.1f}s ({rate:.0f} tok/s)")
 
-    def advance(self, count: int) -> None:
-        self.done += count
-        elapsed = time.monotonic() - self.started
-        rate = self.output_tokens / elapsed if elapsed > 0 else 0.0
+    def advance(self, rows: int = 1, output_tokens: int = 0) -> None:
+        self.done += rows
+        self.output_tokens += output_tokens
+        now = time.monotonic()
+        if self._bar is not None:
+            self._bar.update(rows)
+            self._bar.set_postfix_str(f"{self.rate(now):.0f} output tok/s", refresh=False)
+        elif now - self._last_line >= self.every or self.done >= self.total:
+            self._last_line = now
+            logger.info(self.line(now))
+
+    def rate(self, now: float | None = None) -> float:
+        elapsed = (now or time.monotonic()) - self.started
+        return self.output_tokens / elapsed if elapsed > 0 else 0.0
+
+    def line(self, now: float | None = None) -> str:
+        now = now or time.monotonic()
+        elapsed = now - self.started
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-        logger.info(f"[{self.label}] {self.done}/{self.total} rows | {rate:.0f} output tok/s | "
-                    f"elapsed {_duration(elapsed)} | ETA {_duration(eta)}")
+        return (f"[{self.label}] {self.done}/{self.total} rows | {self.rate(now):.0f} output tok/s | "
+                f"elapsed {_duration(elapsed)} | ETA {_duration(eta)}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def shorten(text: str, width: int = 300) -> str:

@@ -38,7 +38,7 @@ def writing(path: str | Path, flag: str = "--out"):
             raise
         reason = exc.strerror or str(exc)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            fix = "free some space (finished batches are kept) and run the same command again"
+            fix = "free some space (finished rows are kept) and run the same command again"
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             fix = f"choose a writable place for {flag}"
         elif exc.errno == errno.EISDIR:
@@ -220,6 +220,55 @@ class JsonlStore:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+class JsonlAppender:
+    """Rows appended one by one as they finish (``cai generate``'s streaming output).
+
+    Each row is one whole line written with one call (a kill leaves at most a torn last line, dropped
+    on resume); the file is fsynced every ``sync_rows`` rows or ``sync_seconds`` seconds, whichever comes
+    first, and on ``close``, so a crash of the machine loses at most that much.  A disk that fills up
+    mid-line has the partial line cut off before the error is raised.
+    """
+
+    def __init__(self, path: str | Path, sync_rows: int = 256, sync_seconds: float = 5.0, flag: str = "--out"):
+        self.path, self.sync_rows, self.sync_seconds, self.flag = Path(path), sync_rows, sync_seconds, flag
+        self._handle = None
+        self._unsynced = 0
+        self._synced_at = time.monotonic()
+
+    def write(self, row: dict) -> None:
+        data = (json.dumps(row, ensure_ascii=False) + "\n").encode()
+        with writing(self.path, self.flag):
+            if self._handle is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._handle = open(self.path, "ab", buffering=0)
+            start = self._handle.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[self._handle.write(view):]
+            except OSError:
+                self._handle.truncate(start)
+                raise
+            self._unsynced += 1
+            if self._unsynced >= self.sync_rows or time.monotonic() - self._synced_at >= self.sync_seconds:
+                self.sync()
+
+    def sync(self) -> None:
+        if self._handle is not None and self._unsynced:
+            with writing(self.path, self.flag):
+                os.fsync(self._handle.fileno())
+        self._unsynced = 0
+        self._synced_at = time.monotonic()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            try:
+                self.sync()
+            finally:
+                self._handle.close()
+                self._handle = None
 
 
 def read_json_objects(path: str | Path | None, what: str, flag: str, example: str = "") -> list[tuple[int, dict]]:

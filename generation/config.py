@@ -53,8 +53,13 @@ class GenerateConfig(EngineOptions):
 
         > Parameters that control the run
 
-        batch_size (`int`, *optional*, defaults to `64`):
-            Prompts per batch; each batch is written (and flushed) when its chain ends.
+        concurrency (`int` or `None`, *optional*, defaults to `None`):
+            Rows in flight at once (each has one call in flight); `None`: twice the in-process engine's
+            `max_num_seqs`, or 256 for an endpoint.
+        sync_rows (`int`, *optional*, defaults to `256`):
+            Rows are written as they finish; the output is fsynced every this many rows...
+        sync_seconds (`float`, *optional*, defaults to `5.0`):
+            ...or this many seconds, whichever comes first (and at the end).
         examples (`int`, *optional*, defaults to `2`):
             Before/after examples to print at the end.
     """
@@ -85,8 +90,11 @@ class GenerateConfig(EngineOptions):
     max_tokens: int = field(default=256, metadata={"help": "Maximum new tokens per call."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 is greedy)."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling probability mass."})
-    batch_size: int = field(
-        default=64, metadata={"help": "Prompts per batch; each batch is written (and flushed) when its chain ends."}
+    sync_rows: int = field(
+        default=256, metadata={"help": "Rows are written as they finish; fsync the output every this many rows..."}
+    )
+    sync_seconds: float = field(
+        default=5.0, metadata={"help": "...or every this many seconds, whichever comes first (and at the end)."}
     )
     examples: int = field(default=2, metadata={"help": "Before/after examples to print at the end."})
     overwrite: bool = field(default=False, metadata={"help": "Discard an existing output and start fresh."})
@@ -99,7 +107,9 @@ class GenerateConfig(EngineOptions):
             ("max_tokens", self.max_tokens >= 1, "must be >= 1"),
             ("temperature", self.temperature >= 0, "must be >= 0"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("concurrency", self.concurrency is None or self.concurrency >= 1, "must be >= 1"),
+            ("sync_rows", self.sync_rows >= 1, "must be >= 1"),
+            ("sync_seconds", self.sync_seconds > 0, "must be > 0"),
             ("limit", self.limit is None or self.limit >= 1, "must be >= 1"),
             ("examples", self.examples >= 0, "must be >= 0"),
         ])

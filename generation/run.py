@@ -19,7 +19,9 @@ from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
 from core.signals import Terminated, hold_interrupts
+from core.aio import stream
 from core.store import (
+    JsonlAppender,
     JsonlStore,
     check_outputs,
     check_own_output,
@@ -67,10 +69,9 @@ def chain_settings(config: GenerateConfig) -> ChainSettings:
                          revision_style=config.revision_style)
 
 
-def _pending_batches(config: GenerateConfig, task: CritiqueReviseTask, fingerprints: dict[str, str],
-                     done_ids: set[str]) -> Iterator[list[PromptRecord]]:
-    """The prompts still to do, read again from the file, ``batch_size`` at a time."""
-    batch: list[PromptRecord] = []
+def _pending_prompts(config: GenerateConfig, task: CritiqueReviseTask, fingerprints: dict[str, str],
+                     done_ids: set[str]) -> Iterator[PromptRecord]:
+    """The prompts still to do, read again from the file as rows in flight finish."""
     seen = 0
     for prompt in iter_prompts(config.prompts, config.limit):
         seen += 1
@@ -78,12 +79,7 @@ def _pending_batches(config: GenerateConfig, task: CritiqueReviseTask, fingerpri
             continue
         if fingerprints.get(prompt.id) != task.fingerprint(prompt):
             raise UserError(f"{config.prompts} changed during the run (line {prompt.line}); run again to pick it up")
-        batch.append(prompt)
-        if len(batch) == config.batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        yield prompt
     if seen < len(fingerprints):
         raise UserError(f"{config.prompts} gave {seen} prompts on its second reading but {len(fingerprints)} on its "
                         "first (it changed during the run, or can be read only once); pass a regular file that "
@@ -182,14 +178,17 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
 
     examples: list[dict] = []
     generated, failed, reused_calls = 0, [], 0
-    # Ctrl-C, or an endpoint that stays down: finished batches stay, the manifest
+    # Ctrl-C, or an endpoint that stays down: finished rows stay, the manifest
     # is written with the counts of the file, then the run stops.
     stopped: BaseException | None = None
     if pending:
         errors = JsonlStore(errors_path(out))
         errors.remove()  # failures are retried on every run; the file lists this run's
+        rows_out = JsonlAppender(out, config.sync_rows, config.sync_seconds)
+        errors_out = JsonlAppender(errors_path(out), config.sync_rows, config.sync_seconds, "its errors file")
         # A backend built here is closed here; one from the caller's factory stays the caller's.
         owned = backend is None and backend_factory is None
+        progress = None
         try:
             if backend is None:  # inside the try: a stop during the engine's start-up still writes the manifest
                 backend = (backend_factory or make_backend)(config)
@@ -197,20 +196,37 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             reusable = stale_ids - done_ids
             reuse = ReuseIndex([row for row in store.iter_rows() if row.get("id") in reusable] if reusable else [])
             progress = Progress("generate", pending)
-            for batch in _pending_batches(config, task, fingerprints, done_ids):
-                rows, failures = task.run_batch(backend, batch, reuse, progress)
-                with hold_interrupts():
-                    reused_calls += sum(row["reused_calls"] for row in rows)
-                    store.append(rows)
-                    errors.append(redact_values(failures))
-                    generated += len(rows)
-                    examples.extend(rows[: max(0, config.examples - len(examples))])
-                    flag_lists += [row["flags"] for row in rows]
-                    failed += failures
-                progress.advance(len(batch))
+            in_flight = config.concurrency or backend.concurrency
+            logger.debug(f"up to {in_flight} rows in flight")
+
+            async def chain(prompt: PromptRecord):
+                return await task.run_row(backend, prompt, reuse)
+
+            # Rows finish in any order and are written as they finish: nothing depends on row order.
+            for row, failure, output_tokens in stream(_pending_prompts(config, task, fingerprints, done_ids), chain,
+                                                      in_flight):
+                with hold_interrupts():  # a row lands whole, with its counts
+                    if row is not None:
+                        rows_out.write(row)
+                        reused_calls += row["reused_calls"]
+                        generated += 1
+                        if len(examples) < config.examples:
+                            examples.append(row)
+                        flag_lists.append(row["flags"])
+                    else:
+                        errors_out.write(redact_values(failure))
+                        failed.append(failure)
+                progress.advance(1, output_tokens)
         except (KeyboardInterrupt, UserError) as exc:
             stopped = exc
         finally:
+            try:
+                rows_out.close()
+                errors_out.close()
+            except UserError as exc:
+                stopped = stopped or exc
+            if progress is not None:
+                progress.close()
             if owned and backend is not None:
                 backend.close()
 
@@ -253,7 +269,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         "constitution": str(config.constitution),
         "backend": config.backend,
         "settings": settings.as_dict(),
-        "batch_size": config.batch_size,
+        "concurrency": config.concurrency,
         "limit": config.limit,
     }
     manifest = dict(

@@ -128,7 +128,8 @@ def generate_config(tmp_path, **overrides) -> GenerateConfig:
 
 
 def file_rows(path) -> list[dict]:
-    return [json.loads(line) for line in open(path)]
+    """Rows sorted by id (they are written as they finish)."""
+    return sorted((json.loads(line) for line in open(path)), key=lambda row: row["id"])
 
 
 def test_generate_stores_flags_and_a_rerun_refreshes_rows_written_without_them(tmp_path, caplog):

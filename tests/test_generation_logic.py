@@ -24,7 +24,7 @@ def write_prompts(path: Path, n: int) -> Path:
 
 def config(tmp_path: Path, **overrides) -> GenerateConfig:
     values = dict(prompts=str(tmp_path / "prompts.jsonl"), out=str(tmp_path / "out.jsonl"),
-                  constitution=str(REPO / "principles.yaml"), batch_size=3, rounds=2)
+                  constitution=str(REPO / "principles.yaml"), rounds=2)
     values.update(overrides)
     return GenerateConfig(**values)
 
@@ -35,7 +35,8 @@ def run(cfg, backend=None):
 
 
 def rows_of(path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+    """Rows sorted by id: they are written as they finish, in no fixed order."""
+    return sorted((json.loads(line) for line in Path(path).read_text().splitlines()), key=lambda row: row["id"])
 
 
 def test_prompt_file_errors_are_all_listed_with_line_numbers(tmp_path):
@@ -229,7 +230,7 @@ def test_store_append_is_whole_lines(tmp_path):
 
 
 def test_prompts_are_streamed_and_a_file_edited_mid_run_stops_cleanly(tmp_path):
-    # Prompts are read again batch by batch (their text is not held for the run): an edit made
+    # Prompts are read again as rows finish (their text is not held for the run): an edit made
     # in place while the run goes on stops it with an error; a rerun brings every row up to date.
     prompts = write_prompts(tmp_path / "prompts.jsonl", 6)
 
@@ -240,8 +241,9 @@ def test_prompts_are_streamed_and_a_file_edited_mid_run_stops_cleanly(tmp_path):
             return replies
 
     with pytest.raises(UserError, match=r"prompts.jsonl.*changed during the run"):
-        run(config(tmp_path), EditingBackend())
-    assert [row["id"] for row in rows_of(tmp_path / "out.jsonl")][:3] == ["p0", "p1", "p2"]  # the first batch stays
+        run(config(tmp_path, concurrency=2), EditingBackend())  # two rows in flight: p4 is read after the edit
+    finished = rows_of(tmp_path / "out.jsonl")
+    assert finished  # rows finished before the stop stay
     result, _ = run(config(tmp_path))
     rows = {row["id"]: row for row in rows_of(tmp_path / "out.jsonl")}
     assert sorted(rows) == [f"p{i}" for i in range(6)]

@@ -1,20 +1,32 @@
-"""The backend contract every stage uses: chat completions and label log-probabilities.
+"""The backend contract every stage uses: chat completions and log-probabilities.
 
-A backend answers a whole batch at once so that engines can schedule it as they
-like (vLLM batches it continuously; the OpenAI client sends it concurrently).
-Besides ``chat`` and ``label_logprobs`` a backend class declares what a stage
-config may set for it (``Options``), how it is built from them (``from_options``)
-and how its model is named in records (``identity``); ``core.backends.registry``
-is the one place that picks a backend by name.
+A backend answers one request at a time, asynchronously (``achat``, ``alabel_logprobs``,
+``aresponse_logprobs``), on the process's event loop (``core.aio``): a stage keeps many
+requests in flight and submits each row's next call the moment its previous one returns,
+so the engine's queue stays full (vLLM batches whatever is in flight continuously).  The
+batch methods ``chat``, ``label_logprobs`` and ``response_logprobs`` run a list of
+requests concurrently and wait for all: for callers with no chain to stream.  A backend
+implements either form of each; the base class derives the other.
+
+``session`` names the row a request belongs to: every call of one row carries the same
+key, so a router with session affinity keeps the row's growing prefix on one server.
+
+Besides the requests a backend class declares what a stage config may set for it
+(``Options``), how it is built from them (``from_options``), how its model is named in
+records (``identity``), and how many requests it keeps in flight by default
+(``concurrency``); ``core.backends.registry`` is the one place that picks a backend by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
+import asyncio
+from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
+
+from core import aio
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -90,12 +102,24 @@ class BackendOptions:
 
 
 class Backend(ABC):
-    """A model behind a small batch interface (see module docstring)."""
+    """A model behind a small request interface (see module docstring)."""
 
     #: registry name, e.g. "vllm"
     name: str = ""
     #: the options a stage config sets for this backend
     Options: ClassVar[type[BackendOptions]] = BackendOptions
+    #: requests in flight at once unless the user sets ``--concurrency`` (a backend may size it from its engine)
+    concurrency: int = 256
+
+    # Each pair is (batch method, single-request method): a subclass implements at least one of each
+    # (response_logprobs is optional: neither means the backend cannot score).
+    _PAIRS = (("chat", "achat"), ("label_logprobs", "alabel_logprobs"))
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for batch, single in cls._PAIRS:
+            if getattr(cls, batch) is getattr(Backend, batch) and getattr(cls, single) is getattr(Backend, single):
+                raise TypeError(f"{cls.__name__} must implement {batch}() or {single}()")
 
     def __init__(self, model: str):
         self.model = model
@@ -110,34 +134,72 @@ class Backend(ABC):
         """``model`` as recorded in rows, keys and manifests: loads nothing and holds no secret."""
         return model
 
-    @abstractmethod
+    # -- one request (streaming stages) -----------------------------------
+    async def achat(self, conversation: Conversation, sampling: Sampling, seed: int | None = None,
+                    session: str | None = None) -> Completion:
+        """Reply to one conversation.
+
+        A conversation whose last message is from the assistant is continued (its text is a
+        prefix of the reply) instead of answered.  ``seed`` makes sampling reproducible whatever
+        else is in flight.  A request that fails for good returns a Completion with ``error``;
+        an exception means the backend cannot go on (an endpoint that is down, a dead engine).
+        """
+        return self.chat([conversation], sampling, [seed])[0]
+
+    async def alabel_logprobs(self, conversation: Conversation, labels: Sequence[str],
+                              session: str | None = None) -> LabelLogprobs:
+        """Log-probability that the reply's next token is each label's first token.
+
+        As in ``achat``, a final assistant message is continued, so a caller can ask
+        "...the answer is (" and read the labels "A" and "B".
+        """
+        return self.label_logprobs([conversation], labels)[0]
+
+    async def aresponse_logprobs(self, conversation: Conversation, session: str | None = None) -> SequenceLogprob:
+        """Log-likelihood of the conversation's final assistant message (the judge's likelihood scoring).
+
+        Optional: backends that cannot score prompts raise NotImplementedError.
+        """
+        if type(self).response_logprobs is Backend.response_logprobs:
+            raise NotImplementedError(f"the {self.name or type(self).__name__} backend cannot score response likelihoods")
+        return self.response_logprobs([conversation])[0]
+
+    # -- many requests at once, waiting for all ---------------------------
     def chat(
         self,
         conversations: Sequence[Conversation],
         sampling: Sampling,
         seeds: Sequence[int] | None = None,
     ) -> list[Completion]:
-        """Reply to each conversation, in order.
+        """``achat`` for each conversation, concurrently; replies in order."""
+        seeds = list(seeds) if seeds is not None else [None] * len(conversations)
+        return self._all([self.achat(c, sampling, seed) for c, seed in zip(conversations, seeds)])
 
-        A conversation whose last message is from the assistant is continued
-        (its text is a prefix of the reply) instead of answered.  ``seeds``, one
-        per conversation, make sampling reproducible regardless of batching.
-        """
-
-    @abstractmethod
     def label_logprobs(self, conversations: Sequence[Conversation], labels: Sequence[str]) -> list[LabelLogprobs]:
-        """Log-probability that the next token of each reply is each label's first token.
-
-        As in ``chat``, a final assistant message is continued, so a caller can
-        ask "...the answer is (" and read the labels "A" and "B".
-        """
+        """``alabel_logprobs`` for each conversation, concurrently; results in order."""
+        return self._all([self.alabel_logprobs(c, labels) for c in conversations])
 
     def response_logprobs(self, conversations: Sequence[Conversation]) -> list[SequenceLogprob]:
-        """Log-likelihood of each conversation's final assistant message (the judge's likelihood scoring).
+        """``aresponse_logprobs`` for each conversation, concurrently; results in order."""
+        if type(self).aresponse_logprobs is Backend.aresponse_logprobs:
+            raise NotImplementedError(f"the {self.name or type(self).__name__} backend cannot score response likelihoods")
+        return self._all([self.aresponse_logprobs(c) for c in conversations])
 
-        Optional: backends that cannot score prompts raise NotImplementedError.
-        """
-        raise NotImplementedError(f"the {self.name or type(self).__name__} backend cannot score response likelihoods")
+    def _all(self, coroutines: list) -> list:
+        """Run coroutines on the event loop, at most ``concurrency`` at once; results in order."""
+        if not coroutines:
+            return []
+
+        async def gather():
+            semaphore = asyncio.Semaphore(self.concurrency)
+
+            async def bounded(coroutine):
+                async with semaphore:
+                    return await coroutine
+
+            return await asyncio.gather(*(bounded(c) for c in coroutines))
+
+        return aio.run_sync(gather())
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine or connections."""

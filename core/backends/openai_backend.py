@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
+from core import aio
 from core.errors import UserError
 from core.redact import redact_text, redact_url
 
@@ -27,6 +28,8 @@ from .base import (
 )
 
 RETRY_STATUS = {408, 409, 429}
+#: requests in flight unless --concurrency says otherwise
+DEFAULT_CONCURRENCY = 256
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -94,8 +97,9 @@ class OpenAIOptions(BackendOptions):
 
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 32
+    concurrency: int | None = None
     request_timeout: float = 120.0
+    session_header: str = "X-Session-ID"
     seed: int = 0
 
     def rules(self) -> list[tuple[str, bool, str]]:
@@ -103,7 +107,7 @@ class OpenAIOptions(BackendOptions):
             ("base_url", bool(self.base_url or os.environ.get("OPENAI_BASE_URL")),
              "is not an endpoint: the openai backend needs its OpenAI-compatible URL, e.g. "
              "http://127.0.0.1:8000/v1 (or set $OPENAI_BASE_URL)"),
-            ("concurrency", self.concurrency >= 1, "must be >= 1"),
+            ("concurrency", self.concurrency is None or self.concurrency >= 1, "must be >= 1"),
             ("request_timeout", self.request_timeout > 0, "must be > 0"),
         ]
 
@@ -117,27 +121,31 @@ class OpenAIBackend(Backend):
     @classmethod
     def from_options(cls, model: str, options: OpenAIOptions) -> OpenAIBackend:
         return cls(model, base_url=options.base_url, api_key_env=options.api_key_env, concurrency=options.concurrency,
-                   timeout=options.request_timeout, seed=options.seed)
+                   timeout=options.request_timeout, session_header=options.session_header, seed=options.seed)
 
     def __init__(
         self,
         model: str,
         base_url: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
-        concurrency: int = 32,
+        concurrency: int | None = None,
         timeout: float = 120.0,
         max_attempts: int = 6,
         max_retry_time: float = 600.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         seed: int = 0,
-        show_progress: bool | None = None,
         down_after: int = 16,
+        session_header: str = "X-Session-ID",
     ):
         super().__init__(model)
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         self.api_key_env = api_key_env
-        self.concurrency = concurrency
+        # A GPU server runs 256 or more sequences at once; fewer requests in flight leave it idle.
+        self.concurrency = concurrency or DEFAULT_CONCURRENCY
+        self.session_header = session_header
+        self._client_on_loop = None  # the AsyncOpenAI client and its semaphore, made on the event loop
+        self._semaphore: asyncio.Semaphore | None = None
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.max_retry_time = max_retry_time
@@ -187,7 +195,17 @@ class OpenAIBackend(Backend):
             if hasattr(exc, "body"):
                 exc.body = None
 
-    async def _call(self, client, semaphore, kwargs):
+    def _client_and_semaphore(self):
+        if self._client_on_loop is None:
+            self._client_on_loop = self._client()
+            self._semaphore = asyncio.Semaphore(self.concurrency)
+        return self._client_on_loop, self._semaphore
+
+    async def _call(self, kwargs: dict, session: str | None = None):
+        """One request with retries; an API error that is final for it is raised (the caller records it)."""
+        client, semaphore = self._client_and_semaphore()
+        if session and self.session_header:
+            kwargs = {**kwargs, "extra_headers": {self.session_header: session}}
         async with semaphore:
             if self._is_down():
                 raise self._down_error()
@@ -214,16 +232,14 @@ class OpenAIBackend(Backend):
             self._failed_in_a_row = 0
             return result
 
-    async def _gather(self, requests):
-        client = self._client()
-        semaphore = asyncio.Semaphore(self.concurrency)
+    async def _answer(self, kwargs: dict, session: str | None):
+        """The response, or the API error that ended the request (an endpoint that is down raises)."""
         try:
-            return await asyncio.gather(*(self._call(client, semaphore, r) for r in requests), return_exceptions=True)
-        finally:
-            await client.close()
-
-    def _run(self, requests):
-        return asyncio.run(self._gather(requests))
+            return await self._call(kwargs, session)
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            if not _is_api_error(exc):
+                raise
+            return exc
 
     def _request(self, conversation: Conversation, choices: Sequence[str] | None = None, **kwargs) -> dict:
         request = {"model": self.model, "messages": list(conversation), **kwargs}
@@ -238,98 +254,71 @@ class OpenAIBackend(Backend):
             request["extra_body"] = extra
         return request
 
-    def chat(self, conversations: Sequence[Conversation], sampling: Sampling, seeds=None) -> list[Completion]:
-        seeds = list(seeds) if seeds is not None else [None] * len(conversations)
-        requests = []
-        for conversation, seed in zip(conversations, seeds):
-            extra = {"seed": seed} if seed is not None else {}
-            requests.append(
-                self._request(
-                    conversation,
-                    max_tokens=sampling.max_tokens,
-                    temperature=sampling.temperature,
-                    top_p=sampling.top_p,
-                    choices=sampling.choices,
-                    **extra,
-                )
-            )
-        completions = []
-        for result in self._run(requests):
-            if isinstance(result, BaseException):
-                if not _is_api_error(result):
-                    raise result
-                completions.append(Completion(text="", finish_reason="error", error=describe_error(result)))
-                continue
-            choice = result.choices[0]
-            usage = result.usage
-            completions.append(
-                Completion(
-                    text=choice.message.content or "",
-                    finish_reason=choice.finish_reason or "stop",
-                    prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                    completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                )
-            )
-        return completions
+    async def achat(self, conversation: Conversation, sampling: Sampling, seed: int | None = None,
+                    session: str | None = None) -> Completion:
+        extra = {"seed": seed} if seed is not None else {}
+        request = self._request(conversation, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                                top_p=sampling.top_p, choices=sampling.choices, **extra)
+        result = await self._answer(request, session)
+        if isinstance(result, BaseException):
+            return Completion(text="", finish_reason="error", error=describe_error(result))
+        choice = result.choices[0]
+        usage = result.usage
+        return Completion(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason or "stop",
+            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+        )
 
-    def label_logprobs(self, conversations: Sequence[Conversation], labels: Sequence[str]) -> list[LabelLogprobs]:
-        requests = [
-            self._request(c, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20) for c in conversations
-        ]
-        results = []
-        for result in self._run(requests):
-            if isinstance(result, BaseException):
-                if not _is_api_error(result):
-                    raise result
-                results.append(LabelLogprobs({label: None for label in labels}, error=describe_error(result)))
-                continue
-            content = result.choices[0].logprobs.content if result.choices[0].logprobs else None
-            if not content:
-                results.append(
-                    LabelLogprobs({label: None for label in labels}, error="endpoint returned no log-probabilities")
-                )
-                continue
-            top = {t.token: t.logprob for t in content[0].top_logprobs}
-            # Match a label by its first characters; tokens may carry a leading space.
-            values = {}
-            for label in labels:
-                matches = [lp for tok, lp in top.items() if tok == label or tok.strip() == label]
-                values[label] = max(matches) if matches else None
-            results.append(LabelLogprobs(values, floor=min(top.values()) if top else None))
-        return results
+    async def alabel_logprobs(self, conversation: Conversation, labels: Sequence[str],
+                              session: str | None = None) -> LabelLogprobs:
+        request = self._request(conversation, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20)
+        result = await self._answer(request, session)
+        if isinstance(result, BaseException):
+            return LabelLogprobs({label: None for label in labels}, error=describe_error(result))
+        content = result.choices[0].logprobs.content if result.choices[0].logprobs else None
+        if not content:
+            return LabelLogprobs({label: None for label in labels}, error="endpoint returned no log-probabilities")
+        top = {t.token: t.logprob for t in content[0].top_logprobs}
+        # Match a label by its first characters; tokens may carry a leading space.
+        values = {}
+        for label in labels:
+            matches = [lp for tok, lp in top.items() if tok == label or tok.strip() == label]
+            values[label] = max(matches) if matches else None
+        return LabelLogprobs(values, floor=min(top.values()) if top else None)
 
-    def response_logprobs(self, conversations: Sequence[Conversation]) -> list[SequenceLogprob]:
+    async def aresponse_logprobs(self, conversation: Conversation, session: str | None = None) -> SequenceLogprob:
         """Via vLLM's server extensions: ``prompt_logprobs`` and ``return_token_ids`` in extra_body.
 
-        Two requests per conversation: the whole conversation (its prompt token
-        log-probabilities) and the conversation without its final message (where
-        the response starts).  Endpoints without these extensions give an error per row.
+        Two requests: the whole conversation (its prompt token log-probabilities) and the
+        conversation without its final message (where the response starts).  Endpoints
+        without these extensions give an error for the row.
         """
-        requests = []
-        for conversation in conversations:
-            requests.append({
-                "model": self.model, "messages": list(conversation), "max_tokens": 1, "temperature": 0.0,
-                "extra_body": {"continue_final_message": True, "add_generation_prompt": False,
-                               "prompt_logprobs": 0, "return_token_ids": True},
-            })
-            requests.append({
-                "model": self.model, "messages": list(conversation[:-1]), "max_tokens": 1, "temperature": 0.0,
-                "extra_body": {"add_generation_prompt": True, "return_token_ids": True},
-            })
-        answers = self._run(requests)
-        results = []
-        for conversation, full, head in zip(conversations, answers[0::2], answers[1::2]):
-            if not ends_with_assistant(conversation):
-                results.append(SequenceLogprob(None, error="the conversation must end with the assistant message to score"))
-                continue
-            failed = next((r for r in (full, head) if isinstance(r, BaseException)), None)
-            if failed is not None:
-                if not _is_api_error(failed):
-                    raise failed
-                results.append(SequenceLogprob(None, error=describe_error(failed)))
-                continue
-            results.append(_sum_response_logprobs(full, head))
-        return results
+        if not ends_with_assistant(conversation):
+            return SequenceLogprob(None, error="the conversation must end with the assistant message to score")
+        full_request = {
+            "model": self.model, "messages": list(conversation), "max_tokens": 1, "temperature": 0.0,
+            "extra_body": {"continue_final_message": True, "add_generation_prompt": False,
+                           "prompt_logprobs": 0, "return_token_ids": True},
+        }
+        head_request = {
+            "model": self.model, "messages": list(conversation[:-1]), "max_tokens": 1, "temperature": 0.0,
+            "extra_body": {"add_generation_prompt": True, "return_token_ids": True},
+        }
+        full, head = await asyncio.gather(self._answer(full_request, session), self._answer(head_request, session))
+        failed = next((r for r in (full, head) if isinstance(r, BaseException)), None)
+        if failed is not None:
+            return SequenceLogprob(None, error=describe_error(failed))
+        return _sum_response_logprobs(full, head)
+
+    def close(self) -> None:
+        client, self._client_on_loop = self._client_on_loop, None
+        if client is not None:
+            try:
+                aio.run_sync(client.close())
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
 
 
 def _extra(result, name: str):

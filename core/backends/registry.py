@@ -94,14 +94,21 @@ class EngineOptions:
     ``backend``, ``base_url`` and ``seed``), and each backend takes the ones its options name.
 
     Parameters:
+        > Parameters that control how much is in flight (every backend)
+
+        concurrency (`int` or `None`, *optional*, defaults to `None`):
+            Requests in flight at once (in `cai generate`, rows: each row has one call in flight). `None` sizes
+            it from the engine: twice the in-process engine's `max_num_seqs`, or 256 for an endpoint.
+
         > Parameters that control the openai backend (any OpenAI-compatible endpoint)
 
         api_key_env (`str`, *optional*, defaults to `"OPENAI_API_KEY"`):
             Name of the environment variable holding the API key. The key itself is never logged or stored.
-        concurrency (`int`, *optional*, defaults to `32`):
-            Requests in flight at once.
         request_timeout (`float`, *optional*, defaults to `120.0`):
             Seconds one request may take before it is retried.
+        session_header (`str`, *optional*, defaults to `"X-Session-ID"`):
+            HTTP header carrying a key that is the same for every call of one row, so that a router with session
+            affinity keeps the row's prefix on one server; `""` sends none.
 
         > Parameters that control the vllm backend (an in-process engine)
 
@@ -116,7 +123,16 @@ class EngineOptions:
     api_key_env: str = field(
         default="OPENAI_API_KEY", metadata={"help": "openai backend: environment variable holding the API key (never logged)."}
     )
-    concurrency: int = field(default=32, metadata={"help": "openai backend: requests in flight at once."})
+    concurrency: int | None = field(
+        default=None,
+        metadata={"help": "Requests (rows) in flight at once; default: twice the in-process engine's max_num_seqs, "
+                          "or 256 for an endpoint."},
+    )
+    session_header: str = field(
+        default="X-Session-ID",
+        metadata={"help": "openai backend: header with a per-row key, the same on every call of a row, for routers "
+                          "with session affinity ('' sends none)."},
+    )
     request_timeout: float = field(default=120.0, metadata={"help": "openai backend: seconds per request (> 0)."})
     max_model_len: int | None = field(default=None, metadata={"help": "vllm backend: context length (default: model's)."})
     gpu_memory_utilization: float | None = field(

@@ -1,13 +1,19 @@
-"""In-process vLLM engine (``vllm.LLM``): the default backend."""
+"""In-process vLLM engine (vLLM's ``AsyncLLM``): the default backend.
+
+Each request is submitted on its own and awaited on the process's event loop (``core.aio``), so a
+stage keeps the engine's queue full: vLLM schedules whatever is in flight continuously, and a
+row's next call joins the running batch as soon as its previous one returns.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core import aio
 from core.errors import UserError
 from core.model import model_identity, resolve_model
 
@@ -24,9 +30,11 @@ class VLLMOptions(BackendOptions):
     max_model_len: int | None = None
     gpu_memory_utilization: float | None = None
     tensor_parallel_size: int = 1
+    concurrency: int | None = None
 
     def rules(self) -> list[tuple[str, bool, str]]:
         return [
+            ("concurrency", self.concurrency is None or self.concurrency >= 1, "must be >= 1"),
             ("max_model_len", self.max_model_len is None or self.max_model_len >= 1, "must be >= 1"),
             ("gpu_memory_utilization", self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
              "must be in (0, 1]"),
@@ -82,11 +90,12 @@ class VLLMBackend(Backend):
         enforce_eager: bool | None = None,
         enable_prefix_caching: bool = True,
         tensor_parallel_size: int = 1,
-        show_progress: bool | None = None,
+        disable_log_stats: bool = True,
+        concurrency: int | None = None,
         **engine_kwargs,
     ):
         super().__init__(model)
-        from vllm import LLM
+        from vllm.engine.arg_utils import AsyncEngineArgs
 
         cpu = _on_cpu()
         if gpu_memory_utilization is None:
@@ -101,8 +110,7 @@ class VLLMBackend(Backend):
             # compute (2 cores: 355 -> 506 output tok/s with the worker on both).
             if (os.cpu_count() or 1) <= 4:
                 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
-        self.llm = LLM(
+        arguments = AsyncEngineArgs(
             model=model,
             seed=seed,
             max_model_len=max_model_len,
@@ -110,10 +118,23 @@ class VLLMBackend(Backend):
             enforce_eager=enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
             tensor_parallel_size=tensor_parallel_size,
+            disable_log_stats=disable_log_stats,
             **engine_kwargs,
         )
-        self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self._request_ids = itertools.count()
+        self.engine = None
+        self.engine = aio.run_sync(self._start(arguments))  # on the loop, which then runs its output handler
+        self.tokenizer = self.engine.get_tokenizer()
+        self.max_model_len = self.engine.model_config.max_model_len
+        # Twice what the engine runs at once: a finished sequence's slot is refilled from the
+        # queue at once, while its row prepares the next call.
+        self.concurrency = concurrency or 2 * self.engine.vllm_config.scheduler_config.max_num_seqs
+
+    @staticmethod
+    async def _start(arguments):
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(arguments)
 
     def _token_ids(self, conversation: Conversation) -> list[int]:
         continue_final = ends_with_assistant(conversation)
@@ -125,68 +146,46 @@ class VLLMBackend(Backend):
         )
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
-    def _generate(self, conversations, params) -> list:
-        """Generate for each conversation; ``None`` for a prompt too long for the context.
-
-        Templating here (instead of ``LLM.chat``) lets an over-long prompt be
-        flagged before it is sent, rather than failing the whole batch.
-        """
-        prompts = [self._token_ids(c) for c in conversations]
-        fits = [i for i, ids in enumerate(prompts) if len(ids) < self.max_model_len]
-        results: list = [None] * len(prompts)
-        if fits:
-            outs = self.llm.generate(
-                [{"prompt_token_ids": prompts[i]} for i in fits],
-                [params[i] for i in fits] if isinstance(params, list) else params,
-                use_tqdm=self.show_progress,
-            )
-            for i, out in zip(fits, outs):
-                results[i] = out
-        self._last_lengths = [len(ids) for ids in prompts]
-        return results
-
-    def _too_long(self, i: int) -> str:
+    def _too_long(self, length: int) -> str:
         return (
-            f"prompt is {self._last_lengths[i]} tokens but the model's context is {self.max_model_len}; "
+            f"prompt is {length} tokens but the model's context is {self.max_model_len}; "
             "shorten the prompt or raise --max-model-len"
         )
 
-    def chat(self, conversations: Sequence[Conversation], sampling: Sampling, seeds=None) -> list[Completion]:
+    async def _generate(self, token_ids: list[int], params):
+        """The request's final output (templating is done by the caller so that an over-long prompt
+        is reported for its row instead of failing in the engine)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, not one per token
+        final = None
+        async for output in self.engine.generate({"prompt_token_ids": token_ids}, params,
+                                                 f"cai-{next(self._request_ids)}"):
+            final = output
+        return final
+
+    async def achat(self, conversation: Conversation, sampling: Sampling, seed: int | None = None,
+                    session: str | None = None) -> Completion:
         from vllm import SamplingParams
 
-        if not conversations:
-            return []
-        seeds = list(seeds) if seeds is not None else [None] * len(conversations)
+        token_ids = self._token_ids(conversation)
+        if len(token_ids) >= self.max_model_len:
+            return Completion(text="", finish_reason="error", error=self._too_long(len(token_ids)))
         constraint = {}
         if sampling.choices is not None:
             from vllm.sampling_params import StructuredOutputsParams
 
             constraint["structured_outputs"] = StructuredOutputsParams(choice=list(sampling.choices))
-        params = [
-            SamplingParams(
-                max_tokens=sampling.max_tokens,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                seed=seed,
-                **constraint,
-            )
-            for seed in seeds
-        ]
-        completions = []
-        for i, out in enumerate(self._generate(conversations, params)):
-            if out is None:
-                completions.append(Completion(text="", finish_reason="error", error=self._too_long(i)))
-                continue
-            choice = out.outputs[0]
-            completions.append(
-                Completion(
-                    text=choice.text,
-                    finish_reason=choice.finish_reason or "stop",
-                    prompt_tokens=len(out.prompt_token_ids or []),
-                    completion_tokens=len(choice.token_ids),
-                )
-            )
-        return completions
+        params = SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                                top_p=sampling.top_p, seed=seed, **constraint)
+        output = await self._generate(token_ids, params)
+        choice = output.outputs[0]
+        return Completion(
+            text=choice.text,
+            finish_reason=choice.finish_reason or "stop",
+            prompt_tokens=len(output.prompt_token_ids or []),
+            completion_tokens=len(choice.token_ids),
+        )
 
     def label_token_ids(self, labels: Sequence[str]) -> dict[str, int]:
         ids = {}
@@ -199,23 +198,19 @@ class VLLMBackend(Backend):
             raise ValueError(f"labels {list(labels)} share a first token; use labels that differ in their first token")
         return ids
 
-    def label_logprobs(self, conversations: Sequence[Conversation], labels: Sequence[str]) -> list[LabelLogprobs]:
+    async def alabel_logprobs(self, conversation: Conversation, labels: Sequence[str],
+                              session: str | None = None) -> LabelLogprobs:
         from vllm import SamplingParams
 
-        if not conversations:
-            return []
         ids = self.label_token_ids(labels)
-        top_k = self.llm.llm_engine.model_config.max_logprobs
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=min(20, top_k))
-        results = []
-        for i, out in enumerate(self._generate(conversations, params)):
-            if out is None:
-                results.append(LabelLogprobs({label: None for label in labels}, error=self._too_long(i)))
-                continue
-            top = out.outputs[0].logprobs[0]
-            values = {label: (top[i].logprob if i in top else None) for label, i in ids.items()}
-            results.append(LabelLogprobs(logprobs=values, floor=min(lp.logprob for lp in top.values())))
-        return results
+        token_ids = self._token_ids(conversation)
+        if len(token_ids) >= self.max_model_len:
+            return LabelLogprobs({label: None for label in labels}, error=self._too_long(len(token_ids)))
+        top_k = self.engine.model_config.max_logprobs
+        output = await self._generate(token_ids, SamplingParams(max_tokens=1, temperature=0.0, logprobs=min(20, top_k)))
+        top = output.outputs[0].logprobs[0]
+        values = {label: (top[i].logprob if i in top else None) for label, i in ids.items()}
+        return LabelLogprobs(logprobs=values, floor=min(lp.logprob for lp in top.values()))
 
     def _response_span(self, conversation: Conversation) -> tuple[list[int], int] | str:
         """Token ids of the whole conversation and where its final assistant message starts (or an error)."""
@@ -228,39 +223,32 @@ class VLLMBackend(Backend):
             return "the chat template does not keep the prompt as a prefix of prompt + response"
         return full, len(head)
 
-    def response_logprobs(self, conversations: Sequence[Conversation]) -> list[SequenceLogprob]:
+    async def aresponse_logprobs(self, conversation: Conversation, session: str | None = None) -> SequenceLogprob:
         from vllm import SamplingParams
 
-        if not conversations:
-            return []
-        spans = [self._response_span(c) for c in conversations]
+        span = self._response_span(conversation)
+        if isinstance(span, str):
+            return SequenceLogprob(None, error=span)
+        ids, start = span
+        if len(ids) >= self.max_model_len:
+            return SequenceLogprob(None, error=(f"prompt is {len(ids)} tokens but the model's context is "
+                                                f"{self.max_model_len}; shorten it or raise --max-model-len"))
         # prompt_logprobs=0: only the log-probability of each actual prompt token.
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        ok = [i for i, span in enumerate(spans) if not isinstance(span, str) and len(span[0]) < self.max_model_len]
-        results = [
-            SequenceLogprob(None, error=span if isinstance(span, str) else (
-                f"prompt is {len(span[0])} tokens but the model's context is {self.max_model_len}; "
-                "shorten it or raise --max-model-len"))
-            for span in spans
-        ]
-        if ok:
-            outs = self.llm.generate(
-                [{"prompt_token_ids": spans[i][0]} for i in ok], params, use_tqdm=self.show_progress
-            )
-            for i, out in zip(ok, outs):
-                ids, start = spans[i]
-                total = 0.0
-                for position in range(max(start, 1), len(ids)):
-                    entry = out.prompt_logprobs[position]
-                    total += entry[ids[position]].logprob
-                results[i] = SequenceLogprob(total, tokens=len(ids) - start)
-        return results
+        output = await self._generate(ids, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0))
+        total = 0.0
+        for position in range(max(start, 1), len(ids)):
+            total += output.prompt_logprobs[position][ids[position]].logprob
+        return SequenceLogprob(total, tokens=len(ids) - start)
+
+    def reset_prefix_cache(self) -> None:
+        """Empty the engine's prefix cache (benchmarks time runs from a cold cache)."""
+        aio.run_sync(self.engine.reset_prefix_cache())
 
     def close(self) -> None:
-        llm = getattr(self, "llm", None)
-        if llm is not None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
             try:
-                llm.llm_engine.engine_core.shutdown()
+                engine.shutdown()
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
-            self.llm = None
+            self.engine = None

@@ -62,7 +62,7 @@ def generated(tmp_path_factory) -> Path:
                                                   {"role": "user", "content": "Hi?"}]}) + "\n")
     for rounds in (2, 3):
         config = GenerateConfig(prompts=str(prompts), out=str(tmp / "revisions.jsonl"), constitution=CONSTITUTION,
-                                batch_size=4, rounds=rounds, examples=0)
+                                rounds=rounds, examples=0)
         generate(config, backend=PreferenceBackend())
     return tmp / "revisions.jsonl"
 

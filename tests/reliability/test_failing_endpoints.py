@@ -33,13 +33,13 @@ def errors_of(out: Path) -> list[dict]:
 
 def test_twenty_percent_faults_complete_every_row(standin, tmp_path, capsys):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 30)
-    assert cai_main(generate_args(prompts, tmp_path / "ref.jsonl", standin.base_url, batch_size=10)) == 0
+    assert cai_main(generate_args(prompts, tmp_path / "ref.jsonl", standin.base_url)) == 0
     reference = rows_of(tmp_path / "ref.jsonl")
 
     with FaultProxy(standin.url, rate=0.2, seed=5, retry_after=1, hang_seconds=2.0) as proxy:
         started = time.monotonic()
         code = cai_main(generate_args(prompts, tmp_path / "out.jsonl", proxy.base_url, "--request-timeout", "1",
-                                      batch_size=10, concurrency=16))
+                                      concurrency=16))
         elapsed = time.monotonic() - started
     summary = proxy.summary()
     assert code == 0, capsys.readouterr().err[-3000:]
@@ -119,7 +119,7 @@ def test_endpoint_that_stays_down_stops_in_bounded_time_with_a_clear_message(tmp
         port = sock.getsockname()[1]
     prompts = write_prompts(tmp_path / "prompts.jsonl", 500)
     out = tmp_path / "out.jsonl"
-    args = generate_args(prompts, out, f"http://127.0.0.1:{port}/v1", batch_size=64, concurrency=32)
+    args = generate_args(prompts, out, f"http://127.0.0.1:{port}/v1", concurrency=32)
     started = time.monotonic()
     done = run_cli(args, timeout=120)
     elapsed = time.monotonic() - started
@@ -133,13 +133,13 @@ def test_endpoint_that_stays_down_stops_in_bounded_time_with_a_clear_message(tmp
 
 def test_endpoint_going_down_mid_run_keeps_finished_batches_and_resumes(standin, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 40)
-    assert cai_main(generate_args(prompts, tmp_path / "ref.jsonl", standin.base_url, batch_size=5)) == 0
+    assert cai_main(generate_args(prompts, tmp_path / "ref.jsonl", standin.base_url)) == 0
     reference = rows_of(tmp_path / "ref.jsonl")
     out = tmp_path / "out.jsonl"
     with StandinServer(delay=0.01) as slow, FaultProxy(slow.url, rate=0.0) as proxy:
         cfg = GenerateConfig(prompts=str(prompts), out=str(out), constitution=str(REPO / "principles.yaml"),
                              backend="openai", base_url=proxy.base_url, model="standin", temperature=0.0,
-                             max_tokens=32, batch_size=5, concurrency=8, examples=0)
+                             max_tokens=32, concurrency=8, examples=0)
 
         def quick(config):  # small backoff so the test is quick; the breaker is what is under test
             return create_backend("openai", "standin", base_url=config.base_url, concurrency=8,
@@ -154,8 +154,8 @@ def test_endpoint_going_down_mid_run_keeps_finished_batches_and_resumes(standin,
             generate(cfg, backend_factory=quick)
         assert type(info.value).__name__ == "EndpointDownError"
         kept = rows_of(out)
-        assert 10 <= len(kept) < 40 and len(kept) % 5 == 0
-        assert kept == reference[: len(kept)]
+        assert 10 <= len(kept) < 40
+        assert kept == [row for row in reference if row["id"] in {k["id"] for k in kept}]  # whole, each as without faults
         assert manifest_of(out)["counts"]["rows"] == len(kept)
         proxy.down = False
         generate(cfg, backend_factory=quick)

@@ -122,7 +122,7 @@ CASES = [
     # --- options and existing outputs ---------------------------------------------------------------
     ("option-negative-temperature", {}, ["--temperature", "-1"], [r"--temperature -1\.0 must be >= 0"], None),
     ("option-unknown-backend", {}, ["--backend", "vlm"], [r"--backend 'vlm' is unknown; did you mean 'vllm'\?"], None),
-    ("option-zero-batch", {}, ["--batch-size", "0"], [r"--batch-size 0 must be >= 1"], None),
+    ("option-zero-sync-rows", {}, ["--sync-rows", "0"], [r"--sync-rows 0 must be >= 1"], None),
     ("output-from-other-configuration", {}, [],
      [r"out\.jsonl was written by a different configuration \(sampling: .*'temperature': 0\.7.*'temperature': 0\.0.*\); "
       r"pass --overwrite to start fresh"], _earlier_run),

@@ -79,7 +79,7 @@ def test_a_second_run_on_the_same_output_stops_at_once_naming_the_holder(tmp_pat
     prompts = write_prompts(tmp_path / "p.jsonl", 6)
     out = tmp_path / "out.jsonl"
     with StandinServer(delay=0.3) as slow:
-        first = start_cli(generate_args(prompts, out, slow.base_url, batch_size=2, concurrency=1), tmp_path / "first.log")
+        first = start_cli(generate_args(prompts, out, slow.base_url, concurrency=1), tmp_path / "first.log")
         try:
             deadline = time.monotonic() + 60
             while not Path(str(out) + ".lock").exists() and time.monotonic() < deadline:
@@ -119,11 +119,11 @@ def test_sigterm_lands_the_batch_in_flight_whole_writes_the_manifest_and_exits_1
             recipe.write_text(yaml.safe_dump({
                 "run_dir": str(tmp_path / "run"), "constitution": str(REPO / "principles.yaml"),
                 "generate": {"prompts": str(prompts), "backend": "openai", "base_url": server.base_url,
-                             "model": "standin", "temperature": 0.0, "batch_size": 2, "concurrency": 1}}))
+                             "model": "standin", "temperature": 0.0, "concurrency": 1}}))
             args = ["run", "--recipe", str(recipe)]
             out = tmp_path / "run" / "revisions.jsonl"
         else:
-            args = generate_args(prompts, revisions, server.base_url, batch_size=2, concurrency=1)
+            args = generate_args(prompts, revisions, server.base_url, concurrency=1)
             out = revisions
         process = start_cli(args, tmp_path / "run.log")
         deadline = time.monotonic() + 60
@@ -133,12 +133,12 @@ def test_sigterm_lands_the_batch_in_flight_whole_writes_the_manifest_and_exits_1
         code = process.wait(60)
     log = (tmp_path / "run.log").read_text()
     assert code == 143, log
-    assert "terminated (SIGTERM): finished batches are saved" in log and "Traceback" not in log
+    assert "terminated (SIGTERM): finished work is saved" in log and "Traceback" not in log
     rows = rows_of(out)  # every line is a whole row
     manifest = manifest_of(out)
     assert manifest["counts"]["stopped"] == "terminated"
     assert manifest["counts"]["pairs" if command == "judge" else "rows"] == len(rows) > 0
-    assert len(rows) % 2 == 0 or command == "judge"  # generate's batches of 2 land whole
+    assert len({row["id"] for row in rows}) == len(rows)  # no row twice
     assert not Path(str(out) + ".lock").exists()
     if command == "run":
         return  # the rest of the recipe (training) is not for the stand-in
@@ -224,7 +224,7 @@ def test_a_full_disk_ends_in_one_error_line_and_keeps_whole_batches(tmp_path, ca
                              capture_output=True).returncode == 0
     try:
         with StandinServer() as server:
-            args = generate_args(prompts, disk / "out.jsonl", server.base_url, batch_size=4)
+            args = generate_args(prompts, disk / "out.jsonl", server.base_url)
             args[args.index("--max-tokens") + 1] = "400"
             (tmp_path / "big.jsonl").write_text("".join(
                 json.dumps({"id": f"b{i}", "prompt": f"{i} " + "long words " * 300}) + "\n" for i in range(40)))
