@@ -249,3 +249,51 @@ def test_prompts_are_streamed_and_a_file_edited_mid_run_stops_cleanly(tmp_path):
     assert sorted(rows) == [f"p{i}" for i in range(6)]
     assert rows["p4"]["prompt"][-1]["content"] == "Question number four?"
     assert result["counts"]["already_done"] >= 3 and result["counts"]["rows"] == 6
+
+
+# ---------------------------------------------------------------- streaming
+class ReversedBackend(ScriptedBackend):
+    """Answers later prompts sooner, so rows finish in the reverse of the prompts' order."""
+
+    async def achat(self, conversation, sampling, seed=None, session=None):
+        import asyncio
+
+        question = next(m["content"] for m in conversation if m["content"].startswith("Question number"))
+        await asyncio.sleep(0.02 * (8 - int(question.split("number ")[1].rstrip("?"))))
+        return self.chat([conversation], sampling, [seed])[0]
+
+
+def test_rows_finishing_out_of_order_make_a_valid_output_that_resumes(tmp_path):
+    write_prompts(tmp_path / "prompts.jsonl", 8)
+    cfg = config(tmp_path, rounds=1)
+    reference = tmp_path / "reference.jsonl"
+    run(config(tmp_path, rounds=1, out=str(reference)))
+    run(cfg, ReversedBackend())
+    in_file = [json.loads(line)["id"] for line in Path(cfg.out).read_text().splitlines()]
+    assert in_file != sorted(in_file) and sorted(in_file) == [f"p{i}" for i in range(8)]  # out of order, complete
+    assert rows_of(cfg.out) == rows_of(reference)  # each row as an in-order run makes it
+    # A kill that kept the first three rows written (and tore the fourth): the rerun completes the same rows.
+    lines = Path(cfg.out).read_bytes().split(b"\n")
+    Path(cfg.out).write_bytes(b"\n".join(lines[:3]) + b"\n" + lines[3][:20])
+    result, backend = run(cfg, ReversedBackend())
+    assert result["counts"]["already_done"] == 3 and result["counts"]["generated"] == 5
+    assert len(backend.calls) == 5 * 3 and result["counts"]["torn_lines_dropped"] == 1
+    assert rows_of(cfg.out) == rows_of(reference)
+
+
+def test_every_call_of_a_row_carries_the_rows_session_key(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "reliability"))
+    from servers import StandinServer
+
+    write_prompts(tmp_path / "prompts.jsonl", 6)
+    with StandinServer(keep_bodies=True) as server:
+        generate(config(tmp_path, rounds=2, backend="openai", base_url=server.base_url, model="standin",
+                        session_header="X-Affinity"))
+        sessions: dict[str, set[str]] = {}
+        for body, headers in zip(server.bodies, server.headers):
+            question = next(m["content"] for m in body["messages"] if m["role"] == "user" and "number" in m["content"])
+            sessions.setdefault(question, set()).add({k.lower(): v for k, v in headers.items()}["x-affinity"])
+    assert len(sessions) == 6 and all(len(keys) == 1 for keys in sessions.values())  # one key per row, on all 5 calls
+    assert len({key for keys in sessions.values() for key in keys}) == 6  # and a different key for each row

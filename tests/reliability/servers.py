@@ -166,6 +166,7 @@ class _StandinHandler(BaseHTTPRequestHandler):
         if owner.keep_bodies:
             with owner.lock:
                 owner.bodies.append(request)
+                owner.headers.append(dict(self.headers))
         size = sum(len(str(m.get("content", ""))) for m in request.get("messages") or [])
         if size > owner.context_chars:
             # What vLLM's server says; a 400 is final (not retried).
@@ -205,6 +206,7 @@ class StandinServer(_Base):
         self.requests = 0
         self.auth_headers: set[str] = set()
         self.bodies: list[dict] = []
+        self.headers: list[dict] = []  # of each kept body's request
         self.hold_after = hold_after
         self.held = 0  # requests held so far
         self.released = threading.Event()
