@@ -34,7 +34,7 @@ def vllm_backend(default_model_dir):
     """The in-process vLLM engine on the default model, shared by every test."""
     from core.backends.registry import create_backend
 
-    backend = create_backend("vllm", default_model_dir, seed=0, show_progress=False)
+    backend = create_backend("vllm", default_model_dir, seed=0)
     yield backend
     backend.close()
 

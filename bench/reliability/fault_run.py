@@ -39,14 +39,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cai-faults-") as tmp, StandinServer() as server:
         tmp = Path(tmp)
         prompts = write_prompts(tmp / "prompts.jsonl", args.prompts)
-        done = run_cli(generate_args(prompts, tmp / "clean.jsonl", server.base_url, batch_size=64, concurrency=32), timeout=1800)
+        done = run_cli(generate_args(prompts, tmp / "clean.jsonl", server.base_url, concurrency=32), timeout=1800)
         assert done.returncode == 0, done.stderr[-3000:]
         with FaultProxy(server.url, rate=args.rate, seed=args.seed, retry_after=args.retry_after,
                         hang_seconds=args.request_timeout + 1,
                         max_faults_per_request=args.max_faults_per_request) as proxy:
             started = time.monotonic()
             faulty = run_cli(generate_args(prompts, tmp / "faulty.jsonl", proxy.base_url, "--request-timeout",
-                                           str(args.request_timeout), batch_size=64, concurrency=32), timeout=1800)
+                                           str(args.request_timeout), concurrency=32), timeout=1800)
             elapsed = time.monotonic() - started
         outcome = compare(rows_of(tmp / "clean.jsonl"), rows_of(tmp / "faulty.jsonl"))
         errors = rows_of(str(tmp / "faulty.jsonl") + ".errors.jsonl")

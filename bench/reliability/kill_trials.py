@@ -29,7 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--prompts", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32, help="rows in flight")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0, help="stand-in seconds per request")
     args = parser.parse_args()
@@ -40,8 +40,8 @@ def main() -> int:
         prompts = write_prompts(tmp / "prompts.jsonl", args.prompts)
         reference_out = tmp / "reference.jsonl"
         started = time.monotonic()
-        process = start_cli(generate_args(prompts, reference_out, server.base_url, batch_size=args.batch_size,
-                                          concurrency=32), tmp / "reference.log")
+        process = start_cli(generate_args(prompts, reference_out, server.base_url,
+                                          concurrency=args.concurrency), tmp / "reference.log")
         if process.wait(900) != 0:
             print((tmp / "reference.log").read_text()[-3000:], file=sys.stderr)
             return 2
@@ -54,7 +54,7 @@ def main() -> int:
         for trial in range(args.trials):
             out = tmp / f"trial{trial}.jsonl"
             t0 = time.monotonic()
-            result = kill_trial(generate_args(prompts, out, server.base_url, batch_size=args.batch_size, concurrency=32),
+            result = kill_trial(generate_args(prompts, out, server.base_url, concurrency=args.concurrency),
                                 out, rng, window=window, kills=rng.randint(2, 4), log_path=tmp / f"trial{trial}.log",
                                 finish_timeout=900)
             outcome = compare(reference, rows_of(out))
