@@ -142,8 +142,15 @@ def child_args(argv=None):
     parser.add_argument("--engine-tps", type=float, default=None, help="engine tokens/s to compare against (naive)")
     parser.add_argument("--lengths", default=None, help="JSON file of per-call lengths from the engine run (naive)")
     parser.add_argument("--memory-size", type=int, default=None, help="bookkeeping: one memory run of N prompts")
+    parser.add_argument("--prompts", type=int, default=None, help="override the mode's number of prompts")
+    parser.add_argument("--max-tokens", type=int, default=None, help="override the mode's tokens per call")
     args = parser.parse_args(argv)
-    return args, MODES[args.mode]
+    settings = dict(MODES[args.mode])
+    if args.prompts:
+        settings["prompts"] = args.prompts
+    if args.max_tokens:
+        settings["max_tokens"] = args.max_tokens
+    return args, settings
 
 
 def log(message: str) -> None:

@@ -55,7 +55,7 @@ class GenerateConfig(EngineOptions):
 
         concurrency (`int` or `None`, *optional*, defaults to `None`):
             Rows in flight at once (each has one call in flight); `None`: twice the in-process engine's
-            `max_num_seqs`, or 256 for an endpoint.
+            `max_num_seqs`, or 1,024 for an endpoint.
         sync_rows (`int`, *optional*, defaults to `256`):
             Rows are written as they finish; the output is fsynced every this many rows...
         sync_seconds (`float`, *optional*, defaults to `5.0`):

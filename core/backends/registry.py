@@ -98,7 +98,7 @@ class EngineOptions:
 
         concurrency (`int` or `None`, *optional*, defaults to `None`):
             Requests in flight at once (in `cai generate`, rows: each row has one call in flight). `None` sizes
-            it from the engine: twice the in-process engine's `max_num_seqs`, or 256 for an endpoint.
+            it from the engine: twice the in-process engine's `max_num_seqs`, or 1,024 for an endpoint.
 
         > Parameters that control the openai backend (any OpenAI-compatible endpoint)
 
@@ -126,7 +126,7 @@ class EngineOptions:
     concurrency: int | None = field(
         default=None,
         metadata={"help": "Requests (rows) in flight at once; default: twice the in-process engine's max_num_seqs, "
-                          "or 256 for an endpoint."},
+                          "or 1024 for an endpoint (a GPU server runs up to 1,024 sequences)."},
     )
     session_header: str = field(
         default="X-Session-ID",
