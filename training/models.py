@@ -61,22 +61,23 @@ def load_tokenizer(folder: str, padding_side: str = "right"):
     return tokenizer
 
 
-def load_causal_lm(folder: str, dtype_name: str, flag: str = "--model"):
+def load_causal_lm(folder: str, dtype_name: str, attn_implementation: str | None = None, flag: str = "--model"):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype_name, folder))
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype_name, folder),
+                                                    attn_implementation=attn_implementation)
     except OSError as exc:
         raise UserError(f"{flag} {folder!r}: cannot load a causal language model ({exc})") from None
 
 
-def load_score_model(folder: str, dtype_name: str, pad_token_id: int, flag: str):
+def load_score_model(folder: str, dtype_name: str, pad_token_id: int, flag: str, attn_implementation: str | None = None):
     """A one-output sequence-classification model (reward or value) on ``folder``'s transformer."""
     from transformers import AutoModelForSequenceClassification
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            folder, num_labels=1, dtype=torch_dtype(dtype_name, folder)
+            folder, num_labels=1, dtype=torch_dtype(dtype_name, folder), attn_implementation=attn_implementation
         )
     except (OSError, ValueError) as exc:
         raise UserError(f"{flag} {folder!r}: cannot load a sequence-classification model ({exc})") from None

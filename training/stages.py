@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.log import get_logger
 from training import data as training_data
 from training import models
+
+logger = get_logger(__name__)
 
 
 def finite_loss_callback(method: str):
@@ -70,7 +73,7 @@ class TrainingStage:
             raise UserError(f"{source}: no training rows left after the held-out split; add rows or lower --eval-fraction")
 
     def load_model(self, base: str, tokenizer):
-        return models.load_causal_lm(base, self.config.train_dtype)
+        return models.load_causal_lm(base, self.config.train_dtype, self.config.attn_implementation)
 
     def trainer_options(self, tokenizer, base: str, peft_config) -> dict[str, Any]:
         """Trainer arguments beyond the shared ones (a reference model, a collator, ...)."""
@@ -100,6 +103,10 @@ class TrainingStage:
 
     def run(self) -> dict[str, Any]:
         config = self.config
+        auto = getattr(config, "auto_settings", {"device": "unknown", "chosen": {}})
+        if auto["chosen"]:
+            logger.info("cai train %s: on %s, chose %s (set any of them to override)", self.method, auto["device"],
+                        ", ".join(f"{name}={value}" for name, value in auto["chosen"].items()))
         rows = self.load_rows()
         train_rows, eval_rows = training_data.split_rows(rows, config.eval_fraction, config.seed)
         self.check_split(train_rows, self.source)
@@ -120,6 +127,7 @@ class TrainingStage:
             "global_step": trainer.state.global_step,
             "train_seconds": round(time.time() - started, 2),
             self.counts: len(rows),
+            "device_settings": auto,
             **self.details(trainer),
         }
         return self._finish(trainer, tokenizer, base, summary)
