@@ -68,6 +68,8 @@ class Device:
     bf16: bool = False  #: the GPU computes in bfloat16 (NVIDIA Ampere or newer)
     liger_kernel: bool = False  #: the ``liger_kernel`` package is installed
     flash_attn: bool = False  #: the ``flash_attn`` package is installed
+    fsdp: bool = False  #: launched with FSDP (``accelerate launch --config_file recipes/accelerate/fsdp.yaml``)
+    shards: int = 1  #: processes the training state is sharded over (FSDP or DeepSpeed ZeRO-3), else 1
 
     @property
     def is_gpu(self) -> bool:
@@ -78,6 +80,8 @@ class Device:
             return "cpu"
         extras = [name for name, present in (("bf16", self.bf16), ("liger_kernel", self.liger_kernel),
                                               ("flash_attn", self.flash_attn)) if present]
+        if self.shards > 1:
+            extras.append(f"state sharded over {self.shards} ({'FSDP' if self.fsdp else 'ZeRO-3'})")
         return f"cuda: {self.name}, {self.memory_bytes / 2**30:.0f} GiB" + "".join(f", {e}" for e in extras)
 
 
@@ -100,6 +104,10 @@ def detect_device(use_cpu: bool = False) -> Device:
         return CPU
     index = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
     properties = torch.cuda.get_device_properties(index)
+    # What `accelerate launch` tells its processes about sharding.
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    zero3 = (os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+             and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
     return Device(
         kind="cuda",
         name=properties.name,
@@ -107,6 +115,8 @@ def detect_device(use_cpu: bool = False) -> Device:
         bf16=bool(torch.cuda.is_bf16_supported()),
         liger_kernel=_installed("liger_kernel"),
         flash_attn=_installed("flash_attn"),
+        fsdp=fsdp,
+        shards=int(os.environ.get("WORLD_SIZE", 1)) if fsdp or zero3 else 1,
     )
 
 
@@ -175,8 +185,9 @@ def choose_settings(config, device: Device, unset: Collection[str], parameters: 
             value = device.liger_kernel and _liger_fits(method, config, values)
         elif name == "precompute_ref_log_probs":
             # One no-grad pass before training instead of a reference forward in every step, and no reference
-            # copy on the GPU; TRL's Liger DPO loss and a synced reference model cannot use it.
-            value = not setting("use_liger_kernel") and not config.sync_ref_model
+            # copy on the GPU; TRL's Liger DPO loss and a synced reference model cannot use it, and under FSDP
+            # TRL's pass would run the policy before it is sharded and placed.
+            value = not setting("use_liger_kernel") and not config.sync_ref_model and not device.fsdp
         elif name == "packing":
             # TRL packs rows best-fit into padding-free batches, which only FlashAttention reads correctly.
             value = setting("attn_implementation") in ("flash_attention_2", "flash_attention_3")
@@ -192,7 +203,8 @@ def choose_settings(config, device: Device, unset: Collection[str], parameters: 
             else:
                 keeps_reference = method == "ppo" or (method == "dpo" and not config.use_peft
                                                       and not setting("precompute_ref_log_probs"))
-                state = training_state_bytes(method, parameters, config.use_peft, config.train_dtype, keeps_reference)
+                state = training_state_bytes(method, parameters, config.use_peft, config.train_dtype,
+                                             keeps_reference) // device.shards
                 value = state > CHECKPOINT_STATE_SHARE * device.memory_bytes
         elif name == "dataloader_pin_memory":
             value = True

@@ -63,7 +63,7 @@ class DPOStageConfig(StageFields, DPOConfig):
         precompute_ref_log_probs (`bool`, *optional*):
             Compute the reference model's log-probabilities of every pair in one no-grad pass before training,
             so no reference copy stays in memory and no step runs a reference forward. GPU: on, unless Liger's
-            DPO loss or `sync_ref_model` is used (TRL supports neither with it). CPU: off.
+            DPO loss, `sync_ref_model` (TRL supports neither with it) or FSDP is used. CPU: off.
     """
 
     confidence: str = field(

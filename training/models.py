@@ -105,6 +105,39 @@ def lora_config(config: Any, task_type: str):
     )
 
 
+def weights_are_sharded(accelerator) -> bool:
+    """Whether no rank holds every weight: FSDP, or DeepSpeed ZeRO stage 3."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return accelerator.state.deepspeed_plugin.zero_stage == 3
+    return False
+
+
+def load_into_empty_copy(model, state_dict: dict):
+    """A copy of ``model`` (its class, config and LoRA adapters) holding ``state_dict``, a gathered full state dict.
+
+    The copy is built with its weights on the meta device, so only the gathered tensors take memory.
+    """
+    from accelerate import init_empty_weights
+    from peft import PeftModel, get_peft_model
+
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    with init_empty_weights(include_buffers=False):
+        copy = type(base)(base.config)
+    if isinstance(model, PeftModel):
+        copy = get_peft_model(copy, model.peft_config[model.active_adapter])
+    missing, unexpected = copy.load_state_dict(state_dict, strict=False, assign=True)
+    (copy.get_base_model() if isinstance(copy, PeftModel) else copy).tie_weights()
+    still_empty = [name for name, tensor in copy.state_dict().items() if tensor.is_meta]
+    if unexpected or still_empty:
+        raise RuntimeError(f"the gathered weights do not fit the model: missing {still_empty[:3] or missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    return copy
+
+
 def save_model_folder(model, tokenizer, output_dir: str | Path, dtype, extra: dict | None = None) -> Path:
     """Write ``model`` (LoRA merged) with its tokenizer as a safetensors folder; return the folder.
 

@@ -198,6 +198,8 @@ class PPOStage(TrainingStage):
             peft_config=peft_config,
         )
 
+    saved_prefix = "policy."
+
     def trained_model(self, trainer):
         return trainer.accelerator.unwrap_model(trainer.model).policy
 

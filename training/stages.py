@@ -56,6 +56,8 @@ class TrainingStage:
     trainer_class: type
     #: peft's task type for ``--use-peft``
     lora_task = "CAUSAL_LM"
+    #: where the saved model's weights sit in the trainer's model (PPO: ``policy.`` of its policy-and-value wrapper)
+    saved_prefix = ""
 
     def __init__(self, config, method: str):
         self.config = config
@@ -156,14 +158,33 @@ class TrainingStage:
         history = [entry for entry in trainer.state.log_history if "loss" in entry or "objective/kl" in entry]
         summary["last_log"] = _finite(history[-1]) if history else {}
         summary["log_history"] = [_finite(entry) for entry in trainer.state.log_history]  # `cai report` plots it
-        # Under `accelerate launch` every rank evaluates (a collective), but only rank 0 writes the folder.
+        # Under `accelerate launch` every rank evaluates and gathers sharded weights (collectives), but only rank 0
+        # writes the folder.
         trainer.accelerator.wait_for_everyone()
+        model = self.whole_model(trainer)
         if trainer.accelerator.is_main_process:
-            unwrapped = trainer.accelerator.unwrap_model(self.trained_model(trainer))
-            models.save_model_folder(unwrapped, tokenizer, config.output_dir,
+            models.save_model_folder(model, tokenizer, config.output_dir,
                                      models.torch_dtype(config.save_dtype, base), extra=summary)
         trainer.accelerator.wait_for_everyone()
         return summary
+
+    def whole_model(self, trainer):
+        """The trained model with all its weights on rank 0 (None on the other ranks).
+
+        With one process or DDP every rank holds every weight, so rank 0 unwraps its own copy. FSDP and DeepSpeed
+        ZeRO-3 shard the weights: every rank takes part in gathering the full state dict (accelerate's
+        ``get_state_dict``), which rank 0 loads into a weightless copy of the model (LoRA adapters included, so
+        ``save_model_folder`` merges them as usual).
+        """
+        accelerator = trainer.accelerator
+        if not models.weights_are_sharded(accelerator):
+            return accelerator.unwrap_model(self.trained_model(trainer)) if accelerator.is_main_process else None
+        state = accelerator.get_state_dict(trainer.model_wrapped)
+        if not accelerator.is_main_process:
+            return None
+        prefix = self.saved_prefix
+        state = {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+        return models.load_into_empty_copy(accelerator.unwrap_model(self.trained_model(trainer)), state)
 
 
 def _finite(values: dict) -> dict:

@@ -81,6 +81,16 @@ def test_gradient_checkpointing_follows_the_training_state_and_the_gpu_memory():
     assert training_state_bytes("ppo", 10, False, "bfloat16", keeps_reference=True) == 10 * (8 + 2 + 8 + 2)
 
 
+def test_sharding_over_gpus_divides_the_state_and_keeps_dpo_reference_forwards_in_step():
+    from dataclasses import replace
+
+    fsdp8 = replace(H100, fsdp=True, shards=8)
+    chosen = on(fsdp8, parse("dpo"), 7_000_000_000)
+    assert chosen["gradient_checkpointing"] is False  # 126 GB of state over 8 GPUs: 16 GB each
+    assert chosen["precompute_ref_log_probs"] is False  # TRL's pass would run the policy before FSDP places it
+    assert on(replace(H100, shards=8), parse("dpo"), 7_000_000_000)["precompute_ref_log_probs"] is True  # ZeRO-3
+
+
 def test_installed_kernels_are_used_where_trl_supports_them():
     sft = on(H100_KERNELS, parse("sft"))
     assert sft["attn_implementation"] == "flash_attention_2" and sft["packing"] is True
