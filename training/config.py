@@ -180,7 +180,7 @@ class StageFields:
     gradient_checkpointing: bool | None = field(
         default=None,
         metadata={"help": "Recompute activations in the backward pass to save memory (slower). Empty: off on CPU; on "
-                  "a GPU, on when the training state would fill more than 40% of its memory."},
+                  "a GPU, on when the training state would fill more than 40 percent of its memory."},
     )
     dataloader_pin_memory: bool | None = field(
         default=None, metadata={"help": "Pin data-loader memory (helps GPU transfers only). Empty: on for GPUs."}
