@@ -192,6 +192,13 @@ def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
     return path, rest
 
 
+def _is_bool_or_empty(action) -> bool:
+    """A flag of a ``bool | None`` field without default (empty = "chosen later"): HfArgumentParser wants a value."""
+    from transformers.hf_argparser import string_to_bool
+
+    return action.type is string_to_bool and action.nargs is None and action.default is None
+
+
 def parse_config(config_class: type, argv: Sequence[str], prog: str, overrides: Mapping[str, Any] | None = None):
     """Parse a command's config: dataclass defaults, then ``overrides``, then ``--config FILE``, then flags."""
     from transformers import HfArgumentParser
@@ -205,6 +212,8 @@ def parse_config(config_class: type, argv: Sequence[str], prog: str, overrides: 
         if action.dest in values:
             action.default = values[action.dest]
             action.required = False
+        if _is_bool_or_empty(action):  # `--bf16` alone means true, as for a plain bool field
+            action.nargs, action.const = "?", True
     try:
         (config,) = parser.parse_args_into_dataclasses(args=argv)
     except UserError:

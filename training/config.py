@@ -3,7 +3,9 @@
 Each method's config class (``training/sft.py``, ``reward.py``, ``ppo.py``, ``dpo.py``) is
 :class:`StageFields` plus TRL's own config, so every TRL and ``transformers.TrainingArguments``
 field stays a YAML key and a flag.  Defaults live only in these dataclasses: the values
-below override TRL's where a 2-core CPU and the 135M default model need others.
+below override TRL's where the 135M default model and short runs need others, and the fields
+that depend on the device default to ``None``: ``training/device_defaults.py`` fills them for
+the CPU or GPU the run is on, only where the user set nothing.
 
 This module imports TRL (and so torch); ``cai train`` imports it only once a method runs.
 """
@@ -19,6 +21,7 @@ from transformers.trainer_utils import SaveStrategy
 
 from core.config import check_choice, check_rules
 from core.errors import UserError
+from training.device_defaults import apply_device_defaults
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -26,7 +29,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 @dataclass
 class StageFields:
     r"""
-    Fields every ``cai train`` method shares: ours, and TRL defaults changed for CPU training.
+    Fields every ``cai train`` method shares: ours, TRL defaults we change, and those chosen for the device.
 
     Parameters:
         > Parameters that control the data
@@ -54,21 +57,31 @@ class StageFields:
         lora_r, lora_alpha, lora_dropout, lora_target_modules:
             LoRA rank (`16`), alpha (`32`), dropout (`0.05`) and the modules it wraps (`"all-linear"`).
 
-        > Parameters whose defaults differ from TRL's (sized for a 2-core CPU)
+        > Parameters whose defaults differ from TRL's
 
         output_dir (`str`):
             The model folder to write. Required (TRL would write to `trainer_output`).
         num_train_epochs (`float`, *optional*, defaults to `1.0`): instead of `3.0`.
-        per_device_train_batch_size (`int`, *optional*, defaults to `2`): instead of `8`.
-        per_device_eval_batch_size (`int`, *optional*, defaults to `2`): instead of `8`.
         logging_steps (`float`, *optional*, defaults to `1`): instead of `10`; short runs log every step.
         save_strategy (`str`, *optional*, defaults to `"no"`):
             Instead of `"steps"`; the model folder is written once, at the end.
-        bf16 (`bool`, *optional*, defaults to `False`):
-            Instead of `True`, which fails on CPU; pass `--bf16 true` on GPUs.
-        gradient_checkpointing (`bool`, *optional*, defaults to `False`):
-            Instead of `True`; it is slower, and a 135M model is not short of memory.
-        dataloader_pin_memory (`bool`, *optional*, defaults to `False`): instead of `True`; pinning is for GPUs.
+
+        > Parameters chosen for the device when left unset (`training/device_defaults.py`)
+
+        bf16 (`bool`, *optional*):
+            CPU: `false`. GPU: `true` where it computes in bf16 (Ampere or newer) and `fp16` is off.
+        attn_implementation (`str`, *optional*):
+            `sdpa`; on a GPU with the `flash_attn` package and half precision, `flash_attention_2`.
+        use_liger_kernel (`bool`, *optional*):
+            CPU: `false`. GPU: `true` when `liger_kernel` is installed and TRL supports it for the method.
+        per_device_train_batch_size (`int`, *optional*):
+            CPU: `2`. GPU: `16` (sft), `8` (reward, dpo, ppo).
+        per_device_eval_batch_size (`int`, *optional*):
+            CPU: `2` (reward `4`). GPU: twice the training batch.
+        gradient_checkpointing (`bool`, *optional*):
+            CPU: `false`. GPU: `true` when the weights, gradients and optimizer state would take more than 40%
+            of the GPU's memory (or the model's size is unknown).
+        dataloader_pin_memory (`bool`, *optional*): CPU: `false`. GPU: `true`.
     """
 
     data: str | None = field(
@@ -133,22 +146,44 @@ class StageFields:
         default=None, metadata={"help": "The model folder to write (required)."}
     )
     num_train_epochs: float = field(default=1.0, metadata={"help": "Total number of training epochs."})
-    per_device_train_batch_size: int = field(default=2, metadata={"help": "Training batch size per device."})
-    per_device_eval_batch_size: int = field(default=2, metadata={"help": "Evaluation batch size per device."})
     logging_steps: float = field(default=1, metadata={"help": "Log every this many steps (short runs: every step)."})
     save_strategy: SaveStrategy | str = field(
         default="no",
         metadata={"help": "Checkpoint strategy: `no` (the model folder is written once, at the end), `steps` or `epoch`."},
     )
+
+    # Chosen for the device when left empty (None): training/device_defaults.py, recorded in cai_training.json.
     bf16: bool | None = field(
-        default=False,
-        metadata={"help": "Train in bf16 mixed precision (needs a GPU that supports it; pass --bf16 true there)."},
+        default=None,
+        metadata={"help": "Train in bf16 mixed precision. Empty: chosen for the device (CPU: false; a GPU that "
+                  "computes in bf16: true)."},
     )
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Recompute activations in the backward pass to save memory (slower)."}
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel the models load with (`sdpa`, `eager`, `flash_attention_2`, ...). Empty: "
+                  "`flash_attention_2` on a GPU with the flash_attn package and half precision, else `sdpa`."},
     )
-    dataloader_pin_memory: bool = field(
-        default=False, metadata={"help": "Pin data-loader memory (helps GPU transfers only)."}
+    use_liger_kernel: bool | None = field(
+        default=None,
+        metadata={"help": "Use Liger kernels (fused layers and losses). Empty: on a GPU where liger_kernel is "
+                  "installed and TRL supports it for the method; off on CPU."},
+    )
+    per_device_train_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Training batch size per device. Empty: chosen for the device (CPU: 2; GPU: 16 for sft, "
+                  "8 for reward, dpo and ppo)."},
+    )
+    per_device_eval_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Evaluation batch size per device. Empty: CPU 2 (reward 4); GPU twice the training batch."},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Recompute activations in the backward pass to save memory (slower). Empty: off on CPU; on "
+                  "a GPU, on when the training state would fill more than 40 percent of its memory."},
+    )
+    dataloader_pin_memory: bool | None = field(
+        default=None, metadata={"help": "Pin data-loader memory (helps GPU transfers only). Empty: on for GPUs."}
     )
 
     def __post_init__(self):
@@ -164,4 +199,6 @@ class StageFields:
             ("lora_r", self.lora_r >= 1, "must be at least 1, e.g. 16"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "must be in [0, 1)"),
         ])
+        # Before TRL's checks, which read bf16 (mixed precision) and refuse it where the device has none.
+        self.auto_settings = apply_device_defaults(self)
         super().__post_init__()

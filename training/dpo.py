@@ -57,6 +57,13 @@ class DPOStageConfig(StageFields, DPOConfig):
 
         learning_rate (`float`, *optional*, defaults to `5e-6`): instead of `1e-6`; short CPU runs need a visible step.
         max_length (`int` or `None`, *optional*, defaults to `512`): instead of `1024`.
+
+        > Parameters chosen for the device when left unset
+
+        precompute_ref_log_probs (`bool`, *optional*):
+            Compute the reference model's log-probabilities of every pair in one no-grad pass before training,
+            so no reference copy stays in memory and no step runs a reference forward. GPU: on, unless Liger's
+            DPO loss, `sync_ref_model` (TRL supports neither with it) or FSDP is used. CPU: off.
     """
 
     confidence: str = field(
@@ -79,6 +86,11 @@ class DPOStageConfig(StageFields, DPOConfig):
     max_length: int | None = field(
         default=512,
         metadata={"help": "Maximum tokens per prompt and answer; longer ones are truncated. Empty: no truncation."},
+    )
+    precompute_ref_log_probs: bool | None = field(
+        default=None,
+        metadata={"help": "Compute the reference log-probabilities in one no-grad pass before training (no reference "
+                  "copy in memory). Empty: on for GPUs (unless Liger's loss or sync_ref_model is used), off on CPU."},
     )
 
     def __post_init__(self):
@@ -201,8 +213,10 @@ class DPOStage(TrainingStage):
             pad_to_multiple_of=config.pad_to_multiple_of,
         )
         return {
-            # With LoRA the reference is the base model with the adapter switched off; otherwise a frozen copy.
-            "ref_model": None if peft_config is not None else models.load_causal_lm(base, config.train_dtype),
+            # With LoRA the reference is the base model with the adapter switched off; with precomputed log-probs TRL
+            # runs the untrained policy as the reference once, before training; otherwise a frozen copy.
+            "ref_model": None if peft_config is not None or config.precompute_ref_log_probs
+            else models.load_causal_lm(base, config.train_dtype, config.attn_implementation),
             "data_collator": collator,
             "confidence_mode": config.confidence,
         }

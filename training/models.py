@@ -61,22 +61,23 @@ def load_tokenizer(folder: str, padding_side: str = "right"):
     return tokenizer
 
 
-def load_causal_lm(folder: str, dtype_name: str, flag: str = "--model"):
+def load_causal_lm(folder: str, dtype_name: str, attn_implementation: str | None = None, flag: str = "--model"):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype_name, folder))
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype_name, folder),
+                                                    attn_implementation=attn_implementation)
     except OSError as exc:
         raise UserError(f"{flag} {folder!r}: cannot load a causal language model ({exc})") from None
 
 
-def load_score_model(folder: str, dtype_name: str, pad_token_id: int, flag: str):
+def load_score_model(folder: str, dtype_name: str, pad_token_id: int, flag: str, attn_implementation: str | None = None):
     """A one-output sequence-classification model (reward or value) on ``folder``'s transformer."""
     from transformers import AutoModelForSequenceClassification
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            folder, num_labels=1, dtype=torch_dtype(dtype_name, folder)
+            folder, num_labels=1, dtype=torch_dtype(dtype_name, folder), attn_implementation=attn_implementation
         )
     except (OSError, ValueError) as exc:
         raise UserError(f"{flag} {folder!r}: cannot load a sequence-classification model ({exc})") from None
@@ -102,6 +103,39 @@ def lora_config(config: Any, task_type: str):
         lora_dropout=config.lora_dropout,
         target_modules=target_modules,
     )
+
+
+def weights_are_sharded(accelerator) -> bool:
+    """Whether no rank holds every weight: FSDP, or DeepSpeed ZeRO stage 3."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return accelerator.state.deepspeed_plugin.zero_stage == 3
+    return False
+
+
+def load_into_empty_copy(model, state_dict: dict):
+    """A copy of ``model`` (its class, config and LoRA adapters) holding ``state_dict``, a gathered full state dict.
+
+    The copy is built with its weights on the meta device, so only the gathered tensors take memory.
+    """
+    from accelerate import init_empty_weights
+    from peft import PeftModel, get_peft_model
+
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    with init_empty_weights(include_buffers=False):
+        copy = type(base)(base.config)
+    if isinstance(model, PeftModel):
+        copy = get_peft_model(copy, model.peft_config[model.active_adapter])
+    missing, unexpected = copy.load_state_dict(state_dict, strict=False, assign=True)
+    (copy.get_base_model() if isinstance(copy, PeftModel) else copy).tie_weights()
+    still_empty = [name for name, tensor in copy.state_dict().items() if tensor.is_meta]
+    if unexpected or still_empty:
+        raise RuntimeError(f"the gathered weights do not fit the model: missing {still_empty[:3] or missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    return copy
 
 
 def save_model_folder(model, tokenizer, output_dir: str | Path, dtype, extra: dict | None = None) -> Path:

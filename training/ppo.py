@@ -52,7 +52,8 @@ class PPOStageConfig(StageFields, PPOConfig):
         > Parameters whose defaults differ from TRL's (sized for a 2-core CPU)
 
         num_ppo_epochs (`int`, *optional*, defaults to `1`): instead of `4`.
-        local_rollout_forward_batch_size (`int`, *optional*, defaults to `2`): instead of `64`.
+        local_rollout_forward_batch_size (`int`, *optional*):
+            Chosen for the device when unset: CPU `2`, GPU `64` (TRL's).
         response_length (`int`, *optional*, defaults to `48`): instead of `53`.
         stop_token (`str`, *optional*, defaults to `"eos"`): instead of `None`; answers end at the EOS token.
         num_sample_generations (`int`, *optional*, defaults to `0`): instead of `10`; no sample printing.
@@ -87,8 +88,9 @@ class PPOStageConfig(StageFields, PPOConfig):
         metadata={"help": "Prompts longer than this many tokens (after the chat template) are cut from the left."},
     )
     num_ppo_epochs: int = field(default=1, metadata={"help": "Number of epochs per batch of rollouts."})
-    local_rollout_forward_batch_size: int = field(
-        default=2, metadata={"help": "Per rank no-grad forward pass batch size in the rollout."}
+    local_rollout_forward_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Per rank no-grad forward pass batch size in the rollout. Empty: CPU 2; GPU 64 (TRL's)."},
     )
     response_length: int = field(default=48, metadata={"help": "Length of the generated answers, in tokens."})
     stop_token: Optional[Literal["eos"]] = field(
@@ -166,9 +168,12 @@ class PPOStage(TrainingStage):
         for folder, flag in ((reward_folder, "--reward-model"), (value_folder, "--value-model")):
             _check_same_vocabulary(policy, folder, flag)
         peft_config = models.lora_config(config, "CAUSAL_LM")
-        ref_policy = None if peft_config is not None else models.load_causal_lm(base, config.train_dtype)
-        reward_model = models.load_score_model(reward_folder, config.train_dtype, tokenizer.pad_token_id, "--reward-model")
-        value_model = models.load_score_model(value_folder, config.train_dtype, tokenizer.pad_token_id, "--value-model")
+        attention = config.attn_implementation
+        ref_policy = None if peft_config is not None else models.load_causal_lm(base, config.train_dtype, attention)
+        reward_model = models.load_score_model(reward_folder, config.train_dtype, tokenizer.pad_token_id,
+                                               "--reward-model", attention)
+        value_model = models.load_score_model(value_folder, config.train_dtype, tokenizer.pad_token_id,
+                                              "--value-model", attention)
 
         # TRL counts PPO in episodes (prompts); --max-steps counts PPO updates, as the other methods count steps.
         if config.max_steps and config.max_steps > 0:
@@ -192,6 +197,8 @@ class PPOStage(TrainingStage):
             callbacks=callbacks,
             peft_config=peft_config,
         )
+
+    saved_prefix = "policy."
 
     def trained_model(self, trainer):
         return trainer.accelerator.unwrap_model(trainer.model).policy

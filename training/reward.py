@@ -33,7 +33,6 @@ class RewardStageConfig(StageFields, RewardConfig):
             Pairs held out to report the reward model's accuracy (instead of `0.0`).
         learning_rate (`float`, *optional*, defaults to `5e-5`): instead of `1e-4`.
         max_length (`int` or `None`, *optional*, defaults to `512`): instead of `1024`.
-        per_device_eval_batch_size (`int`, *optional*, defaults to `4`): instead of `2`.
     """
 
     use_margin: bool = field(
@@ -55,7 +54,6 @@ class RewardStageConfig(StageFields, RewardConfig):
     max_length: int | None = field(
         default=512, metadata={"help": "Maximum tokens per prompt and answer; longer ones are truncated."}
     )
-    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Evaluation batch size per device."})
 
     def __post_init__(self):
         check_rules(self, [("margin_scale", self.margin_scale >= 0, "must be >= 0 (0 ignores the margin)")])
@@ -82,4 +80,6 @@ class RewardStage(TrainingStage):
         return rows
 
     def load_model(self, base, tokenizer):
-        return models.load_score_model(base, self.config.train_dtype, tokenizer.pad_token_id, "--model")
+        config = self.config
+        return models.load_score_model(base, config.train_dtype, tokenizer.pad_token_id, "--model",
+                                       config.attn_implementation)

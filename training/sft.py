@@ -21,11 +21,22 @@ class SFTStageConfig(StageFields, SFTConfig):
         max_length (`int` or `None`, *optional*, defaults to `512`):
             Maximum tokens per row (instead of `1024`); the demo's rows are far shorter, and on CPU every
             token of padding costs.
+
+        > Parameters chosen for the device when left unset
+
+        packing (`bool`, *optional*):
+            Pack rows best-fit into padding-free batches: on a GPU whose models load with FlashAttention
+            (`attn_implementation: flash_attention_2`), which padding-free batches need; off otherwise.
     """
 
     max_length: int | None = field(
         default=512,
         metadata={"help": "Maximum tokens per row; longer rows are truncated. Empty: no truncation."},
+    )
+    packing: bool | None = field(
+        default=None,
+        metadata={"help": "Pack rows best-fit into padding-free batches of max_length tokens. Empty: on where the "
+                  "models load with FlashAttention (a GPU with flash_attn), which padding-free batches need."},
     )
 
 

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.log import get_logger
 from training import data as training_data
 from training import models
+
+logger = get_logger(__name__)
 
 
 def finite_loss_callback(method: str):
@@ -53,6 +56,8 @@ class TrainingStage:
     trainer_class: type
     #: peft's task type for ``--use-peft``
     lora_task = "CAUSAL_LM"
+    #: where the saved model's weights sit in the trainer's model (PPO: ``policy.`` of its policy-and-value wrapper)
+    saved_prefix = ""
 
     def __init__(self, config, method: str):
         self.config = config
@@ -70,7 +75,7 @@ class TrainingStage:
             raise UserError(f"{source}: no training rows left after the held-out split; add rows or lower --eval-fraction")
 
     def load_model(self, base: str, tokenizer):
-        return models.load_causal_lm(base, self.config.train_dtype)
+        return models.load_causal_lm(base, self.config.train_dtype, self.config.attn_implementation)
 
     def trainer_options(self, tokenizer, base: str, peft_config) -> dict[str, Any]:
         """Trainer arguments beyond the shared ones (a reference model, a collator, ...)."""
@@ -100,6 +105,10 @@ class TrainingStage:
 
     def run(self) -> dict[str, Any]:
         config = self.config
+        auto = getattr(config, "auto_settings", {"device": "unknown", "chosen": {}})
+        if auto["chosen"]:
+            logger.info("cai train %s: on %s, chose %s (set any of them to override)", self.method, auto["device"],
+                        ", ".join(f"{name}={value}" for name, value in auto["chosen"].items()))
         rows = self.load_rows()
         train_rows, eval_rows = training_data.split_rows(rows, config.eval_fraction, config.seed)
         self.check_split(train_rows, self.source)
@@ -120,6 +129,7 @@ class TrainingStage:
             "global_step": trainer.state.global_step,
             "train_seconds": round(time.time() - started, 2),
             self.counts: len(rows),
+            "device_settings": auto,
             **self.details(trainer),
         }
         return self._finish(trainer, tokenizer, base, summary)
@@ -148,14 +158,33 @@ class TrainingStage:
         history = [entry for entry in trainer.state.log_history if "loss" in entry or "objective/kl" in entry]
         summary["last_log"] = _finite(history[-1]) if history else {}
         summary["log_history"] = [_finite(entry) for entry in trainer.state.log_history]  # `cai report` plots it
-        # Under `accelerate launch` every rank evaluates (a collective), but only rank 0 writes the folder.
+        # Under `accelerate launch` every rank evaluates and gathers sharded weights (collectives), but only rank 0
+        # writes the folder.
         trainer.accelerator.wait_for_everyone()
+        model = self.whole_model(trainer)
         if trainer.accelerator.is_main_process:
-            unwrapped = trainer.accelerator.unwrap_model(self.trained_model(trainer))
-            models.save_model_folder(unwrapped, tokenizer, config.output_dir,
+            models.save_model_folder(model, tokenizer, config.output_dir,
                                      models.torch_dtype(config.save_dtype, base), extra=summary)
         trainer.accelerator.wait_for_everyone()
         return summary
+
+    def whole_model(self, trainer):
+        """The trained model with all its weights on rank 0 (None on the other ranks).
+
+        With one process or DDP every rank holds every weight, so rank 0 unwraps its own copy. FSDP and DeepSpeed
+        ZeRO-3 shard the weights: every rank takes part in gathering the full state dict (accelerate's
+        ``get_state_dict``), which rank 0 loads into a weightless copy of the model (LoRA adapters included, so
+        ``save_model_folder`` merges them as usual).
+        """
+        accelerator = trainer.accelerator
+        if not models.weights_are_sharded(accelerator):
+            return accelerator.unwrap_model(self.trained_model(trainer)) if accelerator.is_main_process else None
+        state = accelerator.get_state_dict(trainer.model_wrapped)
+        if not accelerator.is_main_process:
+            return None
+        prefix = self.saved_prefix
+        state = {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+        return models.load_into_empty_copy(accelerator.unwrap_model(self.trained_model(trainer)), state)
 
 
 def _finite(values: dict) -> dict:

@@ -228,6 +228,8 @@ def test_sft_trains_and_saves(tmp_path, tiny_model_dir, sft_file):
     assert rc == 0
     _assert_model_folder(out)
     assert _changed(_weights(tiny_model_dir), _weights(out))
+    summary = json.loads((out / "cai_training.json").read_text())
+    assert summary["device_settings"]["chosen"]["per_device_train_batch_size"] == 2  # what the device chose, recorded
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out)
@@ -320,3 +322,19 @@ def test_dpo_on_the_default_model(tmp_path, default_model_dir, preference_file):
 
     generated = model.generate(torch.tensor([prompt["input_ids"]]), max_new_tokens=3, do_sample=False)
     assert generated.shape[1] > len(prompt["input_ids"])
+
+
+def test_dpo_with_precomputed_reference_log_probs_matches_the_reference_copy(tmp_path, tiny_model_dir,
+                                                                              preference_file):
+    """The GPU default for DPO (reference log-probs computed once, before training, with no reference copy) gives
+    the loss of the frozen-copy path, with the judge's confidence smoothing on."""
+    losses = {}
+    for precompute in ("true", "false"):
+        out = tmp_path / f"dpo-precompute-{precompute}"
+        rc = train(["dpo", "--data", preference_file, "--output-dir", str(out), "--model", tiny_model_dir,
+                    "--max-steps", "2", "--learning-rate", "1e-2", "--precompute-ref-log-probs", precompute, *QUIET])
+        assert rc == 0
+        summary = json.loads((out / "cai_training.json").read_text())
+        assert "precompute_ref_log_probs" not in summary["device_settings"]["chosen"]  # the flag set it
+        losses[precompute] = [entry["loss"] for entry in summary["log_history"] if "loss" in entry]
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
