@@ -10,7 +10,8 @@ pool), and one loop for the life of the process lets an engine serve one stage a
 runs ``worker(item)`` for every item with at most ``limit`` running at once, and yields each
 result in the main thread as soon as it is ready (completion order, not input order).  Stopping
 early (Ctrl-C, an exception, closing the generator) cancels the work still in flight; a
-cancelled engine request is aborted by the engine.
+cancelled engine request is aborted by the engine.  Inside a worker, ``gather`` runs a row's
+independent requests at once.
 """
 
 from __future__ import annotations
@@ -79,6 +80,19 @@ def run_sync(coroutine: Awaitable[Result]) -> Result:
 
 async def _as_coroutine(awaitable: Awaitable[Result]) -> Result:
     return await awaitable
+
+
+async def gather(awaitables: Iterable[Awaitable[Result]]) -> list[Result]:
+    """Every result, in order (``asyncio.gather``), except that when one raises, the others are cancelled
+    before the error goes on: no request is left running for a row that has failed."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 _DONE = object()

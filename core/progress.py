@@ -1,4 +1,4 @@
-"""Progress lines for long runs: per stage tokens/s, overall throughput and ETA."""
+"""Progress of long runs as rows finish: rows done of the total, output tokens/s and ETA."""
 
 from __future__ import annotations
 
@@ -35,12 +35,6 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=label, unit="row", dynamic_ncols=True, leave=True)
-
-    def stage(self, name: str, count: int, output_tokens: int, seconds: float) -> None:
-        """A lockstep stage's line (stages that still wait for a whole batch)."""
-        self.output_tokens += output_tokens
-        rate = output_tokens / seconds if seconds > 0 else 0.0
-        logger.info(f"[{self.label}] {name}: {count} calls, {output_tokens} tokens in {seconds:.1f}s ({rate:.0f} tok/s)")
 
     def advance(self, rows: int = 1, output_tokens: int = 0) -> None:
         self.done += rows

@@ -19,7 +19,7 @@ from constitution.assignment import assign_principles
 from core.hashing import stable_hash
 from constitution.schema import Constitution, Principle
 
-from core.backends.base import Backend, Completion, Sampling
+from core.backends.base import Backend, Completion, Sampling, session_key
 from .checks import RowChecker
 from core.schema import CRITIQUE, DRAFT, REVISION, step_name
 from .prompts import PromptRecord
@@ -165,7 +165,7 @@ class CritiqueReviseTask:
 
     def session_key(self, prompt: PromptRecord) -> str:
         """The same for every call of a row (and across runs): a router with session affinity keeps the row on one server."""
-        return stable_hash(["session", prompt.id], 16)
+        return session_key(prompt.id)
 
     # -- running ----------------------------------------------------------
     async def run_row(self, backend: Backend, prompt: PromptRecord, reuse: ReuseIndex) -> RowResult:

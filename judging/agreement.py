@@ -17,7 +17,8 @@ from core.log import get_logger
 from core.errors import UserError
 from core.hashing import stable_hash
 from constitution.loader import load_constitution
-from core.backends.base import Backend
+from core.aio import stream
+from core.backends.base import Backend, session_key
 from core.progress import Progress
 from core.schema import parse_messages
 from core.store import atomic_write_text, check_outputs
@@ -110,38 +111,49 @@ def read_human_pairs(path: str | Path, limit: int | None = None) -> list[HumanPa
 
 
 def run_agreement(config: AgreementConfig, backend: Backend | None = None) -> dict:
-    log = logger.info
     check_outputs("judge agreement", {"--out": config.out, "--details": config.details},
                   {"--pairs": config.pairs, "--constitution": config.constitution})
     constitution = load_constitution(config.constitution)
     pairs = read_human_pairs(config.pairs, config.limit)
     settings = judge_settings(config)
+    plans = [(index, pair, select_principles(constitution, config, pair.id)) for index, pair in enumerate(pairs)]
     engines = Engines(config, judge=backend)
-    judge = Judge(settings, backend_factory=engines.judge)
+    judge = Judge(settings, backend_factory=engines.judge, concurrency=config.concurrency)
+    verdicts: list[list | None] = [None] * len(pairs)
+    progress = None
+    try:
+        in_flight = 1
+        if pairs:  # the engine starts here, before any pair (nothing is cached), and not for an empty file
+            backend = judge.backend
+            in_flight = config.concurrency or backend.concurrency
+        progress = Progress("agreement", len(pairs))
+
+        async def judge_pair(plan) -> tuple[int, list]:
+            index, pair, principles = plan
+            comparisons = [Comparison.of(pair.prompt, pair.chosen, pair.rejected, p) for p in principles]
+            judged = await judge.ajudge(comparisons, session_key(pair.id))
+            return index, judged.verdicts, judged.output_tokens
+
+        # Each pair is judged on its own, as soon as a slot frees; the figures are summed in input order.
+        for index, pair_verdicts, output_tokens in stream(plans, judge_pair, in_flight):
+            verdicts[index] = pair_verdicts
+            progress.advance(1, output_tokens)
+    finally:
+        if progress is not None:
+            progress.close()
+        engines.close()
     overall, per_principle = ComparisonStats(), {}
     details = []
-    try:
-        progress = Progress("agreement", len(pairs))
-        judge.progress = progress
-        for start in range(0, len(pairs), config.batch_size):
-            batch = pairs[start: start + config.batch_size]
-            plans = [(pair, select_principles(constitution, config, pair.id)) for pair in batch]
-            comparisons = [Comparison.of(pair.prompt, pair.chosen, pair.rejected, p) for pair, ps in plans for p in ps]
-            verdicts = iter(judge.judge(comparisons))
-            for pair, principles in plans:
-                vs = [next(verdicts) for _ in principles]
-                for v in vs:
-                    overall.add(v, len(pair.chosen), len(pair.rejected))
-                    stats = per_principle.setdefault(v.principle_id, ComparisonStats())
-                    stats.add(v, len(pair.chosen), len(pair.rejected))
-                    stats.add_human(v.p)
-                p = ensemble([v.p for v in vs])
-                overall.add_human(p)
-                details.append({"id": pair.id, "line": pair.line, "p_human_choice": p,
-                                "principles": {v.principle_id: v.as_dict() for v in vs}})
-            progress.advance(len(batch))
-    finally:
-        engines.close()
+    for pair, vs in zip(pairs, verdicts):
+        for v in vs:
+            overall.add(v, len(pair.chosen), len(pair.rejected))
+            stats = per_principle.setdefault(v.principle_id, ComparisonStats())
+            stats.add(v, len(pair.chosen), len(pair.rejected))
+            stats.add_human(v.p)
+        p = ensemble([v.p for v in vs])
+        overall.add_human(p)
+        details.append({"id": pair.id, "line": pair.line, "p_human_choice": p,
+                        "principles": {v.principle_id: v.as_dict() for v in vs}})
     result = overall.as_dict()
     result.update(
         pairs=len(pairs),

@@ -71,8 +71,10 @@ class JudgeModelConfig(EngineOptions):
 
         > Parameters that control the run
 
-        batch_size (`int`, *optional*, defaults to `32`):
-            Rows per batch; each batch is saved when judged.
+        concurrency (`int` or `None`, *optional*, defaults to `None`, from ``EngineOptions``):
+            Rows judged at once, each with all its requests (every principle, both orders) sent together, and at
+            most this many of the judge's requests in flight; `None`: twice the in-process engine's
+            `max_num_seqs`, or 256 for an endpoint.
         limit (`int` or `None`, *optional*, defaults to `None`):
             Use only the first N input rows.
     """
@@ -131,7 +133,6 @@ class JudgeModelConfig(EngineOptions):
         default=None, metadata={"help": "Comma-separated principle ids to judge every pair under, instead of an assignment."}
     )
     seed: int = field(default=0, metadata={"help": "Seed for principle assignment and sampling."})
-    batch_size: int = field(default=32, metadata={"help": "Rows per batch; each batch is saved when judged."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N input rows."})
 
     def __post_init__(self):
@@ -145,7 +146,7 @@ class JudgeModelConfig(EngineOptions):
             ("principles_per_pair", self.principles_per_pair >= 1, "must be >= 1"),
             ("cot_max_tokens", self.cot_max_tokens >= 1, "must be >= 1"),
             ("likelihood_scale", self.likelihood_scale > 0, "must be > 0"),
-            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("concurrency", self.concurrency is None or self.concurrency >= 1, "must be >= 1"),
             ("limit", self.limit is None or self.limit >= 1, "must be >= 1"),
         ])
 
@@ -197,6 +198,11 @@ class JudgeConfig(JudgeModelConfig):
             Where to write the SFT rows; `None`: `sft.jsonl` beside `out`.
         overwrite (`bool`, *optional*, defaults to `False`):
             Discard an existing output and its judgement cache.
+        sync_rows (`int`, *optional*, defaults to `256`):
+            Pairs (and their judgements) are written as their rows finish, in that order; the files are fsynced
+            every this many rows...
+        sync_seconds (`float`, *optional*, defaults to `5.0`):
+            ...or this many seconds, whichever comes first (and at the end).
 
         > Parameters that control the pairs
 
@@ -251,6 +257,12 @@ class JudgeConfig(JudgeModelConfig):
         default=None, metadata={"help": "Where to write the SFT rows (default: sft.jsonl beside --out)."}
     )
     overwrite: bool = field(default=False, metadata={"help": "Discard an existing output and its judgement cache."})
+    sync_rows: int = field(
+        default=256, metadata={"help": "Pairs are written as their rows finish; fsync the output every this many rows..."}
+    )
+    sync_seconds: float = field(
+        default=5.0, metadata={"help": "...or every this many seconds, whichever comes first (and at the end)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -265,6 +277,8 @@ class JudgeConfig(JudgeModelConfig):
             ("max_tokens", self.max_tokens >= 1, "must be >= 1"),
             ("temperature", self.temperature >= 0, "must be >= 0"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("sync_rows", self.sync_rows >= 1, "must be >= 1"),
+            ("sync_seconds", self.sync_seconds > 0, "must be > 0"),
         ])
 
 

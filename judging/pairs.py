@@ -11,14 +11,21 @@ by mean win probability, and their direct comparison gives the soft label.
 A response cut off at the token limit (finish_reason "length") or empty is never
 chosen.  Judgements are cached beside the output (``OUT.judgements.jsonl``),
 so a run resumes where it stopped and an edit re-judges only what it touches.
+
+Each row is judged on its own (its samples, then its comparisons under every
+principle in both orders, all at once), up to ``--concurrency`` rows in flight;
+a finished row's pair and judgements are appended as it finishes, so pairs are
+written in the order rows finish, not the input's.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from constitution.assignment import assign_principles
 from core.log import get_logger
@@ -28,7 +35,8 @@ from core.hashing import stable_hash
 from constitution.loader import load_constitution
 from constitution.schema import Constitution, Principle
 from generation.checks import RowChecker
-from core.backends.base import Backend, Sampling
+from core import aio
+from core.backends.base import Backend, Sampling, session_key
 from core.model import DEFAULT_MODEL, resolve_model
 from core.progress import Progress
 from core.redact import redact_values
@@ -36,6 +44,7 @@ from core.signals import Terminated, hold_interrupts
 from core.schema import (DRAFT, REVISION, GenerationRow, MessageError, SampleRecord, parse_messages, parse_step,
                          validate_fields)
 from core.store import (
+    JsonlAppender,
     JsonlStore,
     atomic_write_text,
     check_outputs,
@@ -199,35 +208,43 @@ def samples_item(line: int, row: dict, where: str) -> Item:
 
 
 # -- sampling -------------------------------------------------------------------
-def sample_candidates(items: list[Item], config: JudgeConfig, store: dict[str, dict], backend_of, append) -> None:
-    """Give items without responses ``num_samples`` policy samples (cached by prompt, model, sampling, seed, index)."""
-    sampling = Sampling(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
-    wanted = []
-    for item in items:
-        if item.candidates:
-            continue
-        for index in range(config.num_samples):
-            key = stable_hash({"id": item.id, "prompt": item.prompt, "model": config.model, "backend": config.backend,
-                               "sampling": sampling.as_dict(), "seed": config.seed, "index": index})
-            wanted.append((item, index, key))
-    missing = [(item, index, key) for item, index, key in wanted if key not in store]
-    if missing:
-        seeds = [int(key[:8], 16) % (2**31) for _, _, key in missing]
-        completions = backend_of().chat([item.prompt for item, _, _ in missing], sampling, seeds)
-        new = []
-        for (item, index, key), completion in zip(missing, completions):
-            record = {"key": key, "id": item.id, "index": index, "text": completion.text,
-                      "finish_reason": completion.finish_reason, "error": completion.error}
-            if not completion.error:
-                store[key] = record
-                new.append(record)
-        append(new)
-    for item, index, key in wanted:
+def sample_settings(config: JudgeConfig) -> Sampling:
+    return Sampling(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
+
+
+def sample_keys(item: Item, config: JudgeConfig) -> list[str]:
+    """The cache keys of an item's ``num_samples`` policy samples (prompt, model, sampling, seed, index)."""
+    sampling = sample_settings(config).as_dict()
+    return [stable_hash({"id": item.id, "prompt": item.prompt, "model": config.model, "backend": config.backend,
+                         "sampling": sampling, "seed": config.seed, "index": index})
+            for index in range(config.num_samples)]
+
+
+def use_samples(item: Item, keys: list[str], store: dict[str, dict]) -> None:
+    """The item's candidates from its cached samples (a sample that failed is left out)."""
+    for index, key in enumerate(keys):
         record = store.get(key)
         if record is not None:
             item.candidates.append(Candidate(record["text"], record["finish_reason"], f"sample {index}"))
-    for item in items:
-        item.input_fingerprint = stable_hash([item.prompt, [c.text for c in item.candidates]])
+    item.input_fingerprint = stable_hash([item.prompt, [c.text for c in item.candidates]])
+
+
+async def sample_candidates(item: Item, config: JudgeConfig, store: dict[str, dict], policy: Backend,
+                            session: str | None = None) -> tuple[list[dict], int]:
+    """Give an item without responses ``num_samples`` policy samples, the missing ones sampled at once;
+    the new sample records (to persist) and the tokens generated."""
+    sampling, keys = sample_settings(config), sample_keys(item, config)
+    missing = [(index, key) for index, key in enumerate(keys) if key not in store]
+    completions = await aio.gather([policy.achat(item.prompt, sampling, int(key[:8], 16) % (2**31), session=session)
+                                    for _, key in missing])
+    new = []
+    for (index, key), completion in zip(missing, completions):
+        if not completion.error:
+            store[key] = {"key": key, "id": item.id, "index": index, "text": completion.text,
+                          "finish_reason": completion.finish_reason, "error": completion.error}
+            new.append(store[key])
+    use_samples(item, keys, store)
+    return new, sum(c.completion_tokens for c in completions)
 
 
 # -- pairs ------------------------------------------------------------------------
@@ -378,6 +395,43 @@ def _load_cache(store: JsonlStore, valid, log) -> dict[str, dict]:
     return cache
 
 
+class _Plan(NamedTuple):
+    """An input row to judge: its place in the input, the row, and the principles it is judged under."""
+
+    index: int
+    item: Item
+    principles: list[Principle]
+
+
+class _Judged(NamedTuple):
+    """A judged row: its verdicts per pair of candidates, and what to persist (new judgements and samples)."""
+
+    plan: _Plan
+    verdicts: dict[tuple[int, int], list[Verdict]]
+    records: list[dict]
+    samples: list[dict]
+    output_tokens: int
+
+
+def _needs_sampling(plans: list[_Plan], config: JudgeConfig, samples: dict[str, dict]) -> bool:
+    """Whether a row lacks a cached sample (the policy is needed); rows whose samples are all cached get them now."""
+    needed = False
+    for plan in plans:
+        if config.mode == "samples" and not plan.item.candidates:
+            keys = sample_keys(plan.item, config)
+            if all(key in samples for key in keys):
+                use_samples(plan.item, keys, samples)
+            else:
+                needed = True
+    return needed
+
+
+def _needs_judging(plans: list[_Plan], judge: Judge) -> bool:
+    """Whether a judgement of a row with its candidates is not in the cache (the judge's engine is needed)."""
+    return any(judge.missing([c for cs in comparisons_for(plan.item, plan.principles).values() for c in cs])
+               for plan in plans if plan.item.candidates)
+
+
 def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backend: Backend | None = None,
               ) -> dict:
     """Run (or resume) ``cai judge``; returns counts, the report and the pairs."""
@@ -419,21 +473,25 @@ def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_b
         log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")
     done = {row.get("fingerprint") for row in existing}
 
-    def save_judgements(records: list[dict]) -> None:
-        with hold_interrupts():
-            cache_store.append(records)
-
-    def save_samples(records: list[dict]) -> None:
-        with hold_interrupts():
-            sample_store.append(records)
-
     engines = Engines(config, judge=backend, policy=policy_backend)
     errors = JsonlStore(errors_path(out))
     errors.remove()
-    judge = Judge(settings, backend_factory=engines.judge, cache=cache, on_records=save_judgements)
+    judge = Judge(settings, backend_factory=engines.judge, cache=cache)
     report = JudgeReport()
     checker = RowChecker(constitution)
-    pairs, new_pairs, sft_rows, current, appended = [], 0, [], set(), []
+    # Rows that make no pair are counted now; the others are judged, each on its own.
+    plans: list[_Plan] = []
+    for index, ((line, row), item) in enumerate(zip(rows, parsed)):
+        if isinstance(item, str):
+            report.add_pair(None, item)
+            continue
+        if config.mode == "revision":
+            flags = checker.row_flags(row)
+            report.add_flags(flags, kept=config.keep_flagged)
+            if flags and not config.keep_flagged:
+                continue
+        plans.append(_Plan(index, item, select_principles(constitution, config, item.id)))
+    pairs, sft_rows, current, appended, new_pairs = [], [], set(), [], 0
     judged_before = len(cache)
     config_record = {
         "input": str(config.input), "mode": config.mode, "judge": settings.as_dict(),
@@ -443,40 +501,49 @@ def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_b
         "keep_flagged": config.keep_flagged}
     constitution_record = {"path": str(config.constitution), "version": str(constitution.version),
                            "hash": constitution.content_hash()}
+    pairs_out = JsonlAppender(out, config.sync_rows, config.sync_seconds)
+    judgements_out = JsonlAppender(judgements_path(out), config.sync_rows, config.sync_seconds, "its judgements cache")
+    samples_out = JsonlAppender(samples_path(out), config.sync_rows, config.sync_seconds, "its samples cache")
+    errors_out = JsonlAppender(errors_path(out), config.sync_rows, config.sync_seconds, "its errors file")
+    progress = None
     stopped: BaseException | None = None
     try:
-        progress = Progress("judge", len(rows))
-        judge.progress = progress
-        for start in range(0, len(rows), config.batch_size):
-            batch = rows[start: start + config.batch_size]
-            items: list[Item] = []
-            for (line, row), item in zip(batch, parsed[start: start + config.batch_size]):
-                if isinstance(item, str):
-                    report.add_pair(None, item)
-                    continue
-                if config.mode == "revision":
-                    flags = checker.row_flags(row)
-                    report.add_flags(flags, kept=config.keep_flagged)
-                    if flags and not config.keep_flagged:
-                        continue
-                items.append(item)
-            if config.mode == "samples":
-                sample_candidates(items, config, samples, engines.policy, save_samples)
-            plans = []
-            for item in items:
-                principles = select_principles(constitution, config, item.id)
-                plans.append((item, principles, comparisons_for(item, principles)))
-            all_comparisons = [c for _, _, comps in plans for cs in comps.values() for c in cs]
-            verdict_iter = iter(judge.judge(all_comparisons))
-            batch_pairs, failures = [], []
-            for item, principles, comps in plans:
-                verdicts = {ij: [next(verdict_iter) for _ in cs] for ij, cs in comps.items()}
+        # The engines a run needs are started here, before any row (inside the try: a stop during
+        # start-up still writes the manifest); a finished run starts none.
+        policy = engines.policy() if _needs_sampling(plans, config, samples) else None
+        # New samples make new comparisons: the judge is needed too.
+        judge_engine = judge.backend if policy is not None or _needs_judging(plans, judge) else None
+        started = judge_engine or policy
+        judge.concurrency = config.concurrency or (started.concurrency if started is not None else None)
+        in_flight = judge.concurrency or Backend.concurrency  # (no engine started: nothing to run)
+        logger.debug(f"up to {in_flight} rows in flight")
+        progress = Progress("judge", len(plans))
+
+        async def judge_row(plan: _Plan) -> _Judged:
+            session = session_key(plan.item.id)
+            samples_new, tokens = [], 0
+            if config.mode == "samples" and not plan.item.candidates:
+                samples_new, tokens = await sample_candidates(plan.item, config, samples, policy, session)
+            comparisons = comparisons_for(plan.item, plan.principles)
+            judged = await judge.ajudge([c for cs in comparisons.values() for c in cs], session)
+            verdict_iter = iter(judged.verdicts)
+            verdicts = {ij: [next(verdict_iter) for _ in cs] for ij, cs in comparisons.items()}
+            return _Judged(plan, verdicts, judged.records, samples_new, tokens + judged.output_tokens)
+
+        # Rows finish in any order and are written as they finish: nothing depends on row order.
+        for done_row in aio.stream(plans, judge_row, in_flight):
+            (index, item, principles), verdicts = done_row.plan, done_row.verdicts
+            with hold_interrupts():  # a row lands whole: its samples and judgements, then its pair
+                for record in done_row.samples:
+                    samples_out.write(record)
+                for record in done_row.records:
+                    judgements_out.write(record)
                 for (i, j), vs in verdicts.items():
                     for v in vs:
                         report.add(v, len(item.candidates[i].text), len(item.candidates[j].text))
                         if v.error:
-                            failures.append({"id": item.id, "line": item.line, "principle_id": v.principle_id,
-                                             "error": v.error})
+                            errors_out.write(redact_values({"id": item.id, "line": item.line,
+                                                            "principle_id": v.principle_id, "error": v.error}))
                 fingerprint = stable_hash({"input": item.input_fingerprint, "judge": settings.as_dict(),
                                            "principles": [(p.id, p.comparison_question) for p in principles],
                                            "mode": config.mode, "min_margin": config.min_margin,
@@ -485,25 +552,29 @@ def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_b
                 report.add_pair(pair, reason)
                 sft = sft_row(item, pair, config.mode)
                 if sft is not None:
-                    sft_rows.append(sft)
+                    sft_rows.append((index, sft))
                 if pair is not None:
                     current.add(fingerprint)
-                    pairs.append(pair)
+                    pairs.append((index, pair))
                     if fingerprint not in done:
-                        batch_pairs.append(pair)
+                        pairs_out.write(pair)
+                        appended.append(fingerprint)
                         done.add(fingerprint)
-            with hold_interrupts():
-                store.append(batch_pairs)
-                appended += [p["fingerprint"] for p in batch_pairs]
-                errors.append(redact_values(failures))
-                new_pairs += len(batch_pairs)
-            progress.advance(len(batch))
+                        new_pairs += 1
+            progress.advance(1, done_row.output_tokens)
     except (KeyboardInterrupt, UserError) as exc:
         stopped = exc
     finally:
+        try:
+            for appender in (pairs_out, judgements_out, samples_out, errors_out):
+                appender.close()
+        except UserError as exc:
+            stopped = stopped or exc
+        if progress is not None:
+            progress.close()
         engines.close()
     if stopped is not None:
-        # Finished batches stay; nothing is rewritten (pairs not reached yet are not stale), the manifest
+        # Finished rows stay; nothing is rewritten (pairs not reached yet are not stale), the manifest
         # says where the run stopped, with the counts of the file.
         counts = {"rows": len(rows), "pairs": len(existing) + len(appended), "new_pairs": new_pairs,
                   "judgements_run": len(judge.cache) - judged_before, "judgements_cached": judged_before,
@@ -516,15 +587,17 @@ def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_b
         log(f"{out}: stopped with {counts['pairs']} pairs in the file; the manifest's counts match the file")
         raise stopped
 
-    # The output holds this run's pairs in input order; rows superseded by this run (an edited
-    # principle, another judge, a changed --min-margin) are dropped with one atomic rewrite.
-    final = list({p["fingerprint"]: p for p in pairs}.values())
+    # The output holds this run's pairs (in the order they finished); rows superseded by this run (an
+    # edited principle, another judge, a changed --min-margin) are dropped with one atomic rewrite, which
+    # writes the pairs in input order.
+    final = list({p["fingerprint"]: p for _, p in sorted(pairs, key=lambda entry: entry[0])}.values())
     on_disk = [r.get("fingerprint") for r in existing] + appended
     stale = sum(1 for fp in on_disk if fp not in current) + len(on_disk) - len(set(on_disk))
-    if on_disk != [p["fingerprint"] for p in final]:
+    if Counter(on_disk) != Counter(p["fingerprint"] for p in final):
         store.rewrite(final)
     sft_out = sft_path(config)
-    atomic_write_text(sft_out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft_rows))
+    atomic_write_text(sft_out, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                       for _, r in sorted(sft_rows, key=lambda entry: entry[0])))
 
     report_dict = report.as_dict()
     report_dict["judge"] = settings.as_dict()
@@ -543,5 +616,6 @@ def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_b
     }
     write_manifest(out, "judge", config_record, counts, constitution=constitution_record, report=report_dict,
                    sft=str(sft_out))
-    return {"counts": counts, "report": report_dict, "pairs": final, "sft": sft_rows, "sft_path": str(sft_out),
+    return {"counts": counts, "report": report_dict, "pairs": final, "sft": [r for _, r in sorted(sft_rows, key=lambda entry: entry[0])],
+            "sft_path": str(sft_out),
             "report_path": str(report_path(out)), "text": format_judge_report(report_dict)}

@@ -20,7 +20,9 @@ from pathlib import Path
 from core.log import get_logger
 from core.errors import UserError
 from constitution.loader import load_constitution
-from core.backends.base import Backend, Sampling
+from core.aio import stream
+from core.backends.base import Backend, Sampling, session_key
+from core.progress import Progress
 from core.backends.registry import backend_identity
 from core.model import DEFAULT_MODEL, resolve_model
 from generation.prompts import read_prompts
@@ -56,12 +58,33 @@ class EvalConfig(JudgeModelConfig):
         super().__post_init__()
 
 
-def answer(backend: Backend, prompts, max_tokens: int) -> list[str]:
-    replies = backend.chat([p.messages for p in prompts], Sampling(max_tokens=max_tokens, temperature=0.0))
-    failed = [p.id for p, r in zip(prompts, replies) if r.error]
-    if failed:
-        raise UserError(f"answering failed for {failed[:5]}: {replies[0].error}")
-    return [r.text for r in replies]
+def _answering_failed(prompts, failures: list[tuple[int, str]]) -> UserError:
+    failures.sort()
+    return UserError(f"answering failed for {[prompts[i].id for i, _ in failures[:5]]}: {failures[0][1]}")
+
+
+def answer(backend: Backend, prompts, max_tokens: int, concurrency: int | None = None) -> list[str]:
+    """Greedy answers to the prompts, each sent as soon as a slot frees; a UserError when any failed."""
+    sampling = Sampling(max_tokens=max_tokens, temperature=0.0)
+    texts: list[str] = [""] * len(prompts)
+    failures: list[tuple[int, str]] = []
+
+    async def answer_one(index: int):
+        prompt = prompts[index]
+        return index, await backend.achat(prompt.messages, sampling, session=session_key(prompt.id))
+
+    progress = Progress("eval answers", len(prompts))
+    try:
+        for index, reply in stream(range(len(prompts)), answer_one, concurrency or backend.concurrency):
+            if reply.error:
+                failures.append((index, reply.error))
+            texts[index] = reply.text
+            progress.advance(1, reply.completion_tokens)
+    finally:
+        progress.close()
+    if failures:
+        raise _answering_failed(prompts, failures)
+    return texts
 
 
 def win_rate(wins: list[float]) -> dict:
@@ -107,7 +130,7 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
     log(f"[eval] {config.trained_model} answers {len(prompts)} held-out prompts")
     trained_backend = config.build_backend(config.backend, config.trained_model)
     try:
-        trained = answer(trained_backend, prompts, config.max_tokens)
+        trained = answer(trained_backend, prompts, config.max_tokens, config.concurrency)
     finally:
         trained_backend.close()
     owned = judge_backend is None
@@ -116,27 +139,47 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
     same_model = (judge_backend.name == config.backend
                   and backend_identity(config.backend, judge_backend.model) == backend_identity(config.backend, config.base_model))
     base_backend = judge_backend if same_model else None
+    principles = [select_principles(constitution, config, prompt.id) for prompt in prompts]
+    base: list[str] = [""] * len(prompts)
+    per_prompt: list[list] = [[] for _ in prompts]
+    failures: list[tuple[int, str]] = []
+    progress = None
     try:
-        log(f"[eval] {config.base_model} answers the same prompts")
         if base_backend is None:
             base_backend = config.build_backend(config.backend, config.base_model)
-        base = answer(base_backend, prompts, config.max_tokens)
-        if base_backend is not judge_backend:
-            base_backend.close()
-        comparisons, owners = [], []
-        for i, prompt in enumerate(prompts):
-            for principle in select_principles(constitution, config, prompt.id):
-                comparisons.append(Comparison.of(prompt.messages, trained[i], base[i], principle))
-                owners.append(i)
-        log(f"[eval] judging {len(comparisons)} comparisons ({config.method})")
-        verdicts = Judge(judge_settings(config), backend=judge_backend).judge(comparisons)
+        judge = Judge(judge_settings(config), backend=judge_backend, concurrency=config.concurrency)
+        sampling = Sampling(max_tokens=config.max_tokens, temperature=0.0)
+        log(f"[eval] {config.base_model} answers the same prompts; each answer is judged against the trained "
+            f"model's under its principles ({config.method}) as soon as it is ready")
+
+        async def answer_and_judge(index: int):
+            """One prompt: the base model's answer, then its comparisons with the trained answer, all at once."""
+            prompt = prompts[index]
+            session = session_key(prompt.id)
+            reply = await base_backend.achat(prompt.messages, sampling, session=session)
+            if reply.error:
+                return index, reply, [], reply.completion_tokens
+            comparisons = [Comparison.of(prompt.messages, trained[index], reply.text, p) for p in principles[index]]
+            judged = await judge.ajudge(comparisons, session)
+            return index, reply, judged.verdicts, reply.completion_tokens + judged.output_tokens
+
+        progress = Progress("eval", len(prompts))
+        for index, reply, verdicts, tokens in stream(range(len(prompts)), answer_and_judge,
+                                                     config.concurrency or judge_backend.concurrency):
+            if reply.error:
+                failures.append((index, reply.error))
+            base[index], per_prompt[index] = reply.text, verdicts
+            progress.advance(1, tokens)
     finally:
+        if progress is not None:
+            progress.close()
+        if base_backend is not None and base_backend is not judge_backend:
+            base_backend.close()
         if owned:
             judge_backend.close()
+    if failures:
+        raise _answering_failed(prompts, failures)
 
-    per_prompt = defaultdict(list)
-    for i, verdict in zip(owners, verdicts):
-        per_prompt[i].append(verdict)
     rows, wins_by_tag = [], defaultdict(list)
     for i, prompt in enumerate(prompts):
         p = ensemble([v.p for v in per_prompt[i]])

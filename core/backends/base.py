@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from core import aio
+from core.hashing import stable_hash
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -197,7 +198,8 @@ class Backend(ABC):
                 async with semaphore:
                     return await coroutine
 
-            return await asyncio.gather(*(bounded(c) for c in coroutines))
+            # aio.gather: a request that raises (an endpoint that is down) stops the others too
+            return await aio.gather([bounded(c) for c in coroutines])
 
         return aio.run_sync(gather())
 
@@ -209,6 +211,12 @@ class Backend(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def session_key(row_id: str) -> str:
+    """The key every call of one row carries (the same across runs), so that a router with session
+    affinity keeps the row's requests, and their shared prefix, on one server."""
+    return stable_hash(["session", row_id], 16)
 
 
 def ends_with_assistant(conversation: Conversation) -> bool:

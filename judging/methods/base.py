@@ -1,10 +1,10 @@
 """The contract of a judge method, and what it takes and gives: comparisons in, verdicts out.
 
 A method (a strategy of ``Judge``) says which requests a comparison needs, each
-cached under a key of everything that determines it; runs a batch of the missing
-ones on a backend into records, one per key; and combines a comparison's records
-into a ``Verdict``.  The ``Judge`` does the rest: the cache, persisting records,
-progress, the lazily built backend.
+cached under a key of everything that determines it; runs one request on a backend
+into its record (a coroutine: the judge keeps many in flight, each one's follow-up
+call sent as soon as its first returns); and combines a comparison's records into a
+``Verdict``.  The ``Judge`` does the rest: the cache, what runs at once, the backend.
 
 A method's prompt version, part of every key, is the hash of everything it sends
 to a backend for fixed probe comparisons.  Editing a judge prompt therefore
@@ -15,10 +15,10 @@ instead of reused; nothing is bumped by hand.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from constitution.schema import Principle
 from core.backends.base import Backend, Completion, LabelLogprobs, Sampling, SequenceLogprob
@@ -27,8 +27,12 @@ from core.hashing import stable_hash
 if TYPE_CHECKING:
     from judging.judge import JudgeSettings
 
-#: ``stage(name, requests, tokens, started)``: reports one backend call's work to the judge's progress.
-Stage = Callable[[str, int, int, float], None]
+
+class Judgement(NamedTuple):
+    """One request's record (with its ``key``) and the tokens the backend generated for it."""
+
+    record: dict
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,13 @@ class JudgeMethod(ABC):
         """Hash of every conversation, label and sampling setting this method sends for the probe comparisons."""
         recorder = _Recorder()
         requests = [request for comparison in _probe_comparisons() for request in self.requests(comparison)]
-        self.run({str(i): request for i, request in enumerate(requests)}, recorder, lambda *_: None)
-        return stable_hash(recorder.sent)
+
+        async def probe() -> None:
+            for i, request in enumerate(requests):
+                await self.judge(str(i), request, recorder)
+
+        _run_without_loop(probe())
+        return stable_hash(recorder.sent())
 
     # -- the method ----------------------------------------------------------
     @abstractmethod
@@ -100,8 +109,8 @@ class JudgeMethod(ABC):
         """The requests one comparison needs, in the order ``verdict`` receives their records."""
 
     @abstractmethod
-    def run(self, requests: dict[str, Any], backend: Backend, stage: Stage) -> list[dict]:
-        """Run a batch of requests (key -> request) on ``backend``; a record per key, each with its ``key``.
+    async def judge(self, key: str, request: Any, backend: Backend, session: str | None = None) -> Judgement:
+        """Run one request on ``backend`` (every call with ``session``); its record, with ``key``.
 
         A record marked ``transient`` (a request that failed for good this run) is cached for this run
         but not persisted, so the next run redoes it.
@@ -122,6 +131,17 @@ def _probe_comparisons() -> list[Comparison]:
             Comparison.of([{"role": "system", "content": "A system turn."}, *turns], "x", "y", principle)]
 
 
+def _run_without_loop(coroutine: Coroutine) -> None:
+    """Run a coroutine that never waits (the probe backend answers at once): no event loop needed, so the
+    prompt version can be computed anywhere, the event loop's thread included."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("a judge method waited on something other than its backend while probed")
+
+
 class _Recorder(Backend):
     """Records what a method sends; replies that parse as no verdict, so every follow-up request is sent too."""
 
@@ -129,16 +149,26 @@ class _Recorder(Backend):
 
     def __init__(self):
         super().__init__("probe")
-        self.sent: list = []
+        # (call kind, its settings) -> the conversations sent with them, in the order sent
+        self._sent: dict[str, tuple[list, list]] = {}
 
-    def chat(self, conversations, sampling: Sampling, seeds=None) -> list[Completion]:
-        self.sent.append(["chat", list(conversations), sampling.as_dict()])
-        return [Completion(text="Probe reasoning.", finish_reason="stop") for _ in conversations]
+    def _record(self, kind: str, conversation, settings=None) -> None:
+        head = [kind] if settings is None else [kind, settings]
+        self._sent.setdefault(repr(head), (head, []))[1].append(list(conversation))
 
-    def label_logprobs(self, conversations, labels) -> list[LabelLogprobs]:
-        self.sent.append(["label_logprobs", list(conversations), list(labels)])
-        return [LabelLogprobs({label: -1.0 for label in labels}, floor=-2.0) for _ in conversations]
+    def sent(self) -> list:
+        """Each kind of call with its settings and all its conversations (one entry per kind and settings, in
+        the order first sent): what is sent, whatever the order requests run in."""
+        return [[head[0], conversations, *head[1:]] for head, conversations in self._sent.values()]
 
-    def response_logprobs(self, conversations) -> list[SequenceLogprob]:
-        self.sent.append(["response_logprobs", list(conversations)])
-        return [SequenceLogprob(-1.0, tokens=1) for _ in conversations]
+    async def achat(self, conversation, sampling: Sampling, seed=None, session=None) -> Completion:
+        self._record("chat", conversation, sampling.as_dict())
+        return Completion(text="Probe reasoning.", finish_reason="stop")
+
+    async def alabel_logprobs(self, conversation, labels, session=None) -> LabelLogprobs:
+        self._record("label_logprobs", conversation, list(labels))
+        return LabelLogprobs({label: -1.0 for label in labels}, floor=-2.0)
+
+    async def aresponse_logprobs(self, conversation, session=None) -> SequenceLogprob:
+        self._record("response_logprobs", conversation)
+        return SequenceLogprob(-1.0, tokens=1)

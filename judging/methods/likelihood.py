@@ -8,14 +8,13 @@ contrastive score in the spirit of RLCD); P(x better) = sigmoid(scale *
 
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 from core.backends.base import Backend
 
 from .. import prompts
 from ..scoring import likelihood_probability
-from .base import Comparison, JudgeMethod, Stage, Verdict
+from .base import Comparison, JudgeMethod, Judgement, Verdict
 
 
 class Scored(NamedTuple):
@@ -36,13 +35,10 @@ class Likelihood(JudgeMethod):
         return [Scored(comparison.prompt, response, q, follow) for response in (comparison.x, comparison.y)
                 for follow in (True, False)]
 
-    def run(self, requests: dict[str, Scored], backend: Backend, stage: Stage) -> list[dict]:
-        started = time.monotonic()
-        results = backend.response_logprobs([prompts.likelihood_conversation(*r) for r in requests.values()])
-        stage("likelihood", len(requests), 0, started)
-        return [{"key": key, "kind": "likelihood", "logprob": result.logprob, "tokens": result.tokens,
-                 "error": result.error, "transient": result.error is not None}
-                for key, result in zip(requests, results)]
+    async def judge(self, key: str, request: Scored, backend: Backend, session: str | None = None) -> Judgement:
+        result = await backend.aresponse_logprobs(prompts.likelihood_conversation(*request), session=session)
+        return Judgement({"key": key, "kind": "likelihood", "logprob": result.logprob, "tokens": result.tokens,
+                          "error": result.error, "transient": result.error is not None})
 
     def verdict(self, comparison: Comparison, records: list[dict | None]) -> Verdict:
         verdict = Verdict(comparison.principle.id, order_free=True)

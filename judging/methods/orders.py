@@ -9,14 +9,13 @@ read after it.
 
 from __future__ import annotations
 
-import time
 from abc import abstractmethod
 from typing import NamedTuple
 
 from core.backends.base import Backend, Sampling
 
 from ..scoring import clamp, combine_orders
-from .base import Comparison, JudgeMethod, Stage, Verdict
+from .base import Comparison, JudgeMethod, Judgement, Verdict
 
 
 class Order(NamedTuple):
@@ -50,27 +49,21 @@ class BothOrders(JudgeMethod):
         """The conversation that asks for reasoning before the verdict."""
 
     @abstractmethod
-    def read_verdicts(self, keys: list[str], orders: list[Order], reasoning: list[str | None], pending: list[int],
-                      records: list[dict | None], backend: Backend, stage: Stage) -> None:
-        """Fill ``records[i]`` for each index in ``pending`` (after the reasoning, if any, in ``reasoning[i]``)."""
+    async def read_verdict(self, key: str, order: Order, reasoning: str | None, backend: Backend,
+                           session: str | None) -> Judgement:
+        """The order's record, read after its reasoning (``None`` without ``--cot``)."""
 
-    def run(self, requests: dict[str, Order], backend: Backend, stage: Stage) -> list[dict]:
-        keys, orders = list(requests), list(requests.values())
-        reasoning: list[str | None] = [None] * len(orders)
-        records: list[dict | None] = [None] * len(orders)
+    async def judge(self, key: str, order: Order, backend: Backend, session: str | None = None) -> Judgement:
+        reasoning, tokens = None, 0
         if self.settings.cot:
-            started = time.monotonic()
-            conversations = [self.cot_conversation(order) for order in orders]
-            replies = backend.chat(conversations, Sampling(max_tokens=self.settings.cot_max_tokens, temperature=0.0))
-            stage("reasoning", len(orders), sum(r.completion_tokens for r in replies), started)
-            for i, reply in enumerate(replies):
-                if reply.error:
-                    records[i] = failed_record(keys[i], reply.error)
-                else:
-                    reasoning[i] = reply.text
-        pending = [i for i in range(len(orders)) if records[i] is None]
-        self.read_verdicts(keys, orders, reasoning, pending, records, backend, stage)
-        return [r for r in records if r is not None]
+            reply = await backend.achat(self.cot_conversation(order),
+                                        Sampling(max_tokens=self.settings.cot_max_tokens, temperature=0.0),
+                                        session=session)
+            if reply.error:
+                return Judgement(failed_record(key, reply.error))
+            reasoning, tokens = reply.text, reply.completion_tokens
+        judgement = await self.read_verdict(key, order, reasoning, backend, session)
+        return Judgement(judgement.record, tokens + judgement.output_tokens)
 
     def verdict(self, comparison: Comparison, records: list[dict | None]) -> Verdict:
         verdict = Verdict(comparison.principle.id)

@@ -10,13 +10,11 @@ averaged.  With ``--cot`` the label is read after the reasoning and clamped to
 
 from __future__ import annotations
 
-import time
-
 from core.backends.base import Backend
 
 from .. import prompts
 from ..scoring import normalise_labels
-from .base import Stage
+from .base import Judgement
 from .orders import BothOrders, Order, failed_record
 
 
@@ -27,22 +25,19 @@ class Pairwise(BothOrders):
     def cot_conversation(self, order: Order) -> list[dict]:
         return prompts.pairwise_cot_conversation(*order, text=False)
 
-    def read_verdicts(self, keys, orders, reasoning, pending, records, backend: Backend, stage: Stage) -> None:
-        started = time.monotonic()
-        if self.settings.cot:
-            conversations = [prompts.after_reasoning(self.cot_conversation(orders[i]), reasoning[i]) for i in pending]
+    async def read_verdict(self, key: str, order: Order, reasoning: str | None, backend: Backend,
+                           session: str | None) -> Judgement:
+        if reasoning is not None:
+            conversation = prompts.after_reasoning(self.cot_conversation(order), reasoning)
         else:
-            conversations = [prompts.pairwise_label_conversation(*orders[i]) for i in pending]
-        results = backend.label_logprobs(conversations, prompts.LABELS)
-        stage("labels", len(pending), 0, started)
-        for i, result in zip(pending, results):
-            if result.error:
-                records[i] = failed_record(keys[i], result.error)
-                continue
-            a, b = (result.logprobs.get(label) for label in prompts.LABELS)
-            normalised = normalise_labels(a, b, result.floor)
-            records[i] = {"key": keys[i], "kind": "order", "p_first": normalised.p, "bounded": normalised.bounded,
-                          "logprob_a": a, "logprob_b": b, "floor": result.floor, "error": normalised.error,
-                          "transient": False}
-            if reasoning[i] is not None:
-                records[i]["reasoning"] = reasoning[i]
+            conversation = prompts.pairwise_label_conversation(*order)
+        result = await backend.alabel_logprobs(conversation, prompts.LABELS, session=session)
+        if result.error:
+            return Judgement(failed_record(key, result.error))
+        a, b = (result.logprobs.get(label) for label in prompts.LABELS)
+        normalised = normalise_labels(a, b, result.floor)
+        record = {"key": key, "kind": "order", "p_first": normalised.p, "bounded": normalised.bounded,
+                  "logprob_a": a, "logprob_b": b, "floor": result.floor, "error": normalised.error, "transient": False}
+        if reasoning is not None:
+            record["reasoning"] = reasoning
+        return Judgement(record)

@@ -10,13 +10,11 @@ Both orders are judged; P(A) is 1 or 0.
 
 from __future__ import annotations
 
-import time
-
 from core.backends.base import Backend, Sampling
 
 from .. import prompts
 from ..scoring import parse_verdict
-from .base import Stage
+from .base import Judgement
 from .orders import BothOrders, Order, failed_record
 
 
@@ -29,32 +27,27 @@ class Text(BothOrders):
     def cot_conversation(self, order: Order) -> list[dict]:
         return prompts.pairwise_cot_conversation(*order, text=True)
 
-    def read_verdicts(self, keys, orders, reasoning, pending, records, backend: Backend, stage: Stage) -> None:
-        started = time.monotonic()
+    async def read_verdict(self, key: str, order: Order, reasoning: str | None, backend: Backend,
+                           session: str | None) -> Judgement:
         constrained = self.settings.constrained_verdict
-        if self.settings.cot:
-            for i in pending:
-                records[i] = text_record(keys[i], reasoning[i], last_line=True)
-                records[i]["reasoning"] = reasoning[i]
+        if reasoning is not None:
+            record = text_record(key, reasoning, last_line=True)
+            record["reasoning"] = reasoning
+            if not (constrained and record["parse_failure"]):
+                return Judgement(record)
             # Reasoning that does not end in a verdict: ask for one after it, constrained to a label.
-            unstated = [i for i in pending if constrained and records[i]["parse_failure"]]
-            conversations = [prompts.after_reasoning(self.cot_conversation(orders[i]), reasoning[i]) for i in unstated]
+            conversation = prompts.after_reasoning(self.cot_conversation(order), reasoning)
             sampling = Sampling(max_tokens=2, temperature=0.0, choices=prompts.LABELS)
         else:
-            unstated = pending
-            conversations = [prompts.pairwise_text_conversation(*orders[i]) for i in pending]
+            conversation = prompts.pairwise_text_conversation(*order)
             sampling = Sampling(max_tokens=8, temperature=0.0, choices=prompts.VERDICTS if constrained else None)
-        if not conversations:
-            return
-        replies = backend.chat(conversations, sampling)
-        stage("verdict", len(unstated), sum(r.completion_tokens for r in replies), started)
-        for i, reply in zip(unstated, replies):
-            if reply.error:
-                records[i] = failed_record(keys[i], reply.error)
-                continue
-            records[i] = text_record(keys[i], reply.text, last_line=False)
-            if reasoning[i] is not None:
-                records[i]["reasoning"] = reasoning[i]
+        reply = await backend.achat(conversation, sampling, session=session)
+        if reply.error:
+            return Judgement(failed_record(key, reply.error))
+        record = text_record(key, reply.text, last_line=False)
+        if reasoning is not None:
+            record["reasoning"] = reasoning
+        return Judgement(record, reply.completion_tokens)
 
 
 def text_record(key: str, reply: str, last_line: bool) -> dict:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from typing import NamedTuple
 
 from core.backends.base import Backend, Completion, LabelLogprobs, SequenceLogprob
-from judging.methods.base import JudgeMethod, Verdict
+from judging.methods.base import JudgeMethod, Judgement, Verdict
 
 _BLOCK = re.compile(r"<response (A|B)>\n(.*?)\n</response \1>", re.S)
 
@@ -26,13 +27,17 @@ class PreferenceBackend(Backend):
     """Prefers responses with more "GOOD" than "BAD"; can add a bias towards option (A).
 
     ``missing``: "B" drops label B from the top tokens (the floor applies);
-    ``verdicts``: replies for the text method, in turn.
+    ``verdicts``: replies for the text method, in turn;
+    ``delay(conversation)``: seconds each request waits before it is answered (0: it still yields to the
+    event loop, as a real backend does, so the requests in flight interleave).
     """
 
     name = "preference"
 
-    def __init__(self, model="stand-in-judge", position_bias=0.0, missing=None, verdicts=None, fail_when=None):
+    def __init__(self, model="stand-in-judge", position_bias=0.0, missing=None, verdicts=None, fail_when=None,
+                 delay=None):
         super().__init__(model)
+        self.delay = delay or (lambda conversation: 0.0)
         self.position_bias = position_bias
         self.missing = missing
         self.verdicts = list(verdicts or [])
@@ -74,10 +79,22 @@ class PreferenceBackend(Backend):
                 else:
                     text = f"Reasoning about it.\nAnswer: ({better})"
             else:
-                seed = (seeds or [0] * len(conversations))[i]
+                seed = (seeds or [None] * len(conversations))[i] or 0
                 text = ["GOOD answer", "BAD answer", "plain answer", "GOOD GOOD answer"][seed % 4]
             out.append(Completion(text=text, finish_reason="stop", prompt_tokens=10, completion_tokens=3))
         return out
+
+    async def achat(self, conversation, sampling, seed=None, session=None):
+        await asyncio.sleep(self.delay(conversation))
+        return self.chat([conversation], sampling, [seed])[0]
+
+    async def alabel_logprobs(self, conversation, labels, session=None):
+        await asyncio.sleep(self.delay(conversation))
+        return self.label_logprobs([conversation], labels)[0]
+
+    async def aresponse_logprobs(self, conversation, session=None):
+        await asyncio.sleep(self.delay(conversation))
+        return self.response_logprobs([conversation])[0]
 
     def response_logprobs(self, conversations):
         out = []
@@ -101,10 +118,8 @@ class ShorterWins(JudgeMethod):
     def requests(self, comparison):
         return [Length(comparison.x), Length(comparison.y)]
 
-    def run(self, requests, backend, stage):
-        stage("length", len(requests), 0, 0.0)
-        return [{"key": key, "kind": "length", "length": len(r.response), "transient": False}
-                for key, r in requests.items()]
+    async def judge(self, key, request, backend, session=None):
+        return Judgement({"key": key, "kind": "length", "length": len(request.response), "transient": False})
 
     def verdict(self, comparison, records):
         verdict = Verdict(comparison.principle.id, order_free=True)

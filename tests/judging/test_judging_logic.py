@@ -251,7 +251,7 @@ def rows_of(path) -> list[dict]:
 
 def judge_config(tmp_path, **overrides) -> JudgeConfig:
     values = dict(input=str(tmp_path / "revisions.jsonl"), out=str(tmp_path / "prefs.jsonl"),
-                  constitution=CONSTITUTION, method="pairwise", principles_per_pair=2, batch_size=2)
+                  constitution=CONSTITUTION, method="pairwise", principles_per_pair=2)
     values.update(overrides)
     return JudgeConfig(**values)
 

@@ -106,7 +106,7 @@ def test_generated_rows_and_manifest_validate(generated):
 def test_judge_rows_caches_and_manifest_validate(generated, tmp_path, method, cot):
     out = tmp_path / "prefs.jsonl"
     config = JudgeConfig(input=str(generated), out=str(out), constitution=CONSTITUTION, method=method, cot=cot,
-                         principles_per_pair=2, batch_size=4)
+                         principles_per_pair=2)
     run_judge(config, backend=PreferenceBackend())
     pairs = validate_all(PreferenceRow, out)
     validate_all(SftRow, tmp_path / "sft.jsonl")

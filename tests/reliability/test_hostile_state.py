@@ -109,7 +109,7 @@ def test_sigterm_lands_the_batch_in_flight_whole_writes_the_manifest_and_exits_1
             assert cai_main(generate_args(prompts, revisions, server.base_url)) == 0
             args = ["judge", "--in", str(revisions), "--out", str(tmp_path / "prefs.jsonl"), "--backend", "openai",
                     "--base-url", server.base_url, "--model", "standin", "--method", "pairwise", "--keep-flagged",
-                    "--batch-size", "2", "--constitution", str(REPO / "principles.yaml"),
+                    "--constitution", str(REPO / "principles.yaml"),
                     "--concurrency", "1", "--principles-per-pair", "3"]
             out = tmp_path / "prefs.jsonl"
         elif command == "run":

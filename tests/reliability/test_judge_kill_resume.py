@@ -25,7 +25,7 @@ def judged(tmp_path_factory):
 
         def args(out):
             return ["judge", "--in", str(tmp / "gen.jsonl"), "--out", str(out), "--backend", "openai",
-                    "--base-url", server.base_url, "--model", "standin", "--method", "pairwise", "--batch-size", "4",
+                    "--base-url", server.base_url, "--model", "standin", "--method", "pairwise",
                     "--concurrency", "8", "--constitution", str(REPO / "principles.yaml"),
                     "--keep-flagged"]  # the stand-in's replies read like critiques to the row checks
 
