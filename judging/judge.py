@@ -78,9 +78,10 @@ class Judge:
     """Judges comparisons; keeps every single judgement in ``cache`` (key -> record).
 
     ``backend_factory`` is called only when a judgement is missing, so a finished run loads no
-    model; it is called in the caller's thread (``judge``, ``ensure_backend``), never on the event
-    loop, where an engine's start-up would stall every request.  ``concurrency`` bounds the judge's
-    requests in flight (default: the backend's).
+    model; it is called in the caller's thread (by ``judge``, or by a streaming caller through
+    ``backend`` before its first row), never on the event loop, where an engine's start-up would
+    stall every request.  ``concurrency`` bounds the judge's requests in flight (default: the
+    backend's).
     """
 
     def __init__(
@@ -98,7 +99,6 @@ class Judge:
         self.cache: dict[str, dict] = cache if cache is not None else {}
         self.concurrency = concurrency
         self.calls = 0  # requests run on the backend
-        self._running: dict[str, asyncio.Task] = {}  # key -> its request in flight (shared by units that need it)
         self._slots: asyncio.Semaphore | None = None
 
     @property
@@ -126,30 +126,18 @@ class Judge:
         """One unit's verdicts: its judgements not in the cache run at once, each call with ``session``."""
         keys, todo = [], {}
         for comparison in comparisons:
-            keys.append(self.keys_for(comparison))
-            for key, request in zip(keys[-1], self.method.requests(comparison)):
+            requests = self.method.requests(comparison)
+            keys.append([self.method.key(request) for request in requests])
+            for key, request in zip(keys[-1], requests):
                 if key not in self.cache:
                     todo.setdefault(key, request)
         records, tokens = [], 0
-        for judgement in await aio.gather([self._run(key, request, session) for key, request in todo.items()]):
-            if judgement is not None:
-                tokens += judgement.output_tokens
-                if not judgement.record.get("transient"):
-                    records.append(judgement.record)
+        for judgement in await aio.gather([self._request(key, request, session) for key, request in todo.items()]):
+            tokens += judgement.output_tokens
+            if not judgement.record.get("transient"):
+                records.append(judgement.record)
         verdicts = [self.method.verdict(c, [self.cache.get(key) for key in ks]) for c, ks in zip(comparisons, keys)]
         return Judged(verdicts, records, tokens)
-
-    async def _run(self, key: str, request, session: str | None) -> Judgement | None:
-        """The request's judgement, or None when another unit in flight ran it (it is then in the cache)."""
-        running = self._running.get(key)
-        if running is not None:
-            await asyncio.shield(running)
-            return None
-        task = self._running[key] = asyncio.ensure_future(self._request(key, request, session))
-        try:
-            return await task
-        finally:
-            self._running.pop(key, None)
 
     async def _request(self, key: str, request, session: str | None) -> Judgement:
         if self._backend is None:

@@ -197,20 +197,3 @@ def test_eval_streams_answers_and_judgements_and_keeps_prompt_order(tmp_path, mo
     for backend in (*policies, judge):  # each prompt's calls, on every model, carry its session key
         assert backend.sessions == {i: {session_key(f"e{i}")} for i in range(N)}
 
-
-def test_a_judgement_two_rows_in_flight_need_runs_once():
-    from constitution.loader import load_constitution
-    from core import aio
-    from judging.judge import Comparison, Judge, JudgeSettings
-
-    backend = PreferenceBackend(delay=lambda conversation: 0.05)
-    judge = Judge(JudgeSettings("m", method="pairwise"), backend=backend)
-    principle = load_constitution(CONSTITUTION).principles[0]
-    comparison = Comparison.of([{"role": "user", "content": "Question 1?"}], "GOOD", "BAD", principle)
-
-    async def two_rows():
-        return await asyncio.gather(judge.ajudge([comparison], "a"), judge.ajudge([comparison], "b"))
-
-    first, second = aio.run_sync(two_rows())
-    assert backend.label_calls == 2 and first.verdicts == second.verdicts and first.verdicts[0].p > 0.5
-    assert [len(first.records), len(second.records)] == [2, 0]  # persisted once, by the row that ran them
