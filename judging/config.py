@@ -74,7 +74,7 @@ class JudgeModelConfig(EngineOptions):
         concurrency (`int` or `None`, *optional*, defaults to `None`, from ``EngineOptions``):
             Rows judged at once, each with all its requests (every principle, both orders) sent together, and at
             most this many of the judge's requests in flight; `None`: twice the in-process engine's
-            `max_num_seqs`, or 256 for an endpoint.
+            `max_num_seqs`, or 1,024 for an endpoint.
         limit (`int` or `None`, *optional*, defaults to `None`):
             Use only the first N input rows.
     """
