@@ -84,8 +84,15 @@ class BackoffWait:
 
 def describe_error(exc: BaseException) -> str:
     status = getattr(exc, "status_code", None)
-    message = redact_text(getattr(exc, "message", None) or str(exc))
-    return f"HTTP {status}: {message}" if status else f"{type(exc).__name__}: {message}"
+    if status:
+        return f"HTTP {status}: {redact_text(getattr(exc, 'message', None) or str(exc))}"
+    # The aiohttp transport reports a refused connection as a connect *timeout*; the first cause says what happened.
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if isinstance(root, OSError) and root is not exc:
+        return f"APIConnectionError: Connection failed: {redact_text(str(root))}"
+    return f"{type(exc).__name__}: {redact_text(getattr(exc, 'message', None) or str(exc))}"
 
 
 class EndpointDownError(UserError):
