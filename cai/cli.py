@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("training.cli:train", "Train with TRL: sft, reward, ppo or dpo."),
     "eval": ("training.cli:evaluate", "Win rate of a trained model against its base."),
     "run": ("cai.pipeline:run_command", "Run generate, judge, train and eval from a recipe."),
+    "status": ("cai.status:status_command", "Progress of an output: a file, or a folder's shard parts summed."),
     "report": ("cai.report:report_command", "Write a run folder's HTML report: plots and a row browser."),
     "label": ("cai.label:label_command", "Label pairs by hand in the browser (127.0.0.1), for `cai judge agreement`."),
 }

@@ -25,6 +25,7 @@ from core.config import build_config, check_values, did_you_mean
 from core.errors import UserError
 from core.hashing import stable_hash
 from core.model import resolve_model
+from core.shards import Shard, content_hash, data_files, folder_count, part_files
 from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, write_manifest
 from core.yamlfile import read_yaml
 from generation.config import GenerateConfig
@@ -126,6 +127,23 @@ class RunPlan:
     eval: EvalConfig
 
 
+def _output(run_dir: Path, name: str) -> str:
+    """``RUN_DIR/NAME.jsonl``, or the folder ``RUN_DIR/NAME`` when sharded jobs wrote their parts there
+    (``recipes/scale-out/README.md``): the run then completes and reads that folder."""
+    folder = run_dir / name
+    return str(folder) if folder.is_dir() and part_files(folder) else str(run_dir / f"{name}.jsonl")
+
+
+def shard_runs(config):
+    """A stage's config as ``cai run`` runs it: itself, or one per shard when its ``out`` is a folder of parts
+    (each shard resumes: finished parts load no model, a part a failed job left is completed)."""
+    out = Path(config.out)
+    if not out.is_dir():
+        return [config]
+    count = folder_count(out, part_files(out))
+    return [dataclasses.replace(config, shard=str(Shard(index, count))) for index in range(count)]
+
+
 def plan_run(recipe_path: str | Path) -> RunPlan:
     """Build the config object of every stage of a recipe; a bad recipe fails here, before any work."""
     recipe = Recipe(recipe_path)
@@ -133,10 +151,11 @@ def plan_run(recipe_path: str | Path) -> RunPlan:
     base = recipe.data.get("model") or "default"
 
     generate_config = recipe.build(GenerateConfig, ("generate",), recipe.section("generate"),
-                                   out=str(run_dir / "revisions.jsonl"))
+                                   out=_output(run_dir, "revisions"))
     judge_config = recipe.build(JudgeConfig, ("judge",), recipe.section("judge"), input=generate_config.out,
-                                out=str(run_dir / "preferences.jsonl"))
-    files = {"preferences": judge_config.out, "sft": str(sft_path(judge_config))}
+                                out=_output(run_dir, "preferences"))
+    sft = Path(sft_path(judge_config)) if not Path(judge_config.out).is_dir() else Path(judge_config.out).with_name("sft")
+    files = {"preferences": judge_config.out, "sft": str(sft)}
     steps = _train_steps(recipe, run_dir, files)
 
     inherited = {key: (getattr(judge_config, key), ("judge", key) if key in recipe.section("judge") else
@@ -155,6 +174,8 @@ def _check_files(recipe_path: Path, run_dir: Path, generate_config, judge_config
     from judging.pairs import judgements_path, report_path, samples_path
 
     revisions, preferences = Path(generate_config.out), Path(judge_config.out)
+    if revisions.is_dir() or preferences.is_dir():
+        return  # folders of shard parts: each shard's run checks its own part's files
     outputs = {
         "generate's output": revisions, "generate's manifest": manifest_path(revisions),
         "generate's errors file": errors_path(revisions),
@@ -206,7 +227,7 @@ def _train_steps(recipe: Recipe, run_dir: Path, files: dict[str, str]) -> list[T
 
 
 def _file_hash(path: str | Path | None) -> str | None:
-    return stable_hash(Path(path).read_text(encoding="utf-8")) if path and Path(path).is_file() else None
+    return content_hash(path)  # a file's text, or a folder's parts
 
 
 def _current(stamp_path: Path, key: str) -> bool:
@@ -271,16 +292,18 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
             judge_figure = check_judge(judge_check, plan.judge, run_dir / "judge_check.json",
                                        backend_factory=policy_factory if plan.judge.judge_is_policy() else None)
         log("[run] 1/4 generate")
-        generate(plan.generate, backend_factory=policy_factory)
+        for generate_config in shard_runs(plan.generate):
+            generate(generate_config, backend_factory=policy_factory)
         timings["generate_s"] = time.monotonic() - started
 
         started = time.monotonic()
         log("[run] 2/4 judge")
         judge_backend = policy if plan.judge.judge_is_policy() else None
-        result = run_judge(plan.judge, backend=judge_backend, policy_backend=policy)
+        for judge_config in shard_runs(plan.judge):
+            result = run_judge(judge_config, backend=judge_backend, policy_backend=policy)
         timings["judge_s"] = time.monotonic() - started
         pairs_path = Path(plan.judge.out)
-        if not pairs_path.exists() or not pairs_path.read_text().strip():
+        if not any(path.is_file() and path.stat().st_size for path in data_files(pairs_path, "judge.out")):
             raise UserError(f"the judge made no preference pairs in {pairs_path}; see its report")
 
         started = time.monotonic()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.redact import redact_values
+from core.shards import Shard, data_files, side_file
 
 #: The longest line any JSON Lines input may have. A longer one (``/dev/zero``, a runaway file) is
 #: refused instead of being read until memory runs out.
@@ -114,7 +115,8 @@ def manifest_path(out: Path) -> Path:
 
 
 def errors_path(out: Path) -> Path:
-    return out.with_name(out.name + ".errors.jsonl")
+    """``OUT.errors.jsonl`` (a shard's part: ``PART.errors.ndjson``, see ``core.shards.side_file``)."""
+    return side_file(out, "errors")
 
 
 class JsonlStore:
@@ -276,22 +278,33 @@ def read_json_objects(path: str | Path | None, what: str, flag: str, example: st
 
     One UserError lists every bad line (invalid JSON, not an object) before any work starts.
     """
+    return [(number, row) for _, number, row in read_json_rows(path, what, flag, example)]
+
+
+def read_json_rows(path: str | Path | None, what: str, flag: str, example: str = "",
+                   shard: Shard | None = None) -> list[tuple[Path, int, dict]]:
+    """``(file, line number, row)`` for every non-empty line of a JSON Lines file, or of a folder of shard parts
+    (``core.shards.data_files``: all of them, or the one of ``shard``), in order.
+
+    One UserError lists every bad line (invalid JSON, not an object) before any work starts.
+    """
     if not path:
         raise UserError(f"{flag} is required: the {what} file (JSON Lines)")
     path = Path(path)
     rows, problems = [], []
-    for number, line in iter_lines(path, what, flag):
-        if not line.strip():
-            continue
-        try:
-            row = parse_json_line(line)
-        except ValueError as exc:
-            problems.append(f"{path}:{number}: {exc}")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            continue
-        rows.append((number, row))
+    for source in data_files(path, flag, shard):
+        for number, line in iter_lines(source, what, flag):
+            if not line.strip():
+                continue
+            try:
+                row = parse_json_line(line)
+            except ValueError as exc:
+                problems.append(f"{source}:{number}: {exc}")
+                continue
+            if not isinstance(row, dict):
+                problems.append(f"{source}:{number}: expected a JSON object, got {type(row).__name__}")
+                continue
+            rows.append((source, number, row))
     if problems:
         raise UserError("\n".join(problems + [f"{len(problems)} bad line(s) in {path}; fix them (nothing was done)"]))
     if not rows:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 from core.config import parse_config
 from core.progress import shorten
+from core.shards import Shard, part_path
 from core.store import manifest_path
 
 from .config import GenerateConfig
@@ -18,9 +18,10 @@ def generate(argv: list[str]) -> int:
     config = parse_config(GenerateConfig, argv, prog="cai generate")
     result = run_generate(config)
     counts = result["counts"]
+    out = part_path(config.out, Shard.parse(config.shard))
     print(
-        f"{config.out}: {counts['rows']} rows ({counts['generated']} generated now, "
-        f"{counts['already_done']} already done, {counts['failed']} failed); manifest {manifest_path(Path(config.out))}"
+        f"{out}: {counts['rows']} rows ({counts['generated']} generated now, "
+        f"{counts['already_done']} already done, {counts['failed']} failed); manifest {manifest_path(out)}"
     )
     for row in result["examples"]:
         print(f"\n--- {row['id']} ({row['tag'] or 'untagged'}) principle {', '.join(r['principle_id'] for r in row['rounds'])}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from core.backends.registry import BACKEND_HELP, DEFAULT_BACKEND, EngineOptions, backend_options
 from core.config import check_choice, check_rules
+from core.shards import Shard
 
 from .critique_revise import REVISION_STYLES
 
@@ -20,7 +21,10 @@ class GenerateConfig(EngineOptions):
         prompts (`str`):
             Prompts file: JSON Lines with `prompt` or `messages`, optional `id` and `tag`.
         out (`str`):
-            Output JSON Lines file; an existing one is resumed.
+            Output JSON Lines file; an existing one is resumed. With `shard`, a folder of parts.
+        shard (`str` or `None`, *optional*, defaults to `None`):
+            `"i/N"`: generate only shard i of N (the prompts whose id hashes to i mod N) into
+            `OUT/part-0000i-of-0000N.jsonl` (`core/shards.py`); `None`: every prompt into the file `out`.
         constitution (`str`, *optional*, defaults to `"principles.yaml"`):
             Constitution YAML file: the principles and their critique and revision requests.
         limit (`int` or `None`, *optional*, defaults to `None`):
@@ -65,7 +69,13 @@ class GenerateConfig(EngineOptions):
     """
 
     prompts: str = field(metadata={"help": "Prompts file: JSON Lines with 'prompt' or 'messages', optional 'id' and 'tag'."})
-    out: str = field(metadata={"help": "Output JSON Lines file; an existing one is resumed."})
+    out: str = field(metadata={"help": "Output JSON Lines file; an existing one is resumed. With --shard, a folder "
+                                       "of parts."})
+    shard: str | None = field(
+        default=None, metadata={"help": "i/N: generate shard i of N (prompts whose id hashes to i mod N) into "
+                                        "OUT/part-0000i-of-0000N.jsonl; run N of them at once (Slurm, Ray, Kubernetes: "
+                                        "recipes/scale-out/README.md)."},
+    )
     constitution: str = field(default="principles.yaml", metadata={"help": "Constitution YAML file."})
     model: str = field(
         default="default",
@@ -101,6 +111,7 @@ class GenerateConfig(EngineOptions):
 
     def __post_init__(self):
         backend_options(self.backend, self)  # the backend's name and its options, checked before any work
+        Shard.parse(self.shard)
         check_choice("--revision-style", self.revision_style, REVISION_STYLES)
         check_rules(self, [
             ("rounds", self.rounds >= 0, "must be >= 0"),

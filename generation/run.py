@@ -18,6 +18,8 @@ from core.model import DEFAULT_MODEL, resolve_model
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
+from core.shards import Shard, check_siblings, part_path
+from core.shards import record as shard_record
 from core.signals import Terminated, hold_interrupts
 from core.aio import stream
 from core.store import (
@@ -57,6 +59,11 @@ def _check_configuration(out: Path, recorded: dict, now: dict, where: str) -> No
         )
 
 
+def resume_identity(config: GenerateConfig) -> dict:
+    """What rows resumed, and every shard's part of one folder, must share: model, sampling and seed."""
+    return {key: chain_settings(config).as_dict()[key] for key in _RESUME_KEYS}
+
+
 def make_backend(config: GenerateConfig) -> Backend:
     """The backend a generate config asks for."""
     return config.build_backend(config.backend, config.model)
@@ -73,7 +80,10 @@ def _pending_prompts(config: GenerateConfig, task: CritiqueReviseTask, fingerpri
                      done_ids: set[str]) -> Iterator[PromptRecord]:
     """The prompts still to do, read again from the file as rows in flight finish."""
     seen = 0
+    shard = Shard.parse(config.shard)
     for prompt in iter_prompts(config.prompts, config.limit):
+        if not shard.owns(prompt.id):
+            continue  # another shard's
         seen += 1
         if prompt.id in done_ids:
             continue
@@ -107,13 +117,15 @@ def generate(
     is built only if there is work to do, so a finished output loads no model:
     by ``backend_factory`` (the caller keeps and closes it) or from the config.
     """
-    out = Path(config.out)
+    shard = Shard.parse(config.shard)
+    out = part_path(config.out, shard)  # the file, or this shard's part in the folder --out
     check_outputs("generate", {"--out": out, "its errors file": errors_path(out), "its manifest": manifest_path(out)},
                   {"--prompts": config.prompts, "--constitution": config.constitution})
     require_regular_file(config.prompts, "prompts", "--prompts")
     check_own_output(out, "generate", is_generate_row)
     if config.backend == "vllm" and config.model != DEFAULT_MODEL:
         resolve_model(config.model)  # a missing folder is refused before any work
+    check_siblings(out, shard, "generate", resume_identity(config))
     with exclusive_output(out):
         return _generate(config, out, backend, backend_factory)
 
@@ -138,11 +150,14 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
     # (which prompts are done, which rows are stale).  Memory holds an id and a fingerprint
     # per prompt: neither the prompts' text nor the rows already in the file.
     fingerprints: dict[str, str] = {}
+    shard = Shard.parse(config.shard)
 
     def remember(prompt: PromptRecord) -> None:
-        fingerprints[prompt.id] = task.fingerprint(prompt)
+        if shard.owns(prompt.id):
+            fingerprints[prompt.id] = task.fingerprint(prompt)
 
-    prompt_count = scan_prompts(config.prompts, config.limit, remember)
+    scan_prompts(config.prompts, config.limit, remember)
+    prompt_count = len(fingerprints)  # this shard's (ids are unique)
     done_ids: set[str] = set()
     stale_ids: set[str] = set()
     # Stored flags are trusted only when the manifest says the same checks wrote them (a damaged or
@@ -271,6 +286,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         "settings": settings.as_dict(),
         "concurrency": config.concurrency,
         "limit": config.limit,
+        **({} if shard.whole else {"shard": shard_record(shard, now)}),
     }
     manifest = dict(
         out=out,

@@ -18,7 +18,7 @@ def judge(argv: list[str]) -> int:
     counts = result["counts"]
     print(result["text"])
     print(
-        f"{config.out}: {counts['pairs']} pairs ({counts['new_pairs']} new, {counts['dropped']} rows dropped; "
+        f"{result['out']}: {counts['pairs']} pairs ({counts['new_pairs']} new, {counts['dropped']} rows dropped; "
         f"{counts['judgements_run']} judgements run, {counts['judgements_cached']} cached); "
         f"SFT rows {result['sft_path']} ({counts['sft_rows']}); report {result['report_path']}"
     )

@@ -9,6 +9,7 @@ from core.backends.base import BackendOptions
 from core.backends.registry import BACKEND_HELP, DEFAULT_BACKEND, EngineOptions, backend_options
 from core.config import check_choice, check_rules
 from core.errors import UserError
+from core.shards import Shard
 
 from .methods import METHODS, method_class
 
@@ -193,7 +194,11 @@ class JudgeConfig(JudgeModelConfig):
         input (`str`, flag `--in`):
             `cai generate` output (revision mode), or prompts with optional `responses` (samples mode).
         out (`str`):
-            Output preference pairs (JSON Lines); an existing one is resumed.
+            Output preference pairs (JSON Lines); an existing one is resumed. With `shard`, a folder of parts.
+        shard (`str` or `None`, *optional*, defaults to `None`):
+            `"i/N"`: judge only shard i of N (the rows whose id hashes to i mod N, as `cai generate --shard`
+            splits them) into `OUT/part-0000i-of-0000N.jsonl`; its SFT rows go to the same part name in the
+            folder `sft` beside `OUT` (or in `sft_out`).
         sft_out (`str` or `None`, *optional*, defaults to `None`):
             Where to write the SFT rows; `None`: `sft.jsonl` beside `out`.
         overwrite (`bool`, *optional*, defaults to `False`):
@@ -230,7 +235,12 @@ class JudgeConfig(JudgeModelConfig):
         default=None, metadata={"aliases": ["--in"], "help": "Input JSON Lines: `cai generate` output (revision mode), "
                                                               "or prompts with optional 'responses' (samples mode)."}
     )
-    out: str | None = field(default=None, metadata={"help": "Output preference pairs (JSON Lines); an existing one is resumed."})
+    out: str | None = field(default=None, metadata={"help": "Output preference pairs (JSON Lines); an existing one is "
+                                                             "resumed. With --shard, a folder of parts."})
+    shard: str | None = field(
+        default=None, metadata={"help": "i/N: judge shard i of N (rows whose id hashes to i mod N, as `cai generate "
+                                        "--shard` splits them) into OUT/part-0000i-of-0000N.jsonl."},
+    )
     mode: str = field(
         default="revision",
         metadata={"help": "'revision': initial response against final revision; 'samples': n policy samples per prompt, "
@@ -271,6 +281,7 @@ class JudgeConfig(JudgeModelConfig):
         if not self.out:
             raise UserError("--out is required: where to write the preference pairs (JSON Lines)")
         check_choice("--mode", self.mode, MODES)
+        Shard.parse(self.shard)
         check_rules(self, [
             ("min_margin", 0.0 <= self.min_margin <= 1.0, "must be in [0, 1]"),
             ("num_samples", self.num_samples >= 2, "must be >= 2"),

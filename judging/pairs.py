@@ -40,6 +40,8 @@ from core.backends.base import Backend, Sampling, session_key
 from core.model import DEFAULT_MODEL, resolve_model
 from core.progress import Progress
 from core.redact import redact_values
+from core.shards import Shard, check_siblings, part_path, side_file
+from core.shards import record as shard_record
 from core.signals import Terminated, hold_interrupts
 from core.schema import (DRAFT, REVISION, GenerationRow, MessageError, SampleRecord, parse_messages, parse_step,
                          validate_fields)
@@ -53,6 +55,7 @@ from core.store import (
     exclusive_output,
     manifest_path,
     read_json_objects,
+    read_json_rows,
     write_manifest,
 )
 
@@ -69,11 +72,11 @@ GENERATE_FIELDS = ("prompt", "initial_response", "final_response", "rounds")  # 
 
 
 def judgements_path(out: Path) -> Path:
-    return out.with_name(out.name + ".judgements.jsonl")
+    return side_file(out, "judgements")
 
 
 def samples_path(out: Path) -> Path:
-    return out.with_name(out.name + ".samples.jsonl")
+    return side_file(out, "samples")
 
 
 def report_path(out: Path) -> Path:
@@ -81,7 +84,18 @@ def report_path(out: Path) -> Path:
 
 
 def sft_path(config: JudgeConfig) -> Path:
-    return Path(config.sft_out) if config.sft_out else Path(config.out).with_name("sft.jsonl")
+    """The SFT rows' file: ``--sft-out``, else ``sft.jsonl`` beside ``--out``; a shard writes its part of the
+    folder ``--sft-out``, else of ``sft`` beside the folder ``--out``."""
+    shard = Shard.parse(config.shard)
+    if shard.whole:
+        return Path(config.sft_out) if config.sft_out else Path(config.out).with_name("sft.jsonl")
+    folder = Path(config.sft_out) if config.sft_out else Path(config.out).with_name("sft")
+    return part_path(folder, shard, "--sft-out")
+
+
+def sft_location(config: JudgeConfig) -> Path:
+    """What a trainer reads for the SFT rows: the file, or the folder of every shard's part."""
+    return sft_path(config) if Shard.parse(config.shard).whole else sft_path(config).parent
 
 
 # -- principles ---------------------------------------------------------------
@@ -155,6 +169,7 @@ class Item:
     input_fingerprint: str
     principle_ids: list[str]
     revisions: int = 0
+    source_file: str = ""  # the file it was read from (a folder's part), when not --in itself
 
 
 def _finish(calls: list[dict], kind: str, last: bool) -> str:
@@ -341,7 +356,7 @@ def build_pair(item: Item, principles: list[Principle], verdicts: dict[tuple[int
         "orders_agree": orders_agree,
         "id": item.id,
         "fingerprint": fingerprint,
-        "source": {"file": str(config.input), "line": item.line, "chosen": chosen.label, "rejected": rejected.label,
+        "source": {"file": item.source_file or str(config.input), "line": item.line, "chosen": chosen.label, "rejected": rejected.label,
                    "method": config.method},
     }, None
 
@@ -432,10 +447,16 @@ def _needs_judging(plans: list[_Plan], judge: Judge) -> bool:
                for plan in plans if plan.item.candidates)
 
 
+def shard_identity(config: JudgeConfig) -> dict:
+    """What every shard's part of one folder of pairs must share."""
+    return {"judge": judge_settings(config).as_dict(), "mode": config.mode, "seed": config.seed}
+
+
 def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backend: Backend | None = None,
               ) -> dict:
     """Run (or resume) ``cai judge``; returns counts, the report and the pairs."""
-    out = Path(config.out)
+    shard = Shard.parse(config.shard)
+    out = part_path(config.out, shard)  # the file, or this shard's part in the folder --out
     outputs = {"--out": out, "--sft-out": sft_path(config), "its manifest": manifest_path(out),
                "its errors file": errors_path(out), "its judgements cache": judgements_path(out),
                "its samples cache": samples_path(out), "its report": report_path(out)}
@@ -448,6 +469,7 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     for flag, name, backend_name in models:
         if backend_name == "vllm" and name != DEFAULT_MODEL:
             resolve_model(name, flag)  # a missing folder is refused before any work
+    check_siblings(out, shard, "judge", shard_identity(config))
     with exclusive_output(out):
         return _run_judge(config, out, backend, policy_backend)
 
@@ -457,11 +479,21 @@ def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_b
     constitution = load_constitution(config.constitution)
     settings = judge_settings(config)
     # Every input row is checked before anything is written.
-    rows = read_jsonl(config.input, config.limit)
+    shard = Shard.parse(config.shard)
+    located = read_json_rows(config.input, "input", "--in", shard=shard)
+    located = located[:config.limit] if config.limit else located
     parsed: list[Item | str] = [
-        revision_item(line, row, str(config.input)) if config.mode == "revision"
-        else samples_item(line, row, str(config.input)) for line, row in rows
+        revision_item(line, row, str(source)) if config.mode == "revision"
+        else samples_item(line, row, str(source)) for source, line, row in located
     ]
+    for (source, _, _), item in zip(located, parsed):
+        if isinstance(item, Item) and source != Path(config.input):
+            item.source_file = str(source)
+    if not shard.whole:  # this shard's rows (a row without an id is judged by the shard of its prompt's hash)
+        kept = [i for i, ((_, _, row), item) in enumerate(zip(located, parsed))
+                if shard.owns(item.id if isinstance(item, Item) else str(row.get("id")))]
+        located, parsed = [located[i] for i in kept], [parsed[i] for i in kept]
+    rows = [(line, row) for _, line, row in located]
     cache_store, sample_store, store = JsonlStore(judgements_path(out)), JsonlStore(samples_path(out)), JsonlStore(out)
     if config.overwrite:
         for path in (out, errors_path(out), manifest_path(out), judgements_path(out), samples_path(out), report_path(out)):
@@ -498,7 +530,8 @@ def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_b
         "backend": config.resolved_judge_backend,
         "principles_per_pair": config.principles_per_pair, "principle_ids": config.principle_id_list(),
         "min_margin": config.min_margin, "require_orders_agree": config.require_orders_agree, "seed": config.seed,
-        "keep_flagged": config.keep_flagged}
+        "keep_flagged": config.keep_flagged,
+        **({} if shard.whole else {"shard": shard_record(shard, shard_identity(config))})}
     constitution_record = {"path": str(config.constitution), "version": str(constitution.version),
                            "hash": constitution.content_hash()}
     pairs_out = JsonlAppender(out, config.sync_rows, config.sync_seconds)
@@ -616,6 +649,7 @@ def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_b
     }
     write_manifest(out, "judge", config_record, counts, constitution=constitution_record, report=report_dict,
                    sft=str(sft_out))
-    return {"counts": counts, "report": report_dict, "pairs": final, "sft": [r for _, r in sorted(sft_rows, key=lambda entry: entry[0])],
+    return {"out": str(out), "counts": counts, "report": report_dict, "pairs": final,
+            "sft": [r for _, r in sorted(sft_rows, key=lambda entry: entry[0])],
             "sft_path": str(sft_out),
             "report_path": str(report_path(out)), "text": format_judge_report(report_dict)}

@@ -16,7 +16,7 @@ from typing import Any
 
 from core.errors import UserError
 from core.schema import ROLES, MessageError, parse_messages
-from core.store import read_json_objects
+from core.store import read_json_rows
 
 PREFERENCE_EXAMPLE = (
     '{"prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant", "content": "..."}], '
@@ -27,9 +27,10 @@ UNIT_COLUMNS = {"chosen_probability": (0.0, 1.0), "margin": (0.0, 1.0)}
 SFT_EXAMPLE = '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
 
 
-def read_jsonl(path: str | Path | None, what: str) -> list[tuple[int, dict]]:
-    """``(line number, row)`` for every non-empty line; every bad line is reported at once."""
-    return read_json_objects(path, what, "--data", _example(what))
+def read_jsonl(path: str | Path | None, what: str) -> list[tuple[Path, int, dict]]:
+    """``(file, line number, row)`` for every non-empty line of a file or of a folder of shard parts
+    (``core.shards``); every bad line is reported at once."""
+    return read_json_rows(path, what, "--data", _example(what))
 
 
 def _example(what: str) -> str:
@@ -49,12 +50,12 @@ def _check_messages(value: Any, path: Path, number: int, column: str, roles: Seq
 def load_sft_rows(path: str | Path | None, max_rows: int | None = None) -> list[dict]:
     """``[{"messages": [...]}]`` from sft.jsonl; other columns are dropped."""
     rows = []
-    for number, row in read_jsonl(path, "sft")[:max_rows]:
+    for file, number, row in read_jsonl(path, "sft")[:max_rows]:
         if "messages" not in row:
-            raise UserError(f"{path}:{number}: no 'messages' column; an sft row looks like {SFT_EXAMPLE}")
-        messages = _check_messages(row["messages"], Path(path), number, "messages", ROLES, SFT_EXAMPLE)
+            raise UserError(f"{file}:{number}: no 'messages' column; an sft row looks like {SFT_EXAMPLE}")
+        messages = _check_messages(row["messages"], file, number, "messages", ROLES, SFT_EXAMPLE)
         if messages[-1]["role"] != "assistant":
-            raise UserError(f"{path}:{number}: the last message must be the assistant's answer to learn from")
+            raise UserError(f"{file}:{number}: the last message must be the assistant's answer to learn from")
         rows.append({"messages": messages})
     return rows
 
@@ -67,33 +68,33 @@ def load_preference_rows(
 ) -> list[dict]:
     """``prompt``/``chosen``/``rejected`` message lists plus the requested numeric ``extra_columns``."""
     rows = []
-    for number, row in read_jsonl(path, "preference")[:max_rows]:
+    for file, number, row in read_jsonl(path, "preference")[:max_rows]:
         missing = [column for column in ("prompt", "chosen", "rejected") if column not in row]
         if missing:
             raise UserError(
-                f"{path}:{number}: missing column(s) {', '.join(missing)}; a preference row looks like "
+                f"{file}:{number}: missing column(s) {', '.join(missing)}; a preference row looks like "
                 f"{PREFERENCE_EXAMPLE}"
             )
         prompt = row["prompt"]
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
         kept = {
-            "prompt": _check_messages(prompt, Path(path), number, "prompt", ROLES, PREFERENCE_EXAMPLE),
-            "chosen": _check_messages(row["chosen"], Path(path), number, "chosen", ("assistant",), PREFERENCE_EXAMPLE),
-            "rejected": _check_messages(row["rejected"], Path(path), number, "rejected", ("assistant",),
+            "prompt": _check_messages(prompt, file, number, "prompt", ROLES, PREFERENCE_EXAMPLE),
+            "chosen": _check_messages(row["chosen"], file, number, "chosen", ("assistant",), PREFERENCE_EXAMPLE),
+            "rejected": _check_messages(row["rejected"], file, number, "rejected", ("assistant",),
                                         PREFERENCE_EXAMPLE),
         }
         for column in extra_columns:
             value = row.get(column)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UserError(
-                    f"{path}:{number}: column {column!r} must be a number, got {json.dumps(value)}; the judge "
+                    f"{file}:{number}: column {column!r} must be a number, got {json.dumps(value)}; the judge "
                     f"writes it for every pair ({extra_hint})"
                 )
             low, high = UNIT_COLUMNS.get(column, (-math.inf, math.inf))
             if not math.isfinite(value) or not low <= value <= high:
                 bounds = f"in [{low:g}, {high:g}]" if column in UNIT_COLUMNS else "finite"
-                raise UserError(f"{path}:{number}: column {column!r} is {value!r}; it must be a number {bounds} "
+                raise UserError(f"{file}:{number}: column {column!r} is {value!r}; it must be a number {bounds} "
                                 "(fix the row or judge the pairs again)")
             kept[column] = float(value)
         rows.append(kept)
@@ -103,17 +104,17 @@ def load_preference_rows(
 def load_prompts(path: str | Path | None, max_rows: int | None = None) -> list[list[dict]]:
     """Chat prompts for PPO from a file of ``{"prompt": str | messages}`` rows (preference files qualify)."""
     prompts = []
-    for number, row in read_jsonl(path, "prompts")[:max_rows]:
+    for file, number, row in read_jsonl(path, "prompts")[:max_rows]:
         if "prompt" not in row:
-            raise UserError(f'{path}:{number}: no \'prompt\' column; a prompt row looks like {{"prompt": "..."}}')
+            raise UserError(f'{file}:{number}: no \'prompt\' column; a prompt row looks like {{"prompt": "..."}}')
         value = row["prompt"]
         if isinstance(value, str):
             if not value.strip():
-                raise UserError(f"{path}:{number}: the prompt is empty")
+                raise UserError(f"{file}:{number}: the prompt is empty")
             prompts.append([{"role": "user", "content": value}])
         else:
             prompts.append(
-                _check_messages(value, Path(path), number, "prompt", ROLES, '{"prompt": "..."}')
+                _check_messages(value, file, number, "prompt", ROLES, '{"prompt": "..."}')
             )
     return prompts
 

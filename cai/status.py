@@ -1,0 +1,141 @@
+"""``cai status OUT``: how far a stage's output has got, summed over a folder's shard parts (or one file).
+
+Per part: rows on file (counted from the file, so a running shard's progress shows), the rows it has to do
+and the failures of its last run (from its manifest and errors file), and its state: finished (its manifest
+says the run ended with nothing failed), running (its lock is held), stopped, failed rows to retry, or not
+started (a part of the split that is not there yet).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import UserError
+from core.shards import Shard, folder_count, part_files, part_of
+from core.store import errors_path, read_manifest
+
+#: the count in a stage's manifest of the rows it has to do
+TOTAL_KEYS = {"generate": "prompts", "judge": "rows"}
+
+
+@dataclass
+class StatusConfig:
+    """What ``cai status`` reads."""
+
+    out: str = field(default="", metadata={"help": "A stage's --out: a JSON Lines file or a folder of shard parts."})
+    json: bool = field(default=False, metadata={"help": "Print the status as JSON (for scripts)."})
+
+
+def _lines(path: Path) -> int:
+    """Complete lines of a file (a torn last line, still being written, is not a row yet)."""
+    if not path.is_file():
+        return 0
+    count = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+    return count
+
+
+def _running(out: Path) -> bool:
+    """Whether a run holds the output's lock now (``core.store.exclusive_output``); the lock is only tested."""
+    lock = out.with_name(out.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock taken just now
+    return False
+
+
+def part_status(out: Path, shard: Shard) -> dict:
+    """One output file's progress and state."""
+    entry = {"shard": str(shard), "file": str(out), "rows": None, "total": None, "failed": None, "stage": None,
+             "finished": False, "state": "not started"}
+    if not out.exists():
+        return entry
+    manifest = read_manifest(out) or {}
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    stage = manifest.get("stage")
+    entry.update(rows=_lines(out), stage=stage, failed=_lines(errors_path(out)) if errors_path(out).exists() else 0,
+                 total=counts.get(TOTAL_KEYS.get(stage, ""), None))
+    if stage == "generate":
+        entry["failed"] = counts.get("failed", entry["failed"])
+    if _running(out):
+        entry["state"] = "running"
+    elif not manifest:
+        entry["state"] = "no manifest yet (running, or killed before its first manifest)"
+    elif counts.get("stopped"):
+        entry["state"] = f"stopped ({counts['stopped']}): run the same command again to resume"
+    elif entry["failed"]:
+        entry["state"] = f"{entry['failed']} failed: run the same command again to retry them"
+    else:
+        entry["state"], entry["finished"] = "finished", True
+    return entry
+
+
+def status(out: str | Path) -> dict:
+    """The progress of a file, or of every part of a folder's split, and their sums."""
+    out = Path(out)
+    if out.is_dir():
+        parts = part_files(out)
+        if not parts:
+            raise UserError(f"{out}: a folder with no part files (part-00000-of-0000N.jsonl); pass a stage's --out")
+        count = folder_count(out, parts)
+        entries = [part_status(out / Shard(index, count).part_name, Shard(index, count)) for index in range(count)]
+    elif out.exists():
+        entries = [part_status(out, part_of(out) or Shard())]
+    else:
+        raise UserError(f"{out}: no such file or folder; pass a stage's --out (a JSON Lines file or a folder of parts)")
+    totals = [e["total"] for e in entries]
+    return {
+        "out": str(out),
+        "parts": entries,
+        "rows": sum(e["rows"] or 0 for e in entries),
+        "total": sum(totals) if all(isinstance(t, int) for t in totals) else None,
+        "failed": sum(e["failed"] or 0 for e in entries),
+        "finished": sum(e["finished"] for e in entries),
+        "all_finished": all(e["finished"] for e in entries),
+    }
+
+
+def format_status(result: dict) -> str:
+    entries = result["parts"]
+    stages = sorted({e["stage"] for e in entries if e["stage"]})
+    lines = [f"{result['out']}: {len(entries)} part(s)" + (f" of `cai {', '.join(stages)}`" if stages else "")]
+    lines.append(f"  {'shard':<11} {'rows':>9} {'of':>9} {'failed':>7}  state")
+
+    def number(value) -> str:
+        return "-" if value is None else str(value)
+
+    for e in entries:
+        lines.append(f"  {e['shard']:<11} {number(e['rows']):>9} {number(e['total']):>9} {number(e['failed']):>7}  "
+                     f"{e['state']}")
+    lines.append(f"  {'total':<11} {result['rows']:>9} {number(result['total']):>9} {result['failed']:>7}  "
+                 f"{result['finished']} of {len(entries)} finished")
+    return "\n".join(lines)
+
+
+def status_command(argv: list[str]) -> int:
+    """Entry point of ``cai status OUT [--json]``."""
+    from core.config import parse_config
+
+    if argv and not argv[0].startswith("-"):
+        argv = ["--out", argv[0], *argv[1:]]
+    config = parse_config(StatusConfig, argv, prog="cai status")
+    if not config.out:
+        raise UserError("cai status: name a stage's output: cai status OUT (a JSON Lines file or a folder of parts)")
+    result = status(config.out)
+    print(json.dumps(result, indent=2) if config.json else format_status(result))
+    return 0
