@@ -31,6 +31,7 @@ from core.yamlfile import read_yaml
 from generation.config import GenerateConfig
 from generation.run import generate
 from judging.config import JudgeConfig
+from judging.engines import engine_memory_shares
 from judging.judge_check import check_judge, judge_check_config
 from judging.pairs import run_judge, sft_path
 from training.evaluate import EvalConfig, evaluate, format_eval
@@ -271,6 +272,12 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
     plan = plan_run(recipe_path)
     judge_check = judge_check_config(plan.recipe.data.get("judge_check"), str(plan.recipe.path))
     run_dir = plan.run_dir
+    # A judge of another model loads beside the policy (kept for the judge and eval): on one GPU each gets a
+    # share of its memory that fits both, or the run stops here, before any model loads.
+    shares = engine_memory_shares(plan.judge)
+    if shares is not None:
+        plan.generate = dataclasses.replace(plan.generate, gpu_memory_utilization=shares[0])
+        plan.judge = dataclasses.replace(plan.judge, gpu_memory_utilization=shares[1])
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 

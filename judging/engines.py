@@ -2,21 +2,51 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
-from core.backends.base import Backend
+from core.backends.base import Backend, BackendOptions
+from core.backends.gpu_memory import shared_gpu_shares
 from core.backends.registry import backend_identity, build_backend
+from core.model import resolve_model
 
 from .config import JudgeModelConfig
 from .judge import JudgeSettings
 
 
-def make_judge_backend(config: JudgeModelConfig) -> Backend:
-    return build_backend(config.resolved_judge_backend, config.resolved_judge_model, config.judge_options())
+def make_judge_backend(config: JudgeModelConfig, memory_share: float | None = None) -> Backend:
+    return build_backend(config.resolved_judge_backend, config.resolved_judge_model,
+                         _with_share(config.judge_options(), memory_share))
 
 
-def make_policy_backend(config: JudgeModelConfig) -> Backend:
-    return build_backend(config.backend, config.model, config.policy_options())
+def make_policy_backend(config: JudgeModelConfig, memory_share: float | None = None) -> Backend:
+    return build_backend(config.backend, config.model, _with_share(config.policy_options(), memory_share))
+
+
+def _with_share(options: BackendOptions, share: float | None) -> BackendOptions:
+    return options if share is None else dataclasses.replace(options, gpu_memory_utilization=share)
+
+
+def _loads_in_process(options: BackendOptions) -> bool:
+    """Whether a backend holds its model in this process's GPU memory (it has a memory share to set)."""
+    return hasattr(options, "gpu_memory_utilization")
+
+
+def engine_memory_shares(config: JudgeModelConfig) -> tuple[float, float] | None:
+    """``(policy, judge)`` GPU memory shares when the policy and another judge model load side by side in this
+    process on one GPU (``core/backends/gpu_memory.py``); None when they are one engine, either is served
+    elsewhere, there is no GPU, or the engines span several GPUs.  Too little memory is a UserError, before any
+    model loads."""
+    policy, judge = config.policy_options(), config.judge_options()
+    if config.judge_is_policy() or not (_loads_in_process(policy) and _loads_in_process(judge)):
+        return None
+    if getattr(policy, "tensor_parallel_size", 1) > 1:
+        return None  # spread over several GPUs: vLLM's own default per GPU
+    engines = [(f"--model {config.model}", resolve_model(config.model, "--model"), config.max_model_len),
+               (f"--judge-model {config.resolved_judge_model}",
+                resolve_model(config.resolved_judge_model, "--judge-model"), config.max_model_len)]
+    shares = shared_gpu_shares(engines, config.gpu_memory_utilization)
+    return None if shares is None else (shares[0], shares[1])
 
 
 def judge_identity(config: JudgeModelConfig) -> str:
@@ -39,25 +69,30 @@ def judge_settings(config: JudgeModelConfig) -> JudgeSettings:
 class Engines:
     """Lazily built backends; the judge reuses the policy's engine when they are the same model."""
 
-    def __init__(self, config: JudgeModelConfig, judge: Backend | None = None, policy: Backend | None = None):
+    def __init__(self, config: JudgeModelConfig, judge: Backend | None = None, policy: Backend | None = None,
+                 policy_loads: bool = False):
+        """``policy_loads``: the policy may be built here too (samples mode), so a judge of another model
+        shares the GPU with it (``engine_memory_shares``, checked now, before either loads)."""
         self.config = config
         shared = config.judge_is_policy()
         self._judge = judge if judge is not None else policy if shared else None
         self._policy = policy if policy is not None else judge if shared else None
         self._owned: list[Backend] = []
+        both_built_here = policy_loads and judge is None and policy is None
+        self._shares = engine_memory_shares(config) if both_built_here else None
 
     def judge(self) -> Backend:
         if self._judge is None:
-            self._judge = self._build(make_judge_backend)
+            self._judge = self._build(make_judge_backend, None if self._shares is None else self._shares[1])
         return self._judge
 
     def policy(self) -> Backend:
         if self._policy is None:
-            self._policy = self._build(make_policy_backend)
+            self._policy = self._build(make_policy_backend, None if self._shares is None else self._shares[0])
         return self._policy
 
-    def _build(self, make: Callable[[JudgeModelConfig], Backend]) -> Backend:
-        backend = make(self.config)
+    def _build(self, make: Callable[[JudgeModelConfig, float | None], Backend], share: float | None) -> Backend:
+        backend = make(self.config, share)
         self._owned.append(backend)
         if self.config.judge_is_policy():  # one engine serves both
             self._judge = self._policy = backend

@@ -505,7 +505,7 @@ def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_b
         log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")
     done = {row.get("fingerprint") for row in existing}
 
-    engines = Engines(config, judge=backend, policy=policy_backend)
+    engines = Engines(config, judge=backend, policy=policy_backend, policy_loads=config.mode == "samples")
     errors = JsonlStore(errors_path(out))
     errors.remove()
     judge = Judge(settings, backend_factory=engines.judge, cache=cache)

@@ -1,0 +1,96 @@
+"""Two in-process engines on one GPU (core/backends/gpu_memory.py): shares that fit both, or a clear error
+before any model loads.  GPU sizes are arguments (or a patched ``cuda_memory``): no GPU is needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.backends import gpu_memory
+from core.backends.gpu_memory import GiB, EngineNeed, estimate_need, split_gpu_memory
+from core.errors import UserError
+
+H100 = 80 * GiB
+
+
+def fake_model(folder: Path, weights_gib: float, layers=24, kv_heads=8, head_dim=128, context=4096) -> Path:
+    """A model folder as vLLM would read it: config.json and a safetensors file of the given size (sparse)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({
+        "num_hidden_layers": layers, "num_attention_heads": 32, "num_key_value_heads": kv_heads,
+        "head_dim": head_dim, "torch_dtype": "bfloat16", "max_position_embeddings": context}))
+    with open(folder / "model.safetensors", "wb") as handle:
+        handle.truncate(int(weights_gib * GiB))
+    return folder
+
+
+def test_the_estimate_is_weights_plus_the_kv_cache_of_a_few_full_sequences(tmp_path):
+    need = estimate_need("--model m", fake_model(tmp_path / "m", 3.4))
+    assert need.weights == int(3.4 * GiB)
+    # keys and values: 2 x 24 layers x 8 KV heads x 128 dims x 2 bytes per token, 4 sequences of 4096 tokens
+    assert need.kv_cache == 2 * 24 * 8 * 128 * 2 * 4096 * gpu_memory.KV_SEQUENCES
+    assert need.total == need.weights + need.kv_cache + gpu_memory.ENGINE_OVERHEAD
+    shorter = estimate_need("--model m", tmp_path / "m", max_model_len=1024)
+    assert shorter.kv_cache == need.kv_cache // 4  # --max-model-len shortens what must fit
+
+
+def test_two_engines_split_the_budget_by_need_and_each_gets_at_least_its_need():
+    policy = EngineNeed("--model p", weights=4 * GiB, kv_cache=2 * GiB)      # 8 GiB with overhead
+    judge = EngineNeed("--judge-model j", weights=14 * GiB, kv_cache=4 * GiB)  # 20 GiB
+    shares = split_gpu_memory([policy, judge], total=H100, free=79 * GiB)
+    assert sum(shares) <= 0.9
+    assert sum(shares) >= 0.898  # the whole budget is used (rounded down to 0.001)
+    for need, share in zip((policy, judge), shares):
+        assert share * H100 >= need.total
+    assert shares[1] / shares[0] == pytest.approx(20 / 8, rel=0.01)  # in proportion to the needs
+
+
+def test_memory_another_process_holds_is_left_to_it():
+    needs = [EngineNeed("a", 4 * GiB, 2 * GiB), EngineNeed("b", 4 * GiB, 2 * GiB)]
+    shares = split_gpu_memory(needs, total=H100, free=30 * GiB)
+    assert sum(shares) * H100 <= 30 * GiB  # vLLM refuses a share larger than what is free at its start
+    assert shares[0] == shares[1]
+    assert split_gpu_memory(needs, total=H100, free=79 * GiB, budget=0.5) == [0.25, 0.25]  # --gpu-memory-utilization
+
+
+def test_engines_that_cannot_fit_are_a_clear_error():
+    needs = [EngineNeed("--model big-policy", 14 * GiB, 4 * GiB), EngineNeed("--judge-model big-judge", 14 * GiB, 4 * GiB)]
+    with pytest.raises(UserError) as caught:
+        split_gpu_memory(needs, total=24 * GiB, free=23 * GiB)
+    message = str(caught.value)
+    assert "--model big-policy ~20.0 GiB" in message and "--judge-model big-judge ~20.0 GiB" in message
+    assert "need 40.0 GiB together" in message and "21.6 GiB for them" in message
+    assert "drop --judge-model" in message and "--judge-base-url" in message
+
+
+def test_a_judge_beside_the_policy_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """`cai judge --mode samples --judge-model BIG` on a (pretend) 16 GiB GPU: the error comes from the config,
+    before a backend is built; on a (pretend) H100 both get shares that fit."""
+    from judging.config import JudgeConfig
+    from judging.engines import Engines, engine_memory_shares
+
+    policy = fake_model(tmp_path / "policy", 3.4)
+    judge = fake_model(tmp_path / "judge", 13.5)
+    config = JudgeConfig(input="x.jsonl", out="y.jsonl", mode="samples", model=str(policy), judge_model=str(judge))
+    built = []
+    monkeypatch.setattr("judging.engines.build_backend", lambda *args: built.append(args))
+
+    monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: (15 * GiB, 16 * GiB))
+    with pytest.raises(UserError, match=r"cannot share this GPU: --model .*policy ~.* and --judge-model .*judge ~"):
+        Engines(config, policy_loads=True)
+    assert built == []
+
+    monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: (79 * GiB, H100))
+    policy_share, judge_share = engine_memory_shares(config)
+    assert policy_share + judge_share <= 0.9 and judge_share > 2 * policy_share
+    engines = Engines(config, policy_loads=True)
+    engines.policy(), engines.judge()
+    assert [options.gpu_memory_utilization for _, _, options in built] == [policy_share, judge_share]
+
+    # One engine serves both (the same model), or no GPU (CPU: each engine sizes its own RAM): nothing is split.
+    same = JudgeConfig(input="x.jsonl", out="y.jsonl", mode="samples", model=str(policy), judge_model=str(policy))
+    assert engine_memory_shares(same) is None
+    monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: None)
+    assert engine_memory_shares(config) is None
