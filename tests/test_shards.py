@@ -243,3 +243,45 @@ def test_a_reader_refuses_a_folder_with_a_missing_part(runs, tmp_path):
     with pytest.raises(UserError, match=r"1 of its 2 parts are missing \(part-00000-of-00002.jsonl\)"):
         load_preference_rows(half)
     assert part_of(half / "part-00001-of-00002.jsonl") == Shard(1, 2)
+
+
+def test_cai_run_completes_and_reads_a_run_folder_of_parts(runs, standin, tmp_path):
+    """Sharded jobs wrote RUN_DIR/revisions/: `cai run` runs each shard (finished parts load nothing), judges
+    the folder, and its trainers read the folders (a sharded judge's preferences/ and sft/)."""
+    import shutil
+
+    import yaml
+
+    from cai.pipeline import _file_hash, plan_run, shard_runs
+    from generation.run import generate
+    from judging.pairs import run_judge
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs / "parts", run_dir / "revisions")
+    served = {"backend": "openai", "base_url": standin.base_url, "model": "standin"}
+    recipe = {"run_dir": str(run_dir), "constitution": str(REPO / "principles.yaml"), "seed": 0,
+              "generate": {"prompts": str(runs / "prompts.jsonl"), "temperature": 0.7, "max_tokens": 64, **served},
+              "judge": {"method": "pairwise", "keep_flagged": True, **served}, "train": {"method": "dpo"}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    plan = plan_run(path)
+    assert plan.generate.out == str(run_dir / "revisions") == plan.judge.input
+    assert [config.shard for config in shard_runs(plan.generate)] == ["0/2", "1/2"]
+    for config in shard_runs(plan.generate):
+        assert generate(config)["counts"]["generated"] == 0  # finished parts: nothing to do, no model
+    assert run_judge(plan.judge)["counts"]["pairs"] == len(rows_of(run_dir / "preferences.jsonl")) > 0
+
+    # A sharded judge's folders: the recipe's trainers read them.
+    for index in (0, 1):
+        assert cai_main(judge_args(run_dir / "revisions", run_dir / "preferences", standin.base_url,
+                                   "--shard", f"{index}/2")) == 0
+    (run_dir / "preferences.jsonl").unlink()
+    plan = plan_run(path)
+    assert plan.judge.out == str(run_dir / "preferences") and plan.train[0].config.data == plan.judge.out
+    sft_recipe = path.with_name("sft.yaml")
+    sft_recipe.write_text(yaml.safe_dump({**recipe, "train": {"method": "sft"}}))
+    assert plan_run(sft_recipe).train[0].config.data == str(run_dir / "sft")
+    before = _file_hash(plan.judge.out)
+    with open(run_dir / "preferences" / "part-00000-of-00002.jsonl", "a") as handle:
+        handle.write("\n")
+    assert _file_hash(plan.judge.out) not in (None, before)  # a changed part retrains
