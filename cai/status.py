@@ -18,8 +18,8 @@ from core.errors import UserError
 from core.shards import Shard, folder_count, part_files, part_of
 from core.store import errors_path, read_manifest
 
-#: the count in a stage's manifest of the rows it has to do
-TOTAL_KEYS = {"generate": "prompts", "judge": "rows"}
+#: the count in a stage's manifest of the rows its file holds when done (generate: one per prompt; judge: its pairs)
+TOTAL_KEYS = {"generate": "prompts", "judge": "pairs"}
 
 
 @dataclass

@@ -215,6 +215,8 @@ def test_the_folder_is_read_by_judge_training_and_datasets(runs, standin, tmp_pa
     assert by_id(folder_rows(tmp_path / "prefs")).keys() == by_id(from_file).keys()
     assert without_file(folder_rows(tmp_path / "prefs")) == without_file(from_file)
     assert (tmp_path / "sft" / "part-00001-of-00002.jsonl").is_file()  # SFT rows: the sibling folder of parts
+    judged = status(tmp_path / "prefs")
+    assert judged["all_finished"] and judged["rows"] == judged["total"] == len(from_file)
     assert not list((tmp_path / "prefs").glob("*.judgements.jsonl"))  # caches are .ndjson beside the parts
 
     # cai train's readers take the folders as they take the files.
