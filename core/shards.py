@@ -141,19 +141,38 @@ def record(shard: Shard, identity: dict) -> dict:
     return {"index": shard.index, "count": shard.count, "identity": identity}
 
 
+def _first_row(path: Path) -> dict:
+    """The first complete row of a part (a part killed before its first manifest), or {}."""
+    from core.store import MAX_LINE_BYTES, parse_json_line
+
+    with open(path, "rb") as handle:
+        line = handle.readline(MAX_LINE_BYTES)
+    try:
+        row = parse_json_line(line) if line.endswith(b"\n") else None
+    except ValueError:
+        row = None
+    return row if isinstance(row, dict) else {}
+
+
 def check_siblings(part: Path, shard: Shard, stage: str, identity: dict) -> None:
-    """Refuse to add a part to a folder whose other parts were written with another model, sampling or seed
-    (by their manifests; each part's own rows are checked by its stage as it resumes)."""
+    """Refuse to add a part to a folder whose other parts were written with another model, sampling or seed:
+    by their manifests, or by the first row of a part that has none yet (each part's own rows are checked
+    by its stage as it resumes)."""
     from core.store import read_manifest
 
     if shard.whole or not part.parent.is_dir():
         return
     for other in part_files(part.parent):
-        manifest = read_manifest(other)
-        if other == part or manifest is None or manifest.get("stage") != stage:
+        if other == part:
             continue
-        recorded = (manifest.get("config") or {}).get("shard") or {}
-        theirs = recorded.get("identity") if isinstance(recorded, dict) else None
+        manifest = read_manifest(other)
+        if manifest is None:
+            theirs = _first_row(other)  # rows record what wrote them (generate: model, sampling, seed)
+        elif manifest.get("stage") != stage:
+            continue
+        else:
+            recorded = (manifest.get("config") or {}).get("shard")
+            theirs = recorded.get("identity") if isinstance(recorded, dict) else None
         if not isinstance(theirs, dict):
             continue
         changed = [key for key in identity if key in theirs and theirs[key] != identity[key]]

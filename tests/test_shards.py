@@ -133,6 +133,11 @@ def test_a_part_of_another_split_or_configuration_is_refused(runs, standin, tmp_
         assert cai_main(generate_args(prompts, folder, other.base_url, "--shard", "1/2", model="other-model")) == 1
         assert "model: \"standin\" there, \"other-model\" now" in capsys.readouterr().err
     assert sorted(p.name for p in folder.glob("part-*.jsonl")) == ["part-00000-of-00002.jsonl"]  # nothing added
+    # A part without a manifest yet (killed before writing one) is checked by its first row.
+    (folder / "part-00000-of-00002.jsonl.manifest.json").unlink()
+    assert cai_main(generate_args(prompts, folder, standin.base_url, "--shard", "1/2", "--seed", "1")) == 1
+    assert "part-00000-of-00002.jsonl was written with another configuration (seed: 0 there, 1 now)" in \
+        capsys.readouterr().err
     # --shard needs a folder; a folder of parts needs --shard.
     assert cai_main(generate_args(prompts, tmp_path / "x.jsonl", standin.base_url, "--shard", "0/2")) == 1
     assert "drop the .jsonl" in capsys.readouterr().err
