@@ -155,7 +155,8 @@ def plan_run(recipe_path: str | Path) -> RunPlan:
                                    out=_output(run_dir, "revisions"))
     judge_config = recipe.build(JudgeConfig, ("judge",), recipe.section("judge"), input=generate_config.out,
                                 out=_output(run_dir, "preferences"))
-    sft = Path(sft_path(judge_config)) if not Path(judge_config.out).is_dir() else Path(judge_config.out).with_name("sft")
+    # a sharded judge's SFT rows are the folder `sft` beside its folder of pairs
+    sft = Path(judge_config.out).with_name("sft") if Path(judge_config.out).is_dir() else sft_path(judge_config)
     files = {"preferences": judge_config.out, "sft": str(sft)}
     steps = _train_steps(recipe, run_dir, files)
 

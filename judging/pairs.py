@@ -93,11 +93,6 @@ def sft_path(config: JudgeConfig) -> Path:
     return part_path(folder, shard, "--sft-out")
 
 
-def sft_location(config: JudgeConfig) -> Path:
-    """What a trainer reads for the SFT rows: the file, or the folder of every shard's part."""
-    return sft_path(config) if Shard.parse(config.shard).whole else sft_path(config).parent
-
-
 # -- principles ---------------------------------------------------------------
 def select_principles(constitution: Constitution, config: JudgeModelConfig, key: str) -> list[Principle]:
     """The principles a pair is judged under: fixed ids, or k by weighted rendezvous on its key (distinct)."""
@@ -356,8 +351,8 @@ def build_pair(item: Item, principles: list[Principle], verdicts: dict[tuple[int
         "orders_agree": orders_agree,
         "id": item.id,
         "fingerprint": fingerprint,
-        "source": {"file": item.source_file or str(config.input), "line": item.line, "chosen": chosen.label, "rejected": rejected.label,
-                   "method": config.method},
+        "source": {"file": item.source_file or str(config.input), "line": item.line, "chosen": chosen.label,
+                   "rejected": rejected.label, "method": config.method},
     }, None
 
 

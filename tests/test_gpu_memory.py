@@ -56,7 +56,8 @@ def test_memory_another_process_holds_is_left_to_it():
 
 
 def test_engines_that_cannot_fit_are_a_clear_error():
-    needs = [EngineNeed("--model big-policy", 14 * GiB, 4 * GiB), EngineNeed("--judge-model big-judge", 14 * GiB, 4 * GiB)]
+    needs = [EngineNeed("--model big-policy", 14 * GiB, 4 * GiB),
+             EngineNeed("--judge-model big-judge", 14 * GiB, 4 * GiB)]
     with pytest.raises(UserError) as caught:
         split_gpu_memory(needs, total=24 * GiB, free=23 * GiB)
     message = str(caught.value)
