@@ -63,9 +63,9 @@ def part_status(out: Path, shard: Shard) -> dict:
     """One output file's progress and state."""
     entry = {"shard": str(shard), "file": str(out), "rows": None, "total": None, "failed": None, "stage": None,
              "finished": False, "state": "not started"}
-    if not out.exists():
-        return entry
     manifest = read_manifest(out) or {}
+    if not out.exists() and not manifest and not _running(out):
+        return entry  # a run stopped before its first row still writes its manifest
     counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
     stage = manifest.get("stage")
     entry.update(rows=_lines(out), stage=stage, failed=_lines(errors_path(out)) if errors_path(out).exists() else 0,

@@ -292,3 +292,18 @@ def test_cai_run_completes_and_reads_a_run_folder_of_parts(runs, standin, tmp_pa
     with open(run_dir / "preferences" / "part-00000-of-00002.jsonl", "a") as handle:
         handle.write("\n")
     assert _file_hash(plan.judge.out) not in (None, before)  # a changed part retrains
+
+
+def test_status_of_a_shard_stopped_before_its_first_row(tmp_path):
+    """An endpoint down from the start: the shard writes its manifest (stopped) and no part file."""
+    from core.store import write_manifest
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "part-00000-of-00002.jsonl").write_text('{"id": "p1"}\n')
+    write_manifest(folder / "part-00000-of-00002.jsonl", "generate", {}, {"prompts": 1, "failed": 0})
+    write_manifest(folder / "part-00001-of-00002.jsonl", "generate", {}, {"prompts": 3, "failed": 0,
+                                                                          "stopped": "error"})
+    zero, one = status(folder)["parts"]
+    assert zero["finished"] and (zero["rows"], zero["total"]) == (1, 1)
+    assert not one["finished"] and one["state"].startswith("stopped (error)") and (one["rows"], one["total"]) == (0, 3)
