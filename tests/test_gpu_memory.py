@@ -95,3 +95,21 @@ def test_a_judge_beside_the_policy_is_refused_before_any_model_loads(tmp_path, m
     assert engine_memory_shares(same) is None
     monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: None)
     assert engine_memory_shares(config) is None
+
+
+def test_cai_run_with_a_judge_too_large_to_share_the_gpu_stops_before_any_work(tmp_path, monkeypatch):
+    import yaml
+
+    from cai.pipeline import run_pipeline_from_recipe
+
+    recipe = yaml.safe_load((Path(__file__).parent.parent / "recipes" / "demo.yaml").read_text())
+    recipe.pop("judge_check")
+    recipe["run_dir"] = str(tmp_path / "run")
+    recipe["judge"]["judge_model"] = str(fake_model(tmp_path / "judge-30g", 30))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: (23 * GiB, 24 * GiB))
+    monkeypatch.setattr("core.backends.registry.build_backend", lambda *a, **k: pytest.fail("a model loaded"))
+    with pytest.raises(UserError, match=r"cannot share this GPU: --model default ~.* and --judge-model .*judge-30g"):
+        run_pipeline_from_recipe(path)
+    assert not (tmp_path / "run").exists()  # nothing was written
