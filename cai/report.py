@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
+from core.shards import part_files
 
 TRAINING_FOLDERS = ("sft", "dpo", "reward", "ppo")
 NO_PRINCIPLE = "(no revision)"
@@ -93,6 +94,13 @@ def _read_rows(path: Path, skipped: dict[str, int]) -> list[dict]:
     return rows
 
 
+def _stage_rows(run_dir: Path, name: str, skipped: dict[str, int]) -> list[dict]:
+    """A stage's rows: ``NAME.jsonl``, or the parts of the folder ``NAME/`` that sharded jobs wrote."""
+    folder = run_dir / name
+    paths = part_files(folder) if folder.is_dir() else [run_dir / f"{name}.jsonl"]
+    return [row for path in paths for row in _read_rows(path, skipped)]
+
+
 def _agreement_files(run_dir: Path, named: str | None) -> list[Path]:
     if named:
         paths = [Path(p.strip()) for p in named.split(",") if p.strip()]
@@ -123,8 +131,8 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder; pass the folder `cai run` wrote (the recipe's run_dir)")
     run = RunFiles(run_dir)
-    run.revisions = _read_rows(run_dir / "revisions.jsonl", run.skipped_lines)
-    run.pairs = _read_rows(run_dir / "preferences.jsonl", run.skipped_lines)
+    run.revisions = _stage_rows(run_dir, "revisions", run.skipped_lines)
+    run.pairs = _stage_rows(run_dir, "preferences", run.skipped_lines)
     run.judge_report = _read_json(run_dir / "preferences.jsonl.report.json")
     for path in _agreement_files(run_dir, agreement):
         report = _read_json(path)

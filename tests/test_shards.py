@@ -307,3 +307,13 @@ def test_status_of_a_shard_stopped_before_its_first_row(tmp_path):
     zero, one = status(folder)["parts"]
     assert zero["finished"] and (zero["rows"], zero["total"]) == (1, 1)
     assert not one["finished"] and one["state"].startswith("stopped (error)") and (one["rows"], one["total"]) == (0, 3)
+
+
+def test_the_report_reads_a_run_folder_of_parts(runs, tmp_path):
+    import shutil
+
+    from cai.report import load_run
+
+    shutil.copytree(runs / "parts", tmp_path / "run" / "revisions")
+    run = load_run(tmp_path / "run")
+    assert sorted(row["id"] for row in run.revisions) == sorted(row["id"] for row in rows_of(runs / "all.jsonl"))
