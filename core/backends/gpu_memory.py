@@ -46,10 +46,23 @@ class EngineNeed:
         return self.weights + self.kv_cache + self.overhead
 
 
+def _local_folder(model: str | Path) -> Path:
+    """A model's folder: itself, or a hub id's snapshot in the local cache (nothing is downloaded)."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(model), local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, or not a hub id: the estimate falls back to a minimum
+        return path
+
+
 def estimate_need(label: str, folder: str | Path, max_model_len: int | None = None) -> EngineNeed:
     """An engine's need from its model folder: the safetensors' size, and the KV cache of ``KV_SEQUENCES``
     sequences of its context (layers x KV heads x head size x 2 for keys and values, in the model's dtype)."""
-    folder = Path(folder)
+    folder = _local_folder(folder)
     weights = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
