@@ -144,12 +144,15 @@ def child_args(argv=None):
     parser.add_argument("--memory-size", type=int, default=None, help="bookkeeping: one memory run of N prompts")
     parser.add_argument("--prompts", type=int, default=None, help="override the mode's number of prompts")
     parser.add_argument("--max-tokens", type=int, default=None, help="override the mode's tokens per call")
+    parser.add_argument("--repeats", type=int, default=None, help="override the mode's timed runs per side")
     args = parser.parse_args(argv)
     settings = dict(MODES[args.mode])
     if args.prompts:
         settings["prompts"] = args.prompts
     if args.max_tokens:
         settings["max_tokens"] = args.max_tokens
+    if args.repeats:
+        settings["repeats"] = args.repeats
     return args, settings
 
 
