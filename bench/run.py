@@ -1,4 +1,4 @@
-"""``make bench-quick`` / ``make bench``: every measure of issue 6, a table, and a JSON file.
+"""``make bench-quick`` / ``make bench``: every measure of issue 6 (and issue 11's gpu_sim), a table, and a JSON file.
 
     python -m bench.run --mode quick      # a few minutes, one engine start
     python -m bench.run --mode full       # the full version (two engine starts, more prompts and repeats)
@@ -24,13 +24,14 @@ from pathlib import Path
 
 from bench.common import MODES, RESULTS, log, measure, run_child, write_json
 
-PARTS = ("engine", "naive", "prefix_off", "bookkeeping", "dpo")
+PARTS = ("engine", "naive", "prefix_off", "bookkeeping", "dpo", "gpu_sim")
 
 ORDER = [
     "ceiling_ratio", "engine_tokens_per_s", "naive_tokens_per_s", "naive_speedup",
     "prefix_cache_hit_share", "engine_tokens_per_s_prefix_off", "prefix_caching_speedup",
     "judge_speedup", "judge_agreement", "resume_50k_seconds", "memory_growth", "memory_per_done_row",
     "dpo_pairs_per_s_cpu", "dpo_pairs_per_s_gpu",
+    "driver_calls_per_s_http", "driver_calls_per_s_in_process", "zero_latency_server_requests_per_s",
 ]
 
 
@@ -150,6 +151,11 @@ def main(argv=None) -> int:
         if "dpo" in parts:
             log("== 6: DPO training throughput ==")
             results.update(take(run_child("bench.dpo", mode, tmp / "dpo.json", timeout=3600, log=log)))
+        if "gpu_sim" in parts:
+            log("== issue 11: a simulated GPU server (2) and the driver's ceiling (3) ==")
+            data = take(run_child("bench.gpu_sim", mode, tmp / "gpu_sim.json", timeout=3600, log=log))
+            data.pop("_gpu_sim", None)
+            results.update(data)
 
     engine = results.get("engine_tokens_per_s")
     if engine and results.get("naive_tokens_per_s"):
