@@ -124,10 +124,61 @@ def gpu_server(*args: str):
             process.kill()
 
 
+class ThreadProfiles:
+    """cProfile of the calling thread and of ``core.aio``'s event-loop thread, where the streaming engine's
+    requests run (cProfile sees one thread; ``python -m cProfile`` would miss the client's work)."""
+
+    def __init__(self):
+        self.main, self.loop_thread, self.loop = cProfile.Profile(), cProfile.Profile(), None
+
+    def _in_loop(self, method: str) -> None:
+        import threading
+
+        done = threading.Event()
+        self.loop.call_soon_threadsafe(lambda: (getattr(self.loop_thread, method)(), done.set()))
+        done.wait(10)
+
+    def __enter__(self):
+        try:
+            from core import aio
+        except ImportError:  # the lockstep design: everything runs in the main thread
+            aio = None
+        if aio is not None:
+            self.loop = aio.loop()
+            self._in_loop("enable")
+        self.main.enable()
+        return self
+
+    def __exit__(self, *exc):
+        self.main.disable()
+        if self.loop is not None:
+            self._in_loop("disable")
+
+    def stats(self) -> pstats.Stats:
+        stats = pstats.Stats(self.main, stream=io.StringIO())
+        if self.loop is not None and getattr(self.loop_thread, "getstats", None) and self.loop_thread.getstats():
+            stats.add(self.loop_thread)
+        return stats
+
+
+def profiled_cli(argv: list[str], out: str) -> int:
+    """``cai ARGV`` in this process under ``ThreadProfiles``; the merged profile goes to ``out``."""
+    from cai.cli import main as cai_main
+
+    with ThreadProfiles() as profiles:
+        try:
+            code = cai_main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    profiles.stats().dump_stats(out)
+    return code or 0
+
+
 def run_generate(base_url: str, prompts: Path, out: Path, flags: list[str], profile: Path | None = None) -> dict:
     """The real CLI, one round, over ``prompts``; returns its wall time and exit status."""
-    head = [PYTHON, "-m", "cProfile", "-o", str(profile)] if profile else [PYTHON]
-    command = head + ["-m", "cai", "generate", "--prompts", str(prompts), "--out", str(out), "--backend", "openai",
+    head = [PYTHON, "-c", "import sys; from bench.gpu_sim import profiled_cli; "
+            f"sys.exit(profiled_cli(sys.argv[2:], {str(profile)!r}))", "cai"] if profile else [PYTHON, "-m", "cai"]
+    command = head + ["generate", "--prompts", str(prompts), "--out", str(out), "--backend", "openai",
                       "--base-url", base_url + "/v1", "--model", "sim-7b", "--rounds", "1", "--examples", "0",
                       "--overwrite", *flags]
     started = time.perf_counter()
@@ -136,7 +187,7 @@ def run_generate(base_url: str, prompts: Path, out: Path, flags: list[str], prof
     if done.returncode != 0:
         raise RuntimeError(f"cai generate exited {done.returncode}: {done.stderr[-3000:]}")
     rows = sum(1 for line in out.read_text(encoding="utf-8").splitlines() if line.strip())
-    return {"wall_s": wall, "rows": rows, "command": " ".join(command[command.index("-m", len(head) - 1):])}
+    return {"wall_s": wall, "rows": rows, "command": "cai " + " ".join(command[len(head):])}
 
 
 # -- 2: the simulated GPU server --------------------------------------------------------------------------------------
@@ -292,11 +343,22 @@ def model_part(settings: dict) -> dict:
 
 # -- 3: the driver's ceiling ------------------------------------------------------------------------------------------
 
+#: where a thread waits (the main thread for results, the event loop for the network): not work
+WAITS = ("<method 'acquire' of '_thread.lock' objects>", "<method 'poll' of 'select.epoll' objects>",
+         "<method 'select' of 'select.epoll' objects>", "<built-in method time.sleep>")
+
+
+def waiting_s(stats: pstats.Stats) -> float:
+    return sum(tt for (_, _, name), (_, _, tt, _, _) in stats.stats.items() if name in WAITS)
+
+
 def top_profile(stats: pstats.Stats, n: int = 15) -> list[dict]:
-    """The ``n`` functions with the most own time, with their cumulative time."""
+    """The ``n`` functions with the most own time (waits left out), with their cumulative time."""
     rows = []
-    total = stats.total_tt
+    total = stats.total_tt - waiting_s(stats)
     for (file, line, name), (cc, nc, tt, ct, _) in stats.stats.items():
+        if name in WAITS:
+            continue
         rows.append({"function": f"{_short(file)}:{line}({name})", "calls": nc, "tottime_s": round(tt, 3),
                      "cumtime_s": round(ct, 3), "share_of_total": round(tt / total, 3) if total else None})
     rows.sort(key=lambda r: r["tottime_s"], reverse=True)
@@ -315,7 +377,9 @@ def top_cumulative(stats: pstats.Stats, n: int = 25) -> list[dict]:
 def by_package(stats: pstats.Stats) -> dict:
     """Own time summed by where the code lives (ours, the openai client, httpx/httpcore, asyncio, ...)."""
     groups: dict[str, float] = {}
-    for (file, _, _), (_, _, tt, _, _) in stats.stats.items():
+    for (file, _, name), (_, _, tt, _, _) in stats.stats.items():
+        if name in WAITS:
+            continue
         groups[_package(file)] = groups.get(_package(file), 0.0) + tt
     total = sum(groups.values()) or 1.0
     return {k: {"tottime_s": round(v, 3), "share": round(v / total, 3)}
@@ -378,19 +442,17 @@ def in_process_calls_per_s(prompts: Path, out: Path, flags: list[str], profile: 
             "--model", "sim-7b", "--rounds", "1", "--examples", "0", "--overwrite", *flags]
     config = parse_config(GenerateConfig, argv, "cai generate")
     backend = ZeroBackend.make()
-    profiler = cProfile.Profile() if profile else None
+    profiles = ThreadProfiles() if profile else contextlib.nullcontext()
     started = time.perf_counter()
-    if profiler:
-        profiler.enable()
-    generate(config, backend=backend)
-    if profiler:
-        profiler.disable()
+    with profiles:
+        generate(config, backend=backend)
     elapsed = time.perf_counter() - started
     rows = sum(1 for line in out.read_text(encoding="utf-8").splitlines() if line.strip())
     result = {"rows": rows, "calls": 3 * rows, "seconds": elapsed, "calls_per_s": 3 * rows / elapsed}
-    if profiler:
-        stats = pstats.Stats(profiler, stream=io.StringIO())
-        result.update(profile_top=top_profile(stats), profile_cumulative=top_cumulative(stats),
+    if profile:
+        stats = profiles.stats()
+        result.update(profile_waiting_s=round(waiting_s(stats), 3), profile_top=top_profile(stats),
+                      profile_cumulative=top_cumulative(stats),
                       profile_by_package=by_package(stats), profile_total_s=round(stats.total_tt, 3))
     return result
 
@@ -569,8 +631,8 @@ def driver_part(settings: dict, tmp: Path) -> dict:
         spread=[served_rates[0], served_rates[-1]], runs=served_rates, design=design, flags=flags, prompts=n,
         calls=calls, process_wall_calls_per_s=wall_rates, process_wall_s=[r["wall_s"] for r in runs],
         profiled_prompts=n // 5, profiled_wall_s=profiled["wall_s"], profile_total_s=round(stats.total_tt, 3),
-        profile_top=top_profile(stats), profile_cumulative=top_cumulative(stats),
-        profile_by_package=by_package(stats))
+        profile_waiting_s=round(waiting_s(stats), 3), profile_top=top_profile(stats),
+        profile_cumulative=top_cumulative(stats), profile_by_package=by_package(stats))
 
     log("-- the client alone: the chain's requests sent by several clients, 256 in flight, one client each")
     bodies = tmp / "bodies.jsonl"
