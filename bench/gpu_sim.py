@@ -723,13 +723,17 @@ def main(argv=None) -> int:
             except Exception as exc:  # noqa: BLE001 - one part failing must not lose the other's figures
                 log(f"error in {part}: {exc}")
                 errors.append(f"gpu_sim {part}: {exc}")
-    results["_gpu_sim"] = {"mode": args.mode, "settings": settings, "design": cli_design(),
+            _write(args.out, results, errors, settings, parts_done=part)  # each part's figures as soon as it ends
+    return 1 if errors else 0
+
+
+def _write(out: str, results: dict, errors: list[str], settings: dict, parts_done: str) -> None:
+    results["_gpu_sim"] = {"mode_settings": settings, "design": cli_design(), "last_part": parts_done,
                            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "load_average": os.getloadavg()}
     if errors:
-        results["_errors"] = errors
-    write_json(args.out, results)
-    return 1 if errors else 0
+        results["_errors"] = list(errors)
+    write_json(out, results)
 
 
 if __name__ == "__main__":
