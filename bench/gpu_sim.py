@@ -98,23 +98,28 @@ def _get(url: str, timeout: float = 5.0) -> dict:
         return json.loads(r.read())
 
 
+def wait_ready(url: str, process: subprocess.Popen, name: str, seconds: float = 30) -> None:
+    """Until ``url`` answers ``GET /v1/models``; a server that exits or stays silent is an error."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            _get(url + "/v1/models", timeout=1)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start (exit {process.poll()})") from None
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def gpu_server(*args: str):
     """``python -m bench.gpu_server`` on a free port; yields its base URL (…/v1)."""
     port = free_port()
     process = subprocess.Popen([PYTHON, "-m", "bench.gpu_server", "--port", str(port), *args], cwd=REPO, env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _get(url + "/v1/models", timeout=1)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gpu_server did not start: {process.stderr.read().decode()[-2000:]}")
-                time.sleep(0.1)
+        wait_ready(url, process, "gpu_server")
         yield url
     finally:
         process.terminate()
@@ -481,9 +486,7 @@ def load_test(url: str, seconds: float, workers: int = 64) -> float:
     """Requests/s a zero-latency server answers to an aiohttp load generator (in a child process)."""
     code = ("import asyncio, sys, json; from bench.gpu_sim import _load; "
             f"n = asyncio.run(_load({url!r}, {seconds}, {workers})); print(json.dumps(n))")
-    started = time.perf_counter()
     done = subprocess.run([PYTHON, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True, check=True)
-    del started
     return json.loads(done.stdout.strip().splitlines()[-1]) / seconds
 
 
@@ -494,15 +497,7 @@ def standin_server_rate(seconds: float) -> float:
                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                _get(url + "/v1/models", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_ready(url, process, "StandinServer")
         return load_test(url + "/v1/chat/completions", seconds)
     finally:
         process.terminate()
