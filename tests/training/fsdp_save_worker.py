@@ -10,6 +10,7 @@ accelerate's ``Accelerator`` answers ``get_state_dict`` with accelerate's own me
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import partial
 from types import SimpleNamespace
@@ -63,6 +64,11 @@ def main(model_dir: str, out_dir: str, kind: str) -> None:
         assert whole is None
     dist.barrier()
     dist.destroy_process_group()
+    # The work is done and saved; leave without interpreter teardown, where gloo's threads sometimes abort
+    # the process ("terminate called without an active exception") on a loaded machine.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
