@@ -48,6 +48,11 @@ class GenerateConfig(EngineOptions):
 
         rounds (`int`, *optional*, defaults to `1`):
             Critique-revision rounds per prompt (0: drafts only).
+        revision_style (`str`, *optional*, defaults to `"chain"`):
+            How the revision is asked for: `"chain"` (Constitutional AI's conversation, few-shot exemplars
+            in front), `"direct"` (the same turns without the exemplars, the reply started as a new answer)
+            or `"no_critique"` (`"direct"` without the critique in view, the reply one paragraph): the
+            last two are for small models (README, "Revisions with the default model").
         max_tokens (`int`, *optional*, defaults to `256`):
             Maximum new tokens per call.
         temperature (`float`, *optional*, defaults to `0.7`):
@@ -92,8 +97,10 @@ class GenerateConfig(EngineOptions):
         metadata={"help": "How the revision is asked for. 'chain': Constitutional AI's conversation (draft, critique "
                           "request, critique, revision request, revision), few-shot exemplars in front, for capable "
                           "models. 'direct': the same turns without the exemplars, asking for the new answer only "
-                          "and starting the reply with 'Here is my new answer:'; the default 135M model then writes "
-                          "answers more often (README)."},
+                          "and starting the reply with 'Here is my new answer:'. 'no_critique': 'direct' without the "
+                          "critique in the revision's view (the critique is still written and stored), the reply ended "
+                          "at its first blank line; the default 135M model's revisions then pass the row checks "
+                          "far more often (README)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed for principle assignment and sampling."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})

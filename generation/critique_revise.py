@@ -12,7 +12,7 @@ the model's unprompted answer); their prefix is shared by every prompt.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from constitution.assignment import assign_principles
@@ -21,11 +21,15 @@ from constitution.schema import Constitution, Principle
 
 from core.backends.base import Backend, Completion, Sampling, session_key
 from .checks import RowChecker
-from core.schema import CRITIQUE, DRAFT, REVISION, step_name
+from core.schema import CRITIQUE, DRAFT, REVISION, parse_step, step_name
 from .prompts import PromptRecord
 
 
-REVISION_STYLES = ("chain", "direct")
+REVISION_STYLES = ("chain", "direct", "no_critique")
+# A style's revision replies that end at the first of these strings (not kept): ``no_critique``'s
+# reply is one paragraph, so the 135M model stops before it rambles into the token limit or into
+# talk about its answer.
+REVISION_STOPS: dict[str, tuple[str, ...]] = {"no_critique": ("\n\n",)}
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,14 @@ class ChainSettings:
             settings["revision_style"] = self.revision_style
         return settings
 
+    def sampling_for(self, kind: str) -> Sampling:
+        """The sampling of a step of ``kind`` (draft, critique, revision): the style's stops on revisions."""
+        stop = REVISION_STOPS.get(self.revision_style) if kind == REVISION else None
+        return replace(self.sampling, stop=stop) if stop else self.sampling
+
 
 ANSWER_PREFIX = "Here is my new answer:\n\n"
+NEW_ANSWER_ONLY = " Reply with the new answer only, in a few sentences."
 
 
 def direct_revision(prompt: Sequence[dict], answer: str, critique: str, principle: Principle) -> list[dict]:
@@ -58,9 +68,34 @@ def direct_revision(prompt: Sequence[dict], answer: str, critique: str, principl
         {"role": "assistant", "content": answer},
         {"role": "user", "content": principle.critique_request},
         {"role": "assistant", "content": critique},
-        {"role": "user", "content": principle.revision_request.strip() + " Reply with the new answer only, in a few sentences."},
+        {"role": "user", "content": principle.revision_request.strip() + NEW_ANSWER_ONLY},
         {"role": "assistant", "content": ANSWER_PREFIX},
     ]
+
+
+def uncritiqued_revision(prompt: Sequence[dict], answer: str, principle: Principle) -> list[dict]:
+    """``revision_style: no_critique``: the revision's own conversation (after the system prompt).
+
+    ``direct`` without the critique turns: the question, the answer, the principle's revision
+    request asking for the new answer only, the reply started with ``ANSWER_PREFIX`` (and ended at
+    a blank line, ``REVISION_STOPS``).  The critique is still written and stored with the round,
+    but the revision does not see it: the 135M model's critiques are mostly off topic or echo the
+    exemplars' ("The question is a harmless fact about water"), and a revision that reads one
+    repeats it (README: on the demo prompts 38/40 rows pass the checks this way, 23/40 or fewer
+    with the critique in view).
+    """
+    return list(prompt) + [
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": principle.revision_request.strip() + NEW_ANSWER_ONLY},
+        {"role": "assistant", "content": ANSWER_PREFIX},
+    ]
+
+
+def revision_turns(style: str, prompt: Sequence[dict], answer: str, critique: str, principle: Principle) -> list[dict]:
+    """The revision's own conversation (after the system prompt) for a style other than ``chain``."""
+    if style == "no_critique":
+        return uncritiqued_revision(prompt, answer, principle)
+    return direct_revision(prompt, answer, critique, principle)
 
 
 def _call_record(step: str, completion: Completion) -> dict:
@@ -209,9 +244,9 @@ class CritiqueReviseTask:
                 {"role": "assistant", "content": critique},
                 {"role": "user", "content": principle.revision_request},
             ]
-            if self.settings.revision_style == "direct":
+            if self.settings.revision_style != "chain":
                 answer = state.rounds[-1]["revision"] if state.rounds else state.initial
-                turns = direct_revision(prompt.messages, answer, critique, principle)
+                turns = revision_turns(self.settings.revision_style, prompt.messages, answer, critique, principle)
                 conversation = self.head + turns
                 revision_request = next(t["content"] for t in reversed(turns) if t["role"] == "user")
             else:
@@ -235,8 +270,8 @@ class CritiqueReviseTask:
     async def _call(self, backend: Backend, state: _RowState, step: str, conversation: list[dict], session: str) -> str:
         """One call of the row's chain: its text, with the call recorded (or ``state.error`` set)."""
         # Conversations are copied: the row's context grows after the call is sent.
-        completion = await backend.achat(list(conversation), self.settings.sampling, self._seed(state.prompt, step),
-                                         session=session)
+        sampling = self.settings.sampling_for(parse_step(step)[0])
+        completion = await backend.achat(list(conversation), sampling, self._seed(state.prompt, step), session=session)
         if completion.error:
             state.error = {
                 "id": state.prompt.id,

@@ -170,3 +170,73 @@ def test_direct_revision_is_the_chain_without_exemplars_and_starts_an_answer(tmp
     generate(chain, backend=ScriptedBackend())
     assert file_rows(chain.out)[0]["fingerprint"] != row["fingerprint"]
     assert file_rows(chain.out)[0]["draft_fingerprint"] == row["draft_fingerprint"]
+
+
+class SamplingRecorder(ScriptedBackend):
+    """The stand-in, recording the sampling of each call with its conversation."""
+
+    def __init__(self):
+        super().__init__()
+        self.samplings = []
+
+    def chat(self, conversations, sampling, seeds=None):
+        self.samplings += [sampling] * len(conversations)
+        return super().chat(conversations, sampling, seeds)
+
+
+def test_no_critique_revision_sees_question_answer_and_request_and_stops_at_a_blank_line(tmp_path):
+    backend = SamplingRecorder()
+    cfg = generate_config(tmp_path, revision_style="no_critique")
+    generate(cfg, backend=backend)
+    revisions = [(c, s) for c, s in zip(backend.calls, backend.samplings) if c[-1]["role"] == "assistant"]
+    others = [s for c, s in zip(backend.calls, backend.samplings) if c[-1]["role"] != "assistant"]
+    assert len(revisions) == 3 and len(others) == 6  # 3 drafts, 3 critiques: the critique is still written
+    rows = {row["id"]: row for row in file_rows(cfg.out)}
+    by_question = {row["prompt"][-1]["content"]: row for row in rows.values()}
+    for conversation, sampling in revisions:
+        # system, question, draft, revision request, the answer's start: no critique, no exemplar
+        assert [m["role"] for m in conversation] == ["system", "user", "assistant", "user", "assistant"]
+        row = by_question[conversation[1]["content"]]
+        assert conversation[2]["content"] == row["initial_response"]
+        critique = row["rounds"][0]["critique"]
+        assert critique and not any(critique in m["content"] for m in conversation)
+        assert not any("pick the lock" in m["content"] or "boils at 212" in m["content"] for m in conversation)
+        request = conversation[3]["content"]
+        assert request == row["rounds"][0]["revision_request"]
+        assert request.endswith("Reply with the new answer only, in a few sentences.")
+        assert conversation[-1]["content"] == "Here is my new answer:\n\n"
+        assert sampling.stop == ("\n\n",)
+    # Drafts and critiques sample as configured; the stored sampling (the resume key) has no stop.
+    assert all(s.stop is None for s in others)
+    assert all("stop" not in row["sampling"] for row in rows.values())
+    # Its rounds are its own: the same prompts in `direct` share the drafts, not the rounds.
+    direct = generate_config(tmp_path, out=str(tmp_path / "direct.jsonl"), revision_style="direct")
+    generate(direct, backend=ScriptedBackend())
+    direct_row = file_rows(direct.out)[0]
+    assert direct_row["draft_fingerprint"] == rows[direct_row["id"]]["draft_fingerprint"]
+    assert direct_row["fingerprint"] != rows[direct_row["id"]]["fingerprint"]
+
+
+def test_a_stop_is_recorded_only_when_set():
+    from core.backends.base import Sampling
+
+    # Runs written before stops existed keep their sampling record, so they resume and keep their fingerprints.
+    assert Sampling(max_tokens=8).as_dict() == {"max_tokens": 8, "temperature": 0.7, "top_p": 1.0}
+    assert Sampling(max_tokens=8, stop=("\n\n",)).as_dict()["stop"] == ["\n\n"]
+
+
+def test_the_openai_backend_sends_a_stop_only_when_set(monkeypatch):
+    from types import SimpleNamespace
+
+    from core.backends.base import Sampling
+    from core.backends.openai_backend import OpenAIBackend
+
+    backend = OpenAIBackend("served", base_url="http://127.0.0.1:9/v1")
+    sent = []
+    reply = SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content="Hi."), finish_reason="stop")],
+                            usage=None)
+    monkeypatch.setattr(backend, "_run", lambda requests: sent.extend(requests) or [reply] * len(requests))
+    conversation = [{"role": "user", "content": "Hello?"}]
+    backend.chat([conversation], Sampling(max_tokens=8, stop=("\n\n",)))
+    backend.chat([conversation], Sampling(max_tokens=8))
+    assert sent[0]["stop"] == ["\n\n"] and "stop" not in sent[1]

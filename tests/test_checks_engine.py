@@ -17,7 +17,7 @@ REPO = Path(__file__).parent.parent
 pytestmark = pytest.mark.engine
 
 
-@pytest.mark.parametrize("revision_style", ["chain", "direct"])
+@pytest.mark.parametrize("revision_style", ["chain", "direct", "no_critique"])
 def test_default_model_rows_carry_their_flags(tmp_path, vllm_backend, revision_style):
     prompts = tmp_path / "prompts.jsonl"
     source = (REPO / "prompts" / "demo.jsonl").read_text().splitlines()

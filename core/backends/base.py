@@ -43,11 +43,15 @@ class Sampling:
     # The reply must be exactly one of these strings (vLLM's structured outputs, a "choice"):
     # a small judge then always gives a verdict that parses.
     choices: tuple[str, ...] | None = None
+    # The reply ends before the first of these strings (not included; finish_reason "stop").
+    stop: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict:
         fields = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
         if self.choices is not None:
             fields["choices"] = list(self.choices)
+        if self.stop is not None:  # only when set: fingerprints of runs without it stay as they were
+            fields["stop"] = list(self.stop)
         return fields
 
 

@@ -275,6 +275,8 @@ class OpenAIBackend(Backend):
     async def achat(self, conversation: Conversation, sampling: Sampling, seed: int | None = None,
                     session: str | None = None) -> Completion:
         extra = {"seed": seed} if seed is not None else {}
+        if sampling.stop:
+            extra["stop"] = list(sampling.stop)
         request = self._request(conversation, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                                 top_p=sampling.top_p, choices=sampling.choices, **extra)
         result = await self._answer(request, session)

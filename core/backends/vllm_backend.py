@@ -177,7 +177,8 @@ class VLLMBackend(Backend):
 
             constraint["structured_outputs"] = StructuredOutputsParams(choice=list(sampling.choices))
         params = SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                top_p=sampling.top_p, seed=seed, **constraint)
+                                top_p=sampling.top_p, stop=list(sampling.stop) if sampling.stop else None,
+                                seed=seed, **constraint)
         output = await self._generate(token_ids, params)
         choice = output.outputs[0]
         return Completion(
