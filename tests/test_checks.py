@@ -226,6 +226,7 @@ def test_a_stop_is_recorded_only_when_set():
 
 
 def test_the_openai_backend_sends_a_stop_only_when_set(monkeypatch):
+    import asyncio
     from types import SimpleNamespace
 
     from core.backends.base import Sampling
@@ -235,8 +236,13 @@ def test_the_openai_backend_sends_a_stop_only_when_set(monkeypatch):
     sent = []
     reply = SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content="Hi."), finish_reason="stop")],
                             usage=None)
-    monkeypatch.setattr(backend, "_run", lambda requests: sent.extend(requests) or [reply] * len(requests))
+
+    async def answer(request, session):
+        sent.append(request)
+        return reply
+
+    monkeypatch.setattr(backend, "_answer", answer)
     conversation = [{"role": "user", "content": "Hello?"}]
-    backend.chat([conversation], Sampling(max_tokens=8, stop=("\n\n",)))
-    backend.chat([conversation], Sampling(max_tokens=8))
+    asyncio.run(backend.achat(conversation, Sampling(max_tokens=8, stop=("\n\n",))))
+    asyncio.run(backend.achat(conversation, Sampling(max_tokens=8)))
     assert sent[0]["stop"] == ["\n\n"] and "stop" not in sent[1]
