@@ -63,12 +63,12 @@ SERVER_COUNTERS = ("vllm:request_success_total", "vllm:prompt_tokens_total", "vl
                    "stats:output_tokens", "stats:prompt_tokens", "stats:prefill_tokens", "stats:busy_s")
 
 # Per mode: prompts (the demo's, repeated with new ids), tokens per call, runs per client; the simulated
-# server gets more prompts, enough to fill S = 1,024 slots.  distilabel: input_batch_size and replicas.
+# server gets more and longer calls (hundreds of requests in flight).  distilabel: input_batch_size, replicas.
 SETTINGS = {
     "quick": {"prompts": 16, "max_tokens": 32, "repeats": 3, "sim_prompts": 300, "sim_max_tokens": 256,
               "distilabel_cpu": {"input_batch_size": 8, "replicas": 2},
               "distilabel_sim": {"input_batch_size": 256, "replicas": 2}},
-    "full": {"prompts": 64, "max_tokens": 64, "repeats": 3, "sim_prompts": 1000, "sim_max_tokens": 256,
+    "full": {"prompts": 64, "max_tokens": 32, "repeats": 3, "sim_prompts": 800, "sim_max_tokens": 256,
              "distilabel_cpu": {"input_batch_size": 32, "replicas": 2},
              "distilabel_sim": {"input_batch_size": 256, "replicas": 2}},
 }
@@ -287,6 +287,9 @@ def run_client(client: str, server: Server, prompts_file: Path, job_file: Path, 
             os.killpg(process.pid, 9)
             process.wait()
             code = "timeout"
+        except BaseException:  # Ctrl-C: the client runs in its own session, so end it here
+            os.killpg(process.pid, 9)
+            raise
     wall = time.perf_counter() - started
     after = server.counters()
     reported = ours_summary(out) if client.startswith("ours") else (
