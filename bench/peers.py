@@ -360,10 +360,12 @@ def side_by_side(label: str, server: Server, clients: tuple[str, ...], prompts_f
 
 def ratios(label: str, results: dict, goal: str | None, ours_name: str = "ours") -> dict:
     """Ours over each peer: output tokens/s (the goal's figure, per repeat for the spread) and rows/s."""
-    ours = results[f"peers_{label}_{ours_name}_tokens_per_s"]
+    ours = results.get(f"peers_{label}_{ours_name}_tokens_per_s")
     out = {}
     for peer in PEERS:
-        theirs = results[f"peers_{label}_{peer}_tokens_per_s"]
+        theirs = results.get(f"peers_{label}_{peer}_tokens_per_s")
+        if ours is None or theirs is None:
+            continue
         per_run = [a / b for a, b in zip(ours["runs"], theirs["runs"]) if b]
         rows_ours, rows_theirs = ours["rows_per_s"], theirs["rows_per_s"]
         name = f"peers_{label}_vs_{peer}" if ours_name == "ours" else f"peers_{label}_{ours_name}_vs_{peer}"
@@ -385,10 +387,19 @@ def main(argv=None) -> None:
     parser.add_argument("--targets", default="cpu,sim", help="comma-separated: cpu (real vLLM server), sim "
                                                               "(bench.gpu_server at S=1024)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per client (default: the mode's)")
+    parser.add_argument("--clients", default=None,
+                        help=f"comma-separated subset of {', '.join(CLIENTS + (TUNED,))} (default: all; "
+                             f"{TUNED} on the simulated server only), e.g. ours alone to compare two versions of ours")
     args = parser.parse_args(argv)
     settings = dict(SETTINGS[args.mode])
     if args.repeats:
         settings["repeats"] = args.repeats
+    chosen = [c.strip() for c in args.clients.split(",")] if args.clients else list(CLIENTS + (TUNED,))
+    unknown = set(chosen) - set(CLIENTS + (TUNED,))
+    if unknown:
+        parser.error(f"unknown client(s) {sorted(unknown)}; choose from {', '.join(CLIENTS + (TUNED,))}")
+    cpu_clients = tuple(c for c in CLIENTS if c in chosen)
+    sim_clients = tuple(c for c in CLIENTS + (TUNED,) if c in chosen)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     results: dict = {}
     errors: list[str] = []
@@ -413,8 +424,8 @@ def main(argv=None) -> None:
                 prompts_file, job_file = prepare(tmp, settings["prompts"], settings["max_tokens"], server.base_url,
                                                  settings["distilabel_cpu"])
                 warm(server)
-                startup = startup_costs(server, CLIENTS, tmp, settings["distilabel_cpu"])
-                found, errs = side_by_side("cpu", server, CLIENTS, prompts_file, job_file, settings["max_tokens"],
+                startup = startup_costs(server, cpu_clients, tmp, settings["distilabel_cpu"])
+                found, errs = side_by_side("cpu", server, cpu_clients, prompts_file, job_file, settings["max_tokens"],
                                            settings["prompts"], settings["repeats"], tmp, 1200, startup)
                 results.update(found)
                 results.update(ratios("cpu", found, ">= 1.0"))
@@ -436,7 +447,7 @@ def main(argv=None) -> None:
                     info["sim_start_s"] = round(server.wait(120), 1)
                     prompts_file, job_file = prepare(tmp, settings["sim_prompts"], settings["sim_max_tokens"],
                                                      server.base_url, settings["distilabel_sim"])
-                    clients = CLIENTS + (TUNED,)
+                    clients = sim_clients
                     startup = startup_costs(server, clients, tmp, settings["distilabel_sim"])
                     found, errs = side_by_side(label, server, clients, prompts_file, job_file,
                                                settings["sim_max_tokens"], settings["sim_prompts"],
