@@ -63,21 +63,29 @@ SERVER_COUNTERS = ("vllm:request_success_total", "vllm:prompt_tokens_total", "vl
                    "stats:output_tokens", "stats:prompt_tokens", "stats:prefill_tokens", "stats:busy_s")
 
 # Per mode: prompts (the demo's, repeated with new ids), tokens per call, runs per client; the simulated
-# server gets more and longer calls (hundreds of requests in flight).  distilabel: input_batch_size, replicas.
+# server gets more and longer calls: more prompts than S, so a client may keep every slot busy.  distilabel:
+# input_batch_size and replicas.
 SETTINGS = {
     "quick": {"prompts": 16, "max_tokens": 32, "repeats": 3, "sim_prompts": 300, "sim_max_tokens": 256,
               "distilabel_cpu": {"input_batch_size": 8, "replicas": 2},
               "distilabel_sim": {"input_batch_size": 256, "replicas": 2}},
-    "full": {"prompts": 64, "max_tokens": 32, "repeats": 3, "sim_prompts": 800, "sim_max_tokens": 256,
+    "full": {"prompts": 64, "max_tokens": 32, "repeats": 3, "sim_prompts": 1200, "sim_max_tokens": 256,
              "distilabel_cpu": {"input_batch_size": 32, "replicas": 2},
              "distilabel_sim": {"input_batch_size": 256, "replicas": 2}},
 }
 
 
 # -- the job --------------------------------------------------------------------------------------
-def prepare(tmp: Path, prompts: int, max_tokens: int, base_url: str, distilabel: dict) -> tuple[Path, Path]:
+def prepare(tmp: Path, prompts: int, max_tokens: int, base_url: str, distilabel: dict,
+            distinct: bool = False) -> tuple[Path, Path]:
     """The prompts file ``cai generate`` reads and the job file the peers read: the same prompts, the
-    principle ``cai generate`` assigns each (``assign_principles`` with seed 0), the same sampling."""
+    principle ``cai generate`` assigns each (``assign_principles`` with seed 0), the same sampling.
+
+    ``distinct``: each copy of a demo prompt gets its copy number appended, so no two rows send the same
+    conversation.  The simulated server answers a conversation the same way every time it sees it
+    (lengths and words drawn from a hash of the messages and the seed): repeated prompts sent without
+    a seed (the peers) would get repeated drafts, and their critiques would hit its prefix cache, while
+    ours, seeded per row, would not.  A real server samples, so repeats share only the prompt there."""
     from constitution.assignment import assign_principles
     from constitution.loader import load_constitution
     from generation.prompts import read_prompts
@@ -88,8 +96,11 @@ def prepare(tmp: Path, prompts: int, max_tokens: int, base_url: str, distilabel:
     for i in range(prompts):
         source = demo[i % len(demo)]
         copy = i // len(demo)
-        records.append({"id": source.id if copy == 0 else f"{source.id}-copy{copy}", "messages": source.messages})
-    prompts_file = tmp / f"prompts-{prompts}.jsonl"
+        messages = source.messages
+        if distinct and copy:
+            messages = [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']} ({copy + 1})"}]
+        records.append({"id": source.id if copy == 0 else f"{source.id}-copy{copy}", "messages": messages})
+    prompts_file = tmp / f"prompts-{prompts}{'-distinct' if distinct else ''}.jsonl"
     prompts_file.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     rows = []
     for record in records:
@@ -404,10 +415,10 @@ def main(argv=None) -> None:
     results: dict = {}
     errors: list[str] = []
     started = time.perf_counter()
-    python = distilabel_python()
+    python = distilabel_python() if "distilabel" in chosen else None
     from bench.run import machine
 
-    info = {"mode": args.mode, "settings": settings, "machine": machine(), "distilabel_env": distilabel_versions(python),
+    info = {"mode": args.mode, "settings": settings, "machine": machine(), "distilabel_env": distilabel_versions(python) if python else None,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average_before": os.getloadavg()}
     try:
         commit = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=REPO, capture_output=True, text=True)
@@ -446,7 +457,7 @@ def main(argv=None) -> None:
                 try:
                     info["sim_start_s"] = round(server.wait(120), 1)
                     prompts_file, job_file = prepare(tmp, settings["sim_prompts"], settings["sim_max_tokens"],
-                                                     server.base_url, settings["distilabel_sim"])
+                                                     server.base_url, settings["distilabel_sim"], distinct=True)
                     clients = sim_clients
                     startup = startup_costs(server, clients, tmp, settings["distilabel_sim"])
                     found, errs = side_by_side(label, server, clients, prompts_file, job_file,
