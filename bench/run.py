@@ -4,6 +4,7 @@
     python -m bench.run --mode full       # the full version (two engine starts, more prompts and repeats)
     python -m bench.run --mode quick --only engine,bookkeeping   # a subset while developing
     python -m bench.run --mode full --only dpo --update          # remeasure one part, keep the others
+    flock /tmp/cai-cpu.lock python -m bench.run --mode full --only peers   # peers side by side -> also results/peers.json
 
 Each part runs in its own child process (vLLM on CPU spawns its workers, and no
 two engines may run at once); see bench/README.md for what each measure means.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from bench.common import MODES, RESULTS, log, measure, run_child, write_json
 
-PARTS = ("engine", "naive", "prefix_off", "bookkeeping", "dpo", "gpu_sim")
+PARTS = ("engine", "naive", "prefix_off", "bookkeeping", "dpo", "gpu_sim", "peers")
 
 ORDER = [
     "ceiling_ratio", "engine_tokens_per_s", "naive_tokens_per_s", "naive_speedup",
@@ -32,6 +33,7 @@ ORDER = [
     "judge_speedup", "judge_agreement", "resume_50k_seconds", "memory_growth", "memory_per_done_row",
     "dpo_pairs_per_s_cpu", "dpo_pairs_per_s_gpu",
     "driver_calls_per_s_http", "driver_calls_per_s_in_process", "zero_latency_server_requests_per_s",
+    "peers_cpu_vs_llm_swarm", "peers_cpu_vs_distilabel", "peers_sim1024_vs_llm_swarm", "peers_sim1024_vs_distilabel",
 ]
 
 
@@ -156,6 +158,12 @@ def main(argv=None) -> int:
             data = take(run_child("bench.gpu_sim", mode, tmp / "gpu_sim.json", timeout=3600, log=log))
             data.pop("_gpu_sim", None)
             results.update(data)
+        if "peers" in parts:
+            log("== issue 11, 4: peers side by side (cai generate, llm-swarm's way, distilabel) on one server ==")
+            peers = run_child("bench.peers", mode, tmp / "peers.json", timeout=3600, log=log)
+            write_json(RESULTS / "peers.json", peers)
+            peers.pop("_peers", None)
+            results.update(take(peers))
 
     engine = results.get("engine_tokens_per_s")
     if engine and results.get("naive_tokens_per_s"):
