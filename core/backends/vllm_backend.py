@@ -7,6 +7,7 @@ row's next call joins the running batch as soon as its previous one returns.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import Sequence
@@ -249,7 +250,15 @@ class VLLMBackend(Backend):
         engine = getattr(self, "engine", None)
         if engine is not None:
             try:
+                # Stop the output handler first: otherwise it sees the engine core go and logs EngineDeadError.
+                aio.run_sync(_cancel(getattr(engine, "output_handler", None)))
                 engine.shutdown()
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
             self.engine = None
+
+
+async def _cancel(task) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
