@@ -198,10 +198,6 @@ class CritiqueReviseTask:
         # Per-request seeds make each row independent of batch composition and of resumes.
         return int(stable_hash([self.settings.seed, prompt.id, step], 8), 16) % (2**31)
 
-    def session_key(self, prompt: PromptRecord) -> str:
-        """The same for every call of a row (and across runs): a router with session affinity keeps the row on one server."""
-        return session_key(prompt.id)
-
     # -- running ----------------------------------------------------------
     async def run_row(self, backend: Backend, prompt: PromptRecord, reuse: ReuseIndex) -> RowResult:
         """One prompt's chain, each call submitted as soon as the previous one returns: a row, or a
@@ -209,7 +205,7 @@ class CritiqueReviseTask:
         principles = self.principles_for(prompt)
         draft_fp = self.draft_fingerprint(prompt)
         state = _RowState(prompt, principles, draft_fp, self.round_fingerprints(draft_fp, principles))
-        session = self.session_key(prompt)
+        session = session_key(prompt.id)
 
         cached = reuse.drafts.get(state.draft_fingerprint)
         if cached is not None:

@@ -123,7 +123,6 @@ class VLLMBackend(Backend):
             **engine_kwargs,
         )
         self._request_ids = itertools.count()
-        self.engine = None
         self.engine = aio.run_sync(self._start(arguments))  # on the loop, which then runs its output handler
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
