@@ -227,15 +227,13 @@ def test_a_stop_is_recorded_only_when_set():
 
 def test_the_openai_backend_sends_a_stop_only_when_set(monkeypatch):
     import asyncio
-    from types import SimpleNamespace
 
     from core.backends.base import Sampling
     from core.backends.openai_backend import OpenAIBackend
 
     backend = OpenAIBackend("served", base_url="http://127.0.0.1:9/v1")
     sent = []
-    reply = SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content="Hi."), finish_reason="stop")],
-                            usage=None)
+    reply = {"choices": [{"message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}]}
 
     async def answer(request, session):
         sent.append(request)

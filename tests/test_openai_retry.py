@@ -99,3 +99,65 @@ def test_connection_refused_is_retried_then_reported():
         pass  # closed: nothing listens on the port any more
     [completion] = backend(url, max_attempts=2, timeout=2).chat([[{"role": "user", "content": "a"}]], Sampling())
     assert completion.error and "Connection" in completion.error
+
+
+class RawServer(ScriptedServer):
+    """Answers every POST with 200 and the given raw body (a broken endpoint or proxy)."""
+
+    def __init__(self, body: bytes):
+        super().__init__([])
+        handler = self.httpd.RequestHandlerClass
+
+        def do_post(request):
+            request.rfile.read(int(request.headers.get("content-length", 0)))
+            self.arrivals.append(time.monotonic())
+            request.send_response(200)
+            request.send_header("content-type", "application/json")
+            request.send_header("content-length", str(len(body)))
+            request.end_headers()
+            request.wfile.write(body)
+
+        handler.do_POST = do_post
+
+
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b'{"object": "list", "data": []}', b'{"choices": []}'])
+def test_an_answer_that_is_not_a_chat_completion_is_a_row_error_not_retried(body):
+    server = RawServer(body)
+    with server as url:
+        [completion] = backend(url).chat([[{"role": "user", "content": "a"}]], Sampling(max_tokens=4))
+    assert len(server.arrivals) == 1  # the same request would get the same answer
+    assert completion.finish_reason == "error" and completion.error.startswith("MalformedResponseError")
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_instead_of_the_key(monkeypatch):
+    import base64
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-this-one")
+    server = ScriptedServer([(200, {})])
+    with server as url:
+        with_user = url.replace("http://", "http://alice:p%40ss@")
+        [completion] = backend(with_user).chat([[{"role": "user", "content": "a"}]], Sampling(max_tokens=4))
+    assert completion.text == "hello"
+    assert server.auth_headers == ["Basic " + base64.b64encode(b"alice:p@ss").decode()]
+
+
+def test_the_proxy_comes_from_the_environment_once_and_no_proxy_exempts_a_host(monkeypatch):
+    from core.backends.openai_backend import env_proxy
+
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "vllm.internal")
+    assert env_proxy("http://gpu-07.cluster:8000/v1") == "http://proxy.internal:3128"
+    assert env_proxy("http://vllm.internal:8000/v1") is None
+    assert env_proxy("https://gpu-07.cluster/v1") is None  # no HTTPS_PROXY set
+
+
+def test_the_error_message_is_the_endpoints_own_words():
+    from core.backends.openai_backend import _error_message
+
+    assert _error_message(400, b'{"error": {"message": "too long", "code": 400}}') == "too long"
+    assert _error_message(400, b'{"object": "error", "message": "maximum context length is 8192"}') \
+        == "maximum context length is 8192"
+    assert _error_message(502, b"<html>Bad Gateway</html>") == "<html>Bad Gateway</html>"
+    assert _error_message(503, b"") == "status 503 with an empty body"

@@ -1,21 +1,25 @@
 """Any OpenAI-compatible endpoint (``vllm serve`` included), async with bounded concurrency.
 
-Retries (tenacity) cover 408/409/429/5xx, timeouts and dropped connections, with
-jittered exponential backoff that honours Retry-After.  Other 4xx errors are
-final for that request: the row records the error and the batch goes on.  The
-client's own retries are off so that one policy governs.  The API key comes from
-the environment and is never logged or stored.
+Requests go over one aiohttp session per run as plain JSON (the way vLLM's own serving
+benchmark sends them): the openai SDK builds an httpx request and a pydantic response per
+call, which capped one process at about 1,300 calls/s against a server that answers at once;
+plain aiohttp does several times that (bench/README.md, the driver's ceiling).  Retries
+(tenacity) cover 408/409/429/5xx, timeouts and dropped connections, with jittered
+exponential backoff that honours Retry-After.  Other 4xx errors are final for that
+request: the row records the error and the batch goes on.  The API key comes from the
+environment and is never logged or stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
@@ -31,30 +35,66 @@ RETRY_STATUS = {408, 409, 429}
 #: requests in flight unless --concurrency says otherwise: a GPU server runs 256 to 1,024 sequences at
 #: once, and keeps them all busy only when more rows than that are in flight (bench/README.md, gpu_sim)
 DEFAULT_CONCURRENCY = 1024
+#: the endpoint when neither --base-url nor $OPENAI_BASE_URL names one (the key then comes from $OPENAI_API_KEY)
+OPENAI_API_URL = "https://api.openai.com/v1"
+
+
+class EndpointStatusError(Exception):
+    """The endpoint answered with an HTTP error status; ``message`` is its own explanation."""
+
+    def __init__(self, status_code: int, message: str, headers=None):
+        super().__init__(message)
+        self.status_code, self.message, self.headers = status_code, message, headers or {}
+
+
+class MalformedResponseError(Exception):
+    """A 200 answer that is not a chat completion (final for the request: retrying gets the same)."""
+
+
+#: what ends one attempt of a request: the endpoint's error status, a bad answer, a failed connection or a timeout
+def _request_errors() -> tuple[type[BaseException], ...]:
+    import aiohttp
+
+    return (EndpointStatusError, MalformedResponseError, aiohttp.ClientError, asyncio.TimeoutError)
 
 
 def is_retryable(exc: BaseException) -> bool:
-    import openai
+    import aiohttp
 
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
-        return True
-    if isinstance(exc, openai.APIStatusError):
+    if isinstance(exc, EndpointStatusError):
         return exc.status_code in RETRY_STATUS or exc.status_code >= 500
-    return False
+    # A dropped connection mid-answer (payload error), a refused or reset one, or no answer in time.
+    return isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError))
+
+
+def _error_message(status: int, payload: bytes) -> str:
+    """The endpoint's own words for an error: OpenAI's ``{"error": {"message"}}``, vLLM's ``{"message"}``, or the text."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        message = error.get("message") if isinstance(error, dict) else error if isinstance(error, str) else None
+        message = message or body.get("message") or body.get("detail")
+        if message:
+            return str(message)
+    text = payload.decode("utf-8", "replace").strip()
+    return text[:500] or f"status {status} with an empty body"
 
 
 def retry_after_seconds(exc: BaseException | None) -> float | None:
     """Seconds the server asked us to wait (Retry-After: seconds or HTTP date), if any."""
-    response = getattr(exc, "response", None)
-    if response is None:
+    headers = getattr(exc, "headers", None)
+    if not headers:
         return None
-    value = response.headers.get("retry-after-ms")
+    value = headers.get("retry-after-ms")
     if value:
         try:
             return float(value) / 1000
         except ValueError:
             pass
-    value = response.headers.get("retry-after")
+    value = headers.get("retry-after")
     if not value:
         return None
     try:
@@ -83,16 +123,29 @@ class BackoffWait:
 
 
 def describe_error(exc: BaseException) -> str:
-    status = getattr(exc, "status_code", None)
-    if status:
-        return f"HTTP {status}: {redact_text(getattr(exc, 'message', None) or str(exc))}"
-    # The aiohttp transport reports a refused connection as a connect *timeout*; the first cause says what happened.
-    root = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
-    if isinstance(root, OSError) and root is not exc:
-        return f"APIConnectionError: Connection failed: {redact_text(str(root))}"
-    return f"{type(exc).__name__}: {redact_text(getattr(exc, 'message', None) or str(exc))}"
+    import aiohttp
+
+    if isinstance(exc, EndpointStatusError):
+        return f"HTTP {exc.status_code}: {redact_text(exc.message)}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "Timeout: no answer within the request timeout (--request-timeout)"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return f"Connection failed: {redact_text(str(exc) or type(exc).__name__)}"
+    return f"{type(exc).__name__}: {redact_text(str(exc))}"
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy ``$HTTP(S)_PROXY`` names for ``url`` unless ``$NO_PROXY`` exempts its host, as curl and httpx do.
+
+    Looked up once per run: aiohttp's ``trust_env`` looks it up (and reads ~/.netrc) per request,
+    which cost a third of the client's time at 1,000+ requests/s.
+    """
+    import urllib.request
+
+    parts = urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 class EndpointDownError(UserError):
@@ -152,7 +205,7 @@ class OpenAIBackend(Backend):
         # A GPU server runs 256 to 1,024 sequences at once; fewer requests in flight leave it idle.
         self.concurrency = concurrency or DEFAULT_CONCURRENCY
         self.session_header = session_header
-        self._client_on_loop = None  # the AsyncOpenAI client and its semaphore, made on the event loop
+        self._session_on_loop = None  # the aiohttp session, the URL and the proxy, made on the event loop
         self._semaphore: asyncio.Semaphore | None = None
         self.timeout = timeout
         self.max_attempts = max_attempts
@@ -167,25 +220,42 @@ class OpenAIBackend(Backend):
         if not self.base_url and not os.environ.get(api_key_env):
             raise ValueError(f"the openai backend needs --base-url or ${api_key_env}")
 
-    def _client(self):
-        import openai
+    def _session(self):
+        """One aiohttp session for the run (made on the event loop), with the URL and headers every request uses."""
+        import aiohttp
 
-        # A key in the base URL's query (``?api-key=...``) is sent with every request; the client would
-        # otherwise put the path after the query.
-        parts = urlsplit(self.base_url) if self.base_url else None
-        query = dict(parse_qsl(parts.query)) if parts else {}
-        base_url = urlunsplit(parts._replace(query="", fragment="")) if parts else None
-        return openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=os.environ.get(self.api_key_env) or "EMPTY",
-            max_retries=0,
-            timeout=self.timeout,
-            default_query=query or None,
-            # The SDK's aiohttp transport: 3x the requests/s of its httpx one from one process (bench/README.md).
-            # aiohttp refuses credentials in the URL beside the Authorization header; httpx takes both.
-            http_client=None if parts and (parts.username or parts.password) else openai.DefaultAioHttpClient(
-                timeout=self.timeout),
+        parts = urlsplit(self.base_url or OPENAI_API_URL)
+        # Credentials in the URL (a proxy's basic auth) are sent as such; otherwise the key as a bearer token.
+        auth = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or "")) \
+            if parts.username or parts.password else None
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "cai"}
+        if auth is None:
+            headers["Authorization"] = f"Bearer {os.environ.get(self.api_key_env) or 'EMPTY'}"
+        # A key in the base URL's query (``?api-key=...``) goes with every request, after the path.
+        url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/chat/completions",
+                          parts.query, ""))
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.concurrency),
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            headers=headers, auth=auth,
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API client keeps no cookies (and skips their cost per request)
         )
+        return session, url, env_proxy(url)
+
+    async def _post(self, session, url: str, proxy: str | None, body: dict, headers: dict | None) -> dict:
+        """One attempt: the answer's JSON, or the error that ended it."""
+        async with session.post(url, data=json.dumps(body), headers=headers, proxy=proxy) as response:
+            payload = await response.read()
+            if response.status >= 400:
+                raise EndpointStatusError(response.status, _error_message(response.status, payload),
+                                          response.headers.copy())  # case-insensitive, for Retry-After
+        try:
+            answer = json.loads(payload)
+        except ValueError:
+            raise MalformedResponseError(f"the answer is not JSON: {payload[:200]!r}") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list) or not answer["choices"]:
+            raise MalformedResponseError(f"the answer has no choices: {payload[:200]!r}")
+        return answer
 
     def _is_down(self) -> bool:
         return self._failed_in_a_row >= self.down_after
@@ -207,22 +277,18 @@ class OpenAIBackend(Backend):
             if hasattr(exc, "body"):
                 exc.body = None
 
-    def _client_and_semaphore(self):
-        if self._client_on_loop is None:
-            self._client_on_loop = self._client()
+    def _session_and_semaphore(self):
+        if self._session_on_loop is None:
+            self._session_on_loop = self._session()
             self._semaphore = asyncio.Semaphore(self.concurrency)
-        return self._client_on_loop, self._semaphore
+        return self._session_on_loop, self._semaphore
 
-    async def _call(self, kwargs: dict, session: str | None = None):
-        """One request with retries; an API error that is final for it is raised (the caller records it)."""
-        from openai.types.chat import ChatCompletion
-
-        client, semaphore = self._client_and_semaphore()
-        # The body goes as a plain dict (``post``, not ``chat.completions.create``): the SDK's parameter
-        # transform walks every message of every request and was the driver's largest cost (bench/README.md).
+    async def _call(self, kwargs: dict, session: str | None = None) -> dict:
+        """One request with retries; an error that is final for it is raised (the caller records it)."""
+        (http, url, proxy), semaphore = self._session_and_semaphore()
         body = {key: value for key, value in kwargs.items() if key != "extra_body"}
         body.update(kwargs.get("extra_body") or {})
-        options = {"headers": {self.session_header: session}} if session and self.session_header else {}
+        headers = {self.session_header: session} if session and self.session_header else None
         async with semaphore:
             if self._is_down():
                 raise self._down_error()
@@ -235,8 +301,7 @@ class OpenAIBackend(Backend):
                     reraise=True,
                 ):
                     with attempt:
-                        result = await client.post("/chat/completions", cast_to=ChatCompletion, body=body,
-                                                   options=options)
+                        result = await self._post(http, url, proxy, body, headers)
             except Exception as exc:
                 self._scrub(exc)
                 if not is_retryable(exc):
@@ -255,7 +320,7 @@ class OpenAIBackend(Backend):
         try:
             return await self._call(kwargs, session)
         except Exception as exc:  # noqa: BLE001 - sorted below
-            if not _is_api_error(exc):
+            if not isinstance(exc, _request_errors()):
                 raise
             return exc
 
@@ -282,13 +347,13 @@ class OpenAIBackend(Backend):
         result = await self._answer(request, session)
         if isinstance(result, BaseException):
             return Completion(text="", finish_reason="error", error=describe_error(result))
-        choice = result.choices[0]
-        usage = result.usage
+        choice = result["choices"][0]
+        usage = result.get("usage") or {}
         return Completion(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason or "stop",
-            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            text=(choice.get("message") or {}).get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=usage.get("prompt_tokens") or 0,
+            completion_tokens=usage.get("completion_tokens") or 0,
         )
 
     async def alabel_logprobs(self, conversation: Conversation, labels: Sequence[str],
@@ -297,10 +362,10 @@ class OpenAIBackend(Backend):
         result = await self._answer(request, session)
         if isinstance(result, BaseException):
             return LabelLogprobs({label: None for label in labels}, error=describe_error(result))
-        content = result.choices[0].logprobs.content if result.choices[0].logprobs else None
+        content = (result["choices"][0].get("logprobs") or {}).get("content")
         if not content:
             return LabelLogprobs({label: None for label in labels}, error="endpoint returned no log-probabilities")
-        top = {t.token: t.logprob for t in content[0].top_logprobs}
+        top = {t["token"]: t["logprob"] for t in content[0].get("top_logprobs") or []}
         # Match a label by its first characters; tokens may carry a leading space.
         values = {}
         for label in labels:
@@ -333,24 +398,17 @@ class OpenAIBackend(Backend):
         return _sum_response_logprobs(full, head)
 
     def close(self) -> None:
-        client, self._client_on_loop = self._client_on_loop, None
-        if client is not None:
+        opened, self._session_on_loop = self._session_on_loop, None
+        if opened is not None:
             try:
-                aio.run_sync(client.close())
+                aio.run_sync(opened[0].close())
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
 
 
-def _extra(result, name: str):
-    value = getattr(result, name, None)
-    if value is None:
-        value = (getattr(result, "model_extra", None) or {}).get(name)
-    return value
-
-
 def _sum_response_logprobs(full, head) -> SequenceLogprob:
-    ids, head_ids = _extra(full, "prompt_token_ids"), _extra(head, "prompt_token_ids")
-    logprobs = _extra(full, "prompt_logprobs")
+    ids, head_ids = full.get("prompt_token_ids"), head.get("prompt_token_ids")
+    logprobs = full.get("prompt_logprobs")
     if not ids or head_ids is None or not logprobs:
         return SequenceLogprob(None, error="endpoint returned no prompt log-probabilities (needs a vLLM server)")
     if list(ids[: len(head_ids)]) != list(head_ids):
@@ -361,11 +419,5 @@ def _sum_response_logprobs(full, head) -> SequenceLogprob:
         value = entry.get(str(ids[position]), entry.get(ids[position]))
         if value is None:
             return SequenceLogprob(None, error=f"no log-probability for prompt token {position}")
-        total += value["logprob"] if isinstance(value, dict) else value.logprob
+        total += value["logprob"] if isinstance(value, dict) else value
     return SequenceLogprob(total, tokens=len(ids) - len(head_ids))
-
-
-def _is_api_error(exc: BaseException) -> bool:
-    import openai
-
-    return isinstance(exc, openai.OpenAIError)
