@@ -57,7 +57,7 @@ def _raw_plan(task, prompts, rows):
         row = by_id[prompt.id]
         calls = {c["step"]: c for c in row["calls"]}
         round_ = row["rounds"][0]
-        draft = task.head + prompt.messages
+        draft = task.draft_head + prompt.messages
         critique = task.head + task.few_shot + prompt.messages + [
             {"role": "assistant", "content": row["initial_response"]},
             {"role": "user", "content": round_["critique_request"]},
@@ -145,7 +145,7 @@ def _run_lockstep(task, backend, prompts, batch_size: int = 64) -> tuple[float, 
     started = time.perf_counter()
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start: start + batch_size]
-        contexts = [task.head + p.messages for p in batch]
+        contexts = [task.draft_head + p.messages for p in batch]
         drafts = backend.chat(contexts, task.settings.sampling, [task._seed(p, step_name("draft")) for p in batch])
         contexts = [task.head + task.few_shot + p.messages + [{"role": "assistant", "content": d.text}]
                     for p, d in zip(batch, drafts)]

@@ -517,7 +517,7 @@ def chain_bodies(prompts: Path, out: Path, reply: str = "Sure, here is a short r
     with out.open("w", encoding="utf-8") as f:
         for prompt in iter_prompts(prompts):
             principle = task.principles_for(prompt)[0]
-            draft = task.head + prompt.messages
+            draft = task.draft_head + prompt.messages
             critique = task.head + task.few_shot + prompt.messages + [
                 {"role": "assistant", "content": reply}, {"role": "user", "content": principle.critique_request}]
             revision = critique + [{"role": "assistant", "content": reply},

@@ -61,7 +61,7 @@ def main(argv=None) -> None:
         cap = settings.get("naive_token_cap")
         steps = [min(n, cap) if cap else n for n in steps]
         principle = task.principles_for(prompt)[0]
-        draft, a = generate(task.head + prompt.messages, max(1, steps[0]))
+        draft, a = generate(task.draft_head + prompt.messages, max(1, steps[0]))
         context = task.head + task.few_shot + prompt.messages + [
             {"role": "assistant", "content": draft},
             {"role": "user", "content": principle.critique_request},

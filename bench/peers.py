@@ -3,7 +3,9 @@
 Three clients do the same job (the same prompts, principles per prompt, sampling and one round)
 against the same endpoint, one at a time:
 
-* ``ours``: the real ``cai generate --backend openai --base-url ...`` command, with its defaults;
+* ``ours``: the real ``cai generate --backend openai --base-url ...`` command, with its defaults (on the
+  simulated server also ``ours_c1024``, with ``--concurrency 1024``, and ``ours_few_shot_draft``, with
+  ``--few-shot-position draft``: llm-swarm's layout, the exemplars in front of the draft);
 * ``llm_swarm``: ``bench.peer_llm_swarm``, the way Hugging Face's llm-swarm Constitutional AI script
   works (one coroutine per prompt, one semaphore of 500 calls, the few-shot chat in front of the draft);
 * ``distilabel``: ``bench/peer_distilabel.py``, a distilabel 1.5.3 pipeline (``ChatGeneration`` on
@@ -56,8 +58,13 @@ DISTILABEL_VERSION = "1.5.3"
 DISTILABEL_REQUIREMENTS = [f"distilabel[openai]=={DISTILABEL_VERSION}", "requests"]
 DISTILABEL_VENV = REPO / "bench" / ".venv-distilabel"
 SIM_MAX_ACTIVE = 1024
-# On the simulated GPU server ours also runs with ``--concurrency S``: what its default leaves unused.
+# On the simulated GPU server ours also runs with ``--concurrency S`` (what its default leaves unused) and
+# with the exemplars in front of the draft (llm-swarm's layout: each call extends the previous one's conversation).
 TUNED = f"ours_c{SIM_MAX_ACTIVE}"
+FEW_SHOT_DRAFT = "ours_few_shot_draft"
+OURS_FLAGS = {"ours": [], TUNED: ["--concurrency", str(SIM_MAX_ACTIVE)],
+              FEW_SHOT_DRAFT: ["--few-shot-position", "draft"]}
+SIM_ONLY = (TUNED, FEW_SHOT_DRAFT)
 SERVER_COUNTERS = ("vllm:request_success_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
                    "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "stats:requests",
                    "stats:output_tokens", "stats:prompt_tokens", "stats:prefill_tokens", "stats:busy_s")
@@ -252,11 +259,10 @@ def client_command(client: str, server: Server, prompts_file: Path, job_file: Pa
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     if client.startswith("ours"):
         env["PYTHONPATH"] = str(REPO)
-        tuned = ["--concurrency", client.removeprefix("ours_c")] if client != "ours" else []
         return [sys.executable, "-m", "cai", "generate", "--backend", "openai", "--base-url", server.base_url,
                 "--model", SERVED_MODEL, "--prompts", str(prompts_file), "--out", str(out),
                 "--constitution", str(REPO / "principles.yaml"), "--rounds", "1", "--max-tokens", str(max_tokens),
-                "--temperature", "0.7", "--top-p", "0.9", "--examples", "0", *tuned], env
+                "--temperature", "0.7", "--top-p", "0.9", "--examples", "0", *OURS_FLAGS[client]], env
     if client == "llm_swarm":
         return [sys.executable, "-m", "bench.peer_llm_swarm", str(job_file), str(out), str(summary_file)], env
     env.pop("PYTHONPATH", None)
@@ -399,18 +405,19 @@ def main(argv=None) -> None:
                                                               "(bench.gpu_server at S=1024)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per client (default: the mode's)")
     parser.add_argument("--clients", default=None,
-                        help=f"comma-separated subset of {', '.join(CLIENTS + (TUNED,))} (default: all; "
-                             f"{TUNED} on the simulated server only), e.g. ours alone to compare two versions of ours")
+                        help=f"comma-separated subset of {', '.join(CLIENTS + SIM_ONLY)} (default: all; "
+                             f"{', '.join(SIM_ONLY)} on the simulated server only), e.g. ours alone to compare two "
+                             "versions of ours")
     args = parser.parse_args(argv)
     settings = dict(SETTINGS[args.mode])
     if args.repeats:
         settings["repeats"] = args.repeats
-    chosen = [c.strip() for c in args.clients.split(",")] if args.clients else list(CLIENTS + (TUNED,))
-    unknown = set(chosen) - set(CLIENTS + (TUNED,))
+    chosen = [c.strip() for c in args.clients.split(",")] if args.clients else list(CLIENTS + SIM_ONLY)
+    unknown = set(chosen) - set(CLIENTS + SIM_ONLY)
     if unknown:
-        parser.error(f"unknown client(s) {sorted(unknown)}; choose from {', '.join(CLIENTS + (TUNED,))}")
+        parser.error(f"unknown client(s) {sorted(unknown)}; choose from {', '.join(CLIENTS + SIM_ONLY)}")
     cpu_clients = tuple(c for c in CLIENTS if c in chosen)
-    sim_clients = tuple(c for c in CLIENTS + (TUNED,) if c in chosen)
+    sim_clients = tuple(c for c in CLIENTS + SIM_ONLY if c in chosen)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     results: dict = {}
     errors: list[str] = []
@@ -465,7 +472,8 @@ def main(argv=None) -> None:
                                                settings["repeats"], tmp, 1200, startup)
                     results.update(found)
                     results.update(ratios(label, found, ">= 1.2"))
-                    results.update(ratios(label, found, None, TUNED))
+                    for variant in SIM_ONLY:
+                        results.update(ratios(label, found, None, variant))
                     errors += errs
                 except Exception as exc:  # noqa: BLE001
                     errors.append(f"sim: {type(exc).__name__}: {exc}")

@@ -8,7 +8,7 @@ from core.backends.registry import BACKEND_HELP, DEFAULT_BACKEND, EngineOptions,
 from core.config import check_choice, check_rules
 from core.shards import Shard
 
-from .critique_revise import REVISION_STYLES
+from .critique_revise import FEW_SHOT_POSITIONS, REVISION_STYLES
 
 
 @dataclass
@@ -53,6 +53,13 @@ class GenerateConfig(EngineOptions):
             in front), `"direct"` (the same turns without the exemplars, the reply started as a new answer)
             or `"no_critique"` (`"direct"` without the critique in view, the reply one paragraph): the
             last two are for small models (README, "Revisions with the default model").
+        few_shot_position (`str`, *optional*, defaults to `"critique"`):
+            Where the constitution's few-shot exemplars sit: `"critique"` (in front of the critique and
+            revision; the draft is the model's unprompted answer) or `"draft"` (in front of the draft too,
+            as Hugging Face's Constitutional AI recipe does: each call extends the previous call's
+            conversation, so a server's prefix cache serves all of it, and the draft may imitate the
+            exemplars). `"draft"` needs `revision_style="chain"`; it changes the rows' fingerprints
+            (rows are regenerated), `"critique"` keeps them.
         max_tokens (`int`, *optional*, defaults to `256`):
             Maximum new tokens per call.
         temperature (`float`, *optional*, defaults to `0.7`):
@@ -102,6 +109,14 @@ class GenerateConfig(EngineOptions):
                           "at its first blank line; the default 135M model's revisions then pass the row checks "
                           "far more often (README)."},
     )
+    few_shot_position: str = field(
+        default="critique",
+        metadata={"help": "Where the constitution's few-shot exemplars sit. 'critique': in front of the critique and "
+                          "revision, the draft being the model's unprompted answer. 'draft': in front of the draft "
+                          "too (Hugging Face's Constitutional AI recipe), so every call extends the previous call's "
+                          "conversation and a server's prefix cache serves all of it; the draft may imitate the "
+                          "exemplars. 'draft' needs --revision-style chain and regenerates existing rows."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed for principle assignment and sampling."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     max_tokens: int = field(default=256, metadata={"help": "Maximum new tokens per call."})
@@ -120,7 +135,12 @@ class GenerateConfig(EngineOptions):
         backend_options(self.backend, self)  # the backend's name and its options, checked before any work
         Shard.parse(self.shard)
         check_choice("--revision-style", self.revision_style, REVISION_STYLES)
+        check_choice("--few-shot-position", self.few_shot_position, FEW_SHOT_POSITIONS)
         check_rules(self, [
+            ("few_shot_position", self.few_shot_position == "critique" or self.revision_style == "chain",
+             f"needs --revision-style chain, not {self.revision_style!r}: that style's revision is a conversation "
+             "of its own without the exemplars, so the calls would not extend one conversation; use "
+             "--revision-style chain, or --few-shot-position critique"),
             ("rounds", self.rounds >= 0, "must be >= 0"),
             ("max_tokens", self.max_tokens >= 1, "must be >= 1"),
             ("temperature", self.temperature >= 0, "must be >= 0"),

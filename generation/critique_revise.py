@@ -5,8 +5,11 @@ Inputs: a prompt (id and chat messages). Outputs: ``initial_response``, ``rounds
 ``final_response``.  Critique and revision requests are user turns appended to
 the same conversation, so each call extends the previous one and vLLM's prefix
 cache serves the shared part.  Few-shot exemplars, when the constitution has
-them, sit in front of the critique conversation (not the draft, which must be
-the model's unprompted answer); their prefix is shared by every prompt.
+them, sit in front of the critique conversation and, by default, not the draft
+(the model's unprompted answer); their prefix is shared by every prompt.  With
+``few_shot_position: draft`` they sit in front of the draft too (Hugging Face's
+Constitutional AI recipe): the draft's conversation is then the start of the
+critique's, so every call of a row extends the previous one's conversation.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from .prompts import PromptRecord
 
 
 REVISION_STYLES = ("chain", "direct", "no_critique")
+# Where the constitution's few-shot exemplars sit: in front of the critique only (the draft is the model's
+# unprompted answer), or in front of the draft too (one conversation from the draft on).
+FEW_SHOT_POSITIONS = ("critique", "draft")
 # A style's revision replies that end at the first of these strings (not kept): ``no_critique``'s
 # reply is one paragraph, so the 135M model stops before it rambles into the token limit or into
 # talk about its answer.
@@ -39,11 +45,14 @@ class ChainSettings:
     seed: int
     rounds: int
     revision_style: str = "chain"
+    few_shot_position: str = "critique"
 
     def as_dict(self) -> dict:
         settings = {"model": self.model, "sampling": self.sampling.as_dict(), "seed": self.seed, "rounds": self.rounds}
         if self.revision_style != "chain":
             settings["revision_style"] = self.revision_style
+        if self.few_shot_position != "critique":
+            settings["few_shot_position"] = self.few_shot_position
         return settings
 
     def sampling_for(self, kind: str) -> Sampling:
@@ -161,6 +170,8 @@ class CritiqueReviseTask:
         self.head = [{"role": "system", "content": constitution.system_prompt}] if constitution.system_prompt else []
         self.few_shot = [m for exemplar in constitution.few_shot for m in exemplar.messages()]
         self._few_shot_hash = stable_hash(self.few_shot) if self.few_shot else None
+        # What the draft's conversation starts with; with the exemplars in front it is the critique's start.
+        self.draft_head = self.head + (self.few_shot if settings.few_shot_position == "draft" else [])
         self.checker = RowChecker(constitution)
 
     # -- keys -------------------------------------------------------------
@@ -168,6 +179,9 @@ class CritiqueReviseTask:
         return assign_principles(prompt.id, self.constitution.principles, self.settings.rounds, self.settings.seed)
 
     def draft_fingerprint(self, prompt: PromptRecord) -> str:
+        # The exemplars count only when the draft sees them, so default drafts keep their fingerprints;
+        # rounds chain from the draft's fingerprint, so they change with it.
+        exemplars = {"few_shot": self._few_shot_hash} if self.draft_head != self.head else {}
         return stable_hash(
             {
                 "id": prompt.id,
@@ -176,6 +190,7 @@ class CritiqueReviseTask:
                 "model": self.settings.model,
                 "sampling": self.settings.sampling.as_dict(),
                 "seed": self.settings.seed,
+                **exemplars,
             }
         )
 
@@ -212,7 +227,7 @@ class CritiqueReviseTask:
             state.initial, state.calls = cached["text"], list(cached["call"])
             state.reused_calls += 1
         else:
-            state.initial = await self._call(backend, state, step_name(DRAFT), self.head + prompt.messages, session)
+            state.initial = await self._call(backend, state, step_name(DRAFT), self.draft_head + prompt.messages, session)
             if state.error is not None:
                 return RowResult(None, state.error, state.output_tokens)
         state.context = self.head + self.few_shot + prompt.messages + [{"role": "assistant", "content": state.initial}]

@@ -73,7 +73,7 @@ def chain_settings(config: GenerateConfig) -> ChainSettings:
     model = backend_identity(config.backend, config.model)
     sampling = Sampling(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
     return ChainSettings(model=model, sampling=sampling, seed=config.seed, rounds=config.rounds,
-                         revision_style=config.revision_style)
+                         revision_style=config.revision_style, few_shot_position=config.few_shot_position)
 
 
 def _pending_prompts(config: GenerateConfig, task: CritiqueReviseTask, fingerprints: dict[str, str],
