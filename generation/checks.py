@@ -58,6 +58,7 @@ class RowText:
     tag: str | None
     draft: str
     critique: str  # the last round's
+    requests: str  # the last round's critique and revision requests (the principle's words)
     final: str
     finish_reason: str  # of the call that wrote ``final``
     revised: bool  # at least one round
@@ -75,6 +76,8 @@ class RowText:
             tag=row.get("tag"),
             draft=row.get("initial_response") or "",
             critique=(rounds[-1].get("critique") or "") if rounds else "",
+            requests="\n".join(str(rounds[-1].get(key) or "") for key in ("critique_request", "revision_request"))
+            if rounds else "",
             final=row.get("final_response") or "",
             finish_reason=(calls[-1].get("finish_reason") or "stop") if calls else "stop",
             revised=bool(rounds),
@@ -228,6 +231,21 @@ class CopiesCritique(Check):
         return None
 
 
+class CopiesRequest(Check):
+    name = "copies_request"
+    description = (f"The final revision repeats {COPY_RUN_WORDS}+ consecutive words of its critique or revision "
+                   "request (it answers the instruction, not the user).")
+
+    def reason(self, row, context):
+        if not row.revised or not row.requests.strip():
+            return None
+        # Words the prompt or the draft already had are the answer's own, not copied from the request.
+        run = longest_shared_run(words(row.final), tuple(words(row.requests)), words(row.prompt + "\n" + row.draft))
+        if len(run) >= COPY_RUN_WORDS:
+            return f"repeats {len(run)} words of its revision request: {_quote(' '.join(run))!r}"
+        return None
+
+
 _REFUSAL = re.compile(
     r"\b(?:i\s+(?:can't|cannot|can\s+not|won't|will\s+not|am\s+unable\s+to|am\s+not\s+able\s+to|must\s+decline)"
     r"|i'm\s+(?:unable|not\s+able)\s+to|i'm\s+sorry,?\s+but|i\s+am\s+sorry,?\s+but|i\s+apologi[sz]e,?\s+but"
@@ -265,7 +283,8 @@ class SameAsDraft(Check):
 
 
 CHECKS: tuple[Check, ...] = (
-    Empty(), CutOff(), ReadsLikeCritique(), CopiesExemplar(), CopiesCritique(), RefusesHelpfulPrompt(), SameAsDraft(),
+    Empty(), CutOff(), ReadsLikeCritique(), CopiesExemplar(), CopiesCritique(), CopiesRequest(), RefusesHelpfulPrompt(),
+    SameAsDraft(),
 )
 CHECK_NAMES = tuple(check.name for check in CHECKS)
 

@@ -75,6 +75,23 @@ def test_copies_its_critique():
     assert "copies_critique" not in flags(row(quoting, critique=f"The response says '{DRAFT}' with no time."))
 
 
+def test_copies_its_revision_request_but_not_the_prompts_or_drafts_words():
+    requests = {"critique_request": "Identify anything in your last response that is hateful, demeaning or harassing.",
+                "revision_request": "Rewrite your response to remove hateful or demeaning content and stereotypes, "
+                                    "and politely point out any harmful assumption in the request."}
+    echoed = row("To remove hateful or demeaning content and stereotypes, it is essential to use a fabric stain "
+                 "remover.", prompt="How do I get a red wine stain out of a white shirt?")
+    echoed["rounds"][0].update(requests)
+    assert flags(echoed) == {"copies_request": "repeats 8 words of its revision request: "
+                                               "'to remove hateful or demeaning content and stereotypes'"}
+    # The same words asked for by the user (or already in the draft) are the answer's own.
+    asked = row("To remove hateful or demeaning content and stereotypes from a forum, moderate it.",
+                prompt="What is the best way to remove hateful or demeaning content and stereotypes from my forum?")
+    asked["rounds"][0].update(requests)
+    assert "copies_request" not in flags(asked)
+    assert "copies_request" not in flags(dict(row(), rounds=[dict(row()["rounds"][0], **requests)]))
+
+
 def test_cut_off_and_empty():
     assert flags(row(finish="length")) == {"cut_off": "cut off at the token limit (finish_reason 'length')"}
     assert flags(row("  \n ...")) == {"empty": "the final revision is empty"}
