@@ -25,7 +25,7 @@ from core.config import build_config, check_values, did_you_mean
 from core.errors import UserError
 from core.hashing import stable_hash
 from core.model import resolve_model
-from core.shards import Shard, content_hash, data_files, folder_count, part_files
+from core.shards import Shard, content_hash, data_files, folder_count, part_files, stage_output
 from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, write_manifest
 from core.yamlfile import read_yaml
 from generation.config import GenerateConfig
@@ -34,6 +34,7 @@ from judging.config import JudgeConfig
 from judging.engines import engine_memory_shares
 from judging.judge_check import check_judge, judge_check_config
 from judging.pairs import run_judge, sft_path
+from judging.report import merged_report
 from training.evaluate import EvalConfig, evaluate, format_eval
 from training.methods import TrainingMethod, get_method
 
@@ -128,13 +129,6 @@ class RunPlan:
     eval: EvalConfig
 
 
-def _output(run_dir: Path, name: str) -> str:
-    """``RUN_DIR/NAME.jsonl``, or the folder ``RUN_DIR/NAME`` when sharded jobs wrote their parts there
-    (``recipes/scale-out/README.md``): the run then completes and reads that folder."""
-    folder = run_dir / name
-    return str(folder) if folder.is_dir() and part_files(folder) else str(run_dir / f"{name}.jsonl")
-
-
 def shard_runs(config):
     """A stage's config as ``cai run`` runs it: itself, or one per shard when its ``out`` is a folder of parts
     (each shard resumes: finished parts load no model, a part a failed job left is completed)."""
@@ -152,9 +146,9 @@ def plan_run(recipe_path: str | Path) -> RunPlan:
     base = recipe.data.get("model") or "default"
 
     generate_config = recipe.build(GenerateConfig, ("generate",), recipe.section("generate"),
-                                   out=_output(run_dir, "revisions"))
+                                   out=str(stage_output(run_dir, "revisions")))
     judge_config = recipe.build(JudgeConfig, ("judge",), recipe.section("judge"), input=generate_config.out,
-                                out=_output(run_dir, "preferences"))
+                                out=str(stage_output(run_dir, "preferences")))
     # a sharded judge's SFT rows are the folder `sft` beside its folder of pairs
     sft = Path(judge_config.out).with_name("sft") if Path(judge_config.out).is_dir() else sft_path(judge_config)
     files = {"preferences": judge_config.out, "sft": str(sft)}
@@ -308,7 +302,7 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
         log("[run] 2/4 judge")
         judge_backend = policy if plan.judge.judge_is_policy() else None
         for judge_config in shard_runs(plan.judge):
-            result = run_judge(judge_config, backend=judge_backend, policy_backend=policy)
+            run_judge(judge_config, backend=judge_backend, policy_backend=policy)
         timings["judge_s"] = time.monotonic() - started
         pairs_path = Path(plan.judge.out)
         if not any(path.is_file() and path.stat().st_size for path in data_files(pairs_path, "judge.out")):
@@ -331,7 +325,7 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
 
     trained = plan.train[-1].folder
     summary = {"run_dir": str(run_dir), "trained_model": str(trained), "timings": timings,
-               "judge_report": result.get("report"), "win_rate": evaluation["win_rate"]}
+               "judge_report": merged_report(plan.judge.out), "win_rate": evaluation["win_rate"]}
     write_manifest(run_dir / "run.json", "run", {"recipe": str(plan.recipe.path), **plan.recipe.data},
                    {"timings": timings})
     print(format_eval(evaluation))

@@ -1,7 +1,8 @@
 """``cai report RUN_DIR``: one self-contained HTML page about a run folder.
 
 The page reads every stage's outputs (whichever exist): ``revisions.jsonl`` (rows, their
-quality flags), ``preferences.jsonl`` and its ``.report.json`` (the judge), agreement
+quality flags), ``preferences.jsonl`` and its ``.report.json`` (the judge; for sharded jobs' folders
+``revisions/`` and ``preferences/``, their parts, and the parts' judge reports merged), agreement
 reports (any ``*.json`` with ``agreement_ci95``, as ``cai judge agreement --out`` writes), the training folders'
 ``cai_training.json`` (the trainer's log history) and ``eval.json`` (win rates).  Plots are
 matplotlib SVG inlined in the page (``cai/report_plots.py``); the row browser and its filters
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
-from core.shards import part_files
+from core.shards import part_files, stage_output
 
 TRAINING_FOLDERS = ("sft", "dpo", "reward", "ppo")
 NO_PRINCIPLE = "(no revision)"
@@ -31,7 +32,8 @@ _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
 class ReportConfig:
     """What ``cai report`` reads and where it writes the page."""
 
-    run_dir: str = field(default="", metadata={"help": "The run folder (what `cai run` wrote): RUN_DIR, or --run-dir."})
+    run_dir: str = field(default="", metadata={"help": "The run folder (what `cai run` wrote), or a stage's --out "
+                                                      "folder of shard parts: RUN_DIR, or --run-dir."})
     out: str | None = field(default=None, metadata={"help": "Where to write the page. Default: RUN_DIR/report.html."})
     agreement: str | None = field(
         default=None,
@@ -94,11 +96,23 @@ def _read_rows(path: Path, skipped: dict[str, int]) -> list[dict]:
     return rows
 
 
-def _stage_rows(run_dir: Path, name: str, skipped: dict[str, int]) -> list[dict]:
-    """A stage's rows: ``NAME.jsonl``, or the parts of the folder ``NAME/`` that sharded jobs wrote."""
-    folder = run_dir / name
-    paths = part_files(folder) if folder.is_dir() else [run_dir / f"{name}.jsonl"]
+def _output_rows(out: Path, skipped: dict[str, int]) -> list[dict]:
+    """A stage's rows: its file's, or its folder's parts'."""
+    paths = part_files(out) if out.is_dir() else [out]
     return [row for path in paths for row in _read_rows(path, skipped)]
+
+
+def _folder_stage(folder: Path) -> str:
+    """The stage whose shard parts a folder holds (``cai report OUT``): by the parts' manifests, else by a row."""
+    from core.store import read_manifest
+
+    parts = part_files(folder)
+    for part in parts:
+        stage = (read_manifest(part) or {}).get("stage")
+        if stage in ("generate", "judge"):
+            return stage
+    rows = _read_rows(parts[0], {})
+    return "judge" if rows and "chosen" in rows[0] else "generate"
 
 
 def _agreement_files(run_dir: Path, named: str | None) -> list[Path]:
@@ -126,14 +140,24 @@ def _trainer_state_history(folder: Path) -> list:
 
 
 def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
-    """Read a run folder. Raises UserError when it is not one (nothing any stage writes is in it)."""
+    """Read a run folder (or a stage's folder of shard parts). Raises UserError when it is not one (nothing any
+    stage writes is in it)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder; pass the folder `cai run` wrote (the recipe's run_dir)")
+    from judging.report import merged_report
+
     run = RunFiles(run_dir)
-    run.revisions = _stage_rows(run_dir, "revisions", run.skipped_lines)
-    run.pairs = _stage_rows(run_dir, "preferences", run.skipped_lines)
-    run.judge_report = _read_json(run_dir / "preferences.jsonl.report.json")
+    if part_files(run_dir):  # a stage's --out folder of shard parts, not a run folder
+        stage = _folder_stage(run_dir)
+        revisions, preferences = (run_dir, None) if stage == "generate" else (None, run_dir)
+    else:
+        revisions, preferences = stage_output(run_dir, "revisions"), stage_output(run_dir, "preferences")
+    if revisions is not None:
+        run.revisions = _output_rows(revisions, run.skipped_lines)
+    if preferences is not None:
+        run.pairs = _output_rows(preferences, run.skipped_lines)
+        run.judge_report = merged_report(preferences)
     for path in _agreement_files(run_dir, agreement):
         report = _read_json(path)
         if report is None or "agreement_ci95" not in report:

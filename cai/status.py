@@ -3,20 +3,19 @@
 Per part: rows on file (counted from the file, so a running shard's progress shows), the rows it has to do
 and the failures of its last run (from its manifest and errors file), and its state: finished (its manifest
 says the run ended with nothing failed), running (its lock is held), stopped, failed rows to retry, or not
-started (a part of the split that is not there yet).
+started (a part of the split that is not there yet).  For ``cai judge``'s output, the judge report too: a
+folder's parts' reports merged into one (``judging.report.merged_report``), saying which parts it leaves out.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
 from core.shards import Shard, folder_count, part_files, part_of
-from core.store import errors_path, read_manifest
+from core.store import errors_path, is_being_written, read_manifest
 
 #: the count in a stage's manifest of the rows its file holds when done (generate: one per prompt; judge: its pairs)
 TOTAL_KEYS = {"generate": "prompts", "judge": "pairs"}
@@ -41,30 +40,12 @@ def _lines(path: Path) -> int:
     return count
 
 
-def _running(out: Path) -> bool:
-    """Whether a run holds the output's lock now (``core.store.exclusive_output``); the lock is only tested."""
-    lock = out.with_name(out.name + ".lock")
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # closing drops a lock taken just now
-    return False
-
-
 def part_status(out: Path, shard: Shard) -> dict:
     """One output file's progress and state."""
     entry = {"shard": str(shard), "file": str(out), "rows": None, "total": None, "failed": None, "stage": None,
              "finished": False, "state": "not started"}
     manifest = read_manifest(out) or {}
-    if not out.exists() and not manifest and not _running(out):
+    if not out.exists() and not manifest and not is_being_written(out):
         return entry  # a run stopped before its first row still writes its manifest
     counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
     stage = manifest.get("stage")
@@ -72,7 +53,7 @@ def part_status(out: Path, shard: Shard) -> dict:
                  total=counts.get(TOTAL_KEYS.get(stage, ""), None))
     if stage == "generate":
         entry["failed"] = counts.get("failed", entry["failed"])
-    if _running(out):
+    if is_being_written(out):
         entry["state"] = "running"
     elif not manifest:
         entry["state"] = "no manifest yet (running, or killed before its first manifest)"
@@ -99,6 +80,11 @@ def status(out: str | Path) -> dict:
     else:
         raise UserError(f"{out}: no such file or folder; pass a stage's --out (a JSON Lines file or a folder of parts)")
     totals = [e["total"] for e in entries]
+    judge_report = None
+    if any(e["stage"] == "judge" for e in entries):
+        from judging.report import merged_report
+
+        judge_report = merged_report(out)
     return {
         "out": str(out),
         "parts": entries,
@@ -107,6 +93,7 @@ def status(out: str | Path) -> dict:
         "failed": sum(e["failed"] or 0 for e in entries),
         "finished": sum(e["finished"] for e in entries),
         "all_finished": all(e["finished"] for e in entries),
+        "judge_report": judge_report,
     }
 
 
@@ -124,6 +111,10 @@ def format_status(result: dict) -> str:
                      f"{e['state']}")
     lines.append(f"  {'total':<11} {result['rows']:>9} {number(result['total']):>9} {result['failed']:>7}  "
                  f"{result['finished']} of {len(entries)} finished")
+    if result.get("judge_report"):
+        from judging.report import format_judge_report
+
+        lines += ["", format_judge_report(result["judge_report"])]
     return "\n".join(lines)
 
 

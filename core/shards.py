@@ -212,6 +212,13 @@ def data_files(path: str | Path, flag: str, shard: Shard | None = None) -> list[
     return parts
 
 
+def stage_output(run_dir: str | Path, name: str) -> Path:
+    """A run folder's output ``NAME``: the folder ``RUN_DIR/NAME`` where sharded jobs wrote their parts
+    (``recipes/scale-out/README.md``), else the file ``RUN_DIR/NAME.jsonl``."""
+    folder = Path(run_dir) / name
+    return folder if folder.is_dir() and part_files(folder) else Path(run_dir) / f"{name}.jsonl"
+
+
 def content_hash(path: str | Path | None) -> str | None:
     """The hash of a file's text, or of a folder's parts in order (None when there is nothing to read)."""
     if not path or not Path(path).exists():

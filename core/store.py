@@ -441,6 +441,26 @@ def _holder_of(lock_path: Path) -> str:
         return "a process that has not recorded itself yet"
 
 
+def is_being_written(out: str | Path) -> bool:
+    """Whether a run holds ``out``'s lock now (``exclusive_output``); the lock is only tested, never kept."""
+    import fcntl
+
+    out = Path(out)
+    try:
+        fd = os.open(out.with_name(out.name + ".lock"), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock taken just now
+    return False
+
+
 @contextlib.contextmanager
 def exclusive_output(out: str | Path, flag: str = "--out"):
     """Hold an exclusive lock on ``out`` while this command writes it; a second writer stops at once.

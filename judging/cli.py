@@ -6,6 +6,7 @@ import textwrap
 
 from core.config import parse_config
 from core.progress import shorten as _short
+from core.shards import Shard
 
 from .config import AgreementConfig, JudgeConfig
 
@@ -22,6 +23,13 @@ def judge(argv: list[str]) -> int:
         f"{counts['judgements_run']} judgements run, {counts['judgements_cached']} cached); "
         f"SFT rows {result['sft_path']} ({counts['sft_rows']}); report {result['report_path']}"
     )
+    shard = Shard.parse(config.shard)
+    if not shard.whole:  # where the folder of parts stands
+        from .report import merged_report
+
+        judged = ((merged_report(config.out) or {}).get("parts") or {}).get("merged", [])
+        print(f"{config.out}: {len(judged)} of {shard.count} parts judged; `cai status {config.out}` shows their "
+              "report, merged")
     for pair in result["pairs"][:1]:
         print(f"\n--- {pair['id']}: chosen ({pair['source']['chosen']}) with P = {pair['chosen_probability']:.3f}")
         print(textwrap.indent("prompt:   " + _short(pair["prompt"][-1]["content"]), "  "))

@@ -62,7 +62,7 @@ from core.store import (
 from .config import JudgeConfig, JudgeModelConfig
 from .engines import Engines, judge_settings
 from .judge import Comparison, Judge, Verdict, is_valid_judgement
-from .report import JudgeReport, format_judge_report
+from .report import JudgeReport, format_judge_report, report_path
 from .scoring import ensemble
 
 logger = get_logger(__name__)
@@ -77,10 +77,6 @@ def judgements_path(out: Path) -> Path:
 
 def samples_path(out: Path) -> Path:
     return side_file(out, "samples")
-
-
-def report_path(out: Path) -> Path:
-    return out.with_name(out.name + ".report.json")
 
 
 def sft_path(config: JudgeConfig) -> Path:

@@ -4,18 +4,34 @@ Order consistency (the winner survives swapping the options) and the share of
 single-order judgements won by the first option expose a position-biased judge;
 mean confidence and how often the longer response wins expose a vague or
 length-biased one.
+
+Every figure is computed from counts, and a report keeps those counts (``sums``), so the
+reports of a sharded run's parts merge into the report the unsharded run would have written:
+the counts are summed and every rate and interval is computed again from the sums
+(``merged_report``), never averaged from the parts' rates.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
+import json
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from core.shards import Shard, part_files, part_of
+from core.store import is_being_written, read_manifest
 
 from .judge import Verdict
 
 # Below these, the report says plainly that the judge is not to be trusted.
 WEAK_ORDER_CONSISTENCY = 0.6
 STRONG_POSITION_BIAS = 0.75
+
+
+def report_path(out: Path) -> Path:
+    """The report ``cai judge`` writes beside its output (or beside each shard's part)."""
+    out = Path(out)
+    return out.with_name(out.name + ".report.json")
 
 
 def _share(numerator: float, denominator: int) -> float | None:
@@ -55,6 +71,20 @@ class ComparisonStats:
         if x_len is not None and y_len is not None and x_len != y_len and verdict.p != 0.5:
             self.length_decided += 1
             self.longer_won += int((verdict.p > 0.5) == (x_len > y_len))
+
+    def merge(self, other: ComparisonStats) -> None:
+        """Add another's counts (every field is a count or a sum)."""
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @classmethod
+    def from_sums(cls, sums: dict) -> ComparisonStats:
+        """The stats whose counts are ``sums`` (``asdict`` of one); a damaged mapping is a ValueError."""
+        if not isinstance(sums, dict) or set(sums) - {f.name for f in fields(cls)}:
+            raise ValueError(f"not the sums of comparison stats: {sums!r:.80}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sums.values()):
+            raise ValueError("comparison stats' sums are numbers")
+        return cls(**sums)
 
     def add_human(self, p_human_choice: float | None) -> None:
         """One human-labelled pair: ``p_human_choice`` is the judge's P(the human's choice is better)."""
@@ -104,12 +134,15 @@ class JudgeReport:
     chosen_is_revision: int = 0
     orders_agree_pairs: int = 0
     flagged_rows: int = 0
-    flagged_kept: bool = False
+    flagged_left_out: int = 0
     flagged_by_check: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    #: the plain counts of a report (besides its stats and its counts by reason or check)
+    COUNTS = ("rows", "pairs_made", "chosen_longer", "chosen_is_revision", "orders_agree_pairs", "flagged_rows",
+              "flagged_left_out")
 
     def add_flags(self, flags: list[dict], kept: bool) -> None:
         """One input row's generation flags (generation/checks.py); a row left out counts here, not as a pair."""
-        self.flagged_kept = kept
         if not flags:
             return
         self.flagged_rows += 1
@@ -117,6 +150,7 @@ class JudgeReport:
             self.flagged_by_check[name] += 1
         if not kept:
             self.rows += 1
+            self.flagged_left_out += 1
 
     def add(self, verdict: Verdict, x_len: int | None = None, y_len: int | None = None) -> None:
         self.overall.add(verdict, x_len, y_len)
@@ -132,6 +166,48 @@ class JudgeReport:
         self.chosen_longer += int(len(chosen) > len(rejected))
         self.orders_agree_pairs += int(bool(pair.get("orders_agree")))
         self.chosen_is_revision += int(pair.get("source", {}).get("chosen") == "final_response")
+
+    def merge(self, other: JudgeReport) -> None:
+        """Add another report's counts (a shard part's): its figures are then those of the pooled rows."""
+        self.overall.merge(other.overall)
+        for pid, stats in other.per_principle.items():
+            self.per_principle[pid].merge(stats)
+        for key, n in other.dropped.items():
+            self.dropped[key] += n
+        for key, n in other.flagged_by_check.items():
+            self.flagged_by_check[key] += n
+        for name in self.COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def sums(self) -> dict:
+        """The counts every figure of the report is computed from (kept in the report, for ``merge``)."""
+        return {"overall": asdict(self.overall),
+                "per_principle": {pid: asdict(stats) for pid, stats in sorted(self.per_principle.items())},
+                "dropped": dict(sorted(self.dropped.items())),
+                "flagged_by_check": dict(sorted(self.flagged_by_check.items())),
+                **{name: getattr(self, name) for name in self.COUNTS}}
+
+    @classmethod
+    def from_sums(cls, sums: dict) -> JudgeReport:
+        """The report whose counts are ``sums`` (``JudgeReport.sums()``); damaged sums are a ValueError."""
+        if not isinstance(sums, dict):
+            raise ValueError("a report's sums are a mapping")
+        report = cls(overall=ComparisonStats.from_sums(sums.get("overall")))
+        principles = sums.get("per_principle")
+        if not isinstance(principles, dict):
+            raise ValueError("a report's sums have per_principle")
+        for pid, stats in principles.items():
+            report.per_principle[pid] = ComparisonStats.from_sums(stats)
+        for name in ("dropped", "flagged_by_check"):
+            counts = sums.get(name)
+            if not isinstance(counts, dict) or not all(type(n) is int for n in counts.values()):
+                raise ValueError(f"a report's sums have {name}: counts by name")
+            getattr(report, name).update(counts)
+        for name in cls.COUNTS:
+            if type(sums.get(name)) is not int:
+                raise ValueError(f"a report's sums have {name}: a count")
+            setattr(report, name, sums[name])
+        return report
 
     def warnings(self) -> list[str]:
         stats = self.overall.as_dict()
@@ -159,7 +235,7 @@ class JudgeReport:
             "pairs_made": self.pairs_made,
             "pairs_dropped": sum(self.dropped.values()),
             "flagged_rows": self.flagged_rows,
-            "flagged_rows_left_out": 0 if self.flagged_kept else self.flagged_rows,
+            "flagged_rows_left_out": self.flagged_left_out,
             "flagged_by_check": dict(sorted(self.flagged_by_check.items(), key=lambda kv: (-kv[1], kv[0]))),
             "dropped_by_reason": dict(sorted(self.dropped.items())),
             "pairs_with_orders_agreeing": self.orders_agree_pairs,
@@ -168,6 +244,7 @@ class JudgeReport:
             **self.overall.as_dict(),
             "per_principle": {pid: stats.as_dict() for pid, stats in sorted(self.per_principle.items())},
             "warnings": self.warnings(),
+            "sums": self.sums(),
         }
 
 
@@ -194,15 +271,28 @@ def _flag_lines(report: dict) -> list[str]:
     if not report.get("flagged_rows"):
         return []
     by_check = ", ".join(f"{name}: {n}" for name, n in report["flagged_by_check"].items())
-    what = "kept (--keep-flagged)" if not report["flagged_rows_left_out"] else "left out (--keep-flagged keeps them)"
+    left_out = report["flagged_rows_left_out"]
+    what = ("kept (--keep-flagged)" if not left_out else "left out (--keep-flagged keeps them)"
+            if left_out == report["flagged_rows"] else f"{left_out} left out, the others kept (--keep-flagged)")
     return [f"  flagged rows:            {report['flagged_rows']} {what}: {by_check}"]
+
+
+def _parts_line(report: dict) -> list[str]:
+    parts = report.get("parts")
+    if not parts:
+        return []
+    line = f"  parts merged:            {len(parts['merged'])} of {parts['count']}"
+    if parts["missing"]:
+        line += " (not merged: " + ", ".join(f"{m['part']}: {m['why']}" for m in parts["missing"]) + ")"
+    return [line]
 
 
 def format_judge_report(report: dict) -> str:
     lines = [
-        f"judge report: {report['rows']} rows -> {report['pairs_made']} pairs, {report['pairs_dropped']} dropped"
+        f"judge report{' of ' + report['parts']['folder'] if report.get('parts') else ''}: {report['rows']} rows -> {report['pairs_made']} pairs, {report['pairs_dropped']} dropped"
         + (f", {report['flagged_rows_left_out']} flagged rows left out" if report.get("flagged_rows_left_out") else "")
         + (" (" + ", ".join(f"{k}: {v}" for k, v in report["dropped_by_reason"].items()) + ")" if report["dropped_by_reason"] else ""),
+        *_parts_line(report),
         *_flag_lines(report),
         f"  comparisons judged:      {report['comparisons']} ({report['failures']} failed, "
         f"{report['parse_failures']} parse failures, {report['label_outside_top_k']} with a label outside the top tokens)",
@@ -220,3 +310,76 @@ def format_judge_report(report: dict) -> str:
         lines += ["  per principle:", table]
     lines += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(lines)
+
+
+# -- the report of a folder of shard parts ----------------------------------------------------------------------
+def _read_report(path: Path) -> dict | None:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def merged_report(out: str | Path) -> dict | None:
+    """The judge report of ``cai judge``'s ``--out``: a file's own report, or, for a folder of shard parts, the
+    parts' reports merged into one; None when there is none yet.
+
+    The merged report is the one the unsharded run writes over the same rows: the parts' counts are summed and
+    every rate (and interval) is computed again from the sums.  Its ``parts`` say which parts it covers and
+    which it does not: a part not judged yet, stopped, or with a report that cannot be merged (the reason is
+    given, with the fix), and parts of another split (another N) in the folder; ``warnings`` name them too.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        return _read_report(report_path(out))
+    parts = part_files(out)
+    if not parts:
+        return None
+    splits = Counter(part_of(path).count for path in parts)
+    count = max(splits, key=lambda n: (splits[n], n))  # the split most parts are of
+    merged, judge, covered, missing = JudgeReport(), None, [], []
+    for index in range(count):
+        part = out / Shard(index, count).part_name
+        why = None
+        report = _read_report(report_path(part))
+        counts = (read_manifest(part) or {}).get("counts")
+        if is_being_written(part):
+            why = "running now; its report comes when it finishes"
+        elif isinstance(counts, dict) and counts.get("stopped"):
+            why = f"stopped ({counts['stopped']}); run shard {index}/{count} again"
+        elif report is None:
+            why = f"no report yet (not judged, or running); run shard {index}/{count}"
+        else:
+            try:
+                part_report = JudgeReport.from_sums(report.get("sums"))
+            except (ValueError, TypeError):
+                part_report = None
+                why = (f"its report has no counts to merge (written by an older cai); run shard {index}/{count} "
+                       "again (its judgements are cached: no model loads)")
+            if part_report is not None and judge is not None and report.get("judge") != judge:
+                why = "judged with another judge than the other parts; judge it again with theirs"
+            elif part_report is not None:
+                judge = report.get("judge") if judge is None else judge
+                merged.merge(part_report)
+                covered.append(part.name)
+        if why:
+            missing.append({"part": part.name, "why": why})
+    if not covered:
+        return None
+    other_split = [path.name for path in parts if part_of(path).count != count]
+    result = merged.as_dict()
+    result["judge"] = judge
+    result["parts"] = {"folder": str(out), "count": count, "merged": covered, "missing": missing,
+                       "other_split": other_split}
+    notes = []
+    if missing:
+        notes.append(f"{len(missing)} of the {count} parts of {out} are not in this report "
+                     f"({', '.join(m['part'] for m in missing[:4])}{', ...' if len(missing) > 4 else ''}): its "
+                     f"figures leave their rows out (`cai status {out}` shows each part's state)")
+    if other_split:
+        notes.append(f"{out} also holds parts of another split ({', '.join(other_split[:4])}"
+                     f"{', ...' if len(other_split) > 4 else ''}), left out: a folder holds one split; move them "
+                     "to their own folder")
+    result["warnings"] = notes + result["warnings"]
+    return result
