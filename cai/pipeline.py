@@ -9,6 +9,12 @@ output folder was written from the same data and settings is skipped; eval is sk
 the trained model's stamp, its own settings and the files it reads are unchanged.  One vLLM
 engine on the policy model serves generation, the judge (when the judge is the policy) and
 the base side of eval, so the model is loaded once, and not at all when nothing is left to do.
+
+Engines that are loaded at once share one GPU (``core/backends/gpu_memory.py``): a judge of
+another model gets a share beside the policy, and eval's judge of another model a share beside
+the base, both decided before any model loads (a UserError when they cannot fit); the trained
+model's engine loads beside the policy only in the memory left free, else the policy is closed
+first.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from judging.engines import engine_memory_shares
 from judging.judge_check import check_judge, judge_check_config
 from judging.pairs import run_judge, sft_path
 from judging.report import merged_report
-from training.evaluate import EvalConfig, evaluate, format_eval
+from training.evaluate import EvalConfig, eval_memory_shares, evaluate, format_eval
 from training.methods import TrainingMethod, get_method
 
 logger = get_logger(__name__)
@@ -268,41 +274,33 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
     judge_check = judge_check_config(plan.recipe.data.get("judge_check"), str(plan.recipe.path))
     run_dir = plan.run_dir
     # A judge of another model loads beside the policy (kept for the judge and eval): on one GPU each gets a
-    # share of its memory that fits both, or the run stops here, before any model loads.
+    # share of its memory that fits both, or the run stops here, before any model loads; likewise eval's judge
+    # beside its base model, when they differ.
     shares = engine_memory_shares(plan.judge)
     if shares is not None:
         plan.generate = dataclasses.replace(plan.generate, gpu_memory_utilization=shares[0])
         plan.judge = dataclasses.replace(plan.judge, gpu_memory_utilization=shares[1])
+    eval_memory_shares(plan.eval)
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    policy = None
+    policy = PolicyEngine(plan.generate)
     try:
         started = time.monotonic()
-        from generation.run import make_backend
-
-        # Built lazily (a finished stage loads no model), then shared by the judge and eval.
-        def policy_factory(_config=plan.generate):
-            nonlocal policy
-            if policy is None:
-                policy = make_backend(_config)
-            return policy
-
         judge_figure = None
         if judge_check is not None:  # before any work the judge's labels would decide
             log("[run] judge check")
             judge_figure = check_judge(judge_check, plan.judge, run_dir / "judge_check.json",
-                                       backend_factory=policy_factory if plan.judge.judge_is_policy() else None)
+                                       backend_factory=policy if plan.judge.judge_is_policy() else None)
         log("[run] 1/4 generate")
         for generate_config in shard_runs(plan.generate):
-            generate(generate_config, backend_factory=policy_factory)
+            generate(generate_config, backend_factory=policy)
         timings["generate_s"] = time.monotonic() - started
 
         started = time.monotonic()
         log("[run] 2/4 judge")
-        judge_backend = policy if plan.judge.judge_is_policy() else None
         for judge_config in shard_runs(plan.judge):
-            run_judge(judge_config, backend=judge_backend, policy_backend=policy)
+            run_judge(judge_config, policy_factory=policy)
         timings["judge_s"] = time.monotonic() - started
         pairs_path = Path(plan.judge.out)
         if not any(path.is_file() and path.stat().st_size for path in data_files(pairs_path, "judge.out")):
@@ -320,8 +318,7 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
         evaluation = _eval(plan, policy)
         timings["eval_s"] = time.monotonic() - started
     finally:
-        if policy is not None:
-            policy.close()
+        policy.close()
 
     trained = plan.train[-1].folder
     summary = {"run_dir": str(run_dir), "trained_model": str(trained), "timings": timings,
@@ -340,9 +337,54 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
     return summary
 
 
-def _eval(plan: RunPlan, policy) -> dict:
+class PolicyEngine:
+    """The run's policy engine: built on first use (a finished stage loads no model), then shared by generation,
+    the judge (when it is the policy, and samples mode's policy) and eval (as its base model and judge)."""
+
+    def __init__(self, config: GenerateConfig):
+        self.config = config
+        self.backend = None
+
+    def __call__(self, _config=None):
+        """The engine (built now if need be); the stage's config a caller passes is ``self.config``'s shard."""
+        if self.backend is None:
+            from generation.run import make_backend
+
+            self.backend = make_backend(self.config)
+        return self.backend
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+
+def trained_share_beside(config: EvalConfig, trained: Path) -> tuple[bool, float | None]:
+    """Whether the trained model's engine can load beside an engine already loaded in this process (the policy,
+    kept as eval's judge), and its ``gpu_memory_utilization`` there: on a GPU, what is left free, if its need
+    fits; on CPU (each engine sizes its own RAM) or an endpoint, yes with no share to set."""
+    from core.backends.gpu_memory import cuda_memory, estimate_need, share_beside
+    from judging.engines import loads_in_process
+
+    if not loads_in_process(config.policy_options()):
+        return True, None
+    memory = cuda_memory()
+    if memory is None:
+        return True, None
+    if config.tensor_parallel_size > 1:
+        return False, None  # the policy holds its share of every GPU
+    free, total = memory
+    share = share_beside(estimate_need(f"--trained-model {trained}", trained, config.max_model_len), total, free,
+                         config.gpu_memory_utilization)
+    return share is not None, share
+
+
+def _eval(plan: RunPlan, policy: PolicyEngine) -> dict:
     """Eval, skipped when the trained folders' stamps (written anew by every training), its settings and the
-    files it reads are unchanged."""
+    files it reads are unchanged.
+
+    The policy engine, when it is loaded and is eval's base model and judge, serves eval where the trained
+    model's engine fits beside it; otherwise it is closed first, and eval loads its engines itself."""
     config = plan.eval
     out = Path(config.out)
     stamp = {"trained": {step.method.name: _file_hash(step.folder / "cai_stage.json") for step in plan.train},
@@ -357,9 +399,17 @@ def _eval(plan: RunPlan, policy) -> dict:
             return evaluation
         except (OSError, ValueError):
             pass  # the result is gone or torn: evaluate again
-    judge_for_eval = policy if (policy is not None and config.judge_model in (None, plan.base)
-                                and policy.model == resolve_model(plan.base)) else None
-    evaluation = evaluate(config, judge_backend=judge_for_eval)
+    serves = (policy.backend is not None and config.judge_model in (None, plan.base)
+              and policy.backend.model == resolve_model(plan.base))
+    share = None
+    if serves:
+        serves, share = trained_share_beside(config, plan.train[-1].folder)
+    if serves:
+        beside = config if share is None else dataclasses.replace(config, gpu_memory_utilization=share)
+        evaluation = evaluate(beside, judge_backend=policy.backend)
+    else:
+        policy.close()  # one model at a time: eval loads its own engines
+        evaluation = evaluate(config)
     _write_stamp(stamp_path, key, stamp)
     return evaluation
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from core.backends.base import Backend, BackendOptions
 from core.backends.gpu_memory import shared_gpu_shares
-from core.backends.registry import backend_identity, build_backend
+from core.backends.registry import EngineOptions, backend_identity, build_backend
 from core.model import resolve_model
 
 from .config import JudgeModelConfig
@@ -27,25 +27,31 @@ def _with_share(options: BackendOptions, share: float | None) -> BackendOptions:
     return options if share is None else dataclasses.replace(options, gpu_memory_utilization=share)
 
 
-def _loads_in_process(options: BackendOptions) -> bool:
+def loads_in_process(options: BackendOptions) -> bool:
     """Whether a backend holds its model in this process's GPU memory (it has a memory share to set)."""
     return hasattr(options, "gpu_memory_utilization")
 
 
+def side_by_side_shares(config: EngineOptions, engines: list[tuple[str, str, BackendOptions]]) -> list[float] | None:
+    """GPU memory shares for ``engines`` (``(flag, model, options)``: two different models) loading side by side in
+    this process on one GPU (``core/backends/gpu_memory.py``), in order; None when one of them is served
+    elsewhere, there is no GPU, or the engines span several GPUs.  Too little memory is a UserError, before any
+    model loads.  ``config`` gives the memory budget and context length they share."""
+    if not all(loads_in_process(options) for _, _, options in engines):
+        return None
+    if any(getattr(options, "tensor_parallel_size", 1) > 1 for _, _, options in engines):
+        return None  # spread over several GPUs: vLLM's own default per GPU
+    needs = [(f"{flag} {model}", resolve_model(model, flag), config.max_model_len) for flag, model, _ in engines]
+    return shared_gpu_shares(needs, config.gpu_memory_utilization)
+
+
 def engine_memory_shares(config: JudgeModelConfig) -> tuple[float, float] | None:
     """``(policy, judge)`` GPU memory shares when the policy and another judge model load side by side in this
-    process on one GPU (``core/backends/gpu_memory.py``); None when they are one engine, either is served
-    elsewhere, there is no GPU, or the engines span several GPUs.  Too little memory is a UserError, before any
-    model loads."""
-    policy, judge = config.policy_options(), config.judge_options()
-    if config.judge_is_policy() or not (_loads_in_process(policy) and _loads_in_process(judge)):
+    process on one GPU (``side_by_side_shares``); None when they are one engine, or need no split."""
+    if config.judge_is_policy():
         return None
-    if getattr(policy, "tensor_parallel_size", 1) > 1:
-        return None  # spread over several GPUs: vLLM's own default per GPU
-    engines = [(f"--model {config.model}", resolve_model(config.model, "--model"), config.max_model_len),
-               (f"--judge-model {config.resolved_judge_model}",
-                resolve_model(config.resolved_judge_model, "--judge-model"), config.max_model_len)]
-    shares = shared_gpu_shares(engines, config.gpu_memory_utilization)
+    shares = side_by_side_shares(config, [("--model", config.model, config.policy_options()),
+                                          ("--judge-model", config.resolved_judge_model, config.judge_options())])
     return None if shares is None else (shares[0], shares[1])
 
 
@@ -70,25 +76,35 @@ class Engines:
     """Lazily built backends; the judge reuses the policy's engine when they are the same model."""
 
     def __init__(self, config: JudgeModelConfig, judge: Backend | None = None, policy: Backend | None = None,
-                 policy_loads: bool = False):
+                 policy_loads: bool = False, policy_factory: Callable[[], Backend] | None = None):
         """``policy_loads``: the policy may be built here too (samples mode), so a judge of another model
-        shares the GPU with it (``engine_memory_shares``, checked now, before either loads)."""
+        shares the GPU with it (``engine_memory_shares``, checked now, before either loads).
+        ``policy_factory``: the caller's own policy engine, built on first use and closed by the caller (``cai
+        run``'s, whose memory share the caller has set, and which serves the judge too when it is the policy)."""
         self.config = config
         shared = config.judge_is_policy()
         self._judge = judge if judge is not None else policy if shared else None
         self._policy = policy if policy is not None else judge if shared else None
+        self._policy_factory = policy_factory
         self._owned: list[Backend] = []
-        both_built_here = policy_loads and judge is None and policy is None
+        both_built_here = policy_loads and judge is None and policy is None and policy_factory is None
         self._shares = engine_memory_shares(config) if both_built_here else None
 
     def judge(self) -> Backend:
         if self._judge is None:
+            if self.config.judge_is_policy() and self._policy_factory is not None:
+                return self.policy()
             self._judge = self._build(make_judge_backend, None if self._shares is None else self._shares[1])
         return self._judge
 
     def policy(self) -> Backend:
         if self._policy is None:
-            self._policy = self._build(make_policy_backend, None if self._shares is None else self._shares[0])
+            if self._policy_factory is not None:
+                self._policy = self._policy_factory()
+                if self.config.judge_is_policy():
+                    self._judge = self._policy
+            else:
+                self._policy = self._build(make_policy_backend, None if self._shares is None else self._shares[0])
         return self._policy
 
     def _build(self, make: Callable[[JudgeModelConfig, float | None], Backend], share: float | None) -> Backend:

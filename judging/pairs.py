@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -444,8 +445,11 @@ def shard_identity(config: JudgeConfig) -> dict:
 
 
 def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backend: Backend | None = None,
-              ) -> dict:
-    """Run (or resume) ``cai judge``; returns counts, the report and the pairs."""
+              policy_factory: Callable[[], Backend] | None = None) -> dict:
+    """Run (or resume) ``cai judge``; returns counts, the report and the pairs.
+
+    ``backend``, ``policy_backend``: engines already loaded (the judge's, the policy's); ``policy_factory``: the
+    caller's policy engine, loaded on first use (only if rows are left to do) and closed by the caller."""
     shard = Shard.parse(config.shard)
     out = part_path(config.out, shard)  # the file, or this shard's part in the folder --out
     outputs = {"--out": out, "--sft-out": sft_path(config), "its manifest": manifest_path(out),
@@ -462,10 +466,11 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
             resolve_model(name, flag)  # a missing folder is refused before any work
     check_siblings(out, shard, "judge", shard_identity(config))
     with exclusive_output(out):
-        return _run_judge(config, out, backend, policy_backend)
+        return _run_judge(config, out, Engines(config, judge=backend, policy=policy_backend,
+                                               policy_loads=config.mode == "samples", policy_factory=policy_factory))
 
 
-def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_backend: Backend | None) -> dict:
+def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
     log = logger.info
     constitution = load_constitution(config.constitution)
     settings = judge_settings(config)
@@ -496,7 +501,6 @@ def _run_judge(config: JudgeConfig, out: Path, backend: Backend | None, policy_b
         log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")
     done = {row.get("fingerprint") for row in existing}
 
-    engines = Engines(config, judge=backend, policy=policy_backend, policy_loads=config.mode == "samples")
     errors = JsonlStore(errors_path(out))
     errors.remove()
     judge = Judge(settings, backend_factory=engines.judge, cache=cache)

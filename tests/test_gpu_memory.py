@@ -113,3 +113,139 @@ def test_cai_run_with_a_judge_too_large_to_share_the_gpu_stops_before_any_work(t
     with pytest.raises(UserError, match=r"cannot share this GPU: --model default ~.* and --judge-model .*judge-30g"):
         run_pipeline_from_recipe(path)
     assert not (tmp_path / "run").exists()  # nothing was written
+
+
+# -- every place a second in-process engine starts beside another ---------------------------------------------
+REPO = Path(__file__).parent.parent
+
+
+def record_builds(monkeypatch) -> list[tuple[str, float | None]]:
+    """Every backend built, as (model, gpu_memory_utilization), each a stand-in: nothing loads."""
+    from standins import ScriptedBackend
+
+    built = []
+
+    def build(name, model, options=None):
+        built.append((model, options.gpu_memory_utilization))
+        return ScriptedBackend(model)
+
+    monkeypatch.setattr("core.backends.registry.build_backend", build)
+    monkeypatch.setattr("judging.engines.build_backend", build)
+    return built
+
+
+def test_cai_eval_loads_a_judge_of_another_model_beside_the_base_in_shares_that_fit(tmp_path, monkeypatch):
+    """`cai eval --judge-model J`: the trained model answers alone, then the base and J load side by side (the
+    base answers, J judges): on a (pretend) 16 GiB GPU a UserError before any model loads, on an H100 shares."""
+    from training.evaluate import EvalConfig, eval_memory_shares, evaluate
+
+    trained, base = fake_model(tmp_path / "trained", 3.4), fake_model(tmp_path / "base", 3.4)
+    judge = fake_model(tmp_path / "judge", 13.5)
+    config = EvalConfig(trained_model=str(trained), base_model=str(base), judge_model=str(judge), method="pairwise",
+                        prompts=str(REPO / "prompts" / "heldout.jsonl"), limit=3, principles_per_pair=1,
+                        constitution=str(REPO / "principles.yaml"), out=str(tmp_path / "eval.json"))
+    built = record_builds(monkeypatch)
+    monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: (15 * GiB, 16 * GiB))
+    with pytest.raises(UserError, match=r"cannot share this GPU: --base-model .*base ~.* and --judge-model .*judge ~"):
+        evaluate(config)
+    assert built == [] and not (tmp_path / "eval.json").exists()
+
+    monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: (79 * GiB, H100))
+    base_share, judge_share = eval_memory_shares(config)
+    assert base_share + judge_share <= 0.9 and judge_share > 2 * base_share
+    assert evaluate(config)["win_rate"]["all"]["n"] == 3
+    # the trained model alone (the default share), then the judge and the base with their shares
+    assert built == [(str(trained), None), (str(judge), judge_share), (str(base), base_share)]
+
+    # The judge is the base (the default): one engine answers for the base and judges; nothing is split.
+    built.clear()
+    same = EvalConfig(**{**config.__dict__, "judge_model": None})
+    assert eval_memory_shares(same) is None
+    evaluate(same)
+    assert built == [(str(trained), None), (str(base), None)]
+
+
+def test_a_judge_beside_the_runs_policy_keeps_the_shares_cai_run_gave_them(tmp_path, monkeypatch):
+    """`cai run` splits the GPU once (policy, judge) and builds the policy itself: the judge stage, in samples
+    mode too, uses that policy and the judge's share as they are (no second split of the judge's share)."""
+    from judging.config import JudgeConfig
+    from judging.engines import Engines, engine_memory_shares
+    from standins import ScriptedBackend
+
+    policy, judge = fake_model(tmp_path / "policy", 3.4), fake_model(tmp_path / "judge", 13.5)
+    config = JudgeConfig(input="x.jsonl", out="y.jsonl", mode="samples", model=str(policy), judge_model=str(judge))
+    built = record_builds(monkeypatch)
+    monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: (79 * GiB, H100))
+    policy_share, judge_share = engine_memory_shares(config)
+    config.gpu_memory_utilization = judge_share  # as cai run sets it
+    runs_policy = ScriptedBackend(str(policy))
+    engines = Engines(config, policy_loads=True, policy_factory=lambda: runs_policy)
+    assert engines.policy() is runs_policy and engines.judge() is not runs_policy
+    assert built == [(str(judge), judge_share)]
+    engines.close()
+
+    same = JudgeConfig(input="x.jsonl", out="y.jsonl", mode="samples", model=str(policy))
+    engines = Engines(same, policy_loads=True, policy_factory=lambda: runs_policy)
+    assert engines.judge() is runs_policy is engines.policy()  # one engine: the run's policy judges
+
+
+def plan_with_trained_folder(tmp_path, **eval_section):
+    import yaml
+
+    from cai.pipeline import plan_run
+
+    recipe = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())
+    recipe.pop("judge_check")
+    recipe["run_dir"] = str(tmp_path / "run")
+    recipe["eval"].update(eval_section)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    plan = plan_run(path)
+    fake_model(plan.train[-1].folder, 3.4)  # what training wrote, as large as a 1.7B model
+    return plan
+
+
+@pytest.mark.parametrize("free_gib, kept", [(40, True), (5, False), (None, True)])
+def test_cai_runs_eval_loads_the_trained_model_beside_the_policy_only_where_it_fits(tmp_path, monkeypatch,
+                                                                                    free_gib, kept):
+    """The policy (the base, eval's judge) is still loaded at eval: the trained model's engine loads beside it
+    with the memory left free (40 GiB), or the policy is closed first (5 GiB left); on CPU (no GPU) it stays."""
+    from cai import pipeline
+    from core.model import resolve_model
+    from standins import ScriptedBackend
+
+    plan = plan_with_trained_folder(tmp_path)
+    policy = pipeline.PolicyEngine(plan.generate)
+    policy.backend = ScriptedBackend(resolve_model(plan.base))
+    closed = []
+    policy.backend.close = lambda: closed.append(True)
+    calls = []
+    monkeypatch.setattr(pipeline, "evaluate", lambda config, judge_backend=None: calls.append(
+        (config.gpu_memory_utilization, judge_backend)) or {"win_rate": {}})
+    monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: None if free_gib is None else (free_gib * GiB, H100))
+    backend = policy.backend
+    pipeline._eval(plan, policy)
+    [(share, judge_backend)] = calls
+    assert (judge_backend is backend) == kept and bool(closed) == (not kept)
+    if free_gib == 40:
+        assert share == pytest.approx((40 * GiB - gpu_memory.CUDA_CONTEXT) / H100, abs=0.001)  # what is free
+    else:
+        assert share is None  # CPU: the engine sizes its own RAM; closed: eval's engines load one at a time
+
+
+def test_cai_run_with_an_eval_judge_too_large_to_share_the_gpu_stops_before_any_work(tmp_path, monkeypatch):
+    import yaml
+
+    from cai.pipeline import run_pipeline_from_recipe
+
+    recipe = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())
+    recipe.pop("judge_check")
+    recipe["run_dir"] = str(tmp_path / "run")
+    recipe["eval"]["judge_model"] = str(fake_model(tmp_path / "judge-30g", 30))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: (23 * GiB, 24 * GiB))
+    monkeypatch.setattr("core.backends.registry.build_backend", lambda *a, **k: pytest.fail("a model loaded"))
+    with pytest.raises(UserError, match=r"cannot share this GPU: --base-model default ~.* and --judge-model .*judge-30g"):
+        run_pipeline_from_recipe(path)
+    assert not (tmp_path / "run").exists()

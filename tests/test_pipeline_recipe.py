@@ -149,13 +149,14 @@ def test_eval_is_skipped_when_its_stamp_is_unchanged(tmp_path, monkeypatch):
         return result
 
     monkeypatch.setattr(cai.pipeline, "evaluate", fake_evaluate)
-    assert _eval(plan, None)["call"] == 1
-    assert _eval(plan, None)["call"] == 1  # read back from eval.json, not rerun
+    idle = cai.pipeline.PolicyEngine(plan.generate)  # not loaded: eval loads its own engines
+    assert _eval(plan, idle)["call"] == 1
+    assert _eval(plan, idle)["call"] == 1  # read back from eval.json, not rerun
     prompts.write_text('{"prompt": "hello"}\n')
-    assert _eval(plan, None)["call"] == 2  # the held-out prompts changed
+    assert _eval(plan, idle)["call"] == 2  # the held-out prompts changed
     (folder / "cai_stage.json").write_text('{"key": "b"}\n')
-    assert _eval(plan, None)["call"] == 3  # the model was trained again
+    assert _eval(plan, idle)["call"] == 3  # the model was trained again
     plan.eval.max_tokens = 16
-    assert _eval(plan, None)["call"] == 4  # an eval option changed
+    assert _eval(plan, idle)["call"] == 4  # an eval option changed
     Path(plan.eval.out).unlink()
-    assert _eval(plan, None)["call"] == 5  # the result is gone
+    assert _eval(plan, idle)["call"] == 5  # the result is gone

@@ -28,7 +28,7 @@ from core.model import DEFAULT_MODEL, resolve_model
 from generation.prompts import read_prompts
 from core.store import atomic_write_text, check_outputs
 from judging.config import JudgeModelConfig
-from judging.engines import judge_settings, make_judge_backend
+from judging.engines import judge_settings, make_judge_backend, side_by_side_shares
 from judging.judge import Comparison, Judge
 from judging.pairs import select_principles
 from judging.scoring import ensemble, wilson_interval
@@ -114,7 +114,30 @@ def reward_accuracy(reward_model: str, pairs_path: str) -> dict:
     return {"pairs": len(rows), "accuracy": correct / len(rows) if rows else None, "ci95": [low, high]}
 
 
+def judge_answers_for_base(config: EvalConfig) -> bool:
+    """Whether the judge is the base model on the base's backend, so one engine answers for the base and judges."""
+    return (config.resolved_judge_backend == config.backend and config.resolved_judge_base_url == config.base_url
+            and backend_identity(config.backend, config.resolved_judge_model)
+            == backend_identity(config.backend, config.base_model))
+
+
+def eval_memory_shares(config: EvalConfig) -> tuple[float, float] | None:
+    """``(base, judge)`` GPU memory shares when eval's judge is another model than the base: the two load side
+    by side (the trained model's engine is closed before them).  None when the judge answers for the base (one
+    engine), or no split is needed; too little memory is a UserError, before any model loads."""
+    if judge_answers_for_base(config):
+        return None
+    shares = side_by_side_shares(config, [("--base-model", config.base_model, config.policy_options()),
+                                          ("--judge-model", config.resolved_judge_model, config.judge_options())])
+    return None if shares is None else (shares[0], shares[1])
+
+
 def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
+    """``cai eval``: the trained model answers (its engine alone), then the base model answers and the judge
+    compares (one engine when the judge is the base, else two side by side, each with its share of the GPU).
+
+    ``judge_backend``: an engine already loaded that judges (``cai run``'s policy, the base model); the trained
+    model's engine then loads beside it, with the memory share in ``config``."""
     log = logger.info
     check_outputs("eval", {"--out": config.out}, {"--prompts": config.prompts, "--constitution": config.constitution,
                                                    "--pairs": config.pairs})
@@ -124,6 +147,8 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
     for flag, name in folders:
         if name and name != DEFAULT_MODEL:
             resolve_model(name, flag)  # a missing folder is refused before any model loads
+    owned = judge_backend is None
+    shares = eval_memory_shares(config) if owned else None  # a judge beside the base: before any model loads
     constitution = load_constitution(config.constitution)
     prompts = read_prompts(config.prompts, config.limit)
 
@@ -133,11 +158,13 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
         trained = answer(trained_backend, prompts, config.max_tokens, config.concurrency)
     finally:
         trained_backend.close()
-    owned = judge_backend is None
-    judge_backend = judge_backend or make_judge_backend(config)
     # The judge answers for the base model too when it is that model on the same backend.
-    same_model = (judge_backend.name == config.backend
-                  and backend_identity(config.backend, judge_backend.model) == backend_identity(config.backend, config.base_model))
+    if owned:
+        same_model = judge_answers_for_base(config)
+        judge_backend = make_judge_backend(config, None if shares is None else shares[1])
+    else:
+        same_model = (judge_backend.name == config.backend and backend_identity(config.backend, judge_backend.model)
+                      == backend_identity(config.backend, config.base_model))
     base_backend = judge_backend if same_model else None
     principles = [select_principles(constitution, config, prompt.id) for prompt in prompts]
     base: list[str] = [""] * len(prompts)
@@ -146,7 +173,8 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
     progress = None
     try:
         if base_backend is None:
-            base_backend = config.build_backend(config.backend, config.base_model)
+            base_backend = config.build_backend(config.backend, config.base_model,
+                                                **({} if shares is None else {"gpu_memory_utilization": shares[0]}))
         judge = Judge(judge_settings(config), backend=judge_backend, concurrency=config.concurrency)
         sampling = Sampling(max_tokens=config.max_tokens, temperature=0.0)
         log(f"[eval] {config.base_model} answers the same prompts; each answer is judged against the trained "

@@ -6,7 +6,9 @@ engines that each take the default 0.9 cannot both start.  When a judge model be
 same process (``cai judge --mode samples --judge-model``, ``cai run`` with a ``judge_model``), the 0.9 is split
 between them by what each needs: its weights (the model folder's safetensors), the KV cache of a few
 full-length sequences and a fixed allowance for activations and CUDA graphs; the spare memory is split in the
-same proportions.  When their needs do not fit, a UserError says so before either loads.
+same proportions.  When their needs do not fit, a UserError says so before either loads.  An engine that
+starts beside one already loaded (``cai run``'s eval: the trained model beside the kept policy) gets what is
+free (``share_beside``), or the caller closes the loaded one first.
 
 On CPU nothing changes: each engine reserves the RAM ``vllm_backend._cpu_memory_share`` sizes for it.
 """
@@ -25,6 +27,8 @@ GiB = 2**30
 DEFAULT_BUDGET = 0.9
 #: activations, sampler and CUDA graphs of one engine, besides weights and KV cache (vLLM profiles 0.5 to 2 GiB)
 ENGINE_OVERHEAD = 2 * GiB
+#: what a second engine's process takes before vLLM measures the free memory (its CUDA context)
+CUDA_CONTEXT = GiB // 2
 #: KV cache an engine needs at least: this many full-length sequences (vLLM refuses to start below one)
 KV_SEQUENCES = 4
 #: the context the KV estimate assumes when neither --max-model-len nor the model's config gives one
@@ -103,6 +107,17 @@ def split_gpu_memory(needs: list[EngineNeed], total: int, free: int, budget: flo
         )
     # Rounded down, so the shares never add up to more than the budget.
     return [math.floor(usable * need.total / wanted / total * 1000) / 1000 for need in needs]
+
+
+def share_beside(need: EngineNeed, total: int, free: int, budget: float | None = None) -> float | None:
+    """The ``gpu_memory_utilization`` of one more engine on a GPU where engines already hold their memory: what
+    is free now less a CUDA context (vLLM refuses a share larger than what is free at its start), at most
+    ``budget`` of the GPU; None when its need does not fit there."""
+    budget = DEFAULT_BUDGET if budget is None else budget
+    usable = min(budget * total, free - CUDA_CONTEXT)
+    if need.total > usable:
+        return None
+    return math.floor(usable / total * 1000) / 1000
 
 
 def cuda_memory() -> tuple[int, int] | None:
