@@ -8,7 +8,7 @@ EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/nu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser demo test bench-quick bench clean
+.PHONY: setup browser demo test bench-quick bench gpu-check-dry gpu-check-prepare clean
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,13 @@ bench-quick: setup
 
 bench: setup
 	$(PY) -m bench.run --mode full
+
+# Issue 12 item 6 (DPO MFU on a lent GPU): the CPU dry run of bench/gpu_check.sh, and what the device run carries.
+gpu-check-dry: setup
+	PYTHON=$(PY) bash bench/gpu_check.sh --dry-run
+
+gpu-check-prepare: setup
+	PYTHON=$(PY) bash bench/gpu_check.sh --prepare
 
 clean:
 	rm -rf runs .pytest_cache
