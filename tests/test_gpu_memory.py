@@ -97,20 +97,29 @@ def test_a_judge_beside_the_policy_is_refused_before_any_model_loads(tmp_path, m
     assert engine_memory_shares(config) is None
 
 
-def test_cai_run_with_a_judge_too_large_to_share_the_gpu_stops_before_any_work(tmp_path, monkeypatch):
+def demo_recipe(tmp_path, section: str = "eval", **values) -> Path:
+    """recipes/demo.yaml (no judge check) with a run folder in ``tmp_path`` and ``values`` in ``section``."""
     import yaml
-
-    from cai.pipeline import run_pipeline_from_recipe
 
     recipe = yaml.safe_load((Path(__file__).parent.parent / "recipes" / "demo.yaml").read_text())
     recipe.pop("judge_check")
     recipe["run_dir"] = str(tmp_path / "run")
-    recipe["judge"]["judge_model"] = str(fake_model(tmp_path / "judge-30g", 30))
+    recipe[section].update(values)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.parametrize("section, beside", [("judge", "--model default"), ("eval", "--base-model default")])
+def test_cai_run_with_a_judge_too_large_to_share_the_gpu_stops_before_any_work(tmp_path, monkeypatch, section,
+                                                                               beside):
+    """The recipe's judge beside the policy, or eval's judge beside the base: refused before any model loads."""
+    from cai.pipeline import run_pipeline_from_recipe
+
+    path = demo_recipe(tmp_path, section, judge_model=str(fake_model(tmp_path / "judge-30g", 30)))
     monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: (23 * GiB, 24 * GiB))
     monkeypatch.setattr("core.backends.registry.build_backend", lambda *a, **k: pytest.fail("a model loaded"))
-    with pytest.raises(UserError, match=r"cannot share this GPU: --model default ~.* and --judge-model .*judge-30g"):
+    with pytest.raises(UserError, match=rf"cannot share this GPU: {beside} ~.* and --judge-model .*judge-30g"):
         run_pipeline_from_recipe(path)
     assert not (tmp_path / "run").exists()  # nothing was written
 
@@ -189,18 +198,10 @@ def test_a_judge_beside_the_runs_policy_keeps_the_shares_cai_run_gave_them(tmp_p
     assert engines.judge() is runs_policy is engines.policy()  # one engine: the run's policy judges
 
 
-def plan_with_trained_folder(tmp_path, **eval_section):
-    import yaml
-
+def plan_with_trained_folder(tmp_path):
     from cai.pipeline import plan_run
 
-    recipe = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())
-    recipe.pop("judge_check")
-    recipe["run_dir"] = str(tmp_path / "run")
-    recipe["eval"].update(eval_section)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    plan = plan_run(path)
+    plan = plan_run(demo_recipe(tmp_path))
     fake_model(plan.train[-1].folder, 3.4)  # what training wrote, as large as a 1.7B model
     return plan
 
@@ -232,20 +233,3 @@ def test_cai_runs_eval_loads_the_trained_model_beside_the_policy_only_where_it_f
     else:
         assert share is None  # CPU: the engine sizes its own RAM; closed: eval's engines load one at a time
 
-
-def test_cai_run_with_an_eval_judge_too_large_to_share_the_gpu_stops_before_any_work(tmp_path, monkeypatch):
-    import yaml
-
-    from cai.pipeline import run_pipeline_from_recipe
-
-    recipe = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())
-    recipe.pop("judge_check")
-    recipe["run_dir"] = str(tmp_path / "run")
-    recipe["eval"]["judge_model"] = str(fake_model(tmp_path / "judge-30g", 30))
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: (23 * GiB, 24 * GiB))
-    monkeypatch.setattr("core.backends.registry.build_backend", lambda *a, **k: pytest.fail("a model loaded"))
-    with pytest.raises(UserError, match=r"cannot share this GPU: --base-model default ~.* and --judge-model .*judge-30g"):
-        run_pipeline_from_recipe(path)
-    assert not (tmp_path / "run").exists()
