@@ -346,7 +346,7 @@ class PolicyEngine:
         self.backend = None
 
     def __call__(self, _config=None):
-        """The engine (built now if need be); the stage's config a caller passes is ``self.config``'s shard."""
+        """The engine, built now if need be (``generate`` passes its shard's config: every shard shares it)."""
         if self.backend is None:
             from generation.run import make_backend
 
