@@ -46,9 +46,13 @@ def check_rules(config: Any, rules: Sequence[tuple[str, bool, str]], flags: Mapp
     The error names the field's flag, or ``flags[field]`` when the value came from another option
     (a judge's ``--judge-base-url``).
     """
+    from core.redact import redact_values
+
     for name, holds, rule in rules:
         if not holds:
-            raise UserError(f"{(flags or {}).get(name) or flag(name)} {getattr(config, name)!r} {rule}")
+            # A URL is quoted without its credentials or query (a key may be in either).
+            value = redact_values(getattr(config, name))
+            raise UserError(f"{(flags or {}).get(name) or flag(name)} {value!r} {rule}")
 
 
 def _field_types(config_class: type) -> dict[str, Any]:

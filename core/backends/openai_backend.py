@@ -134,6 +134,15 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {redact_text(str(exc))}"
 
 
+def is_http_url(url: str | None) -> bool:
+    try:
+        parts = urlsplit(url or "")
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def env_proxy(url: str) -> str | None:
     """The proxy ``$HTTP(S)_PROXY`` names for ``url`` unless ``$NO_PROXY`` exempts its host, as curl and httpx do.
 
@@ -164,10 +173,12 @@ class OpenAIOptions(BackendOptions):
     seed: int = 0
 
     def rules(self) -> list[tuple[str, bool, str]]:
+        url = self.base_url or os.environ.get("OPENAI_BASE_URL")
         return [
-            ("base_url", bool(self.base_url or os.environ.get("OPENAI_BASE_URL")),
-             "is not an endpoint: the openai backend needs its OpenAI-compatible URL, e.g. "
+            ("base_url", bool(url), "is not an endpoint: the openai backend needs its OpenAI-compatible URL, e.g. "
              "http://127.0.0.1:8000/v1 (or set $OPENAI_BASE_URL)"),
+            ("base_url", is_http_url(url), "is not an http:// or https:// URL with a host: write it as "
+             "http://HOST:PORT/v1, e.g. http://127.0.0.1:8000/v1 (an IPv6 host in brackets: http://[::1]:8000/v1)"),
             ("concurrency", self.concurrency is None or self.concurrency >= 1, "must be >= 1"),
             ("request_timeout", self.request_timeout > 0, "must be > 0"),
         ]

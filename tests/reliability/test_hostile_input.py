@@ -476,6 +476,14 @@ COMMAND_CASES = [
      [r"--min-margin 2\.0 must be in \[0, 1\]"], 1),
     ("judge-request-timeout-zero", lambda t, u: _judge_args(t, u, "--request-timeout", "0"), None,
      [r"--request-timeout 0\.0 must be > 0"], 1),
+    ("judge-base-url-without-scheme", lambda t, u: _judge_args(t, "127.0.0.1:8000/v1"), None,
+     [r"--base-url '127\.0\.0\.1:8000/v1' is not an http:// or https:// URL with a host: write it as http://HOST"], 1),
+    ("judge-base-url-broken-ipv6", lambda t, u: _judge_args(t, "http://[::1:8000/v1"), None,
+     [r"--base-url 'http://<redacted>' is not an http:// or https:// URL"], 1),
+    # The refusal quotes the URL without its password or query key.
+    ("generate-base-url-bad-port-with-secrets", lambda t, u: _generate(
+        t, "http://alice:pw-SECRET@127.0.0.1:x/v1?api-key=qk-SECRET"), None,
+     [r"--base-url 'http://127\.0\.0\.1:x/v1' is not an http:// or https:// URL", r"\A(?![\s\S]*SECRET)"], 1),
     ("judge-model-folder-missing", lambda t, u: _judge_args(t, u, "--judge-backend", "vllm", "--judge-model",
                                                             str(t / "nope")), None,
      [r"--judge-model '.*nope': no such model folder"], 1),
