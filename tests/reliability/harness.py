@@ -53,11 +53,18 @@ def cli_env(**extra) -> dict:
     return env
 
 
+def default_sigint() -> None:
+    """For a child the tests interrupt: Ctrl-C acts even when the tests run where SIGINT is ignored
+    (a shell's background job without job control passes SIG_IGN on, and Python then never raises
+    KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(args: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
     log = open(log_path, "ab")
     try:
         return subprocess.Popen([sys.executable, *CAI, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env=env or cli_env())
+                                env=env or cli_env(), preexec_fn=default_sigint)
     finally:
         log.close()
 

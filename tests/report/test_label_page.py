@@ -199,7 +199,9 @@ def test_label_command_serves_until_interrupted(label_run, tmp_path):
     out = tmp_path / "mine.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "cai", "label", str(label_run), "--port", "0", "--out", str(out)],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+                               env={**os.environ, "PYTHONPATH": str(REPO)},
+                               # Ctrl-C acts even where the tests run with SIGINT ignored (tests/reliability/harness.py)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = process.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+/", first).group(0)
