@@ -321,6 +321,10 @@ def _read_report(path: Path) -> dict | None:
     return report if isinstance(report, dict) else None
 
 
+#: the judge settings that decide which judged rows become pairs (recorded in each part's manifest)
+PAIR_FILTERS = ("min_margin", "require_orders_agree", "principles_per_pair", "principle_ids", "keep_flagged")
+
+
 def merged_report(out: str | Path) -> dict | None:
     """The judge report of ``cai judge``'s ``--out``: a file's own report, or, for a folder of shard parts, the
     parts' reports merged into one; None when there is none yet.
@@ -339,11 +343,13 @@ def merged_report(out: str | Path) -> dict | None:
     splits = Counter(part_of(path).count for path in parts)
     count = max(splits, key=lambda n: (splits[n], n))  # the split most parts are of
     merged, judge, covered, missing = JudgeReport(), None, [], []
+    filters: dict[str, list[str]] = {}  # the pair filters each merged part was judged with -> its parts
     for index in range(count):
         part = out / Shard(index, count).part_name
         why = None
         report = _read_report(report_path(part))
-        counts = (read_manifest(part) or {}).get("counts")
+        manifest = read_manifest(part) or {}
+        counts = manifest.get("counts")
         if is_being_written(part):
             why = "running now; its report comes when it finishes"
         elif isinstance(counts, dict) and counts.get("stopped"):
@@ -363,6 +369,9 @@ def merged_report(out: str | Path) -> dict | None:
                 judge = report.get("judge") if judge is None else judge
                 merged.merge(part_report)
                 covered.append(part.name)
+                config = manifest.get("config") or {}
+                setting = json.dumps({key: config.get(key) for key in PAIR_FILTERS}, sort_keys=True)
+                filters.setdefault(setting, []).append(part.name)
         if why:
             missing.append({"part": part.name, "why": why})
     if not covered:
@@ -377,6 +386,15 @@ def merged_report(out: str | Path) -> dict | None:
         notes.append(f"{len(missing)} of the {count} parts of {out} are not in this report "
                      f"({', '.join(m['part'] for m in missing[:4])}{', ...' if len(missing) > 4 else ''}): its "
                      f"figures leave their rows out (`cai status {out}` shows each part's state)")
+    if len(filters) > 1:
+        # Each part's counts are right for its own settings; their sum is of no single setting.
+        settings = {setting: json.loads(setting) for setting in filters}
+        differ = [key for key in PAIR_FILTERS if len({json.dumps(v.get(key)) for v in settings.values()}) > 1]
+        notes.append(f"the parts of {out} were judged with different pair filters ("
+                     + "; ".join(", ".join(f"{key} {settings[setting].get(key)!r}" for key in differ)
+                                 + f": {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                                 for setting, names in filters.items())
+                     + "): the merged figures mix them; judge every part again with one setting")
     if other_split:
         notes.append(f"{out} also holds parts of another split ({', '.join(other_split[:4])}"
                      f"{', ...' if len(other_split) > 4 else ''}), left out: a folder holds one split; move them "

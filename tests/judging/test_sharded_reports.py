@@ -147,3 +147,12 @@ def test_status_and_the_report_page_show_the_merged_report(sharded, tmp_path):
     # An unsharded output: its own report.
     assert merged_report(tmp_path / "all.jsonl") == whole
     assert Shard.parse("1/2").part_name == PARTS[1]
+
+
+def test_parts_judged_with_different_pair_filters_are_named(sharded, tmp_path):
+    folder, _ = sharded
+    assert not any("pair filters" in w for w in merged_report(folder)["warnings"])
+    judged(tmp_path, "prefs", "1/2", min_margin=0.3)  # one part judged again with a stricter filter
+    warning = next(w for w in merged_report(folder)["warnings"] if "pair filters" in w)
+    assert "min_margin 0.0" in warning and "min_margin 0.3" in warning and PARTS[1] in warning
+    assert "judge every part again with one setting" in warning
