@@ -211,6 +211,11 @@ def test_label_command_serves_until_interrupted(label_run, tmp_path):
         assert state["total"] == len(PAIRS) and state["done"] == 0 and state["pair"]["prompt"][0]["role"] == "user"
     finally:
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=30)
+        try:
+            _, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()  # a server that ignored Ctrl-C must not outlive the test
+            _, err = process.communicate()
+            raise AssertionError(f"cai label did not stop on Ctrl-C within 30 s:\n{err}") from None
     assert process.returncode == 0, err
     assert f"cai judge agreement --pairs {out}" in err and "Traceback" not in err
