@@ -343,7 +343,7 @@ def merged_report(out: str | Path) -> dict | None:
     splits = Counter(part_of(path).count for path in parts)
     count = max(splits, key=lambda n: (splits[n], n))  # the split most parts are of
     merged, judge, covered, missing = JudgeReport(), None, [], []
-    filters: dict[str, list[str]] = {}  # the pair filters each merged part was judged with -> its parts
+    filters: list[tuple[str, dict]] = []  # each merged part and the pair filters it was judged with
     for index in range(count):
         part = out / Shard(index, count).part_name
         why = None
@@ -370,8 +370,7 @@ def merged_report(out: str | Path) -> dict | None:
                 merged.merge(part_report)
                 covered.append(part.name)
                 config = manifest.get("config") or {}
-                setting = json.dumps({key: config.get(key) for key in PAIR_FILTERS}, sort_keys=True)
-                filters.setdefault(setting, []).append(part.name)
+                filters.append((part.name, {key: config.get(key) for key in PAIR_FILTERS}))
         if why:
             missing.append({"part": part.name, "why": why})
     if not covered:
@@ -386,14 +385,15 @@ def merged_report(out: str | Path) -> dict | None:
         notes.append(f"{len(missing)} of the {count} parts of {out} are not in this report "
                      f"({', '.join(m['part'] for m in missing[:4])}{', ...' if len(missing) > 4 else ''}): its "
                      f"figures leave their rows out (`cai status {out}` shows each part's state)")
-    if len(filters) > 1:
+    differ = [key for key in PAIR_FILTERS if len({repr(setting[key]) for _, setting in filters}) > 1]
+    if differ:
         # Each part's counts are right for its own settings; their sum is of no single setting.
-        settings = {setting: json.loads(setting) for setting in filters}
-        differ = [key for key in PAIR_FILTERS if len({json.dumps(v.get(key)) for v in settings.values()}) > 1]
+        groups: dict[str, list[str]] = defaultdict(list)
+        for name, setting in filters:
+            groups[", ".join(f"{key} {setting[key]!r}" for key in differ)].append(name)
         notes.append(f"the parts of {out} were judged with different pair filters ("
-                     + "; ".join(", ".join(f"{key} {settings[setting].get(key)!r}" for key in differ)
-                                 + f": {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
-                                 for setting, names in filters.items())
+                     + "; ".join(f"{setting}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                                 for setting, names in groups.items())
                      + "): the merged figures mix them; judge every part again with one setting")
     if other_split:
         notes.append(f"{out} also holds parts of another split ({', '.join(other_split[:4])}"

@@ -51,8 +51,8 @@ class MalformedResponseError(Exception):
     """A 200 answer that is not a chat completion (final for the request: retrying gets the same)."""
 
 
-#: what ends one attempt of a request: the endpoint's error status, a bad answer, a failed connection or a timeout
 def _request_errors() -> tuple[type[BaseException], ...]:
+    """What ends a request and is recorded for its row: an error status, a bad answer, no connection, a timeout."""
     import aiohttp
 
     return (EndpointStatusError, MalformedResponseError, aiohttp.ClientError, asyncio.TimeoutError)
@@ -285,8 +285,6 @@ class OpenAIBackend(Backend):
             if getattr(exc, "message", None):
                 exc.message = exc.message.replace(key, "***")
             exc.args = tuple(a.replace(key, "***") if isinstance(a, str) else a for a in exc.args)
-            if hasattr(exc, "body"):
-                exc.body = None
 
     def _session_and_semaphore(self):
         if self._session_on_loop is None:
