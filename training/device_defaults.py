@@ -48,10 +48,15 @@ CPU_SETTINGS: dict[str, Any] = {
     "dataloader_pin_memory": False,
 }
 #: per method, where the CPU value differs from ``CPU_SETTINGS``
-CPU_METHOD_SETTINGS: dict[str, dict[str, Any]] = {"reward": {"per_device_eval_batch_size": 4}}
+CPU_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "reward": {"per_device_eval_batch_size": 4},
+    # completions, whole groups of the default 4 per prompt
+    "rloo": {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4},
+    "grpo": {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4},
+}
 
-#: rows (sft), pairs (reward, dpo) or prompts (ppo) per GPU and optimizer micro-step
-GPU_TRAIN_BATCH = {"sft": 16, "reward": 8, "dpo": 8, "ppo": 8}
+#: rows (sft), pairs (reward, dpo), prompts (ppo) or completions (rloo, grpo) per GPU and optimizer micro-step
+GPU_TRAIN_BATCH = {"sft": 16, "reward": 8, "dpo": 8, "ppo": 8, "rloo": 16, "grpo": 16}
 GPU_ROLLOUT_BATCH = 64  # TRL's default for PPO's no-grad rollout forwards
 #: gradient checkpointing goes on when the training state would take more than this share of GPU memory
 #: (the rest is for activations, the logits and the allocator's slack)
@@ -201,8 +206,9 @@ def choose_settings(config, device: Device, unset: Collection[str], parameters: 
             if parameters is None:
                 value = True
             else:
-                keeps_reference = method == "ppo" or (method == "dpo" and not config.use_peft
-                                                      and not setting("precompute_ref_log_probs"))
+                keeps_reference = (method == "ppo" or (method in ("rloo", "grpo") and config.beta > 0)
+                                   or (method == "dpo" and not config.use_peft
+                                       and not setting("precompute_ref_log_probs")))
                 state = training_state_bytes(method, parameters, config.use_peft, config.train_dtype,
                                              keeps_reference) // device.shards
                 value = state > CHECKPOINT_STATE_SHARE * device.memory_bytes
@@ -225,7 +231,7 @@ def _liger_fits(method: str, config, values: dict[str, Any]) -> bool:
         # loss takes one loss type, the reverse KL, and no precomputed reference log-probs.
         return (config.confidence == "none" and len(config.loss_type) == 1
                 and config.f_divergence_type == "reverse_kl" and not values.get("precompute_ref_log_probs"))
-    return False  # PPO: TRL's PPOTrainer has no Liger path
+    return False  # PPO has no Liger path; RLOO's and GRPO's fused loss needs settings left to the user
 
 
 def apply_device_defaults(config, device: Device | None = None) -> dict[str, Any]:

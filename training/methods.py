@@ -10,9 +10,11 @@ and the did-you-mean of a mistyped method stay fast.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, field
 
 from core.config import check_choice
+from core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -24,16 +26,35 @@ class TrainingMethod:
     stage: str  #: ``module:Class`` of its stage (how it loads rows, builds its trainer, ...)
     description: str  #: one line, shown by ``cai train --help``
     trains_on: str  #: the judge's output ``cai run`` feeds it: ``preferences`` (pairs) or ``sft`` (final revisions)
-    #: config fields ``cai run`` fills with the output folder of an earlier method of a chain (``reward+ppo``)
+    #: config fields ``cai run`` fills with the output folder of an earlier method of a chain (``reward+rloo``)
     uses: dict[str, str] = field(default_factory=dict)
+    #: a module the method needs beyond the dependencies, and what to do when it is missing
+    needs: tuple[str, str] | None = None
 
     @property
     def config_class(self) -> type:
+        self.check_installed()
         return _load(self.config)
 
     @property
     def stage_class(self) -> type:
+        self.check_installed()
         return _load(self.stage)
+
+    @property
+    def installed(self) -> bool:
+        """Whether the module it needs beyond the dependencies (if any) is installed."""
+        if self.needs is None:
+            return True
+        try:
+            return importlib.util.find_spec(self.needs[0]) is not None
+        except ImportError:
+            return False
+
+    def check_installed(self) -> None:
+        if not self.installed:
+            module, hint = self.needs
+            raise UserError(f"cai train {self.name}: {module} is not installed: {hint}")
 
 
 def _load(target: str):
@@ -48,8 +69,18 @@ METHODS: dict[str, TrainingMethod] = {
                        "supervised fine-tuning on sft.jsonl (the final revisions)", "sft"),
         TrainingMethod("reward", "training.reward:RewardStageConfig", "training.reward:RewardStage",
                        "reward model (Bradley-Terry, one-output head) on the judge's pairs", "preferences"),
+        TrainingMethod("rloo", "training.rloo:RLOOStageConfig", "training.rloo:RLOOStage",
+                       "RLOO with a reward model (`cai train reward`) or the judge as the live reward", "preferences",
+                       {"reward_model": "reward"}),
+        TrainingMethod("grpo", "training.grpo:GRPOStageConfig", "training.grpo:GRPOStage",
+                       "GRPO with a reward model (`cai train reward`) or the judge as the live reward", "preferences",
+                       {"reward_model": "reward"}),
         TrainingMethod("ppo", "training.ppo:PPOStageConfig", "training.ppo:PPOStage",
-                       "PPO with a reward model from `cai train reward`", "preferences", {"reward_model": "reward"}),
+                       "PPO with a reward model (needs the `ppo` extra: TRL 1.12.0)", "preferences",
+                       {"reward_model": "reward"},
+                       needs=("trl.experimental.ppo", "TRL removed PPO after 1.12; install the last TRL that has it "
+                              "with `pip install 'cai-engine[ppo]'` (pins trl==1.12.0), or train with `cai train "
+                              "rloo` (the same reward model, on TRL's stable trainer)")),
         TrainingMethod("dpo", "training.dpo:DPOStageConfig", "training.dpo:DPOStage",
                        "DPO on the judge's pairs, smoothed per pair by the judge's confidence (cDPO)", "preferences"),
     )

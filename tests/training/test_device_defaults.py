@@ -16,7 +16,8 @@ H100_KERNELS = Device("cuda", "NVIDIA H100 80GB HBM3", memory_bytes=80 * 2**30, 
                       flash_attn=True)
 V100 = Device("cuda", "Tesla V100-SXM2-16GB", memory_bytes=16 * 2**30, bf16=False, flash_attn=True)
 SMOLLM2_1_7B = 1_711_376_384  # the shape issue 12 measures
-REQUIRED = {"sft": [], "reward": [], "dpo": [], "ppo": ["--reward-model", "r"]}
+REQUIRED = {"sft": [], "reward": [], "dpo": [], "ppo": ["--reward-model", "r"], "rloo": ["--reward-model", "r"],
+            "grpo": ["--rewards", "judge"]}
 
 
 def parse(method: str, *argv: str):
@@ -42,7 +43,9 @@ CPU_VALUES = {
     ("sft", {"packing": False}),
     ("reward", {"per_device_eval_batch_size": 4}),
     ("dpo", {"precompute_ref_log_probs": False}),
-    ("ppo", {"local_rollout_forward_batch_size": 2}),
+    pytest.param("ppo", {"local_rollout_forward_batch_size": 2}, marks=pytest.mark.ppo),
+    ("rloo", {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}),  # one prompt's 4 completions
+    ("grpo", {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}),
 ])
 def test_cpu_defaults_are_those_of_earlier_releases(method, extra):
     config = parse(method)
@@ -101,7 +104,7 @@ def test_installed_kernels_are_used_where_trl_supports_them():
     # Plain DPO takes Liger's loss, which TRL cannot combine with precomputed reference log-probs.
     plain = on(H100_KERNELS, parse("dpo", "--confidence", "none"))
     assert plain["use_liger_kernel"] is True and plain["precompute_ref_log_probs"] is False
-    assert on(H100_KERNELS, parse("ppo"))["use_liger_kernel"] is False  # TRL's PPOTrainer has no Liger path
+    assert on(H100_KERNELS, parse("rloo"))["use_liger_kernel"] is False  # its fused loss: the user's choice
     assert on(H100_KERNELS, parse("reward"))["use_liger_kernel"] is True
 
 
@@ -113,6 +116,7 @@ def test_a_gpu_without_bf16_keeps_float32_and_sdpa():
     assert on(H100, parse("sft", "--fp16", "true"))["bf16"] is False  # fp16 asked for: never both
 
 
+@pytest.mark.ppo
 def test_ppo_rollouts_get_trls_batch_on_a_gpu():
     assert on(H100, parse("ppo"))["local_rollout_forward_batch_size"] == 64
 

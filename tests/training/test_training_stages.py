@@ -1,4 +1,4 @@
-"""`cai train sft|reward|ppo|dpo`: each trains two optimizer steps on CPU, changes weights, saves a loadable folder."""
+"""`cai train sft|reward|ppo|dpo` (rloo and grpo: test_rl.py): each trains two optimizer steps on CPU, changes weights, saves a loadable folder."""
 
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ def test_output_dir_and_data_are_required():
         parse("sft", ["--data", "x.jsonl"])
     with pytest.raises(UserError, match="--data FILE is required"):
         parse("dpo", ["--output-dir", "o"])
-    with pytest.raises(UserError, match="--reward-model DIR is required"):
-        parse("ppo", ["--data", "x.jsonl", "--output-dir", "o"])
+    with pytest.raises(UserError, match="--rewards model needs --reward-model DIR"):
+        parse("rloo", ["--data", "x.jsonl", "--output-dir", "o"])
 
 
 def test_bad_row_names_file_and_line(tmp_path, preference_file):
@@ -269,6 +269,7 @@ def test_reward_trains_reports_accuracy_and_loads(tiny_reward_dir, tiny_model_di
 
 # TRL logs the variance of a single PPO ratio statistic on batches this small; the NaN is expected.
 @pytest.mark.filterwarnings("ignore:var\\(\\)")
+@pytest.mark.ppo
 def test_ppo_trains_with_rising_kl_and_logs(tmp_path, tiny_model_dir, tiny_reward_dir, preference_file):
     out = tmp_path / "ppo"
     rc = train(["ppo", "--data", preference_file, "--output-dir", str(out), "--model", tiny_model_dir,
