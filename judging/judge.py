@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
 from core import aio
 from core.backends.base import Backend
+from core.progress import Progress
 
 from .methods import JUDGE_METHODS, Comparison, JudgeMethod, Verdict, method_class
 from .methods.base import Judgement
@@ -112,6 +113,7 @@ class Judge:
         self.cache: dict[str, dict] = cache if cache is not None else {}
         self.concurrency = concurrency
         self.calls = 0  # requests run on the backend
+        self.progress: Progress | None = None  # counts each judgement as it returns
         self._slots: asyncio.Semaphore | None = None
 
     @property
@@ -124,6 +126,10 @@ class Judge:
 
     def keys_for(self, comparison: Comparison) -> list[str]:
         return [self.method.key(request) for request in self.method.requests(comparison)]
+
+    def pending_keys(self, comparisons: Iterable[Comparison]) -> set[str]:
+        """The judgements these comparisons need that are not in the cache (the work to do)."""
+        return {key for comparison in comparisons for key in self.keys_for(comparison) if key not in self.cache}
 
     def missing(self, comparisons: Sequence[Comparison]) -> bool:
         """Whether a judgement of these comparisons is not in the cache (so the backend is needed)."""
@@ -161,5 +167,7 @@ class Judge:
             judgement = await self.method.judge(key, request, self._backend, session)
         self.cache[key] = judgement.record
         self.calls += 1
+        if self.progress is not None:
+            self.progress.call_done(judgement.output_tokens)
         return judgement
 

@@ -178,7 +178,7 @@ def revision_item(line: int, row: dict, where: str) -> Item | str:
         raise UserError(f"{where}:{line}: not a `cai generate` row (missing {', '.join(missing)}); "
                         "use --mode samples for prompts or sampled responses")
     prompt = _messages(row["prompt"], f"{where}:{line}")
-    validate_fields(GenerationRow, row, ("initial_response", "final_response", "rounds", "calls"), f"{where}:{line}",
+    validate_fields(GenerationRow, row, ("initial_response", "final_response", "rounds", "calls", "flags"), f"{where}:{line}",
                     "is this a `cai generate` output?")
     row_id = str(row.get("id") or stable_hash(prompt))
     if not row["rounds"]:
@@ -544,7 +544,12 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
         judge.concurrency = config.concurrency or (started.concurrency if started is not None else None)
         in_flight = judge.concurrency or Backend.concurrency  # (no engine started: nothing to run)
         logger.debug(f"up to {in_flight} rows in flight")
-        progress = Progress("judge", len(plans))
+        if config.mode == "samples":  # candidates still to sample: their comparisons are not known yet
+            progress = Progress("judge", len(plans))
+        else:
+            todo = judge.pending_keys(c for plan in plans for cs in comparisons_for(plan.item, plan.principles).values()
+                                      for c in cs)
+            progress = judge.progress = Progress("judge", len(plans), calls=len(todo), unit="judgements")
 
         async def judge_row(plan: _Plan) -> _Judged:
             session = session_key(plan.item.id)
