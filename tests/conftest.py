@@ -103,7 +103,7 @@ class _Server:
                 *pin, sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                 "--model", model_dir, "--served-model-name", SERVED_MODEL,
                 "--host", "127.0.0.1", "--port", str(self.port),
-                # The README's command: on CPU, chunked prefill must be off (see the README's "Against a server").
+                # The documented command: on CPU, chunked prefill must be off (docs/backends.md, "Against a server").
                 "--enforce-eager", "--no-enable-chunked-prefill", "--gpu-memory-utilization", "0.3",
                 "--max-model-len", "4096",
                 "--max-logprobs", "20", "--seed", "0",

@@ -15,7 +15,7 @@ H100 = Device("cuda", "NVIDIA H100 80GB HBM3", memory_bytes=80 * 2**30, bf16=Tru
 H100_KERNELS = Device("cuda", "NVIDIA H100 80GB HBM3", memory_bytes=80 * 2**30, bf16=True, liger_kernel=True,
                       flash_attn=True)
 V100 = Device("cuda", "Tesla V100-SXM2-16GB", memory_bytes=16 * 2**30, bf16=False, flash_attn=True)
-SMOLLM2_1_7B = 1_711_376_384  # the shape issue 12 measures
+SMOLLM2_1_7B = 1_711_376_384  # the shape bench/gpu_check.sh measures
 REQUIRED = {"sft": [], "reward": [], "dpo": [], "ppo": ["--reward-model", "r"]}
 
 
