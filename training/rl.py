@@ -16,23 +16,24 @@ schedule; the value in force is logged as ``beta`` beside TRL's ``reward``, ``kl
 """
 
 # No ``from __future__ import annotations``: HfArgumentParser reads the field types.
-import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainerCallback
 
-from core.config import check_choice, check_rules, did_you_mean
+from core.config import check_choice, check_rules
 from core.errors import UserError
+from core.registry import Registry
 from training import data as training_data
 from training import models
 from training.stages import TrainingStage
 
 #: name -> ``module:function`` building the reward function (imported only when named)
-REWARD_SOURCES = {
+REWARD_SOURCES: Registry = Registry("reward source", {
     "model": "training.rl:reward_model_source",
     "judge": "judging.reward:judge_reward",
-}
+})
 JUDGE_MODES = ("groupwise", "pointwise")
 #: completions kept per source for the report's distribution of rewards (the first ones of a long run)
 KEPT_REWARDS = 4096
@@ -153,9 +154,8 @@ class RLFields:
         if not sources:
             raise UserError("--rewards: name at least one reward source, e.g. model or judge")
         for name in sources:
-            if ":" not in name and name not in REWARD_SOURCES:
-                raise UserError(f"--rewards: unknown reward source {name!r}{did_you_mean(name, REWARD_SOURCES)}; "
-                                f"use {', '.join(REWARD_SOURCES)} or a module:function")
+            if ":" not in name:
+                REWARD_SOURCES.check(name, "--rewards")
         if "model" in sources and not self.reward_model:
             raise UserError("--rewards model needs --reward-model DIR: the folder written by `cai train reward` "
                             "(or --rewards judge for the constitutional judge as the reward)")
@@ -189,13 +189,13 @@ def reward_model_source(config, policy_memory_bytes: int = 0):
 
 
 def build_reward_source(name: str, config, policy_memory_bytes: int):
-    """The reward function (or model) of source ``name``."""
-    target = REWARD_SOURCES.get(name, name)
-    module, _, attribute = target.partition(":")
+    """The reward function (or model) of source ``name``: a registered name, or a ``module:function``."""
+    if ":" not in name:
+        return REWARD_SOURCES.get(name, "--rewards")(config, policy_memory_bytes=policy_memory_bytes)
     try:
-        builder = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"--rewards {name}: cannot import {target} ({exc})") from None
+        builder = pkgutil.resolve_name(name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UserError(f"--rewards {name}: cannot import it ({exc})") from None
     return builder(config, policy_memory_bytes=policy_memory_bytes)
 
 
@@ -264,6 +264,12 @@ class RLStage(TrainingStage):
     padding_side = "left"  # generation needs the prompts padded on the left
     evaluates = True  # the held-out prompts' mean reward, when --eval-fraction > 0
     trainer_base: type
+    gpu_train_batch = 16  # completions: 4 prompts of 4
+    cpu_settings = {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}  # one prompt's 4 completions
+
+    @classmethod
+    def keeps_reference(cls, config, precompute_ref_log_probs: bool) -> bool:
+        return config.beta > 0  # TRL loads no reference model at beta 0
 
     @property
     def source(self) -> str:
@@ -301,8 +307,8 @@ class RLStage(TrainingStage):
 
         config = self.config
         parameters = count_parameters(base) or 0
-        policy_bytes = training_state_bytes(self.method, parameters, config.use_peft, config.train_dtype,
-                                            config.beta > 0)
+        policy_bytes = training_state_bytes(type(self), parameters, config.use_peft, config.train_dtype,
+                                            self.keeps_reference(config, False))
         self.reward_funcs = [build_reward_source(name, config, policy_bytes) for name in config.reward_source_names]
 
     def close(self) -> None:

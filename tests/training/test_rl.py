@@ -140,7 +140,7 @@ def test_rl_options_are_checked_before_any_model_loads(tmp_path, preference_file
         return parse_config(get_method("rloo").config_class, ["--data", preference_file, "--output-dir",
                                                                 str(tmp_path / "o"), *argv], "cai train rloo")
 
-    with pytest.raises(UserError, match="unknown reward source 'jugde'; did you mean 'judge'"):
+    with pytest.raises(UserError, match="--rewards 'jugde' is unknown; did you mean 'judge'"):
         parse("--rewards", "jugde")
     with pytest.raises(UserError, match="2 weights for 1 reward sources"):
         parse("--rewards", "judge", "--reward-weights", "1", "2")
