@@ -31,7 +31,7 @@ from core.redact import redact_text
 from core.store import JsonlAppender, JsonlStore
 
 from .config import JudgeModelConfig
-from .engines import judge_identity, judge_settings, loads_in_process, make_judge_backend
+from .engines import judge_identity, judge_settings, make_judge_backend
 from .judge import Comparison, Judge, is_valid_judgement
 from .pairs import load_cache, select_principles
 from .scoring import ensemble
@@ -56,8 +56,8 @@ def judge_memory_share(judge_config: JudgeModelConfig, policy_memory_bytes: int,
     before anything loads when they do not fit together (``core/backends/gpu_memory.py``).  ``memory``:
     ``(free, total)`` bytes, the current GPU's by default."""
     options = judge_config.judge_options()
-    if not loads_in_process(options):
-        return None
+    if not options.in_process or options.devices() > 1:
+        return None  # served elsewhere, or spread over several GPUs (vLLM's own default per GPU)
     memory = memory if memory is not None else cuda_memory()
     if memory is None:
         return None
