@@ -10,6 +10,7 @@ and the did-you-mean of a mistyped method stay fast.
 from __future__ import annotations
 
 import importlib.util
+import os
 import pkgutil
 from dataclasses import dataclass, field
 
@@ -48,6 +49,7 @@ class TrainingMethod:
         """Whether the module it needs beyond the dependencies (if any) is installed."""
         if self.needs is None:
             return True
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # looking for trl.experimental.ppo imports its parent
         try:
             return importlib.util.find_spec(self.needs[0]) is not None
         except ImportError:
