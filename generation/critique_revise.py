@@ -90,7 +90,7 @@ def uncritiqued_revision(prompt: Sequence[dict], answer: str, principle: Princip
     a blank line, ``REVISION_STOPS``).  The critique is still written and stored with the round,
     but the revision does not see it: the 135M model's critiques are mostly off topic or echo the
     exemplars' ("The question is a harmless fact about water"), and a revision that reads one
-    repeats it (README: on the demo prompts 38/40 rows pass the checks this way, 23/40 or fewer
+    repeats it (bench/README.md: on the demo prompts 38/40 rows pass the checks this way, 23/40 or fewer
     with the critique in view).
     """
     return list(prompt) + [
@@ -173,6 +173,11 @@ class CritiqueReviseTask:
         # What the draft's conversation starts with; with the exemplars in front it is the critique's start.
         self.draft_head = self.head + (self.few_shot if settings.few_shot_position == "draft" else [])
         self.checker = RowChecker(constitution)
+
+    @property
+    def calls_per_row(self) -> int:
+        """The calls a row's chain makes when nothing is reused: its draft, then a critique and a revision a round."""
+        return 1 + 2 * self.settings.rounds
 
     # -- keys -------------------------------------------------------------
     def principles_for(self, prompt: PromptRecord) -> list[Principle]:

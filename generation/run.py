@@ -11,11 +11,10 @@ from core.errors import UserError
 from constitution.loader import load_constitution
 
 from core.backends.base import Backend, Sampling
-from core.backends.registry import backend_identity
+from core.backends.registry import backend_class, backend_identity
 from .checks import count_by_check
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
-from core.model import DEFAULT_MODEL, resolve_model
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
@@ -124,8 +123,7 @@ def generate(
                   {"--prompts": config.prompts, "--constitution": config.constitution})
     require_regular_file(config.prompts, "prompts", "--prompts")
     check_own_output(out, "generate", is_generate_row)
-    if config.backend == "vllm" and config.model != DEFAULT_MODEL:
-        resolve_model(config.model)  # a missing folder is refused before any work
+    backend_class(config.backend).check_model(config.model)  # a missing folder is refused before any work
     check_siblings(out, shard, "generate", resume_identity(config))
     # ``saving`` holds Ctrl-C and SIGTERM from the moment the rows stop until the manifest is written.
     with exclusive_output(out), contextlib.ExitStack() as saving:
@@ -212,12 +210,13 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             # Drafts and rounds to reuse come only from the stale rows of prompts still to do.
             reusable = stale_ids - done_ids
             reuse = ReuseIndex([row for row in store.iter_rows() if row.get("id") in reusable] if reusable else [])
-            progress = Progress("generate", pending)
+            progress = Progress("generate", pending, calls=pending * task.calls_per_row)
+            counted = progress.counted(backend)  # each finished call is progress, not only each row
             in_flight = config.concurrency or backend.concurrency
             logger.debug(f"up to {in_flight} rows in flight")
 
             async def chain(prompt: PromptRecord):
-                return await task.run_row(backend, prompt, reuse)
+                return await task.run_row(counted, prompt, reuse)
 
             # Rows finish in any order and are written as they finish: nothing depends on row order.
             for row, failure, output_tokens in stream(_pending_prompts(config, task, fingerprints, done_ids), chain,
@@ -226,6 +225,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
                     if row is not None:
                         rows_out.write(row)
                         reused_calls += row["reused_calls"]
+                        progress.expect(-row["reused_calls"])
                         generated += 1
                         if len(examples) < config.examples:
                             examples.append(row)

@@ -17,15 +17,17 @@ principle's question), so runs resume and only new comparisons reach the model.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
 from core import aio
 from core.backends.base import Backend
+from core.progress import Progress
 
-from .methods import Comparison, JudgeMethod, Verdict, method_class
+from .methods import JUDGE_METHODS, Comparison, JudgeMethod, Verdict, method_class
 from .methods.base import Judgement
 
 __all__ = ["Comparison", "Judge", "JudgeSettings", "Judged", "Verdict"]
@@ -53,17 +55,29 @@ class JudgeSettings:
 
 
 def is_valid_judgement(record) -> bool:
-    """Whether a cached judgement can be used as it is (core.schema's JudgementRecord: a probability is a
-    finite number in [0, 1], a log-likelihood a finite number <= 0); a hand-edited or damaged one is redone."""
-    from pydantic import TypeAdapter, ValidationError
+    """Whether a cached judgement can be used as it is: a record of one of the registered methods' record models
+    (``JudgeMethod.record_model``: in core.schema, a probability is a finite number in [0, 1], a log-likelihood
+    a finite number <= 0); a hand-edited or damaged one is redone."""
+    from pydantic import ValidationError
 
-    from core.schema import JudgementRecord
-
+    models = tuple(dict.fromkeys(cls.record_model for _, cls in JUDGE_METHODS.items()))
     try:
-        TypeAdapter(JudgementRecord).validate_python(record)
+        _records_adapter(models).validate_python(record)
     except ValidationError:
         return False
     return True
+
+
+@functools.lru_cache(maxsize=4)
+def _records_adapter(models: tuple[type, ...]):
+    """One validator for ``models``, told apart by their ``kind``."""
+    from typing import Annotated, Union
+
+    from pydantic import Field, TypeAdapter
+
+    if len(models) == 1:
+        return TypeAdapter(models[0])
+    return TypeAdapter(Annotated[Union[models], Field(discriminator="kind")])
 
 
 class Judged(NamedTuple):
@@ -99,6 +113,7 @@ class Judge:
         self.cache: dict[str, dict] = cache if cache is not None else {}
         self.concurrency = concurrency
         self.calls = 0  # requests run on the backend
+        self.progress: Progress | None = None  # counts each judgement as it returns
         self._slots: asyncio.Semaphore | None = None
 
     @property
@@ -111,6 +126,10 @@ class Judge:
 
     def keys_for(self, comparison: Comparison) -> list[str]:
         return [self.method.key(request) for request in self.method.requests(comparison)]
+
+    def pending_keys(self, comparisons: Iterable[Comparison]) -> set[str]:
+        """The judgements these comparisons need that are not in the cache (the work to do)."""
+        return {key for comparison in comparisons for key in self.keys_for(comparison) if key not in self.cache}
 
     def missing(self, comparisons: Sequence[Comparison]) -> bool:
         """Whether a judgement of these comparisons is not in the cache (so the backend is needed)."""
@@ -148,5 +167,7 @@ class Judge:
             judgement = await self.method.judge(key, request, self._backend, session)
         self.cache[key] = judgement.record
         self.calls += 1
+        if self.progress is not None:
+            self.progress.call_done(judgement.output_tokens)
         return judgement
 

@@ -39,7 +39,7 @@ from constitution.schema import Constitution, Principle
 from generation.checks import RowChecker
 from core import aio
 from core.backends.base import Backend, Sampling, session_key
-from core.model import DEFAULT_MODEL, resolve_model
+from core.backends.registry import backend_class
 from core.progress import Progress
 from core.redact import redact_values
 from core.shards import Shard, check_siblings, part_path, side_file
@@ -179,7 +179,7 @@ def revision_item(line: int, row: dict, where: str) -> Item | str:
         raise UserError(f"{where}:{line}: not a `cai generate` row (missing {', '.join(missing)}); "
                         "use --mode samples for prompts or sampled responses")
     prompt = _messages(row["prompt"], f"{where}:{line}")
-    validate_fields(GenerationRow, row, ("initial_response", "final_response", "rounds", "calls"), f"{where}:{line}",
+    validate_fields(GenerationRow, row, ("initial_response", "final_response", "rounds", "calls", "flags"), f"{where}:{line}",
                     "is this a `cai generate` output?")
     row_id = str(row.get("id") or stable_hash(prompt))
     if not row["rounds"]:
@@ -463,8 +463,7 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     if config.mode == "samples":
         models.append(("--model", config.model, config.backend))
     for flag, name, backend_name in models:
-        if backend_name == "vllm" and name != DEFAULT_MODEL:
-            resolve_model(name, flag)  # a missing folder is refused before any work
+        backend_class(backend_name).check_model(name, flag)  # a missing folder is refused before any work
     check_siblings(out, shard, "judge", shard_identity(config))
     # ``saving`` holds Ctrl-C and SIGTERM from the moment the rows stop until the manifest is written.
     with exclusive_output(out), contextlib.ExitStack() as saving:
@@ -548,7 +547,12 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         judge.concurrency = config.concurrency or (started.concurrency if started is not None else None)
         in_flight = judge.concurrency or Backend.concurrency  # (no engine started: nothing to run)
         logger.debug(f"up to {in_flight} rows in flight")
-        progress = Progress("judge", len(plans))
+        if config.mode == "samples":  # candidates still to sample: their comparisons are not known yet
+            progress = Progress("judge", len(plans))
+        else:
+            todo = judge.pending_keys(c for plan in plans for cs in comparisons_for(plan.item, plan.principles).values()
+                                      for c in cs)
+            progress = judge.progress = Progress("judge", len(plans), calls=len(todo), unit="judgements")
 
         async def judge_row(plan: _Plan) -> _Judged:
             session = session_key(plan.item.id)

@@ -9,10 +9,10 @@ and the did-you-mean of a mistyped method stay fast.
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 from dataclasses import dataclass, field
 
-from core.config import check_choice
+from core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -26,50 +26,52 @@ class TrainingMethod:
     trains_on: str  #: the judge's output ``cai run`` feeds it: ``preferences`` (pairs) or ``sft`` (final revisions)
     #: config fields ``cai run`` fills with the output folder of an earlier method of a chain (``reward+ppo``)
     uses: dict[str, str] = field(default_factory=dict)
+    #: ``(log key, label)`` of the training curves ``cai report`` draws (the first three the log holds)
+    curves: tuple[tuple[str, str], ...] = (("loss", "loss"),)
 
     @property
     def config_class(self) -> type:
-        return _load(self.config)
+        return pkgutil.resolve_name(self.config)
 
     @property
     def stage_class(self) -> type:
-        return _load(self.stage)
+        return pkgutil.resolve_name(self.stage)
 
 
-def _load(target: str):
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-METHODS: dict[str, TrainingMethod] = {
+TRAINING_METHODS: Registry[TrainingMethod] = Registry("training method", {
     method.name: method
     for method in (
         TrainingMethod("sft", "training.sft:SFTStageConfig", "training.sft:SFTStage",
-                       "supervised fine-tuning on sft.jsonl (the final revisions)", "sft"),
+                       "supervised fine-tuning on sft.jsonl (the final revisions)", "sft",
+                       curves=(("loss", "loss"), ("mean_token_accuracy", "token accuracy"))),
         TrainingMethod("reward", "training.reward:RewardStageConfig", "training.reward:RewardStage",
-                       "reward model (Bradley-Terry, one-output head) on the judge's pairs", "preferences"),
+                       "reward model (Bradley-Terry, one-output head) on the judge's pairs", "preferences",
+                       curves=(("loss", "loss"), ("accuracy", "accuracy"))),
         TrainingMethod("ppo", "training.ppo:PPOStageConfig", "training.ppo:PPOStage",
-                       "PPO with a reward model from `cai train reward`", "preferences", {"reward_model": "reward"}),
+                       "PPO with a reward model from `cai train reward`", "preferences", {"reward_model": "reward"},
+                       curves=(("objective/kl", "KL to the reference"), ("objective/rlhf_reward", "RLHF reward"),
+                               ("objective/scores", "reward model score"))),
         TrainingMethod("dpo", "training.dpo:DPOStageConfig", "training.dpo:DPOStage",
-                       "DPO on the judge's pairs, smoothed per pair by the judge's confidence (cDPO)", "preferences"),
+                       "DPO on the judge's pairs, smoothed per pair by the judge's confidence (cDPO)", "preferences",
+                       curves=(("loss", "loss"), ("rewards/margins", "reward margin (chosen - rejected)"),
+                               ("rewards/accuracies", "reward accuracy"))),
     )
-}
+})
 
 
 def get_method(name: str, what: str = "training method") -> TrainingMethod:
     """The registered method ``name``, or a UserError with the closest name and the choices."""
-    check_choice(what, name, METHODS)
-    return METHODS[name]
+    return TRAINING_METHODS.get(name, what)
 
 
 def method_of(config) -> TrainingMethod:
     """The method whose config class ``config`` is (or derives from)."""
     for cls in type(config).__mro__:
         target = f"{cls.__module__}:{cls.__qualname__}"
-        for method in METHODS.values():
+        for _, method in TRAINING_METHODS.items():
             if method.config == target:
                 return method
     raise TypeError(
         f"{type(config).__name__} is not the config of a training method; pass one of "
-        + ", ".join(method.config.split(":")[1] for method in METHODS.values())
+        + ", ".join(method.config.split(":")[1] for _, method in TRAINING_METHODS.items())
     )
