@@ -77,7 +77,8 @@ def install() -> None:
             block("close", wait=_wait_in_zmq)
             super().close()
 
-    registry.BACKENDS["openai"] = EngineLikeBackend
+    registry.BACKENDS.unregister("openai")
+    registry.BACKENDS.register("openai", EngineLikeBackend)
     write = store.atomic_write_text
 
     def atomic_write_text(path, text):
