@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,11 +11,10 @@ from core.errors import UserError
 from constitution.loader import load_constitution
 
 from core.backends.base import Backend, Sampling
-from core.backends.registry import backend_identity
+from core.backends.registry import backend_class, backend_identity
 from .checks import count_by_check
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
-from core.model import DEFAULT_MODEL, resolve_model
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
@@ -123,15 +123,15 @@ def generate(
                   {"--prompts": config.prompts, "--constitution": config.constitution})
     require_regular_file(config.prompts, "prompts", "--prompts")
     check_own_output(out, "generate", is_generate_row)
-    if config.backend == "vllm" and config.model != DEFAULT_MODEL:
-        resolve_model(config.model)  # a missing folder is refused before any work
+    backend_class(config.backend).check_model(config.model)  # a missing folder is refused before any work
     check_siblings(out, shard, "generate", resume_identity(config))
-    with exclusive_output(out):
-        return _generate(config, out, backend, backend_factory)
+    # ``saving`` holds Ctrl-C and SIGTERM from the moment the rows stop until the manifest is written.
+    with exclusive_output(out), contextlib.ExitStack() as saving:
+        return _generate(config, out, backend, backend_factory, saving)
 
 
 def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
-              backend_factory: Callable[[GenerateConfig], Backend] | None) -> dict:
+              backend_factory: Callable[[GenerateConfig], Backend] | None, saving: contextlib.ExitStack) -> dict:
     log = logger.info
     constitution = load_constitution(config.constitution)
     settings = chain_settings(config)
@@ -237,6 +237,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         except (KeyboardInterrupt, UserError) as exc:
             stopped = exc
         finally:
+            saving.enter_context(hold_interrupts())
             try:
                 rows_out.close()
                 errors_out.close()
@@ -247,6 +248,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             if owned and backend is not None:
                 backend.close()
 
+    saving.enter_context(hold_interrupts())
     # Drop rows superseded by this run (an edited principle, a torn batch redone twice).
     # Refresh outdated flags in the same atomic rewrite.
     rows_left = rows_in_file + generated

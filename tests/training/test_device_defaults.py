@@ -77,8 +77,11 @@ def test_gradient_checkpointing_follows_the_training_state_and_the_gpu_memory():
     lora = parse("dpo", "--use-peft")
     assert on(V100, lora)["gradient_checkpointing"] is False  # LoRA: 4 bytes a weight, 6.8 GB
     # A kept reference copy (precompute off) and PPO's value and reward models count too.
-    assert training_state_bytes("dpo", 10, False, "float32", keeps_reference=True) == 200
-    assert training_state_bytes("ppo", 10, False, "bfloat16", keeps_reference=True) == 10 * (8 + 2 + 8 + 2)
+    from training.dpo import DPOStage
+    from training.ppo import PPOStage
+
+    assert training_state_bytes(DPOStage, 10, False, "float32", keeps_reference=True) == 200
+    assert training_state_bytes(PPOStage, 10, False, "bfloat16", keeps_reference=True) == 10 * (8 + 2 + 8 + 2)
 
 
 def test_sharding_over_gpus_divides_the_state_and_keeps_dpo_reference_forwards_in_step():
