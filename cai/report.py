@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import UserError
 from core.shards import part_files, stage_output
+from training.methods import TRAINING_METHODS
 
-TRAINING_FOLDERS = ("sft", "dpo", "reward", "ppo")
 NO_PRINCIPLE = "(no revision)"
 _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
 
@@ -351,7 +351,7 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
             run.damaged_files.append(f"{path.name}: {wrong}")
         else:
             run.agreements.append((path.name, report))
-    for name in TRAINING_FOLDERS:
+    for name in TRAINING_METHODS:  # `cai run` writes each method's model folder under its name
         summary = _read_json(run_dir / name / "cai_training.json", TrainingView, run.damaged_files)
         if summary is not None:
             if not summary.get("log_history"):
@@ -361,7 +361,7 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
     if not (run.revisions or run.pairs or run.judge_report or run.training or run.evaluation or run.damaged_rows
             or run.damaged_files):
         raise UserError(f"{run_dir}: no run outputs found (revisions.jsonl, preferences.jsonl, eval.json, "
-                        f"{'/, '.join(TRAINING_FOLDERS)}/); pass the folder `cai run` wrote")
+                        f"{'/, '.join(TRAINING_METHODS)}/); pass the folder `cai run` wrote")
     return run
 
 

@@ -38,7 +38,7 @@ from constitution.schema import Constitution, Principle
 from generation.checks import RowChecker
 from core import aio
 from core.backends.base import Backend, Sampling, session_key
-from core.model import DEFAULT_MODEL, resolve_model
+from core.backends.registry import backend_class
 from core.progress import Progress
 from core.redact import redact_values
 from core.shards import Shard, check_siblings, part_path, side_file
@@ -462,8 +462,7 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     if config.mode == "samples":
         models.append(("--model", config.model, config.backend))
     for flag, name, backend_name in models:
-        if backend_name == "vllm" and name != DEFAULT_MODEL:
-            resolve_model(name, flag)  # a missing folder is refused before any work
+        backend_class(backend_name).check_model(name, flag)  # a missing folder is refused before any work
     check_siblings(out, shard, "judge", shard_identity(config))
     with exclusive_output(out):
         return _run_judge(config, out, Engines(config, judge=backend, policy=policy_backend,
