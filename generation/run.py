@@ -14,6 +14,7 @@ from core.backends.registry import backend_identity
 from .checks import count_by_check
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
+from core.ledger import StageClock, calls_ledger, engine_device
 from core.model import DEFAULT_MODEL, resolve_model
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
@@ -133,6 +134,7 @@ def generate(
 def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
               backend_factory: Callable[[GenerateConfig], Backend] | None) -> dict:
     log = logger.info
+    clock = StageClock(*engine_device(config.backend, getattr(config, "tensor_parallel_size", 1)))
     constitution = load_constitution(config.constitution)
     settings = chain_settings(config)
     task = CritiqueReviseTask(constitution, settings, str(config.prompts))
@@ -300,6 +302,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             "hash": constitution.content_hash(),
             "principles": len(constitution.principles),
         },
+        ledger=clock.ledger(calls_ledger(store.iter_rows()), previous),
     )
     try:
         write_manifest(**manifest)

@@ -363,6 +363,7 @@ class OpenAIBackend(Backend):
             finish_reason=choice.get("finish_reason") or "stop",
             prompt_tokens=usage.get("prompt_tokens") or 0,
             completion_tokens=usage.get("completion_tokens") or 0,
+            cached_tokens=_cached_tokens(usage),
         )
 
     async def alabel_logprobs(self, conversation: Conversation, labels: Sequence[str],
@@ -430,3 +431,10 @@ def _sum_response_logprobs(full, head) -> SequenceLogprob:
             return SequenceLogprob(None, error=f"no log-probability for prompt token {position}")
         total += value["logprob"] if isinstance(value, dict) else value
     return SequenceLogprob(total, tokens=len(ids) - len(head_ids))
+
+
+def _cached_tokens(usage: dict) -> int | None:
+    """``usage.prompt_tokens_details.cached_tokens`` (vLLM with --enable-prompt-tokens-details, OpenAI), else None."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else None
