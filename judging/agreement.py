@@ -126,11 +126,16 @@ def run_agreement(config: AgreementConfig, backend: Backend | None = None) -> di
         if pairs:  # the engine starts here, before any pair (nothing is cached), and not for an empty file
             backend = judge.backend
             in_flight = config.concurrency or backend.concurrency
-        progress = Progress("agreement", len(pairs))
+        def comparisons_of(plan) -> list[Comparison]:
+            _, pair, principles = plan
+            return [Comparison.of(pair.prompt, pair.chosen, pair.rejected, p) for p in principles]
+
+        todo = judge.pending_keys(c for plan in plans for c in comparisons_of(plan))
+        progress = judge.progress = Progress("agreement", len(pairs), calls=len(todo), unit="judgements")
 
         async def judge_pair(plan) -> tuple[int, list]:
-            index, pair, principles = plan
-            comparisons = [Comparison.of(pair.prompt, pair.chosen, pair.rejected, p) for p in principles]
+            index, pair, _ = plan
+            comparisons = comparisons_of(plan)
             judged = await judge.ajudge(comparisons, session_key(pair.id))
             return index, judged.verdicts, judged.output_tokens
 
