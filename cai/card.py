@@ -293,20 +293,32 @@ def validate_card(text: str) -> dict:
     return data
 
 
-def validate_folder(folder: Path, written: dict[str, int]) -> None:
-    """The card validates and every config loads with ``datasets``, with the rows written; else a UserError (a bug:
-    nothing is left at --out)."""
-    import datasets
-
+def check_card(folder: Path) -> None:
+    """The card validates offline; else a UserError (a bug: nothing is left at --out)."""
     try:
         validate_card((folder / "README.md").read_text(encoding="utf-8"))
-        for name, rows in written.items():
-            loaded = datasets.load_dataset(str(folder), name, split="train")
-            if len(loaded) != rows:
-                raise ValueError(f"config {name} loads {len(loaded)} rows, not {rows}")
     except ValueError as exc:
-        raise UserError(f"the exported folder does not load as written ({exc}); nothing was written to --out. "
-                        "Please report this") from None
+        raise UserError(f"the exported card does not validate ({exc}); nothing was written to --out. Please report "
+                        "this") from None
+
+
+def load_configs(folder: Path, written: dict[str, int]) -> None:
+    """Every config loads with ``datasets``, with the rows written; else a UserError.
+
+    Loaded afresh: ``datasets`` caches a local folder's data by its path, and would otherwise serve an earlier
+    export to the same --out (with its row count) to every later ``load_dataset`` of it."""
+    import datasets
+
+    for name, rows in written.items():
+        try:
+            loaded = datasets.load_dataset(str(folder), name, split="train", download_mode="force_redownload",
+                                           verification_mode="no_checks")
+        except Exception as exc:  # noqa: BLE001 - a failure here is a bug; the message must still reach the user
+            raise UserError(f"{folder}: config {name} does not load with datasets ({type(exc).__name__}: {exc}); "
+                            "please report this") from None
+        if len(loaded) != rows:
+            raise UserError(f"{folder}: config {name} loads {len(loaded)} rows, not the {rows} written; please report "
+                            "this")
 
 
 # -- the Hub ------------------------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ class Selection:
 
 
 def select_rows(data: RunData, config: ExportConfig, eval_sets) -> dict[str, Selection]:
-    from core.dedup import count_duplicates, find_duplicates, row_texts
+    from core.dedup import count_duplicates, find_duplicates, prompt_order, row_texts
 
     from cai.contamination import find_contaminated
 
@@ -141,7 +141,8 @@ def select_rows(data: RunData, config: ExportConfig, eval_sets) -> dict[str, Sel
     for name in ("generations", "preferences", "sft"):  # generations first: its left-out ids go for the others
         rows = data.rows[name]
         texts = [row_texts(row) for row in rows]
-        duplicates = {} if config.keep_duplicates else find_duplicates(texts)
+        order = [prompt_order(row, index) for index, row in enumerate(rows)]
+        duplicates = {} if config.keep_duplicates else find_duplicates(texts, order)
         contaminated = find_contaminated(texts, eval_sets) if eval_sets is not None else {}
         kept, upstream, examples = [], 0, []
         for index, row in enumerate(rows):
@@ -277,7 +278,7 @@ def export_run(config: ExportConfig) -> dict:
     """Write the dataset folder (and push it); returns what was written and left out."""
     from core.store import writing
 
-    from cai.card import build_card, push_folder, validate_folder
+    from cai.card import build_card, check_card, load_configs, push_folder
     from cai.contamination import load_eval_sets
 
     if not config.run_dir:
@@ -305,11 +306,12 @@ def export_run(config: ExportConfig) -> dict:
                                 "See --keep-duplicates and --eval-sets")
             card = build_card(data, selections, written, eval_sets, config)
             (staging / "README.md").write_text(card, encoding="utf-8")
-            validate_folder(staging, written)
+            check_card(staging)
             out.parent.mkdir(parents=True, exist_ok=True)
             _replace_folder(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    load_configs(out, written)
     result = {"out": str(out), "configs": written,
               "left_out": {name: selections[name].total - len(selections[name].kept) for name in CONFIGS}}
     if config.push_to_hub:

@@ -8,15 +8,16 @@ Texts are compared as their words (lowercased, punctuation dropped).  Two texts 
   LSH threshold so that few are missed); the similarity of each candidate is then computed exactly, so the
   threshold is the decision, not an estimate.  One word changed in a 20-word prompt gives 17/21 = 0.81.
 
-Rows are read in order; a row whose prompt or response duplicates one of an earlier row that was kept is a
-duplicate of that row (the first of a group is kept).  Responses of fewer than ``MIN_RESPONSE_WORDS`` words
+Rows are taken in their prompts' order (``prompt_order``: generation rows are written as they finish, so a file's
+order is not the prompts'); a row whose prompt or response duplicates one of an earlier row that was kept is a
+duplicate of that row (the first of a group is kept; a row left out is not compared with).  Responses of fewer than ``MIN_RESPONSE_WORDS`` words
 ("Yes.", "I can't help with that.") are not compared: short answers repeat by nature.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 SHINGLE_WORDS = 2
@@ -134,12 +135,22 @@ def _compared(field: str, text: str | None) -> _Text | None:
     return _Text(text_words)
 
 
-def find_duplicates(rows: Iterable[Mapping[str, str | None]]) -> dict[int, Duplicate]:
-    """Row index -> its Duplicate, for every row (``{"prompt": text, "response": text}``, in order) that repeats an
-    earlier kept row's prompt or response; the prompt is checked first."""
+def prompt_order(row: dict, index: int) -> tuple:
+    """Where a row comes in ``find_duplicates``: a generation row by its prompt's line, another row as it comes."""
+    source = row.get("source")
+    line = source.get("line") if isinstance(source, dict) and "initial_response" in row else None
+    return (line if isinstance(line, int) and not isinstance(line, bool) else float("inf"), index)
+
+
+def find_duplicates(rows: Sequence[Mapping[str, str | None]], order: Sequence | None = None) -> dict[int, Duplicate]:
+    """Row index -> its Duplicate, for every row (``{"prompt": text, "response": text}``) that repeats an earlier
+    kept row's prompt or response; the prompt is checked first.  Rows are taken by ``order`` (a sort key per row,
+    e.g. ``prompt_order``), else as they come."""
     indexes = {name: _Index() for name in FIELDS}
     found: dict[int, Duplicate] = {}
-    for index, row in enumerate(rows):
+    taken = sorted(range(len(rows)), key=lambda i: order[i]) if order is not None else range(len(rows))
+    for index in taken:
+        row = rows[index]
         texts = {name: _compared(name, row.get(name)) for name in FIELDS}
         for name, text in texts.items():
             match = indexes[name].match(text) if text is not None else None

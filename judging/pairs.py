@@ -38,7 +38,7 @@ from constitution.schema import Constitution, Principle
 from generation.checks import RowChecker
 from core import aio
 from core.backends.base import Backend, Sampling, session_key
-from core.dedup import find_duplicates, prompt_text
+from core.dedup import find_duplicates, prompt_order, prompt_text
 from core.ledger import StageClock, engine_device
 from core.model import DEFAULT_MODEL, resolve_model
 from core.progress import Progress
@@ -442,14 +442,15 @@ def _needs_judging(plans: list[_Plan], judge: Judge) -> bool:
                for plan in plans if plan.item.candidates)
 
 
-def _duplicates(parsed: list[Item | str]) -> dict[int, dict]:
+def _duplicates(parsed: list[Item | str], rows: list[dict]) -> dict[int, dict]:
     """Input index -> what it repeats (core/dedup.py), for rows that repeat an earlier row's prompt or final
     response (samples mode: prompt), with both rows' ids and texts for the report's examples."""
     texts = [{"prompt": prompt_text(item.prompt),
               "response": next((c.text for c in item.candidates if c.label == "final_response"), None)}
              if isinstance(item, Item) else {} for item in parsed]
     found = {}
-    for index, duplicate in find_duplicates(texts).items():
+    order = [prompt_order(row, index) for index, row in enumerate(rows)]
+    for index, duplicate in find_duplicates(texts, order).items():
         item, first = parsed[index], parsed[duplicate.of]
         found[index] = {"id": item.id, "line": item.line, "of_id": first.id, "of_line": first.line,
                         "field": duplicate.field, "kind": duplicate.kind, "similarity": duplicate.similarity,
@@ -513,7 +514,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
             item.source_file = str(source)
     # Duplicates are found among every row read, before a shard keeps its own: whichever shard owns the first
     # row of a group keeps it, and the others leave out its repeats (a folder of parts: within each part).
-    duplicates = _duplicates(parsed)
+    duplicates = _duplicates(parsed, [row for _, _, row in located])
     if not shard.whole:  # this shard's rows (a row without an id is judged by the shard of its prompt's hash)
         kept = [i for i, ((_, _, row), item) in enumerate(zip(located, parsed))
                 if shard.owns(item.id if isinstance(item, Item) else str(row.get("id")))]

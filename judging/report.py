@@ -149,8 +149,8 @@ class JudgeReport:
     EXAMPLES = 5
 
     def add_duplicate(self, duplicate: dict, kept: bool) -> None:
-        """One input row that repeats an earlier one (core/dedup.py: ``Duplicate.as_dict()`` with the ids and texts
-        of both); a row left out counts here, not as a pair."""
+        """One input row that repeats an earlier one (core/dedup.py; with the ids, lines and texts of both, from
+        ``judging.pairs``); a row left out counts here, not as a pair."""
         self.duplicate_rows += 1
         self.duplicates_by_kind[f"{duplicate['field']}_{duplicate['kind']}"] += 1
         if len(self.duplicate_examples) < self.EXAMPLES:
