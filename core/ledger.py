@@ -84,15 +84,16 @@ class StageClock:
                 "runs": int(before.get("runs") or 0) + 1}
 
 
-def engine_device(backend_name: str, tensor_parallel_size: int = 1) -> tuple[str, int | None]:
-    """The device an engine holds and how many: ``("2x NVIDIA H100", 2)``, ``("cpu", 1)``, ``("endpoint", None)``."""
-    if backend_name != "vllm":
+def engine_device(options) -> tuple[str, int | None]:
+    """The device a backend's engine holds, and how many (its ``BackendOptions``): ``("2x NVIDIA H100", 2)``,
+    ``("cpu", 1)``, or ``("endpoint", None)`` for a model that runs elsewhere."""
+    if not options.in_process:
         return "endpoint", None
     try:
         import torch
 
         if torch.cuda.is_available():
-            return f"{tensor_parallel_size}x {torch.cuda.get_device_name(0)}", tensor_parallel_size
+            return f"{options.devices()}x {torch.cuda.get_device_name(0)}", options.devices()
     except Exception:  # noqa: BLE001 - no usable torch: the CPU it is
         pass
     return "cpu", 1

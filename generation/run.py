@@ -10,12 +10,15 @@ from core.errors import UserError
 from constitution.loader import load_constitution
 
 from core.backends.base import Backend, Sampling
-from core.backends.registry import backend_identity
+from core.backends.registry import backend_class, backend_identity, backend_options
 from .checks import count_by_check
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
+<<<<<<< HEAD
 from core.ledger import StageClock, calls_ledger, engine_device
 from core.model import DEFAULT_MODEL, resolve_model
+=======
+>>>>>>> main
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
@@ -124,8 +127,7 @@ def generate(
                   {"--prompts": config.prompts, "--constitution": config.constitution})
     require_regular_file(config.prompts, "prompts", "--prompts")
     check_own_output(out, "generate", is_generate_row)
-    if config.backend == "vllm" and config.model != DEFAULT_MODEL:
-        resolve_model(config.model)  # a missing folder is refused before any work
+    backend_class(config.backend).check_model(config.model)  # a missing folder is refused before any work
     check_siblings(out, shard, "generate", resume_identity(config))
     with exclusive_output(out):
         return _generate(config, out, backend, backend_factory)
@@ -134,7 +136,7 @@ def generate(
 def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
               backend_factory: Callable[[GenerateConfig], Backend] | None) -> dict:
     log = logger.info
-    clock = StageClock(*engine_device(config.backend, getattr(config, "tensor_parallel_size", 1)))
+    clock = StageClock(*engine_device(backend_options(config.backend, config)))
     constitution = load_constitution(config.constitution)
     settings = chain_settings(config)
     task = CritiqueReviseTask(constitution, settings, str(config.prompts))

@@ -244,7 +244,7 @@ def test_api_key_never_appears_in_logs_manifests_or_outputs(tmp_path):
     assert os.environ.get("OPENAI_API_KEY") != secret
 
 
-# --- every command, round two: outputs over inputs, two writers, pipes, NaN, damaged state, tracebacks ------------
+# --- every command, more cases: outputs over inputs, two writers, pipes, NaN, damaged state, tracebacks ------------
 # Each case runs one `cai` command in-process on a folder holding good inputs and earlier outputs (a generate
 # output, a judge output, human pairs); it must exit with its code, say its message in one `error:` line, never
 # show a traceback, and leave every file that was there byte for byte as it was.
@@ -466,6 +466,15 @@ COMMAND_CASES = [
      [r"r\.jsonl:1: calls\[0\] must be an object, got \"x\""], 1),
     ("judge-in-round-a-list", _judge_args, _generate_row_edit(lambda r: r.__setitem__("rounds", [["a"]])),
      [r"r\.jsonl:1: rounds\[0\] must be an object"], 1),
+    ("judge-in-flags-numbers", _judge_args, _generate_row_edit(lambda r: r.__setitem__("flags", [5])),
+     [r"r\.jsonl:1: flags\[0\] must be an object, got 5; is this a `cai generate` output\?"], 1),
+    ("judge-in-flags-a-string", _judge_args, _generate_row_edit(lambda r: r.__setitem__("flags", "cut_off")),
+     [r"r\.jsonl:1: flags must be a list, got \"cut_off\""], 1),
+    ("judge-in-lone-surrogate", _judge_args, _generate_row_edit(lambda r: r.__setitem__("final_response", "ok \ud800")),
+     [r"r\.jsonl:1: contains an unpaired surrogate \('\\ud800'\), which is not valid Unicode; fix the escape"], 1),
+    ("judge-in-invalid-utf8", _judge_args, lambda t: (t / "r.jsonl").write_bytes(
+        (t / "r.jsonl").read_bytes().replace(b'"final_response": "', b'"final_response": "\xff', 1)),
+     [r"r\.jsonl:1: not valid UTF-8"], 1),
     ("judge-in-not-generate-rows", lambda t, u: _judge_args(t, u, "--in", str(t / "p.jsonl")), None,
      [r"p\.jsonl:1: not a `cai generate` row \(missing initial_response"], 1),
     ("judge-samples-responses-not-a-list", lambda t, u: _judge_args(t, u, "--in", str(t / "s.jsonl"), "--mode", "samples"),
@@ -500,6 +509,10 @@ COMMAND_CASES = [
      None, [r"--out .*prefs\.jsonl was written by `cai judge`"], 1),
     ("agreement-pairs-dev-zero", lambda t, u: ["judge", "agreement", "--pairs", "/dev/zero", "--constitution", "c.yaml", "--backend", "openai",
                                                "--base-url", u], None, [r"/dev/zero:1: a line longer than 64 MiB"], 1),
+    ("agreement-pairs-lone-surrogate", lambda t, u: ["judge", "agreement", "--pairs", str(t / "bad.jsonl"),
+                                                     "--constitution", "c.yaml", "--backend", "openai", "--base-url", u],
+     _set("bad.jsonl", '{"prompt": "hi \\ud800", "chosen": "a", "rejected": "b"}\n'),
+     [r"bad\.jsonl:1: contains an unpaired surrogate"], 1),
     ("agreement-pairs-wrong-types", lambda t, u: ["judge", "agreement", "--pairs", str(t / "bad.jsonl"), "--constitution", "c.yaml", "--backend",
                                                   "openai", "--base-url", u],
      _set("bad.jsonl", '{"prompt": "hi", "chosen": 3, "rejected": "no"}\n'),
@@ -542,6 +555,10 @@ COMMAND_CASES = [
     ("train-reward-margin-inf", lambda t, u: ["train", "reward", "--data", str(t / "train.jsonl"), "--output-dir",
                                               str(t / "rm")], _pairs_row("margin", "Infinity"),
      [r"train\.jsonl:2: column 'margin' is inf"], 1),
+    ("train-dpo-lone-surrogate", lambda t, u: ["train", "dpo", "--data", str(t / "train.jsonl"), "--output-dir",
+                                               str(t / "dpo")], _pairs_row("chosen", '[{"role": "assistant", '
+                                                                           '"content": "fine \\udfff"}]'),
+     [r"train\.jsonl:2: contains an unpaired surrogate \('\\udfff'\)"], 1),
     ("train-sft-dev-zero", lambda t, u: ["train", "sft", "--data", "/dev/zero", "--output-dir", str(t / "sft")], None,
      [r"/dev/zero:1: a line longer than 64 MiB"], 1),
     ("train-dpo-model-missing", lambda t, u: ["train", "dpo", "--data", str(TRAINING_PAIRS), "--output-dir",
@@ -577,6 +594,22 @@ COMMAND_CASES = [
      [r"recipe\.yaml:\d+: the YAML expands to more than 200,000 values"], 1),
     ("run-recipe-missing", lambda t, u: ["run", "--recipe", str(t / "nowhere.yaml")], None,
      [r"nowhere\.yaml: cannot read the recipe"], 1),
+    # --- every file read is bounded before it is parsed: a device, a pipe, a runaway file ------------------------
+    ("run-recipe-dev-zero", lambda t, u: ["run", "--recipe", "/dev/zero"], None,
+     [r"/dev/zero: not a regular file \(a device such as /dev/zero, or a pipe\); save the recipe to a file"], 1),
+    ("run-recipe-fifo", lambda t, u: ["run", "--recipe", str(t / "fifo")], _fifo, [r"fifo: not a regular file"], 1),
+    ("run-recipe-huge", lambda t, u: ["run", "--recipe", str(t / "huge.yaml")],
+     lambda t: os.truncate(t / "huge.yaml", 17 * 2**20) if (t / "huge.yaml").touch() is None else None,
+     [r"huge\.yaml: 17\.0 MiB is larger than a recipe can be \(16 MiB\); is it the right file\?"], 1),
+    ("run-judge-check-pairs-dev-zero", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
+     _recipe(judge_check={"pairs": "/dev/zero"}), [r"/dev/zero: not a regular file .*save the labelled pairs file"], 1),
+    ("validate-dev-zero", lambda t, u: ["validate", "/dev/zero"], None, [r"/dev/zero: not a regular file"], 1),
+    ("generate-config-dev-zero", lambda t, u: _generate(t, u, "--config", "/dev/zero"), None,
+     [r"/dev/zero: not a regular file .*save the config file to a file"], 1),
+    ("generate-constitution-dev-zero", lambda t, u: _generate(t, u, "--constitution", "/dev/zero"), None,
+     [r"/dev/zero: not a regular file"], 1),
+    ("judge-constitution-dev-zero", lambda t, u: _judge_args(t, u, "--constitution", "/dev/zero"), None,
+     [r"/dev/zero: not a regular file"], 1),
 ]
 
 
