@@ -14,11 +14,7 @@ from core.backends.registry import backend_class, backend_identity, backend_opti
 from .checks import count_by_check
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
-<<<<<<< HEAD
 from core.ledger import StageClock, calls_ledger, engine_device
-from core.model import DEFAULT_MODEL, resolve_model
-=======
->>>>>>> main
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
