@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,10 +11,11 @@ from core.errors import UserError
 from constitution.loader import load_constitution
 
 from core.backends.base import Backend, Sampling
-from core.backends.registry import backend_class, backend_identity
+from core.backends.registry import backend_class, backend_identity, backend_options
 from .checks import count_by_check
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
+from core.ledger import StageClock, calls_ledger, engine_device
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
@@ -124,13 +126,15 @@ def generate(
     check_own_output(out, "generate", is_generate_row)
     backend_class(config.backend).check_model(config.model)  # a missing folder is refused before any work
     check_siblings(out, shard, "generate", resume_identity(config))
-    with exclusive_output(out):
-        return _generate(config, out, backend, backend_factory)
+    # ``saving`` holds Ctrl-C and SIGTERM from the moment the rows stop until the manifest is written.
+    with exclusive_output(out), contextlib.ExitStack() as saving:
+        return _generate(config, out, backend, backend_factory, saving)
 
 
 def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
-              backend_factory: Callable[[GenerateConfig], Backend] | None) -> dict:
+              backend_factory: Callable[[GenerateConfig], Backend] | None, saving: contextlib.ExitStack) -> dict:
     log = logger.info
+    clock = StageClock(*engine_device(backend_options(config.backend, config)))
     constitution = load_constitution(config.constitution)
     settings = chain_settings(config)
     task = CritiqueReviseTask(constitution, settings, str(config.prompts))
@@ -235,6 +239,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         except (KeyboardInterrupt, UserError) as exc:
             stopped = exc
         finally:
+            saving.enter_context(hold_interrupts())
             try:
                 rows_out.close()
                 errors_out.close()
@@ -245,6 +250,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             if owned and backend is not None:
                 backend.close()
 
+    saving.enter_context(hold_interrupts())
     # Drop rows superseded by this run (an edited principle, a torn batch redone twice).
     # Refresh outdated flags in the same atomic rewrite.
     rows_left = rows_in_file + generated
@@ -300,6 +306,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             "hash": constitution.content_hash(),
             "principles": len(constitution.principles),
         },
+        ledger=clock.ledger(calls_ledger(store.iter_rows()), previous),
     )
     try:
         write_manifest(**manifest)
