@@ -90,7 +90,7 @@ def uncritiqued_revision(prompt: Sequence[dict], answer: str, principle: Princip
     a blank line, ``REVISION_STOPS``).  The critique is still written and stored with the round,
     but the revision does not see it: the 135M model's critiques are mostly off topic or echo the
     exemplars' ("The question is a harmless fact about water"), and a revision that reads one
-    repeats it (README: on the demo prompts 38/40 rows pass the checks this way, 23/40 or fewer
+    repeats it (bench/README.md: on the demo prompts 38/40 rows pass the checks this way, 23/40 or fewer
     with the critique in view).
     """
     return list(prompt) + [

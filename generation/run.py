@@ -11,11 +11,10 @@ from core.errors import UserError
 from constitution.loader import load_constitution
 
 from core.backends.base import Backend, Sampling
-from core.backends.registry import backend_identity
+from core.backends.registry import backend_class, backend_identity
 from .checks import count_by_check
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
-from core.model import DEFAULT_MODEL, resolve_model
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
@@ -125,8 +124,7 @@ def generate(
                   {"--prompts": config.prompts, "--constitution": config.constitution})
     require_regular_file(config.prompts, "prompts", "--prompts")
     check_own_output(out, "generate", is_generate_row)
-    if config.backend == "vllm" and config.model != DEFAULT_MODEL:
-        resolve_model(config.model)  # a missing folder is refused before any work
+    backend_class(config.backend).check_model(config.model)  # a missing folder is refused before any work
     check_siblings(out, shard, "generate", resume_identity(config))
     with exclusive_output(out):
         return _generate(config, out, backend, backend_factory)

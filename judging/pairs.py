@@ -38,7 +38,7 @@ from constitution.schema import Constitution, Principle
 from generation.checks import RowChecker
 from core import aio
 from core.backends.base import Backend, Sampling, session_key
-from core.model import DEFAULT_MODEL, resolve_model
+from core.backends.registry import backend_class
 from core.progress import Progress
 from core.redact import redact_values
 from core.hardware import dtype_change_note
@@ -180,7 +180,7 @@ def revision_item(line: int, row: dict, where: str) -> Item | str:
         raise UserError(f"{where}:{line}: not a `cai generate` row (missing {', '.join(missing)}); "
                         "use --mode samples for prompts or sampled responses")
     prompt = _messages(row["prompt"], f"{where}:{line}")
-    validate_fields(GenerationRow, row, ("initial_response", "final_response", "rounds", "calls"), f"{where}:{line}",
+    validate_fields(GenerationRow, row, ("initial_response", "final_response", "rounds", "calls", "flags"), f"{where}:{line}",
                     "is this a `cai generate` output?")
     row_id = str(row.get("id") or stable_hash(prompt))
     if not row["rounds"]:
@@ -464,8 +464,7 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     if config.mode == "samples":
         models.append(("--model", config.model, config.backend))
     for flag, name, backend_name in models:
-        if backend_name == "vllm" and name != DEFAULT_MODEL:
-            resolve_model(name, flag)  # a missing folder is refused before any work
+        backend_class(backend_name).check_model(name, flag)  # a missing folder is refused before any work
     check_siblings(out, shard, "judge", shard_identity(config))
     with exclusive_output(out):
         return _run_judge(config, out, Engines(config, judge=backend, policy=policy_backend,

@@ -18,7 +18,7 @@ from core import aio
 from core.errors import UserError
 from core.hardware import DTYPES, choose_dtype, this_cpu
 from core.log import get_logger
-from core.model import model_identity, resolve_model
+from core.model import DEFAULT_MODEL, model_identity, resolve_model
 
 from .base import (
     Backend, BackendOptions, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant,
@@ -35,6 +35,11 @@ class VLLMOptions(BackendOptions):
     tensor_parallel_size: int = 1
     concurrency: int | None = None
     dtype: str = "auto"
+
+    memory_share_field = "gpu_memory_utilization"
+
+    def devices(self) -> int:
+        return self.tensor_parallel_size
 
     def rules(self) -> list[tuple[str, bool, str]]:
         return [
@@ -107,6 +112,11 @@ class VLLMBackend(Backend):
     @classmethod
     def identity(cls, model: str) -> str:
         return model_identity(model)  # a folder's absolute path; converts nothing
+
+    @classmethod
+    def check_model(cls, model: str, flag: str = "--model") -> None:
+        if model != DEFAULT_MODEL:  # the default is converted when it first loads, not here
+            resolve_model(model, flag)  # a missing folder is a UserError
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from abc import abstractmethod
 from typing import NamedTuple
 
 from core.backends.base import Backend, Sampling
+from core.schema import OrderJudgement
 
 from ..scoring import clamp, combine_orders
 from .base import Comparison, JudgeMethod, Judgement, Verdict
@@ -29,6 +30,7 @@ class Order(NamedTuple):
 
 class BothOrders(JudgeMethod):
     supports_cot = True
+    record_model = OrderJudgement
     #: Whether ``--cot`` probabilities are clamped (unless ``--no-cot-clamp``).
     clamps_cot: bool = False
 

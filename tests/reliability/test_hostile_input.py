@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from cai.cli import main as cai_main
-from harness import generate_args, rows_of, write_prompts
-from servers import StandinServer
+from harness import generate_args, manifest_of, rows_of, write_prompts
+from servers import ENDLESS, HostileServer, StandinServer, chat_answer
 
 GOOD_YAML = """version: 1
 principles:
@@ -244,7 +244,7 @@ def test_api_key_never_appears_in_logs_manifests_or_outputs(tmp_path):
     assert os.environ.get("OPENAI_API_KEY") != secret
 
 
-# --- every command, round two: outputs over inputs, two writers, pipes, NaN, damaged state, tracebacks ------------
+# --- every command, more cases: outputs over inputs, two writers, pipes, NaN, damaged state, tracebacks ------------
 # Each case runs one `cai` command in-process on a folder holding good inputs and earlier outputs (a generate
 # output, a judge output, human pairs); it must exit with its code, say its message in one `error:` line, never
 # show a traceback, and leave every file that was there byte for byte as it was.
@@ -466,6 +466,15 @@ COMMAND_CASES = [
      [r"r\.jsonl:1: calls\[0\] must be an object, got \"x\""], 1),
     ("judge-in-round-a-list", _judge_args, _generate_row_edit(lambda r: r.__setitem__("rounds", [["a"]])),
      [r"r\.jsonl:1: rounds\[0\] must be an object"], 1),
+    ("judge-in-flags-numbers", _judge_args, _generate_row_edit(lambda r: r.__setitem__("flags", [5])),
+     [r"r\.jsonl:1: flags\[0\] must be an object, got 5; is this a `cai generate` output\?"], 1),
+    ("judge-in-flags-a-string", _judge_args, _generate_row_edit(lambda r: r.__setitem__("flags", "cut_off")),
+     [r"r\.jsonl:1: flags must be a list, got \"cut_off\""], 1),
+    ("judge-in-lone-surrogate", _judge_args, _generate_row_edit(lambda r: r.__setitem__("final_response", "ok \ud800")),
+     [r"r\.jsonl:1: contains an unpaired surrogate \('\\ud800'\), which is not valid Unicode; fix the escape"], 1),
+    ("judge-in-invalid-utf8", _judge_args, lambda t: (t / "r.jsonl").write_bytes(
+        (t / "r.jsonl").read_bytes().replace(b'"final_response": "', b'"final_response": "\xff', 1)),
+     [r"r\.jsonl:1: not valid UTF-8"], 1),
     ("judge-in-not-generate-rows", lambda t, u: _judge_args(t, u, "--in", str(t / "p.jsonl")), None,
      [r"p\.jsonl:1: not a `cai generate` row \(missing initial_response"], 1),
     ("judge-samples-responses-not-a-list", lambda t, u: _judge_args(t, u, "--in", str(t / "s.jsonl"), "--mode", "samples"),
@@ -500,6 +509,10 @@ COMMAND_CASES = [
      None, [r"--out .*prefs\.jsonl was written by `cai judge`"], 1),
     ("agreement-pairs-dev-zero", lambda t, u: ["judge", "agreement", "--pairs", "/dev/zero", "--constitution", "c.yaml", "--backend", "openai",
                                                "--base-url", u], None, [r"/dev/zero:1: a line longer than 64 MiB"], 1),
+    ("agreement-pairs-lone-surrogate", lambda t, u: ["judge", "agreement", "--pairs", str(t / "bad.jsonl"),
+                                                     "--constitution", "c.yaml", "--backend", "openai", "--base-url", u],
+     _set("bad.jsonl", '{"prompt": "hi \\ud800", "chosen": "a", "rejected": "b"}\n'),
+     [r"bad\.jsonl:1: contains an unpaired surrogate"], 1),
     ("agreement-pairs-wrong-types", lambda t, u: ["judge", "agreement", "--pairs", str(t / "bad.jsonl"), "--constitution", "c.yaml", "--backend",
                                                   "openai", "--base-url", u],
      _set("bad.jsonl", '{"prompt": "hi", "chosen": 3, "rejected": "no"}\n'),
@@ -542,6 +555,10 @@ COMMAND_CASES = [
     ("train-reward-margin-inf", lambda t, u: ["train", "reward", "--data", str(t / "train.jsonl"), "--output-dir",
                                               str(t / "rm")], _pairs_row("margin", "Infinity"),
      [r"train\.jsonl:2: column 'margin' is inf"], 1),
+    ("train-dpo-lone-surrogate", lambda t, u: ["train", "dpo", "--data", str(t / "train.jsonl"), "--output-dir",
+                                               str(t / "dpo")], _pairs_row("chosen", '[{"role": "assistant", '
+                                                                           '"content": "fine \\udfff"}]'),
+     [r"train\.jsonl:2: contains an unpaired surrogate \('\\udfff'\)"], 1),
     ("train-sft-dev-zero", lambda t, u: ["train", "sft", "--data", "/dev/zero", "--output-dir", str(t / "sft")], None,
      [r"/dev/zero:1: a line longer than 64 MiB"], 1),
     ("train-dpo-model-missing", lambda t, u: ["train", "dpo", "--data", str(TRAINING_PAIRS), "--output-dir",
@@ -577,6 +594,22 @@ COMMAND_CASES = [
      [r"recipe\.yaml:\d+: the YAML expands to more than 200,000 values"], 1),
     ("run-recipe-missing", lambda t, u: ["run", "--recipe", str(t / "nowhere.yaml")], None,
      [r"nowhere\.yaml: cannot read the recipe"], 1),
+    # --- every file read is bounded before it is parsed: a device, a pipe, a runaway file ------------------------
+    ("run-recipe-dev-zero", lambda t, u: ["run", "--recipe", "/dev/zero"], None,
+     [r"/dev/zero: not a regular file \(a device such as /dev/zero, or a pipe\); save the recipe to a file"], 1),
+    ("run-recipe-fifo", lambda t, u: ["run", "--recipe", str(t / "fifo")], _fifo, [r"fifo: not a regular file"], 1),
+    ("run-recipe-huge", lambda t, u: ["run", "--recipe", str(t / "huge.yaml")],
+     lambda t: os.truncate(t / "huge.yaml", 17 * 2**20) if (t / "huge.yaml").touch() is None else None,
+     [r"huge\.yaml: 17\.0 MiB is larger than a recipe can be \(16 MiB\); is it the right file\?"], 1),
+    ("run-judge-check-pairs-dev-zero", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
+     _recipe(judge_check={"pairs": "/dev/zero"}), [r"/dev/zero: not a regular file .*save the labelled pairs file"], 1),
+    ("validate-dev-zero", lambda t, u: ["validate", "/dev/zero"], None, [r"/dev/zero: not a regular file"], 1),
+    ("generate-config-dev-zero", lambda t, u: _generate(t, u, "--config", "/dev/zero"), None,
+     [r"/dev/zero: not a regular file .*save the config file to a file"], 1),
+    ("generate-constitution-dev-zero", lambda t, u: _generate(t, u, "--constitution", "/dev/zero"), None,
+     [r"/dev/zero: not a regular file"], 1),
+    ("judge-constitution-dev-zero", lambda t, u: _judge_args(t, u, "--constitution", "/dev/zero"), None,
+     [r"/dev/zero: not a regular file"], 1),
 ]
 
 
@@ -624,3 +657,135 @@ def test_every_command_refuses_with_one_error_line_and_changes_no_input(case, st
     assert "--overwrite" not in err or name.startswith("generate-other-"), err  # never offered for a file not ours
     assert standin.requests == requests_before, f"{name}: the server was called"
     assert _hashes(tmp_path) == before, f"{name}: files changed"
+
+
+# --- every field a server sends is hostile ------------------------------------------------------------------------
+# `cai generate` against a server that answers every request the same odd way: the row is either recorded with the
+# text made sane, or recorded as failed with its reason; never a traceback, and always a manifest.
+
+def _reply(payload, status: int = 200, headers: dict | None = None):
+    return lambda request: (status, headers or {}, payload)
+
+
+SURROGATE_BODY = b'{"choices": [{"message": {"role": "assistant", "content": "ok \\ud800 there"}, "finish_reason": "stop"}]}'
+SERVER_CASES = [
+    # (case id, answer, text of the recorded row or None, error regex of the failed row or None)
+    ("content-parts", _reply(chat_answer([{"type": "text", "text": "Hello "}, {"type": "image_url", "image_url": {}},
+                                          {"type": "text", "text": "world."}])), "Hello world.", None),
+    ("content-null", _reply(chat_answer(None)), "", None),
+    ("content-a-number", _reply(chat_answer(7)), None, r"the answer's content is not text: 7"),
+    ("tool-calls-instead-of-text", _reply(chat_answer(None, choices=[{"message": {
+        "role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}]}}])),
+     None, r"the answer holds tool calls instead of text"),
+    ("usage-missing", _reply(chat_answer("fine", usage=None)), "fine", None),
+    ("usage-wrong-types", _reply(chat_answer("fine", usage={"prompt_tokens": "3", "completion_tokens": -1})), "fine",
+     None),
+    ("choices-not-a-list", _reply(chat_answer("x", choices={"0": {}})), None, r"the answer has no choices"),
+    ("choice-a-number", _reply(chat_answer("x", choices=[5])), None, r"the answer's choice has no message object: 5"),
+    ("message-a-string", _reply(chat_answer("x", choices=[{"message": "hi"}])), None, r"has no message object"),
+    ("finish-reason-a-list", _reply(chat_answer("fine", choices=[{"message": {"content": "fine"},
+                                                                  "finish_reason": [1]}])), "fine", None),
+    ("answer-nested-deep", _reply(b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), None,
+     r"the answer is not JSON"),
+    ("answer-not-json", _reply(b"<html>hello</html>"), None, r"the answer is not JSON"),
+    ("answer-9-mib", _reply(chat_answer("x" * (9 * 2**20))), None, r"the answer is larger than 8 MiB \(9 MiB\)"),
+    ("lone-surrogate", _reply(SURROGATE_BODY), "ok \ufffd there", None),
+]
+
+
+@pytest.mark.parametrize("case", SERVER_CASES, ids=[c[0] for c in SERVER_CASES])
+def test_a_hostile_answer_is_recorded_or_fails_its_row_never_a_traceback(case, tmp_path, capsys):
+    name, answer, text, error = case
+    prompts = write_prompts(tmp_path / "p.jsonl", 1)
+    out = tmp_path / "out.jsonl"
+    before = prompts.read_bytes()
+    with HostileServer(answer) as server:
+        capsys.readouterr()
+        code = cai_main(generate_args(prompts, out, server.base_url, rounds=0))
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert prompts.read_bytes() == before
+    assert manifest_of(out) is not None, f"{name}: no manifest"
+    if text is not None:
+        assert code == 0, captured.err
+        [row] = rows_of(out)
+        assert row["final_response"] == text
+        out.read_bytes().decode("utf-8")  # the whole output is valid UTF-8
+        if "\ufffd" in text:
+            assert "1 unpaired surrogate(s)" in captured.err and "U+FFFD" in captured.err
+    else:
+        assert code == 1, captured.err
+        assert rows_of(out) == []
+        [failed] = rows_of(tmp_path / "out.jsonl.errors.jsonl")
+        assert re.search(error, failed["error"]), failed["error"]
+        assert "1 row(s) failed" in captured.err
+
+
+def test_an_endless_answer_ends_at_the_request_timeout(tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "p.jsonl", 1)
+    out = tmp_path / "out.jsonl"
+    with HostileServer(_reply(ENDLESS)) as server:
+        code = cai_main(generate_args(prompts, out, server.base_url, "--request-timeout", "0.5", rounds=0))
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    [failed] = rows_of(tmp_path / "out.jsonl.errors.jsonl")
+    assert failed["error"].startswith("Timeout")
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("credentials", ["url", "key"])
+def test_credentials_never_follow_a_redirect_to_another_origin(status, credentials, tmp_path, capsys, monkeypatch):
+    """The same host on another port is another origin: neither URL credentials nor the key may reach it."""
+    prompts = write_prompts(tmp_path / "p.jsonl", 1)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-redirect-SECRET")
+    with StandinServer() as elsewhere:
+        target = elsewhere.url + "/v1/chat/completions"
+        with HostileServer(_reply(b"", status, {"location": target})) as first:
+            url = first.base_url.replace("http://", "http://alice:pw-SECRET@") if credentials == "url" else first.base_url
+            cai_main(generate_args(prompts, tmp_path / "out.jsonl", url, rounds=0))
+            sent = [r["authorization"] for r in first.seen]
+        reached = set(elsewhere.auth_headers)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "SECRET" not in err
+    assert sent and all(sent), "the first server got the credentials"
+    assert reached, f"the redirect (HTTP {status}) was not followed"
+    assert reached == {""}, f"credentials followed HTTP {status} to another port: {reached}"
+
+
+def test_absurd_retry_after_is_capped_and_a_long_wait_says_why(caplog):
+    from core.backends.openai_backend import RETRY_AFTER_CAP, BackoffWait, EndpointStatusError
+
+    class Outcome:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def exception(self):
+            return self.exc
+
+    class State:
+        attempt_number = 1
+
+        def __init__(self, retry_after):
+            self.outcome = Outcome(EndpointStatusError(429, "slow down", {"retry-after": retry_after}))
+
+    waits = {}
+    for asked in ["86400", "1e308", "inf", "-5", "nan", "Wed, 21 Oct 2015 07:28:00 GMT", "soon"]:
+        caplog.clear()
+        waits[asked] = BackoffWait(notice=None)(State(asked))
+        assert 0 <= waits[asked] <= RETRY_AFTER_CAP
+    assert waits["86400"] == waits["1e308"] == waits["inf"] == RETRY_AFTER_CAP
+    assert waits["-5"] == 0 and waits["Wed, 21 Oct 2015 07:28:00 GMT"] == 0
+    with caplog.at_level("WARNING", logger="cai"):
+        BackoffWait()(State("86400"))
+    assert f"waiting {RETRY_AFTER_CAP:.0f} s: the server asked (HTTP 429 Retry-After, capped from 86400 s)" in caplog.text
+
+
+def test_a_stalled_server_gets_a_line_saying_so(tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "p.jsonl", 1)
+    with StandinServer(delay=6) as slow:
+        code = cai_main(generate_args(prompts, tmp_path / "out.jsonl", slow.base_url, "--request-timeout", "20",
+                                      rounds=0))
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "waiting: no answer from the server for 5 s (stalled?); a request gives up after --request-timeout 20 s" \
+        in err
