@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -126,12 +127,13 @@ def generate(
     check_own_output(out, "generate", is_generate_row)
     backend_class(config.backend).check_model(config.model)  # a missing folder is refused before any work
     check_siblings(out, shard, "generate", resume_identity(config))
-    with exclusive_output(out):
-        return _generate(config, out, backend, backend_factory)
+    # ``saving`` holds Ctrl-C and SIGTERM from the moment the rows stop until the manifest is written.
+    with exclusive_output(out), contextlib.ExitStack() as saving:
+        return _generate(config, out, backend, backend_factory, saving)
 
 
 def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
-              backend_factory: Callable[[GenerateConfig], Backend] | None) -> dict:
+              backend_factory: Callable[[GenerateConfig], Backend] | None, saving: contextlib.ExitStack) -> dict:
     log = logger.info
     constitution = load_constitution(config.constitution)
     settings = chain_settings(config)
@@ -245,6 +247,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         except (KeyboardInterrupt, UserError) as exc:
             stopped = exc
         finally:
+            saving.enter_context(hold_interrupts())
             try:
                 rows_out.close()
                 errors_out.close()
@@ -255,6 +258,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             if owned and backend is not None:
                 backend.close()
 
+    saving.enter_context(hold_interrupts())
     # Drop rows superseded by this run (an edited principle, a torn batch redone twice).
     # Refresh outdated flags in the same atomic rewrite.
     rows_left = rows_in_file + generated

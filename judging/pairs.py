@@ -20,6 +20,7 @@ written in the order rows finish, not the input's.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections import Counter
@@ -466,12 +467,14 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     for flag, name, backend_name in models:
         backend_class(backend_name).check_model(name, flag)  # a missing folder is refused before any work
     check_siblings(out, shard, "judge", shard_identity(config))
-    with exclusive_output(out):
+    # ``saving`` holds Ctrl-C and SIGTERM from the moment the rows stop until the manifest is written.
+    with exclusive_output(out), contextlib.ExitStack() as saving:
         return _run_judge(config, out, Engines(config, judge=backend, policy=policy_backend,
-                                               policy_loads=config.mode == "samples", policy_factory=policy_factory))
+                                               policy_loads=config.mode == "samples", policy_factory=policy_factory),
+                          saving)
 
 
-def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
+def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: contextlib.ExitStack) -> dict:
     log = logger.info
     constitution = load_constitution(config.constitution)
     settings = judge_settings(config)
@@ -609,6 +612,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
     except (KeyboardInterrupt, UserError) as exc:
         stopped = exc
     finally:
+        saving.enter_context(hold_interrupts())  # from here until the manifest is written
         try:
             for appender in (pairs_out, judgements_out, samples_out, errors_out):
                 appender.close()
