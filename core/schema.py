@@ -125,6 +125,8 @@ class Call(_Row):
     finish_reason: str | None = Field(description='"stop", "length" (cut off at max_tokens), ...')
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int | None = Field(default=None, description="Prompt tokens served from the prefix cache, where "
+                                      "the engine says (absent otherwise, and in rows written before it was kept).")
 
     @field_validator("step")
     @classmethod

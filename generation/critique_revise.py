@@ -108,12 +108,15 @@ def revision_turns(style: str, prompt: Sequence[dict], answer: str, critique: st
 
 
 def _call_record(step: str, completion: Completion) -> dict:
-    return {
+    record = {
         "step": step,
         "finish_reason": completion.finish_reason,
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
     }
+    if completion.cached_tokens is not None:  # where the engine says (core/ledger.py sums it)
+        record["cached_tokens"] = completion.cached_tokens
+    return record
 
 
 @dataclass

@@ -12,10 +12,11 @@ from core.errors import UserError
 from constitution.loader import load_constitution
 
 from core.backends.base import Backend, Sampling
-from core.backends.registry import backend_class, backend_identity
+from core.backends.registry import backend_class, backend_identity, backend_options
 from .checks import count_by_check
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
+from core.ledger import StageClock, calls_ledger, engine_device
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
@@ -135,6 +136,7 @@ def generate(
 def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
               backend_factory: Callable[[GenerateConfig], Backend] | None, saving: contextlib.ExitStack) -> dict:
     log = logger.info
+    clock = StageClock(*engine_device(backend_options(config.backend, config)))
     constitution = load_constitution(config.constitution)
     settings = chain_settings(config)
     task = CritiqueReviseTask(constitution, settings, str(config.prompts))
@@ -315,6 +317,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             "hash": constitution.content_hash(),
             "principles": len(constitution.principles),
         },
+        ledger=clock.ledger(calls_ledger(store.iter_rows()), previous),
     )
     try:
         write_manifest(**manifest)

@@ -64,6 +64,8 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    #: prompt tokens served from the engine's prefix cache, where the engine says (None: it did not)
+    cached_tokens: int | None = None
 
 
 @dataclass

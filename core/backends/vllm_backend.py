@@ -246,6 +246,7 @@ class VLLMBackend(Backend):
             finish_reason=choice.finish_reason or "stop",
             prompt_tokens=len(output.prompt_token_ids or []),
             completion_tokens=len(choice.token_ids),
+            cached_tokens=output.num_cached_tokens,
         )
 
     def label_token_ids(self, labels: Sequence[str]) -> dict[str, int]:
