@@ -37,6 +37,8 @@ COMMANDS: Registry[Command] = Registry("command", {
     "run": Command("cai.pipeline:run_command", "Run generate, judge, train and eval from a recipe."),
     "status": Command("cai.status:status_command", "Progress of an output: a file, or a folder's shard parts summed."),
     "report": Command("cai.report:report_command", "Write a run folder's HTML report: plots and a row browser."),
+    "export": Command("cai.export:export_command",
+                      "Export a run folder as a Hub-ready dataset: Parquet configs and a card."),
     "label": Command("cai.label:label_command",
                      "Label pairs by hand in the browser (127.0.0.1), for `cai judge agreement`."),
 })
