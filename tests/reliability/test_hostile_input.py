@@ -789,3 +789,18 @@ def test_a_stalled_server_gets_a_line_saying_so(tmp_path, capsys):
     assert code == 0, err
     assert "waiting: no answer from the server for 5 s (stalled?); a request gives up after --request-timeout 20 s" \
         in err
+
+
+def test_escape_codes_in_model_text_never_reach_the_terminal(tmp_path, capsys):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "id-\x1b]0;pwned\x07", "prompt": "hi \x1b[2J",
+                                                  "tag": "\u202etag"}) + "\n")
+    answer = "red \x1b[31mRED\x1b[0m \x1b]8;;http://evil.example\x07link\x1b]8;;\x07 \x9b2J"
+    with HostileServer(_reply(chat_answer(answer))) as server:
+        code = cai_main(generate_args(tmp_path / "p.jsonl", tmp_path / "out.jsonl", server.base_url, rounds=0)
+                        + ["--examples", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", out), repr(out)
+    assert "red \\x1b[31mRED\\x1b[0m" in out and "id-\\x1b]0;pwned\\x07" in out and "\\u202etag" in out
+    [row] = rows_of(tmp_path / "out.jsonl")
+    assert row["final_response"] == answer  # stored as it came: the row is data, only the terminal is spared
