@@ -594,6 +594,17 @@ COMMAND_CASES = [
      [r"recipe\.yaml:\d+: the YAML expands to more than 200,000 values"], 1),
     ("run-recipe-missing", lambda t, u: ["run", "--recipe", str(t / "nowhere.yaml")], None,
      [r"nowhere\.yaml: cannot read the recipe"], 1),
+    # --- cai run: a recipe's values of the wrong type name the file and the line ---------------------------------
+    ("run-run-dir-a-number", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")], _recipe(run_dir=5),
+     [r"recipe\.yaml:\d+: run_dir: expected a string \(the run folder, e\.g\. run_dir: runs/demo\), got 5"], 1),
+    ("run-run-dir-a-list", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")], _recipe(run_dir=["a"]),
+     [r"recipe\.yaml:\d+: run_dir: expected a string .*got \['a'\]"], 1),
+    ("run-model-a-number", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")], _recipe(model=5),
+     [r"recipe\.yaml:\d+: model: expected a string \(a model folder or the served model's name\), got 5"], 1),
+    ("run-seed-a-word", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")], _recipe(seed="x"),
+     [r"recipe\.yaml:\d+: seed: expected a whole number, got 'x'"], 1),
+    ("run-generate-without-prompts", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
+     _set("recipe.yaml", "run_dir: run\n"), [r"recipe\.yaml:1: generate: prompts is required; add prompts: \.\.\. there"], 1),
     # --- every file read is bounded before it is parsed: a device, a pipe, a runaway file ------------------------
     ("run-recipe-dev-zero", lambda t, u: ["run", "--recipe", "/dev/zero"], None,
      [r"/dev/zero: not a regular file \(a device such as /dev/zero, or a pipe\); save the recipe to a file"], 1),
