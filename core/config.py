@@ -9,6 +9,7 @@ TRL's parser (``HfArgumentParser``), so every field of TRL's and transformers' c
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import math
@@ -156,6 +157,11 @@ def build_config(config_class: type, values: Mapping[str, Any], where=lambda key
     """A config object from a mapping (a recipe section), checked as a ``--config`` file is."""
     checked = check_values(config_class, values, where)
     checked.update(fixed)
+    missing = [f.name for f in dataclasses.fields(config_class) if f.init and f.name not in checked
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{prog or config_class.__name__}: {', '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} required; add {missing[0]}: ... there")
     try:
         config = config_class(**checked)
     except UserError:
@@ -212,6 +218,10 @@ def parse_config(config_class: type, argv: Sequence[str], prog: str, overrides: 
     if path:
         values.update(read_config_file(path, config_class))
     parser = HfArgumentParser([config_class], prog=prog)
+    # Read above (before the flags); declared here so that --help lists it with the rest.
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="YAML file of option: value lines, read after the defaults and before the flags (an "
+                        "unknown key or a wrong type names its line)")
     for action in parser._actions:  # YAML values become the flags' defaults, so flags still override them
         if action.dest in values:
             action.default = values[action.dest]

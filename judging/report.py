@@ -136,10 +136,28 @@ class JudgeReport:
     flagged_rows: int = 0
     flagged_left_out: int = 0
     flagged_by_check: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    duplicate_rows: int = 0
+    duplicate_left_out: int = 0
+    duplicates_by_kind: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    duplicate_examples: list[dict] = field(default_factory=list)
 
     #: the plain counts of a report (besides its stats and its counts by reason or check)
     COUNTS = ("rows", "pairs_made", "chosen_longer", "chosen_is_revision", "orders_agree_pairs", "flagged_rows",
-              "flagged_left_out")
+              "flagged_left_out", "duplicate_rows", "duplicate_left_out")
+    #: counts added later: a report written before them reads them as 0
+    LATER_COUNTS = ("duplicate_rows", "duplicate_left_out")
+    EXAMPLES = 5
+
+    def add_duplicate(self, duplicate: dict, kept: bool) -> None:
+        """One input row that repeats an earlier one (core/dedup.py; with the ids, lines and texts of both, from
+        ``judging.pairs``); a row left out counts here, not as a pair."""
+        self.duplicate_rows += 1
+        self.duplicates_by_kind[f"{duplicate['field']}_{duplicate['kind']}"] += 1
+        if len(self.duplicate_examples) < self.EXAMPLES:
+            self.duplicate_examples.append(duplicate)
+        if not kept:
+            self.rows += 1
+            self.duplicate_left_out += 1
 
     def add_flags(self, flags: list[dict], kept: bool) -> None:
         """One input row's generation flags (generation/checks.py); a row left out counts here, not as a pair."""
@@ -176,6 +194,11 @@ class JudgeReport:
             self.dropped[key] += n
         for key, n in other.flagged_by_check.items():
             self.flagged_by_check[key] += n
+        for key, n in other.duplicates_by_kind.items():
+            self.duplicates_by_kind[key] += n
+        # the first by input line, as one report of all the rows keeps them
+        self.duplicate_examples = sorted(self.duplicate_examples + other.duplicate_examples,
+                                         key=lambda e: e.get("line") or 0)[:self.EXAMPLES]
         for name in self.COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -185,6 +208,8 @@ class JudgeReport:
                 "per_principle": {pid: asdict(stats) for pid, stats in sorted(self.per_principle.items())},
                 "dropped": dict(sorted(self.dropped.items())),
                 "flagged_by_check": dict(sorted(self.flagged_by_check.items())),
+                "duplicates_by_kind": dict(sorted(self.duplicates_by_kind.items())),
+                "duplicate_examples": list(self.duplicate_examples),
                 **{name: getattr(self, name) for name in self.COUNTS}}
 
     @classmethod
@@ -198,7 +223,11 @@ class JudgeReport:
             raise ValueError("a report's sums have per_principle")
         for pid, stats in principles.items():
             report.per_principle[pid] = ComparisonStats.from_sums(stats)
-        for name in ("dropped", "flagged_by_check"):
+        sums = {"duplicates_by_kind": {}, "duplicate_examples": [], **{name: 0 for name in cls.LATER_COUNTS}, **sums}
+        if not isinstance(sums["duplicate_examples"], list):
+            raise ValueError("a report's sums have duplicate_examples: a list")
+        report.duplicate_examples = [e for e in sums["duplicate_examples"] if isinstance(e, dict)][:cls.EXAMPLES]
+        for name in ("dropped", "flagged_by_check", "duplicates_by_kind"):
             counts = sums.get(name)
             if not isinstance(counts, dict) or not all(type(n) is int for n in counts.values()):
                 raise ValueError(f"a report's sums have {name}: counts by name")
@@ -237,6 +266,10 @@ class JudgeReport:
             "flagged_rows": self.flagged_rows,
             "flagged_rows_left_out": self.flagged_left_out,
             "flagged_by_check": dict(sorted(self.flagged_by_check.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "duplicate_rows": self.duplicate_rows,
+            "duplicate_rows_left_out": self.duplicate_left_out,
+            "duplicates_by_kind": dict(sorted(self.duplicates_by_kind.items())),
+            "duplicate_examples": list(self.duplicate_examples),
             "dropped_by_reason": dict(sorted(self.dropped.items())),
             "pairs_with_orders_agreeing": self.orders_agree_pairs,
             "chosen_is_longer": _share(self.chosen_longer, self.pairs_made),
@@ -277,6 +310,16 @@ def _flag_lines(report: dict) -> list[str]:
     return [f"  flagged rows:            {report['flagged_rows']} {what}: {by_check}"]
 
 
+def _duplicate_lines(report: dict) -> list[str]:
+    if not report.get("duplicate_rows"):
+        return []
+    by_kind = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in report["duplicates_by_kind"].items() if n)
+    left_out = report["duplicate_rows_left_out"]
+    what = ("kept (--keep-duplicates)" if not left_out else "left out (--keep-duplicates keeps them)"
+            if left_out == report["duplicate_rows"] else f"{left_out} left out, the others kept (--keep-duplicates)")
+    return [f"  duplicate rows:          {report['duplicate_rows']} {what}: {by_kind}"]
+
+
 def _parts_line(report: dict) -> list[str]:
     parts = report.get("parts")
     if not parts:
@@ -291,9 +334,12 @@ def format_judge_report(report: dict) -> str:
     lines = [
         f"judge report{' of ' + report['parts']['folder'] if report.get('parts') else ''}: {report['rows']} rows -> {report['pairs_made']} pairs, {report['pairs_dropped']} dropped"
         + (f", {report['flagged_rows_left_out']} flagged rows left out" if report.get("flagged_rows_left_out") else "")
+        + (f", {report['duplicate_rows_left_out']} duplicate rows left out" if report.get("duplicate_rows_left_out")
+           else "")
         + (" (" + ", ".join(f"{k}: {v}" for k, v in report["dropped_by_reason"].items()) + ")" if report["dropped_by_reason"] else ""),
         *_parts_line(report),
         *_flag_lines(report),
+        *_duplicate_lines(report),
         f"  comparisons judged:      {report['comparisons']} ({report['failures']} failed, "
         f"{report['parse_failures']} parse failures, {report['label_outside_top_k']} with a label outside the top tokens)",
         f"  order consistency:       {_fmt(report['order_consistency'])}"
@@ -322,7 +368,8 @@ def _read_report(path: Path) -> dict | None:
 
 
 #: the judge settings that decide which judged rows become pairs (recorded in each part's manifest)
-PAIR_FILTERS = ("min_margin", "require_orders_agree", "principles_per_pair", "principle_ids", "keep_flagged")
+PAIR_FILTERS = ("min_margin", "require_orders_agree", "principles_per_pair", "principle_ids", "keep_flagged",
+                "keep_duplicates")
 
 
 def merged_report(out: str | Path) -> dict | None:
@@ -401,3 +448,34 @@ def merged_report(out: str | Path) -> dict | None:
                      "to their own folder")
     result["warnings"] = notes + result["warnings"]
     return result
+
+
+def yield_funnel(report: dict, prompts: int | None = None) -> dict:
+    """Where the rows went, from the prompts to the pairs: the yield of a run (pairs per prompt).
+
+    ``report``: a judge report (``as_dict`` or ``merged_report``); ``prompts``: how many prompts generation
+    had (rows that failed to generate are the difference), else the judge's rows stand for them.
+    """
+    rows = report.get("rows") or 0
+    prompts = rows if prompts is None else prompts
+    left_out = {"flagged by the row checks": report.get("flagged_rows_left_out") or 0,
+                "duplicates": report.get("duplicate_rows_left_out") or 0}
+    judged = rows - sum(left_out.values())
+    pairs = report.get("pairs_made") or 0
+    return {"prompts": prompts, "rows": rows, "not_generated": max(0, prompts - rows),
+            "left_out": {k: v for k, v in left_out.items() if v}, "judged": judged,
+            "dropped": dict(report.get("dropped_by_reason") or {}), "pairs": pairs,
+            "pairs_per_prompt": round(pairs / prompts, 3) if prompts else None}
+
+
+def format_yield(funnel: dict) -> str:
+    """One line: ``yield: 0.20 pairs per prompt (40 prompts -> 40 rows -> 9 flagged ... -> 8 pairs)``."""
+    steps = [f"{funnel['prompts']} prompts"]
+    if funnel["not_generated"]:
+        steps.append(f"{funnel['rows']} rows ({funnel['not_generated']} failed to generate)")
+    steps += [f"{n} {why} left out" for why, n in funnel["left_out"].items()]
+    steps.append(f"{funnel['judged']} judged")
+    steps += [f"{n} dropped: {why}" for why, n in funnel["dropped"].items()]
+    steps.append(f"{funnel['pairs']} pairs")
+    share = "-" if funnel["pairs_per_prompt"] is None else f"{funnel['pairs_per_prompt']:.2f}"
+    return f"yield: {share} pairs per prompt ({' -> '.join(steps)})"

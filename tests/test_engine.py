@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from constitution.loader import load_constitution
 from core.backends.base import Sampling
 from core.backends.registry import create_backend
 from generation.config import GenerateConfig
+from core.hardware import choose_dtype, this_cpu
 from generation.run import generate
 
 REPO = Path(__file__).parent.parent
@@ -57,6 +57,19 @@ def test_chain_writes_complete_rows_with_assigned_principles(engine_run):
         assert row["rounds"][0]["critique_request"] == expected.critique_request
         assert all(c["completion_tokens"] > 0 and c["prompt_tokens"] > 0 for c in row["calls"])
         assert row["calls"][0]["finish_reason"] in ("stop", "length")
+        assert row["dtype"] == choose_dtype("auto")  # float32 on a CPU without native bf16
+    assert json.loads(Path(cfg.out + ".manifest.json").read_text())["config"]["dtype"] == choose_dtype("auto")
+
+
+def test_engine_runs_the_dtype_chosen_for_the_cpu_and_says_how_it_runs(vllm_backend):
+    import torch
+
+    assert vllm_backend.dtype == choose_dtype("auto")
+    assert vllm_backend.engine.model_config.dtype == getattr(torch, vllm_backend.dtype)  # passed, not vLLM's own auto
+    line = vllm_backend.describe(cpu=True, requested="auto")
+    cpu = this_cpu()
+    assert f"on cpu: {cpu.model}" in line and f"dtype {vllm_backend.dtype} (auto:" in line, line
+    assert all(flag in line for flag in cpu.isa) and "threads " in line and "max_num_seqs " in line, line
 
 
 def test_output_loads_with_datasets(engine_run):
@@ -73,9 +86,8 @@ def test_second_run_generates_nothing_and_loads_no_model(engine_run):
     assert result["counts"]["generated"] == 0 and result["counts"]["already_done"] == 4
 
 
-def test_cli_rerun_ends_in_seconds_without_a_model(engine_run):
+def test_cli_rerun_loads_no_model(engine_run):
     cfg, _ = engine_run
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "cai", "generate", "--prompts", cfg.prompts, "--out", cfg.out,
          "--constitution", cfg.constitution, "--max-tokens", "32", "--temperature", "0.0", "--rounds", "1"],
@@ -84,7 +96,6 @@ def test_cli_rerun_ends_in_seconds_without_a_model(engine_run):
     assert done.returncode == 0, done.stderr
     assert "4 already done, 0 to generate" in done.stderr
     assert "Loading safetensors" not in done.stderr
-    assert time.monotonic() - started < 30
 
 
 def test_edited_principle_regenerates_only_its_rows(engine_run, vllm_backend):
