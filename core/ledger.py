@@ -138,17 +138,46 @@ def _stage_from_manifests(manifests: list[dict], names: tuple[str, ...]) -> tupl
     return stages, times
 
 
-def run_ledger(run_dir: str | Path, revisions: list[dict] | None = None) -> dict:
+def _generation_stages(steps: dict[str, dict], times: dict) -> dict[str, dict]:
+    """A row per step (its tokens: the steps run interleaved, so time is not theirs) and one for generation."""
+    stages = {step: {**steps[step], "wall_s": None, "device_s": None} for step in GENERATION_STEPS}
+    stages["generation"] = {**sum_entries(list(steps.values())), **times}
+    return stages
+
+
+def _table(stages: dict[str, dict], notes: list[str]) -> dict:
+    counted = [entry for name, entry in stages.items() if name not in GENERATION_STEPS]
+    total = {}
+    for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "wall_s"):
+        values = [e[key] for e in counted if isinstance(e.get(key), (int, float))]
+        total[key] = round(sum(values), 2) if values else None
+    return {"stages": stages, "total": total, "notes": notes}
+
+
+def output_ledger(output: str | Path) -> dict | None:
+    """The ledger of one stage's output (a file, or a folder's parts summed), as ``run_ledger`` shapes it; None
+    when its manifests have none."""
+    manifests = _manifests(Path(output))
+    generate = any(m.get("stage") == "generate" for m in manifests)
+    found = _stage_from_manifests(manifests, GENERATION_STEPS if generate else ("judge",))
+    if found is None:
+        return None
+    entries, times = found
+    return _table(_generation_stages(entries, times) if generate else {"judge": {**entries["judge"], **times}}, [])
+
+
+def run_ledger(run_dir: str | Path, revisions: list[dict] | None = None, timings: dict | None = None) -> dict:
     """The ledger of a run folder: ``{"stages": {stage: entry + wall_s, device_s}, "total": ..., "notes": [...]}``.
 
     Generation's tokens come from its manifest, or from the rows' calls (``revisions``) when the manifest has no
-    ledger (written before ledgers); its wall and device time are one figure for its three steps, put on the
-    draft row's ``group``."""
+    ledger (written before ledgers); its wall and device time are one figure for its three steps.  ``timings``:
+    ``cai run``'s stage times (default: those its manifest, ``run.json.manifest.json``, recorded)."""
     from core.shards import stage_output
 
     run_dir = Path(run_dir)
-    run = _read_json(run_dir / "run.json.manifest.json") or {}
-    timings = (run.get("counts") or {}).get("timings") or {}
+    if timings is None:
+        run = _read_json(run_dir / "run.json.manifest.json") or {}
+        timings = (run.get("counts") or {}).get("timings") or {}
     stages: dict[str, dict] = {}
     notes: list[str] = []
     generation = _stage_from_manifests(_manifests(stage_output(run_dir, "revisions")), GENERATION_STEPS)
@@ -156,10 +185,7 @@ def run_ledger(run_dir: str | Path, revisions: list[dict] | None = None) -> dict
         generation = calls_ledger(revisions), {"wall_s": timings.get("generate_s"), "device_s": None, "device": None}
         notes.append("generation: tokens summed from the rows' calls (its manifest predates ledgers)")
     if generation is not None:
-        steps, times = generation
-        for step in GENERATION_STEPS:
-            stages[step] = {**steps[step], "wall_s": None, "device_s": None}
-        stages["generation"] = {**sum_entries(list(steps.values())), **times}
+        stages.update(_generation_stages(*generation))
     judge = _stage_from_manifests(_manifests(stage_output(run_dir, "preferences")), ("judge",))
     if judge is not None:
         entries, times = judge
@@ -173,11 +199,7 @@ def run_ledger(run_dir: str | Path, revisions: list[dict] | None = None) -> dict
     if timings.get("eval_s") is not None:
         stages["eval"] = {"calls": None, "prompt_tokens": None, "completion_tokens": None, "cached_tokens": None,
                           "wall_s": round(timings["eval_s"], 2), "device_s": None, "device": None}
-    counted = [stages[name] for name in ("generation", "judge", "training", "eval") if name in stages]
-    total = {key: sum(e.get(key) or 0 for e in counted) for key in ("prompt_tokens", "completion_tokens", "wall_s")}
-    cached = [e.get("cached_tokens") for e in counted if isinstance(e.get("cached_tokens"), int)]
-    total["cached_tokens"] = sum(cached) if cached else None
-    return {"stages": stages, "total": total, "notes": notes}
+    return _table(stages, notes)
 
 
 def _training_entry(run_dir: Path, timings: dict) -> dict | None:
