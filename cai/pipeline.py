@@ -48,9 +48,9 @@ logger = get_logger(__name__)
 
 
 SECTIONS = ("generate", "judge", "train", "eval")
-TOP_LEVEL = ("run_dir", "constitution", "model", "seed", "judge_check", *SECTIONS)
+TOP_LEVEL = ("run_dir", "constitution", "model", "seed", "dtype", "judge_check", *SECTIONS)
 #: top-level keys every section whose config has that field receives (the section's own value wins)
-SHARED = ("constitution", "model", "seed")
+SHARED = ("constitution", "model", "seed", "dtype")
 #: the eval judge is the recipe's judge unless the eval section says otherwise
 EVAL_FROM_JUDGE = ("constitution", "judge_model", "judge_backend", "judge_base_url", "method", "principles_per_pair",
                    "seed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from core.ledger import StageClock, calls_ledger, engine_device
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
-from core.shards import Shard, check_siblings, part_path
+from core.hardware import dtype_change_note
+from core.shards import Shard, check_siblings, part_path, sibling_dtypes
 from core.shards import record as shard_record
 from core.signals import Terminated, hold_interrupts
 from core.aio import stream
@@ -168,6 +170,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
     flags_current = bool(previous) and previous.get("checks_version") == task.checker.version
     rows_in_file = stale = outdated_flags = 0
     flag_lists: list[list[dict]] = []  # of this selection's rows, for the summary
+    row_dtypes: Counter = Counter()  # of this selection's rows (and the folder's other parts): what made them
     for row in store.iter_rows():
         rows_in_file += 1
         if not is_generate_row(row):
@@ -185,6 +188,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         if row.get("fingerprint") == fingerprints[row_id] and row_id not in done_ids:
             done_ids.add(row_id)
             flag_lists.append(flags)
+            row_dtypes[row.get("dtype")] += 1
         else:
             stale += 1  # an edited principle's row, or a batch written twice
             stale_ids.add(row_id)
@@ -195,6 +199,8 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
 
     examples: list[dict] = []
     generated, failed, reused_calls = 0, [], 0
+    # The engine's dtype (recorded in the manifest); a run with nothing to do keeps the one recorded.
+    dtype = (previous or {}).get("config", {}).get("dtype") if previous else None
     # Ctrl-C, or an endpoint that stays down: finished rows stay, the manifest
     # is written with the counts of the file, then the run stops.
     stopped: BaseException | None = None
@@ -209,6 +215,10 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         try:
             if backend is None:  # inside the try: a stop during the engine's start-up still writes the manifest
                 backend = (backend_factory or make_backend)(config)
+            dtype = backend.dtype
+            note = dtype_change_note(str(out), dtype, row_dtypes + Counter(sibling_dtypes(out, shard, "generate")))
+            if note:
+                log(note)
             # Drafts and rounds to reuse come only from the stale rows of prompts still to do.
             reusable = stale_ids - done_ids
             reuse = ReuseIndex([row for row in store.iter_rows() if row.get("id") in reusable] if reusable else [])
@@ -292,6 +302,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         "settings": settings.as_dict(),
         "concurrency": config.concurrency,
         "limit": config.limit,
+        "dtype": dtype,
         **({} if shard.whole else {"shard": shard_record(shard, now)}),
     }
     manifest = dict(

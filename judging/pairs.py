@@ -44,7 +44,8 @@ from core.dedup import find_duplicates, prompt_order, prompt_text
 from core.ledger import StageClock, engine_device
 from core.progress import Progress
 from core.redact import redact_values
-from core.shards import Shard, check_siblings, part_path, side_file
+from core.hardware import dtype_change_note
+from core.shards import Shard, check_siblings, part_path, side_file, sibling_dtypes
 from core.shards import record as shard_record
 from core.signals import Terminated, hold_interrupts
 from core.schema import (DRAFT, REVISION, GenerationRow, MessageError, SampleRecord, parse_messages, parse_step,
@@ -580,6 +581,14 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         # New samples make new comparisons: the judge is needed too.
         judge_engine = judge.backend if policy is not None or _needs_judging(plans, judge) else None
         started = judge_engine or policy
+        # The judge engine's dtype, on each new pair (provenance); without an engine (all cached) the one recorded.
+        judge_dtype = judge_engine.dtype if judge_engine is not None else (
+            (read_manifest(out) or {}).get("config", {}).get("dtype"))
+        config_record["dtype"] = judge_dtype
+        note = dtype_change_note(str(out), judge_dtype, Counter(row.get("judge_dtype") for row in existing)
+                                 + Counter(sibling_dtypes(out, shard, "judge")))
+        if note:
+            log(note)
         judge.concurrency = config.concurrency or (started.concurrency if started is not None else None)
         in_flight = judge.concurrency or Backend.concurrency  # (no engine started: nothing to run)
         logger.debug(f"up to {in_flight} rows in flight")
@@ -620,6 +629,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
                                            "mode": config.mode, "min_margin": config.min_margin,
                                            "require_orders_agree": config.require_orders_agree})
                 pair, reason = build_pair(item, principles, verdicts, config, settings.model, fingerprint)
+                if pair is not None:
+                    pair["judge_dtype"] = judge_dtype
                 report.add_pair(pair, reason)
                 sft = sft_row(item, pair, config.mode)
                 if sft is not None:

@@ -136,6 +136,8 @@ class Backend(ABC):
     Options: ClassVar[type[BackendOptions]] = BackendOptions
     #: requests in flight at once unless the user sets ``--concurrency`` (a backend may size it from its engine)
     concurrency: int = 256
+    #: the dtype the model runs in, recorded with what it made; None where the backend cannot know (an endpoint)
+    dtype: str | None = None
 
     # Each pair is (batch method, single-request method): a subclass implements at least one of each
     # (response_logprobs is optional: neither means the backend cannot score).
