@@ -49,6 +49,9 @@ logger = get_logger(__name__)
 
 SECTIONS = ("generate", "judge", "train", "eval")
 TOP_LEVEL = ("run_dir", "constitution", "model", "seed", "dtype", "judge_check", *SECTIONS)
+#: top-level keys that name a folder or a model (a number or a list there is a mistake, not a name)
+TOP_LEVEL_PATHS = {"run_dir": "the run folder, e.g. run_dir: runs/demo",
+                   "model": "a model folder or the served model's name"}
 #: top-level keys every section whose config has that field receives (the section's own value wins)
 SHARED = ("constitution", "model", "seed", "dtype")
 #: the eval judge is the recipe's judge unless the eval section says otherwise
@@ -71,6 +74,9 @@ class Recipe:
         self.data: dict = document.data
         problems = [f"{self.where(key)}: unknown key {key!r}{did_you_mean(key, TOP_LEVEL)}; a recipe has "
                     f"{', '.join(TOP_LEVEL)}" for key in self.data if key not in TOP_LEVEL]
+        problems += [f"{self.where(key)}: {key}: expected a string ({what}), got {self.data[key]!r}; fix the value"
+                     for key, what in TOP_LEVEL_PATHS.items()
+                     if self.data.get(key) is not None and (not isinstance(self.data[key], str) or not self.data[key].strip())]
         if problems:
             raise UserError("\n".join(problems))
 

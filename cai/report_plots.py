@@ -392,7 +392,7 @@ def all_figures(run: RunFiles) -> list[dict]:
         notes.append(f"{evaluation['unjudged']} prompt(s) could not be judged.")
     if evaluation.get("reward_model"):
         rm = evaluation["reward_model"]
-        if rm.get("accuracy") is not None:
+        if rm.get("accuracy") is not None and rm.get("ci95"):
             notes.append(f"Reward model accuracy on {rm.get('pairs')} pairs: {rm['accuracy']:.2f} "
                          f"(95% CI [{rm['ci95'][0]:.2f}, {rm['ci95'][1]:.2f}]).")
     section("eval", "Evaluation", [
