@@ -11,7 +11,7 @@ from core.config import check_choice, check_rules
 from core.errors import UserError
 from core.shards import Shard
 
-from .methods import JUDGE_METHODS, method_class
+from .methods import JUDGE_METHODS, method_class, method_options
 
 
 def _cot_methods() -> list[str]:
@@ -143,13 +143,12 @@ class JudgeModelConfig(EngineOptions):
         self.policy_options()  # each backend's name and options, checked before any work
         self.judge_options()
         method = method_class(self.method)  # an unknown name is a UserError with "did you mean"
+        method_options(self.method, self)  # its options, checked by its rules
         if self.cot and not method.supports_cot:
             raise UserError(f"--cot needs --method {' or '.join(_cot_methods())} (the {self.method} method has no verdict "
                             "to reason towards)")
         check_rules(self, [
             ("principles_per_pair", self.principles_per_pair >= 1, "must be >= 1"),
-            ("cot_max_tokens", self.cot_max_tokens >= 1, "must be >= 1"),
-            ("likelihood_scale", self.likelihood_scale > 0, "must be > 0"),
             ("concurrency", self.concurrency is None or self.concurrency >= 1, "must be >= 1"),
             ("limit", self.limit is None or self.limit >= 1, "must be >= 1"),
         ])
