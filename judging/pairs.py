@@ -394,7 +394,7 @@ def _is_valid_sample(record) -> bool:
     return True
 
 
-def _load_cache(store: JsonlStore, valid, log) -> dict[str, dict]:
+def load_cache(store: JsonlStore, valid, log) -> dict[str, dict]:
     """A cache's valid records by key; a damaged or hand-edited line is skipped (and its entry redone)."""
     cache, skipped = {}, 0
     for record in store.iter_rows(skip_bad=True):
@@ -530,8 +530,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         for path in (out, errors_path(out), manifest_path(out), judgements_path(out), samples_path(out), report_path(out)):
             path.unlink(missing_ok=True)
     previous_manifest = read_manifest(out)
-    cache = _load_cache(cache_store, is_valid_judgement, log)
-    samples = _load_cache(sample_store, _is_valid_sample, log)
+    cache = load_cache(cache_store, is_valid_judgement, log)
+    samples = load_cache(sample_store, _is_valid_sample, log)
     existing = store.load()
     if store.torn_lines or cache_store.torn_lines:
         log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")
