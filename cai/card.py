@@ -132,10 +132,10 @@ def _provenance(data) -> list[str]:
     versions = next((m.get("versions") for m in manifests.values() if isinstance(m, dict) and m.get("versions")), {})
     if versions:
         lines += ["Package versions: " + ", ".join(f"{name} {_code(v)}" for name, v in sorted(versions.items())), ""]
-    commands = [(stage, m.get("command")) for stage, m in manifests.items() if isinstance(m, dict) and m.get("command")]
+    commands = dict.fromkeys(" ".join(map(str, m["command"])) for m in manifests.values()
+                             if isinstance(m, dict) and isinstance(m.get("command"), list))
     if commands:
-        lines += ["Commands:", "", _block("\n".join(" ".join(str(part) for part in command) for _, command in commands),
-                                          "bash"), ""]
+        lines += ["Commands:", "", _block("\n".join(commands), "bash"), ""]
     recipe = (manifests.get("run") or {}).get("config")
     if recipe:
         lines += ["The recipe (`cai run --recipe`):", "", _block(yaml.safe_dump(recipe, sort_keys=False,
