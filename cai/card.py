@@ -95,22 +95,26 @@ def _constitution_text(record: dict) -> str | None:
 
 
 def _models(manifests: dict, data) -> list[list]:
+    from cai.export import model_name
+
     generate = (manifests.get("generate") or {}).get("config") or {}
     judge = (manifests.get("judge") or {}).get("config") or {}
     rows = []
     settings = generate.get("settings") or {}
     if settings:
-        rows.append(["generation (draft, critique, revision)", _code(settings.get("model")), generate.get("backend"),
+        rows.append(["generation (draft, critique, revision)", _code(model_name(settings.get("model"))),
+                     generate.get("backend"),
                      _code(json.dumps(settings.get("sampling"), sort_keys=True)), settings.get("seed")])
     judge_settings = judge.get("judge") or {}
     if judge_settings:
-        rows.append([f"judge ({judge_settings.get('method')})", _code(judge_settings.get("model")), judge.get("backend"),
+        rows.append([f"judge ({judge_settings.get('method')})", _code(model_name(judge_settings.get("model"))),
+                     judge.get("backend"),
                      _code(json.dumps({k: v for k, v in judge_settings.items() if k not in ("model", "method")},
                                       sort_keys=True)), judge.get("seed")])
     for name in ("sft", "reward", "ppo", "dpo"):
         summary = _read_json(data.run_dir / name / "cai_training.json")
         if summary:
-            rows.append([f"training ({name})", _code(Path(str(summary.get("base_model"))).name), "TRL",
+            rows.append([f"training ({name})", _code(model_name(summary.get("base_model"))), "TRL",
                          f"{summary.get('global_step')} steps", "-"])
     return rows
 
@@ -155,6 +159,7 @@ def _agreements(run_dir: Path) -> list[tuple[str, dict]]:
 def _judge(data) -> list[str]:
     from judging.report import merged_report
 
+    from cai.export import model_name
     from core.shards import stage_output
 
     lines = ["## The judge", ""]
@@ -163,7 +168,7 @@ def _judge(data) -> list[str]:
     if agreements:
         lines += ["Agreement with human labels (measured before its labels were used):", "",
                   _table(["report", "judge", "labelled pairs", "agreement", "95% interval", "passed"],
-                         [[_code(name), _code((r.get("judge") or {}).get("model")), r.get("human_pairs"),
+                         [[_code(name), _code(model_name((r.get("judge") or {}).get("model"))), r.get("human_pairs"),
                            r.get("agreement"), f"[{_fmt(r['agreement_ci95'][0])}, {_fmt(r['agreement_ci95'][1])}]",
                            _fmt(r.get("passed", "-"))] for name, r in agreements]), ""]
         if any(r["agreement_ci95"][0] <= 0.5 <= r["agreement_ci95"][1] for _, r in agreements):

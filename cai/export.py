@@ -165,6 +165,16 @@ def select_rows(data: RunData, config: ExportConfig, eval_sets) -> dict[str, Sel
 
 
 # -- the Parquet rows ------------------------------------------------------------------------------------------
+def model_name(value) -> str | None:
+    """A model as a published dataset names it: a local folder by its name (``/home/me/models/x`` -> ``x``: the
+    path is the exporter's machine, not the model), anything else (a hub id, a served name) as it is."""
+    if not isinstance(value, str):
+        return None
+    if value.startswith(("/", "./", "../", "~")) or "\\" in value:
+        return Path(value.replace("\\", "/")).name
+    return value
+
+
 def _json_text(value) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
@@ -180,7 +190,7 @@ def preference_record(row: dict) -> dict:
     return {"prompt": _messages(row.get("prompt")), "chosen": _messages(row.get("chosen")),
             "rejected": _messages(row.get("rejected")), "chosen_probability": row.get("chosen_probability"),
             "margin": row.get("margin"), "principle_ids": [str(p) for p in row.get("principle_ids") or []],
-            "principle_scores": _json_text(row.get("principle_scores") or {}), "judge_model": row.get("judge_model"),
+            "principle_scores": _json_text(row.get("principle_scores") or {}), "judge_model": model_name(row.get("judge_model")),
             "orders_agree": row.get("orders_agree"), "id": str(row.get("id")),
             "chosen_from": source.get("chosen"), "rejected_from": source.get("rejected"),
             "judge_method": source.get("method")}
@@ -200,7 +210,7 @@ def generation_record(row: dict) -> dict:
                                            "revision")} for r in row.get("rounds") or [] if isinstance(r, dict)]
     return {"id": str(row.get("id")), "tag": row.get("tag"), "prompt": _messages(row.get("prompt")),
             "initial_response": row.get("initial_response"), "rounds": rounds,
-            "final_response": row.get("final_response"), "model": row.get("model"),
+            "final_response": row.get("final_response"), "model": model_name(row.get("model")),
             "sampling": _json_text(row.get("sampling") or {}), "seed": row.get("seed"), "calls": calls,
             "flags": [{"check": str(f.get("check")), "reason": str(f.get("reason"))}
                       for f in row.get("flags") or [] if isinstance(f, dict)],
