@@ -41,7 +41,7 @@ from judging.judge_check import check_judge, judge_check_config
 from judging.methods import method_options
 from judging.pairs import run_judge, sft_path
 from judging.report import merged_report
-from training.evaluate import EvalConfig, eval_memory_shares, evaluate, format_eval
+from evaluation.run import EvalConfig, eval_memory_shares, evaluate, format_eval
 from training.methods import TrainingMethod, get_method
 
 logger = get_logger(__name__)
