@@ -85,6 +85,7 @@ class LabelPair:
     prompt: list[dict]
     responses: tuple[str, str]
     origins: tuple[str, str]  # "chosen"/"rejected" (the judge's) or "draft"/"revision"
+    file: str = ""  # the file of the run folder the pair was read from (a part, for a sharded stage)
 
     def as_shown(self) -> dict:
         return {"key": self.key, "id": self.id, "prompt": self.prompt, "responses": list(self.responses)}
@@ -109,39 +110,45 @@ def _last_text(value) -> str | None:
 
 
 def make_pair(row_id: str, line: int, prompt: list[dict], first: tuple[str, str], second: tuple[str, str],
-              seed: int) -> LabelPair:
+              seed: int, file: str = "") -> LabelPair:
     """A pair with its two (text, origin) responses in the order drawn for it from ``seed``."""
     key = stable_hash([prompt, sorted([first[0], second[0]])])
     if int(stable_hash([seed, key]), 16) % 2:
         first, second = second, first
-    return LabelPair(key, row_id, line, prompt, (first[0], second[0]), (first[1], second[1]))
+    return LabelPair(key, row_id, line, prompt, (first[0], second[0]), (first[1], second[1]), file)
 
 
 def load_pairs(run_dir: str | Path, source: str = "preferences", seed: int = 0) -> list[LabelPair]:
     """The pairs of a run folder that can be labelled (two different, non-empty responses to a user turn)."""
+    from core.shards import data_files, stage_output
     from core.store import read_json_objects
 
-    name = "preferences.jsonl" if source == "preferences" else "revisions.jsonl"
-    path = Path(run_dir) / name
+    path = stage_output(run_dir, source)  # RUN_DIR/NAME.jsonl, or the folder of a sharded stage's parts
     if not path.exists():
         other = "revisions" if source == "preferences" else "preferences"
         raise UserError(f"{path}: not found; run `cai run` (or `cai judge`) first, or label --source {other}")
     pairs, seen = [], set()
-    for line, row in read_json_objects(path, f"{source} (run folder)", "RUN_DIR"):
-        prompt = _messages(row.get("prompt"))
-        if source == "preferences":
-            texts = (_last_text(row.get("chosen")), "chosen"), (_last_text(row.get("rejected")), "rejected")
-        else:
-            texts = (row.get("initial_response"), "draft"), (row.get("final_response"), "revision")
-        if prompt is None or not all(isinstance(t, str) and t.strip() for t, _ in texts) or texts[0][0] == texts[1][0]:
-            continue  # nothing to compare: a missing or empty response, or the same text twice
-        pair = make_pair(str(row.get("id", line)), line, prompt, texts[0], texts[1], seed)
-        if pair.key not in seen:
-            seen.add(pair.key)
-            pairs.append(pair)
+    for file in data_files(path, "RUN_DIR"):
+        for line, row in read_json_objects(file, f"{source} (run folder)", "RUN_DIR"):
+            pair = _pair_of(row, line, source, seed, file.relative_to(Path(run_dir)).as_posix())
+            if pair is not None and pair.key not in seen:
+                seen.add(pair.key)
+                pairs.append(pair)
     if not pairs:
         raise UserError(f"{path}: no pair to label (every row lacks two different responses)")
     return pairs
+
+
+def _pair_of(row: dict, line: int, source: str, seed: int, file: str) -> LabelPair | None:
+    """The pair of one row, or None when it has nothing to compare."""
+    prompt = _messages(row.get("prompt"))
+    if source == "preferences":
+        texts = (_last_text(row.get("chosen")), "chosen"), (_last_text(row.get("rejected")), "rejected")
+    else:
+        texts = (row.get("initial_response"), "draft"), (row.get("final_response"), "revision")
+    if prompt is None or not all(isinstance(t, str) and t.strip() for t, _ in texts) or texts[0][0] == texts[1][0]:
+        return None  # nothing to compare: a missing or empty response, or the same text twice
+    return make_pair(str(row.get("id", line)), line, prompt, texts[0], texts[1], seed, file)
 
 
 # -- the session ---------------------------------------------------------------------------
@@ -192,14 +199,14 @@ class LabelSession:
                 row = {"id": pair.id, "key": key, "prompt": pair.prompt, "labelled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 if choice == "tie":
                     self.ties.append([{**row, "responses": list(pair.responses), "label": "tie",
-                                       "source": {"file": self._file(), "line": pair.line, "origins": list(pair.origins)}}])
+                                       "source": {"file": pair.file or self._file(), "line": pair.line, "origins": list(pair.origins)}}])
                 else:
                     better = 0 if choice == "1" else 1
                     self.labels.append([{**row,
                                          "chosen": [{"role": "assistant", "content": pair.responses[better]}],
                                          "rejected": [{"role": "assistant", "content": pair.responses[1 - better]}],
                                          "label": "human",
-                                         "source": {"file": self._file(), "line": pair.line,
+                                         "source": {"file": pair.file or self._file(), "line": pair.line,
                                                     "chosen": pair.origins[better], "rejected": pair.origins[1 - better]}}])
                 self.done.add(key)
         return self.state()

@@ -183,6 +183,17 @@ def _tiles(run: RunFiles) -> list[dict]:
         if report.get("flagged_rows_left_out"):
             notes.append(f"{report['flagged_rows_left_out']} flagged rows left out")
         tiles.append({"label": "preference pairs", "value": str(len(run.pairs)), "note": ", ".join(notes)})
+    if report:
+        from judging.report import yield_funnel
+
+        funnel = yield_funnel(report, run.prompts)
+        if funnel["pairs_per_prompt"] is not None:
+            lost = [f"{n} {why}" for why, n in funnel["left_out"].items()] + [
+                f"{n} {why}" for why, n in funnel["dropped"].items()]
+            tiles.append({"label": "yield (pairs per prompt)", "value": f"{funnel['pairs_per_prompt']:.2f}",
+                          "note": f"{funnel['pairs']} pairs from {funnel['prompts']} prompts"
+                                  + ("; lost: " + ", ".join(lost) if lost else ""),
+                          "warn": funnel["pairs_per_prompt"] < 0.5})
     if report.get("mean_confidence") is not None:
         order = report.get("order_consistency")
         note = ("order-free method" if report.get("order_free_comparisons")

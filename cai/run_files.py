@@ -170,6 +170,7 @@ class RunFiles:
     revisions: list[dict] = field(default_factory=list)
     pairs: list[dict] = field(default_factory=list)
     judge_report: dict | None = None
+    prompts: int | None = None  # the prompts generation had (its manifests), for the yield
     agreements: list[tuple[str, dict]] = field(default_factory=list)
     training: list[tuple[str, dict]] = field(default_factory=list)  # (folder name, cai_training.json)
     evaluation: dict | None = None
@@ -288,6 +289,7 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder; pass the folder `cai run` wrote (the recipe's run_dir)")
+    from generation.run import prompts_generated
     from judging.report import merged_report, report_path
 
     run = RunFiles(run_dir)
@@ -298,6 +300,7 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
         revisions, preferences = stage_output(run_dir, "revisions"), stage_output(run_dir, "preferences")
     if revisions is not None:
         run.revisions = _output_rows(revisions, run, RevisionView)
+        run.prompts = prompts_generated(revisions)
     if preferences is not None:
         run.pairs = _output_rows(preferences, run, PairView)
         report = merged_report(preferences)
