@@ -31,7 +31,7 @@ from core.config import build_config, check_values, did_you_mean
 from core.errors import UserError
 from core.hashing import stable_hash
 from core.shards import Shard, content_hash, data_files, folder_count, part_files, stage_output
-from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, write_manifest
+from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, read_json_object, write_manifest
 from core.yamlfile import read_yaml
 from generation.config import GenerateConfig
 from generation.run import generate
@@ -239,10 +239,7 @@ def _file_hash(path: str | Path | None) -> str | None:
 
 
 def _current(stamp_path: Path, key: str) -> bool:
-    try:
-        return json.loads(stamp_path.read_text()).get("key") == key
-    except (OSError, ValueError, AttributeError):
-        return False
+    return (read_json_object(stamp_path) or {}).get("key") == key
 
 
 def _write_stamp(stamp_path: Path, key: str, stamp: dict) -> None:
@@ -398,12 +395,10 @@ def _eval(plan: RunPlan, policy: PolicyEngine) -> dict:
     key = stable_hash(stamp)
     stamp_path = out.with_name(out.name + ".stage.json")
     if _current(stamp_path, key):
-        try:
-            evaluation = json.loads(out.read_text())
+        evaluation = read_json_object(out)
+        if evaluation is not None:  # else the result is gone or torn: evaluate again
             logger.info(f"[run] eval: {out} is up to date, skipped")
             return evaluation
-        except (OSError, ValueError):
-            pass  # the result is gone or torn: evaluate again
     serves = (policy.backend is not None and config.judge_model in (None, plan.base)
               and policy.backend.serves(plan.base))
     share = None

@@ -14,7 +14,6 @@ embedded in a ``<script>`` goes through ``tojson`` (which escapes ``<``, ``>`` a
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -17,7 +17,7 @@ from core.log import get_logger
 from core.config import build_config, check_rules
 from core.errors import UserError
 from core.hashing import stable_hash
-from core.store import atomic_write_text, read_whole_file
+from core.store import atomic_write_text, read_json_object, read_whole_file
 
 from .config import AgreementConfig, JudgeModelConfig
 
@@ -94,8 +94,8 @@ def check_judge(check: JudgeCheckConfig, judge: JudgeModelConfig, out: Path, bac
         "constrained_verdict", "api_key_env", "concurrency", "request_timeout", "max_model_len",
         "gpu_memory_utilization", "tensor_parallel_size")}
     key = stable_hash({"pairs": pairs_hash, "limit": check.limit, "judge": options})
-    saved = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
-    if saved.get("key") == key:
+    saved = read_json_object(out) or {}  # a torn or damaged figure is measured again
+    if saved.get("key") == key and isinstance(saved.get("result"), dict):
         result = saved["result"]
         log(f"[run] judge check: reusing the figure in {out}")
     else:
