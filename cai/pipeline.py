@@ -34,13 +34,13 @@ from core.shards import Shard, content_hash, data_files, folder_count, part_file
 from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, read_json_object, write_manifest
 from core.yamlfile import read_yaml
 from generation.config import GenerateConfig
-from generation.run import generate
+from generation.run import generate, prompts_generated
 from judging.config import JudgeConfig
 from judging.engines import engine_memory_shares
 from judging.judge_check import check_judge, judge_check_config
 from judging.methods import method_options
 from judging.pairs import run_judge, sft_path
-from judging.report import merged_report
+from judging.report import format_yield, merged_report, yield_funnel
 from training.evaluate import EvalConfig, eval_memory_shares, evaluate, format_eval
 from training.methods import TrainingMethod, get_method
 
@@ -328,7 +328,10 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
                "judge_report": merged_report(plan.judge.out), "win_rate": evaluation["win_rate"]}
     write_manifest(run_dir / "run.json", "run", {"recipe": str(plan.recipe.path), **plan.recipe.data},
                    {"timings": timings})
+    funnel = yield_funnel(summary["judge_report"] or {}, prompts_generated(plan.generate.out))
+    summary["yield"] = funnel
     print(format_eval(evaluation))
+    print(format_yield(funnel))
     if judge_figure is not None and not judge_figure["passed"]:
         print(f"\nnote: the judge failed its check ({judge_figure['reason']}); the recipe allows it, so these "
               "preference pairs and the trained model are unvalidated (see judge_check.json)")

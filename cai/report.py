@@ -200,6 +200,7 @@ class RunFiles:
     revisions: list[dict] = field(default_factory=list)
     pairs: list[dict] = field(default_factory=list)
     judge_report: dict | None = None
+    prompts: int | None = None  # the prompts generation had (its manifests), for the yield
     agreements: list[tuple[str, dict]] = field(default_factory=list)
     training: list[tuple[str, dict]] = field(default_factory=list)  # (folder name, cai_training.json)
     evaluation: dict | None = None
@@ -318,6 +319,7 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder; pass the folder `cai run` wrote (the recipe's run_dir)")
+    from generation.run import prompts_generated
     from judging.report import merged_report, report_path
 
     run = RunFiles(run_dir)
@@ -328,6 +330,7 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
         revisions, preferences = stage_output(run_dir, "revisions"), stage_output(run_dir, "preferences")
     if revisions is not None:
         run.revisions = _output_rows(revisions, run, RevisionView)
+        run.prompts = prompts_generated(revisions)
     if preferences is not None:
         run.pairs = _output_rows(preferences, run, PairView)
         report = merged_report(preferences)
@@ -517,6 +520,17 @@ def _tiles(run: RunFiles) -> list[dict]:
         if report.get("flagged_rows_left_out"):
             notes.append(f"{report['flagged_rows_left_out']} flagged rows left out")
         tiles.append({"label": "preference pairs", "value": str(len(run.pairs)), "note": ", ".join(notes)})
+    if report:
+        from judging.report import yield_funnel
+
+        funnel = yield_funnel(report, run.prompts)
+        if funnel["pairs_per_prompt"] is not None:
+            lost = [f"{n} {why}" for why, n in funnel["left_out"].items()] + [
+                f"{n} {why}" for why, n in funnel["dropped"].items()]
+            tiles.append({"label": "yield (pairs per prompt)", "value": f"{funnel['pairs_per_prompt']:.2f}",
+                          "note": f"{funnel['pairs']} pairs from {funnel['prompts']} prompts"
+                                  + ("; lost: " + ", ".join(lost) if lost else ""),
+                          "warn": funnel["pairs_per_prompt"] < 0.5})
     if report.get("mean_confidence") is not None:
         order = report.get("order_consistency")
         note = ("order-free method" if report.get("order_free_comparisons")

@@ -181,9 +181,7 @@ def test_eval_streams_answers_and_judgements_and_keeps_prompt_order(tmp_path, mo
         policies.append(Answers(model))
         return policies[-1]
 
-    monkeypatch.setattr(EvalConfig, "build_backend", build_backend)  # the trained model
-    monkeypatch.setattr("training.evaluate.build_backend",  # the base model
-                        lambda backend, model, options=None: build_backend(None, backend, model))
+    monkeypatch.setattr(EvalConfig, "build_backend", build_backend)
     monkeypatch.setattr("training.evaluate.resolve_model", lambda name, flag: name)  # stand-ins, not folders
     judge = Recording()
     result = evaluate(EvalConfig(trained_model="trained", prompts=str(prompts), out=str(tmp_path / "eval.json"),

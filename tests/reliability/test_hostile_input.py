@@ -1,6 +1,6 @@
 """Hostile and bad input: one table of cases, each with its expected message; each exits non-zero and writes nothing.
 
-Every case runs ``cai generate`` in-process (``cai.main``) against the stand-in
+Every case runs ``cai generate`` in-process (``cai.cli.main``) against the stand-in
 server, so a case that wrongly got as far as generating would show up as
 requests to the server or files on disk.  After the table: what is recorded
 rather than refused (replies cut off at the token limit, empty replies),

@@ -45,6 +45,8 @@ def test_report_renders_every_plot_without_the_network(browser, run_folder):
     assert "harmful" in page.locator("svg#plot-winrate").text_content()
     tiles = page.locator(".tile").all_text_contents()
     assert any("agreement with humans" in t and "chance" in t for t in tiles)
+    assert any("yield (pairs per prompt)" in t and "0.50" in t and "5 pairs from 10 prompts; lost: 3 flagged by the "
+               "row checks" in t for t in tiles), tiles
     assert page.locator(".warning").filter(has_text="not distinguishable from chance").count() == 1
     assert browser.refused == [] and all(url.startswith("file://") for url in browser.requests)
     assert browser.errors == []
