@@ -164,7 +164,7 @@ def plan_run(recipe_path: str | Path) -> RunPlan:
     # a sharded judge's SFT rows are the folder `sft` beside its folder of pairs
     sft = Path(judge_config.out).with_name("sft") if Path(judge_config.out).is_dir() else sft_path(judge_config)
     files = {"preferences": judge_config.out, "sft": str(sft)}
-    steps = _train_steps(recipe, run_dir, files)
+    steps = _train_steps(recipe, run_dir, files, judge_config)
 
     inherited = {key: (getattr(judge_config, key), ("judge", key) if key in recipe.section("judge") else
                        (key,) if key in recipe.data else ("judge",))
@@ -201,14 +201,16 @@ def _check_files(recipe_path: Path, run_dir: Path, generate_config, judge_config
         raise UserError(f"{recipe_path}: {exc}") from None
 
 
-def _train_steps(recipe: Recipe, run_dir: Path, files: dict[str, str]) -> list[TrainStep]:
-    """The ``train`` section: ``method`` is a training method or a chain joined by '+' (``reward+ppo``)."""
+def _train_steps(recipe: Recipe, run_dir: Path, files: dict[str, str], judge: JudgeConfig) -> list[TrainStep]:
+    """The ``train`` section: ``method`` is a training method or a chain joined by '+' (``reward+rloo``).
+
+    An RL method's live judge (``rewards: judge``) is the judge section's unless its own options say otherwise."""
     section = recipe.section("train", default=DEFAULT_TRAIN)
     chain = section.pop("method", "dpo")
     try:
         methods = [get_method(name, "train.method") for name in str(chain).split("+")]
     except UserError as exc:
-        raise UserError(f"{recipe.where('train', 'method')}: {exc} Or chain them with '+', e.g. reward+ppo.") from None
+        raise UserError(f"{recipe.where('train', 'method')}: {exc} Or chain them with '+', e.g. reward+rloo.") from None
     names = [method.name for method in methods]
     if len(set(names)) != len(names):
         raise UserError(f"{recipe.where('train', 'method')}: train.method {chain!r} names a method twice")
@@ -227,8 +229,20 @@ def _train_steps(recipe: Recipe, run_dir: Path, files: dict[str, str]) -> list[T
         uses = {name: source for name, source in method.uses.items() if source in earlier}
         fixed = {"data": files[method.trains_on], "output_dir": str(run_dir / method.name),
                  **{name: str(earlier[source].folder) for name, source in uses.items()}}
-        steps.append(TrainStep(method, recipe.build(method.config_class, keys, values, **fixed), uses))
+        config_class = method.config_class
+        known = {f.name for f in dataclasses.fields(config_class)}
+        from_judge = {"judge_model": judge.resolved_judge_model, "judge_backend": judge.resolved_judge_backend,
+                      "judge_base_url": judge.resolved_judge_base_url, "judge_method": judge.method,
+                      "principles_per_pair": judge.principles_per_pair, "constitution": judge.constitution}
+        inherited = {key: (value, ("judge",)) for key, value in from_judge.items() if key in known}
+        steps.append(TrainStep(method, recipe.build(config_class, keys, values, inherited, **fixed), uses))
     return steps
+
+
+def judges_live(step: TrainStep) -> bool:
+    """Whether a training step scores its completions with the judge while it trains (an RL method's
+    ``rewards: judge``): it starts the judge's engine itself."""
+    return "judge" in (getattr(step.config, "reward_source_names", None) or [])
 
 
 # ---------------------------------------------------------------------------------------------- stamps
@@ -313,6 +327,8 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
         keys: dict[str, str] = {}
         for step in plan.train:
             log(f"[run] 3/4 train {step.method.name}")
+            if judges_live(step):
+                policy.close()  # its memory goes to the policy in training and the judge's own engine
             keys[step.method.name] = _train(step, keys)
         timings["train_s"] = time.monotonic() - started
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.shards import Shard, folder_count, part_files, part_of
-from core.store import errors_path, is_being_written, read_manifest
+from core.store import count_lines, errors_path, is_being_written, read_manifest
 
 #: the count in a stage's manifest of the rows its file holds when done (generate: one per prompt; judge: its pairs)
 TOTAL_KEYS = {"generate": "prompts", "judge": "pairs"}
@@ -29,17 +29,6 @@ class StatusConfig:
     json: bool = field(default=False, metadata={"help": "Print the status as JSON (for scripts)."})
 
 
-def _lines(path: Path) -> int:
-    """Complete lines of a file (a torn last line, still being written, is not a row yet)."""
-    if not path.is_file():
-        return 0
-    count = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            count += chunk.count(b"\n")
-    return count
-
-
 def part_status(out: Path, shard: Shard) -> dict:
     """One output file's progress and state."""
     entry = {"shard": str(shard), "file": str(out), "rows": None, "total": None, "failed": None, "stage": None,
@@ -49,7 +38,7 @@ def part_status(out: Path, shard: Shard) -> dict:
         return entry  # a run stopped before its first row still writes its manifest
     counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
     stage = manifest.get("stage")
-    entry.update(rows=_lines(out), stage=stage, failed=_lines(errors_path(out)) if errors_path(out).exists() else 0,
+    entry.update(rows=count_lines(out), stage=stage, failed=count_lines(errors_path(out)),
                  total=counts.get(TOTAL_KEYS.get(stage, ""), None))
     if stage == "generate":
         entry["failed"] = counts.get("failed", entry["failed"])
@@ -59,6 +48,8 @@ def part_status(out: Path, shard: Shard) -> dict:
         entry["state"] = "no manifest yet (running, or killed before its first manifest)"
     elif counts.get("stopped"):
         entry["state"] = f"stopped ({counts['stopped']}): run the same command again to resume"
+    elif not out.is_file():
+        entry["state"] = "its file is missing (deleted?): run the same command again to write it"
     elif entry["failed"]:
         entry["state"] = f"{entry['failed']} failed: run the same command again to retry them"
     else:
