@@ -30,6 +30,7 @@ from core.log import get_logger
 from core.config import build_config, check_values, did_you_mean
 from core.errors import UserError
 from core.hashing import stable_hash
+from core.ledger import run_ledger
 from core.shards import Shard, content_hash, data_files, folder_count, part_files, stage_output
 from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, read_json_object, write_manifest
 from core.yamlfile import read_yaml
@@ -343,7 +344,7 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
     summary = {"run_dir": str(run_dir), "trained_model": str(trained), "timings": timings,
                "judge_report": merged_report(plan.judge.out), "win_rate": evaluation["win_rate"]}
     write_manifest(run_dir / "run.json", "run", {"recipe": str(plan.recipe.path), **plan.recipe.data},
-                   {"timings": timings})
+                   {"timings": timings}, ledger=run_ledger(run_dir, timings=timings))
     funnel = yield_funnel(summary["judge_report"] or {}, prompts_generated(plan.generate.out))
     summary["yield"] = funnel
     print(format_eval(evaluation))
