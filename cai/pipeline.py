@@ -30,8 +30,9 @@ from core.log import get_logger
 from core.config import build_config, check_values, did_you_mean
 from core.errors import UserError
 from core.hashing import stable_hash
+from core.ledger import run_ledger
 from core.shards import Shard, content_hash, data_files, folder_count, part_files, stage_output
-from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, write_manifest
+from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, read_json_object, write_manifest
 from core.yamlfile import read_yaml
 from evaluation.run import EvalConfig, eval_memory_shares, evaluate, format_eval
 from generation.config import GenerateConfig
@@ -253,10 +254,7 @@ def _file_hash(path: str | Path | None) -> str | None:
 
 
 def _current(stamp_path: Path, key: str) -> bool:
-    try:
-        return json.loads(stamp_path.read_text()).get("key") == key
-    except (OSError, ValueError, AttributeError):
-        return False
+    return (read_json_object(stamp_path) or {}).get("key") == key
 
 
 def _write_stamp(stamp_path: Path, key: str, stamp: dict) -> None:
@@ -346,7 +344,7 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
     summary = {"run_dir": str(run_dir), "trained_model": str(trained), "timings": timings,
                "judge_report": merged_report(plan.judge.out), "win_rate": evaluation["win_rate"]}
     write_manifest(run_dir / "run.json", "run", {"recipe": str(plan.recipe.path), **plan.recipe.data},
-                   {"timings": timings})
+                   {"timings": timings}, ledger=run_ledger(run_dir, timings=timings))
     funnel = yield_funnel(summary["judge_report"] or {}, prompts_generated(plan.generate.out))
     summary["yield"] = funnel
     print(format_eval(evaluation))
@@ -417,12 +415,10 @@ def _eval(plan: RunPlan, policy: PolicyEngine) -> dict:
     key = stable_hash(stamp)
     stamp_path = out.with_name(out.name + ".stage.json")
     if _current(stamp_path, key):
-        try:
-            evaluation = json.loads(out.read_text())
+        evaluation = read_json_object(out)
+        if evaluation is not None:  # else the result is gone or torn: evaluate again
             logger.info(f"[run] eval: {out} is up to date, skipped")
             return evaluation
-        except (OSError, ValueError):
-            pass  # the result is gone or torn: evaluate again
     serves = (policy.backend is not None and config.judge_model in (None, plan.base)
               and policy.backend.serves(plan.base))
     share = None
