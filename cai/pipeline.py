@@ -32,8 +32,9 @@ from core.errors import UserError
 from core.hashing import stable_hash
 from core.ledger import run_ledger
 from core.shards import Shard, content_hash, data_files, folder_count, part_files, stage_output
-from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, write_manifest
+from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, read_json_object, write_manifest
 from core.yamlfile import read_yaml
+from evaluation.run import EvalConfig, eval_memory_shares, evaluate, format_eval
 from generation.config import GenerateConfig
 from generation.run import generate, prompts_generated
 from judging.config import JudgeConfig
@@ -42,7 +43,6 @@ from judging.judge_check import check_judge, judge_check_config
 from judging.methods import method_options
 from judging.pairs import run_judge, sft_path
 from judging.report import format_yield, merged_report, yield_funnel
-from training.evaluate import EvalConfig, eval_memory_shares, evaluate, format_eval
 from training.methods import TrainingMethod, get_method
 
 logger = get_logger(__name__)
@@ -254,10 +254,7 @@ def _file_hash(path: str | Path | None) -> str | None:
 
 
 def _current(stamp_path: Path, key: str) -> bool:
-    try:
-        return json.loads(stamp_path.read_text()).get("key") == key
-    except (OSError, ValueError, AttributeError):
-        return False
+    return (read_json_object(stamp_path) or {}).get("key") == key
 
 
 def _write_stamp(stamp_path: Path, key: str, stamp: dict) -> None:
@@ -418,12 +415,10 @@ def _eval(plan: RunPlan, policy: PolicyEngine) -> dict:
     key = stable_hash(stamp)
     stamp_path = out.with_name(out.name + ".stage.json")
     if _current(stamp_path, key):
-        try:
-            evaluation = json.loads(out.read_text())
+        evaluation = read_json_object(out)
+        if evaluation is not None:  # else the result is gone or torn: evaluate again
             logger.info(f"[run] eval: {out} is up to date, skipped")
             return evaluation
-        except (OSError, ValueError):
-            pass  # the result is gone or torn: evaluate again
     serves = (policy.backend is not None and config.judge_model in (None, plan.base)
               and policy.backend.serves(plan.base))
     share = None
