@@ -28,6 +28,16 @@ TASK_CATEGORIES = ["text-generation"]
 TAGS = ["constitutional-ai", "rlaif", "synthetic", "preference", "dpo", "cai-engine"]
 
 
+def model_name(value) -> str | None:
+    """A model as a published dataset names it: a local folder by its name (``/home/me/models/x`` -> ``x``: the
+    path is the exporter's machine, not the model), anything else (a hub id, a served name) as it is."""
+    if not isinstance(value, str):
+        return None
+    if value.startswith(("/", "./", "../", "~")) or "\\" in value:
+        return Path(value.replace("\\", "/")).name
+    return value
+
+
 def size_category(rows: int) -> str:
     """The Hub's size category of a dataset of ``rows`` rows (datasets' ``size_categories.json``)."""
     for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -100,10 +110,7 @@ def _constitution_text(record: dict) -> str | None:
         return None
 
 
-def _models(manifests: dict, data) -> list[list]:
-    from cai.export import model_name
-
-    generate = (manifests.get("generate") or {}).get("config") or {}
+def _models(manifests: dict, data) -> list[list]:    generate = (manifests.get("generate") or {}).get("config") or {}
     judge = (manifests.get("judge") or {}).get("config") or {}
     rows = []
     settings = generate.get("settings") or {}
@@ -163,10 +170,8 @@ def _agreements(run_dir: Path) -> list[tuple[str, dict]]:
 
 
 def _judge(data) -> list[str]:
-    from judging.report import merged_report
-
-    from cai.export import model_name
     from core.shards import stage_output
+    from judging.report import merged_report
 
     lines = ["## The judge", ""]
     report = merged_report(stage_output(data.run_dir, "preferences"))

@@ -25,7 +25,7 @@ from pathlib import Path
 from core.errors import UserError
 from core.log import get_logger
 
-from .card import CONFIGS, DATA_FILE
+from .card import CONFIGS, DATA_FILE, model_name
 
 logger = get_logger(__name__)
 
@@ -159,16 +159,6 @@ def select_rows(data: RunData, config: ExportConfig, eval_sets) -> dict[str, Sel
 
 
 # -- the Parquet rows ------------------------------------------------------------------------------------------
-def model_name(value) -> str | None:
-    """A model as a published dataset names it: a local folder by its name (``/home/me/models/x`` -> ``x``: the
-    path is the exporter's machine, not the model), anything else (a hub id, a served name) as it is."""
-    if not isinstance(value, str):
-        return None
-    if value.startswith(("/", "./", "../", "~")) or "\\" in value:
-        return Path(value.replace("\\", "/")).name
-    return value
-
-
 def _json_text(value) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
