@@ -110,7 +110,8 @@ def _constitution_text(record: dict) -> str | None:
         return None
 
 
-def _models(manifests: dict, data) -> list[list]:    generate = (manifests.get("generate") or {}).get("config") or {}
+def _models(manifests: dict, data) -> list[list]:
+    generate = (manifests.get("generate") or {}).get("config") or {}
     judge = (manifests.get("judge") or {}).get("config") or {}
     rows = []
     settings = generate.get("settings") or {}
