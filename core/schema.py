@@ -257,6 +257,11 @@ class OrderJudgement(_Row):
     reply: str | None = None
     parse_failure: bool | None = None
     reasoning: str | None = None
+    outcome: Literal["judged", "refused", "parse_failure", "error"] | None = Field(
+        default=None, description="What happened (judging/refusal.py); absent in records written before it, which "
+                                  "read from their other fields as before.")
+    judge: str | None = Field(default=None, description="The judge model that gave it (its key holds it too); absent "
+                                                        "in older records.")
 
 
 class LikelihoodJudgement(_Row):
@@ -268,6 +273,7 @@ class LikelihoodJudgement(_Row):
     tokens: int | None
     error: str | None
     transient: bool
+    judge: str | None = Field(default=None, description="The judge model that gave it; absent in older records.")
 
 
 JudgementRecord = Annotated[Union[OrderJudgement, LikelihoodJudgement], Field(discriminator="kind")]

@@ -62,6 +62,7 @@ from core.store import (
 
 from .config import JudgeConfig, JudgeModelConfig
 from .engines import Engines, judge_settings
+from .ensemble import JudgePanel, build_panel
 from .judge import Comparison, Judge, Verdict, is_valid_judgement
 from .report import JudgeReport, format_judge_report, report_path
 from .scoring import ensemble
@@ -290,6 +291,8 @@ def build_pair(item: Item, principles: list[Principle], verdicts: dict[tuple[int
         return (None if p is None else 1 - p), vs, True
 
     if all(all(v.p is None for v in vs) for vs in verdicts.values()):
+        if all(v.refused for vs in verdicts.values() for v in vs):
+            return None, "judge refused"
         first_error = next((v.error for vs in verdicts.values() for v in vs if v.error), "no verdict")
         return None, "judge failed" if "parse" not in first_error else "verdict did not parse"
 
@@ -433,7 +436,7 @@ def _needs_sampling(plans: list[_Plan], config: JudgeConfig, samples: dict[str, 
     return needed
 
 
-def _needs_judging(plans: list[_Plan], judge: Judge) -> bool:
+def _needs_judging(plans: list[_Plan], judge: JudgePanel) -> bool:
     """Whether a judgement of a row with its candidates is not in the cache (the judge's engine is needed)."""
     return any(judge.missing([c for cs in comparisons_for(plan.item, plan.principles).values() for c in cs])
                for plan in plans if plan.item.candidates)
@@ -441,15 +444,18 @@ def _needs_judging(plans: list[_Plan], judge: Judge) -> bool:
 
 def shard_identity(config: JudgeConfig) -> dict:
     """What every shard's part of one folder of pairs must share."""
-    return {"judge": judge_settings(config).as_dict(), "mode": config.mode, "seed": config.seed}
+    return {"judge": build_panel(config, Judge(judge_settings(config))).identity(), "mode": config.mode,
+            "seed": config.seed}
 
 
 def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backend: Backend | None = None,
-              policy_factory: Callable[[], Backend] | None = None) -> dict:
+              policy_factory: Callable[[], Backend] | None = None,
+              judge_backends: dict[str, Backend] | None = None) -> dict:
     """Run (or resume) ``cai judge``; returns counts, the report and the pairs.
 
     ``backend``, ``policy_backend``: engines already loaded (the judge's, the policy's); ``policy_factory``: the
-    caller's policy engine, loaded on first use (only if rows are left to do) and closed by the caller."""
+    caller's policy engine, loaded on first use (only if rows are left to do) and closed by the caller;
+    ``judge_backends``: engines already loaded for the extra and fallback judges, by model name."""
     shard = Shard.parse(config.shard)
     out = part_path(config.out, shard)  # the file, or this shard's part in the folder --out
     outputs = {"--out": out, "--sft-out": sft_path(config), "its manifest": manifest_path(out),
@@ -467,10 +473,11 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     check_siblings(out, shard, "judge", shard_identity(config))
     with exclusive_output(out):
         return _run_judge(config, out, Engines(config, judge=backend, policy=policy_backend,
-                                               policy_loads=config.mode == "samples", policy_factory=policy_factory))
+                                               policy_loads=config.mode == "samples", policy_factory=policy_factory),
+                          judge_backends)
 
 
-def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
+def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends: dict[str, Backend] | None) -> dict:
     log = logger.info
     constitution = load_constitution(config.constitution)
     settings = judge_settings(config)
@@ -503,7 +510,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
 
     errors = JsonlStore(errors_path(out))
     errors.remove()
-    judge = Judge(settings, backend_factory=engines.judge, cache=cache)
+    judge = build_panel(config, Judge(settings, backend_factory=engines.judge, cache=cache), judge_backends)
+    identity = judge.identity()  # the judge's settings, and every other judge's when there are several
     report = JudgeReport()
     checker = RowChecker(constitution)
     # Rows that make no pair are counted now; the others are judged, each on its own.
@@ -521,7 +529,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
     pairs, sft_rows, current, appended, new_pairs = [], [], set(), [], 0
     judged_before = len(cache)
     config_record = {
-        "input": str(config.input), "mode": config.mode, "judge": settings.as_dict(),
+        "input": str(config.input), "mode": config.mode, "judge": identity,
         "backend": config.resolved_judge_backend,
         "principles_per_pair": config.principles_per_pair, "principle_ids": config.principle_id_list(),
         "min_margin": config.min_margin, "require_orders_agree": config.require_orders_agree, "seed": config.seed,
@@ -540,7 +548,10 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
         # start-up still writes the manifest); a finished run starts none.
         policy = engines.policy() if _needs_sampling(plans, config, samples) else None
         # New samples make new comparisons: the judge is needed too.
-        judge_engine = judge.backend if policy is not None or _needs_judging(plans, judge) else None
+        judge_engine = None
+        if policy is not None or _needs_judging(plans, judge):
+            judge.start()
+            judge_engine = judge.members[0].backend
         started = judge_engine or policy
         judge.concurrency = config.concurrency or (started.concurrency if started is not None else None)
         in_flight = judge.concurrency or Backend.concurrency  # (no engine started: nothing to run)
@@ -572,7 +583,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
                         if v.error:
                             errors_out.write(redact_values({"id": item.id, "line": item.line,
                                                             "principle_id": v.principle_id, "error": v.error}))
-                fingerprint = stable_hash({"input": item.input_fingerprint, "judge": settings.as_dict(),
+                fingerprint = stable_hash({"input": item.input_fingerprint, "judge": identity,
                                            "principles": [(p.id, p.comparison_question) for p in principles],
                                            "mode": config.mode, "min_margin": config.min_margin,
                                            "require_orders_agree": config.require_orders_agree})
@@ -600,6 +611,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
             stopped = stopped or exc
         if progress is not None:
             progress.close()
+        judge.close()
         engines.close()
     if stopped is not None:
         # Finished rows stay; nothing is rewritten (pairs not reached yet are not stale), the manifest
@@ -627,8 +639,9 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines) -> dict:
     atomic_write_text(sft_out, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                        for _, r in sorted(sft_rows, key=lambda entry: entry[0])))
 
+    report.handed_to_fallback, report.beyond_fallback_limit = judge.handed_to_fallback, judge.beyond_fallback_limit
     report_dict = report.as_dict()
-    report_dict["judge"] = settings.as_dict()
+    report_dict["judge"] = identity
     report_dict = redact_values(report_dict)
     atomic_write_text(report_path(out), json.dumps(report_dict, indent=2, ensure_ascii=False) + "\n")
     counts = {
