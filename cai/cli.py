@@ -6,29 +6,46 @@ in its package's ``cli`` module and is imported only when called.
 
 from __future__ import annotations
 
-import importlib
 import os
+import pkgutil
 import sys
+from dataclasses import dataclass
 
-COMMANDS = {
-    "validate": ("constitution.cli:validate", "Check a constitution file and list every problem."),
-    "constitution import": ("constitution.cli:import_constitution", "Import a published constitution."),
-    "generate": ("generation.cli:generate", "Draft, critique and revise answers to prompts."),
-    "judge": ("judging.cli:judge", "Judge responses into preference pairs."),
-    "judge agreement": ("judging.cli:agreement", "Score the judge against human-labelled pairs."),
-    "train": ("training.cli:train", "Train with TRL: sft, reward, ppo or dpo."),
-    "eval": ("training.cli:evaluate", "Win rate of a trained model against its base."),
-    "run": ("cai.pipeline:run_command", "Run generate, judge, train and eval from a recipe."),
-    "status": ("cai.status:status_command", "Progress of an output: a file, or a folder's shard parts summed."),
-    "report": ("cai.report:report_command", "Write a run folder's HTML report: plots and a row browser."),
-    "label": ("cai.label:label_command", "Label pairs by hand in the browser (127.0.0.1), for `cai judge agreement`."),
-}
+from core.registry import Registry
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``cai`` command: ``target`` is ``"module:function"`` (called with the rest of argv, returns the exit
+    status; imported only when the command runs), ``help`` its line in ``cai --help``."""
+
+    target: str
+    help: str
+
+    def run(self, argv: list[str]) -> int:
+        return int(pkgutil.resolve_name(self.target)(argv) or 0)
+
+
+COMMANDS: Registry[Command] = Registry("command", {
+    "validate": Command("constitution.cli:validate", "Check a constitution file and list every problem."),
+    "constitution import": Command("constitution.cli:import_constitution", "Import a published constitution."),
+    "generate": Command("generation.cli:generate", "Draft, critique and revise answers to prompts."),
+    "judge": Command("judging.cli:judge", "Judge responses into preference pairs."),
+    "judge agreement": Command("judging.cli:agreement", "Score the judge against human-labelled pairs."),
+    "train": Command("training.cli:train", "Train with TRL (`cai train --help` lists the methods)."),
+    "eval": Command("training.cli:evaluate", "Win rate of a trained model against its base."),
+    "run": Command("cai.pipeline:run_command", "Run generate, judge, train and eval from a recipe."),
+    "status": Command("cai.status:status_command", "Progress of an output: a file, or a folder's shard parts summed."),
+    "report": Command("cai.report:report_command", "Write a run folder's HTML report: plots and a row browser."),
+    "label": Command("cai.label:label_command",
+                     "Label pairs by hand in the browser (127.0.0.1), for `cai judge agreement`."),
+})
 
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: cai COMMAND [options]   (cai COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -85,8 +102,7 @@ def _dispatch(argv: list[str] | None) -> int:
 
     configure_logging()
     name, rest = _find_command(argv)
-    target, _ = COMMANDS[name]
-    module_name, function_name = target.split(":")
+    command = COMMANDS.get(name)
     from core.errors import UserError
     from core.redact import redact_text
     from core.signals import (TERMINATED_EXIT, Terminated, children, install_sigterm_handler, reap_children,
@@ -95,8 +111,7 @@ def _dispatch(argv: list[str] | None) -> int:
     before = children()  # processes the caller already had (a test's server) are not ours to end
     previous_handler = install_sigterm_handler(keep=before)
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
-        return int(function(rest) or 0)
+        return command.run(rest)
     except UserError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 1

@@ -39,12 +39,13 @@ def import_constitution(argv: list[str]) -> int:
     parser.add_argument("--format", choices=["anthropic"], default="anthropic", help="Input format.")
     parser.add_argument("--few-shot", help="Few-shot transcripts (JSON list).")
     parser.add_argument("--out", required=True, help="Where to write the constitution YAML.")
-    parser.add_argument("--force", action="store_true", help="Overwrite --out if it exists.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
+    parser.add_argument("--force", action="store_true", dest="overwrite", help=argparse.SUPPRESS)  # the old name
     args = parser.parse_args(argv)
     out = Path(args.out)
     check_outputs("constitution import", {"--out": out}, {"FILE": args.file, "--few-shot": args.few_shot})
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it or choose another --out")
     constitution = import_anthropic(args.file, args.few_shot)
     write_constitution(constitution, out)
     print(f"wrote {out}: {len(constitution.principles)} principles, {len(constitution.few_shot)} few-shot exemplars")

@@ -1,7 +1,7 @@
 """Checks on every generation row: is the final revision an answer worth training on?
 
 Each check is a small named unit that reads one row and returns the reason it fails, or
-``None``.  ``CHECKS`` is the one registry; ``RowChecker.flags(row)`` runs them all and gives
+``None``.  ``ROW_CHECKS`` is the one registry; ``RowChecker.flags(row)`` runs them all and gives
 the row's ``flags``: ``[{"check": name, "reason": text}]``, empty when the row is clean.
 They are cheap and deterministic (regular expressions and word n-grams, no model), so
 they run when a row is built and again over an existing output on a rerun.
@@ -22,11 +22,14 @@ Thresholds were set by reading real rows of the default model on ``prompts/demo.
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from constitution.schema import Constitution
+from core.registry import Registry
 
 COPY_RUN_WORDS = 7
 CRITIQUE_NGRAM = 4
@@ -282,27 +285,29 @@ class SameAsDraft(Check):
         return None
 
 
-CHECKS: tuple[Check, ...] = (
-    Empty(), CutOff(), ReadsLikeCritique(), CopiesExemplar(), CopiesCritique(), CopiesRequest(), RefusesHelpfulPrompt(),
-    SameAsDraft(),
-)
-CHECK_NAMES = tuple(check.name for check in CHECKS)
+#: name (the flag's ``check``) -> the check's class, or "module:Class" for a check defined elsewhere
+ROW_CHECKS: Registry[type[Check]] = Registry("row check", {
+    check.name: check
+    for check in (Empty, CutOff, ReadsLikeCritique, CopiesExemplar, CopiesCritique, CopiesRequest,
+                  RefusesHelpfulPrompt, SameAsDraft)
+})
 
 
 class RowChecker:
-    """Runs ``CHECKS`` on rows, with the constitution's exemplars."""
+    """Runs the registered checks (or ``checks``) on rows, with the constitution's exemplars."""
 
-    def __init__(self, constitution: Constitution | None, checks: Iterable[Check] = CHECKS):
+    def __init__(self, constitution: Constitution | None, checks: Iterable[Check] | None = None):
         self.context = CheckContext.of(constitution)
-        self.checks = tuple(checks)
+        self.checks = tuple(checks) if checks is not None else tuple(cls() for _, cls in ROW_CHECKS.items())
 
     @property
     def version(self) -> str:
-        """Changes when the checks, their thresholds or the exemplars change: stored flags are then recomputed."""
+        """Changes when a check's code (its module's source: logic, patterns, thresholds) or the exemplars
+        change: stored flags are then recomputed."""
         from core.hashing import stable_hash
 
-        thresholds = [COPY_RUN_WORDS, CRITIQUE_NGRAM, CRITIQUE_SHARE, SAME_AS_DRAFT]
-        return stable_hash([[type(check).__qualname__ for check in self.checks], thresholds,
+        return stable_hash([[check.name for check in self.checks],
+                            [_source(module) for module in dict.fromkeys(type(c).__module__ for c in self.checks)],
                             [list(text) for text in self.context.exemplar_texts]])
 
     def flags(self, row: dict) -> list[dict]:
@@ -319,6 +324,14 @@ class RowChecker:
         """The flags stored on the row, or computed for a row written before checks existed."""
         stored = row.get("flags")
         return stored if isinstance(stored, list) else self.flags(row)
+
+
+def _source(module: str) -> str:
+    """The source of a check's module; its name when the source is not on disk (a frozen build)."""
+    try:
+        return inspect.getsource(sys.modules[module])
+    except (OSError, TypeError):
+        return module
 
 
 def count_by_check(flag_lists: Iterable[list[dict]]) -> dict[str, int]:

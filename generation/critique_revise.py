@@ -174,6 +174,11 @@ class CritiqueReviseTask:
         self.draft_head = self.head + (self.few_shot if settings.few_shot_position == "draft" else [])
         self.checker = RowChecker(constitution)
 
+    @property
+    def calls_per_row(self) -> int:
+        """The calls a row's chain makes when nothing is reused: its draft, then a critique and a revision a round."""
+        return 1 + 2 * self.settings.rounds
+
     # -- keys -------------------------------------------------------------
     def principles_for(self, prompt: PromptRecord) -> list[Principle]:
         return assign_principles(prompt.id, self.constitution.principles, self.settings.rounds, self.settings.seed)

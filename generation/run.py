@@ -210,12 +210,13 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             # Drafts and rounds to reuse come only from the stale rows of prompts still to do.
             reusable = stale_ids - done_ids
             reuse = ReuseIndex([row for row in store.iter_rows() if row.get("id") in reusable] if reusable else [])
-            progress = Progress("generate", pending)
+            progress = Progress("generate", pending, calls=pending * task.calls_per_row)
+            counted = progress.counted(backend)  # each finished call is progress, not only each row
             in_flight = config.concurrency or backend.concurrency
             logger.debug(f"up to {in_flight} rows in flight")
 
             async def chain(prompt: PromptRecord):
-                return await task.run_row(backend, prompt, reuse)
+                return await task.run_row(counted, prompt, reuse)
 
             # Rows finish in any order and are written as they finish: nothing depends on row order.
             for row, failure, output_tokens in stream(_pending_prompts(config, task, fingerprints, done_ids), chain,
@@ -224,6 +225,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
                     if row is not None:
                         rows_out.write(row)
                         reused_calls += row["reused_calls"]
+                        progress.expect(-row["reused_calls"])
                         generated += 1
                         if len(examples) < config.examples:
                             examples.append(row)

@@ -161,11 +161,17 @@ def run_agreement(config: AgreementConfig, backend: Backend | None = None,
         if pairs:  # the engines start here, before any pair (nothing is cached), and not for an empty file
             judge.start()
             in_flight = config.concurrency or judge.members[0].backend.concurrency
-        progress = Progress("agreement", len(pairs))
+
+        def comparisons_of(plan) -> list[Comparison]:
+            _, pair, principles = plan
+            return [Comparison.of(pair.prompt, pair.chosen, pair.rejected, p) for p in principles]
+
+        todo = judge.pending_keys(c for plan in plans for c in comparisons_of(plan))
+        progress = judge.progress = Progress("agreement", len(pairs), calls=len(todo), unit="judgements")
 
         async def judge_pair(plan) -> tuple[int, list]:
-            index, pair, principles = plan
-            comparisons = [Comparison.of(pair.prompt, pair.chosen, pair.rejected, p) for p in principles]
+            index, pair, _ = plan
+            comparisons = comparisons_of(plan)
             judged = await judge.ajudge(comparisons, session_key(pair.id))
             return index, judged.verdicts, judged.output_tokens
 

@@ -12,9 +12,12 @@ from core.errors import UserError
 from core.shards import Shard
 
 from .ensemble import COMBINATIONS
-from .methods import METHODS, method_class
+from .methods import JUDGE_METHODS, method_class
 
-_COT_METHODS = [name for name in METHODS if method_class(name).supports_cot]
+
+def _cot_methods() -> list[str]:
+    return [name for name in JUDGE_METHODS if method_class(name).supports_cot]
+
 
 MODES = ("revision", "samples")
 
@@ -146,12 +149,12 @@ class JudgeModelConfig(EngineOptions):
     )
     method: str = field(
         default="likelihood",
-        metadata={"help": f"How the judge scores, one of {', '.join(METHODS)}. "
-                          + "; ".join(f"{name!r}: {method_class(name).description}" for name in METHODS) + "."},
+        metadata={"help": f"How the judge scores, one of {', '.join(JUDGE_METHODS)}. "
+                          + "; ".join(f"{name!r}: {cls.description}" for name, cls in JUDGE_METHODS.items()) + "."},
     )
     cot: bool = field(
         default=False,
-        metadata={"help": f"Chain of thought ({' and '.join(_COT_METHODS)} methods): the judge reasons first, then the "
+        metadata={"help": f"Chain of thought ({' and '.join(_cot_methods())} methods): the judge reasons first, then the "
                           "label is read."},
     )
     cot_clamp: bool = field(
@@ -181,7 +184,7 @@ class JudgeModelConfig(EngineOptions):
     def __post_init__(self):
         self.policy_options()  # each backend's name and options, checked before any work
         self.judge_options()
-        check_choice("--method", self.method, METHODS)
+        method = method_class(self.method)  # an unknown name is a UserError with "did you mean"
         check_choice("--combine-judges", self.combine_judges, COMBINATIONS)
         check_rules(self, [("fallback_limit", self.fallback_limit is None or self.fallback_limit >= 0, "must be >= 0")])
         judges = [judge_identity for _, _, judge_identity, _ in self.extra_judges()]
@@ -194,8 +197,8 @@ class JudgeModelConfig(EngineOptions):
             if fallback == first or fallback in judges:
                 raise UserError(f"--fallback-judge-model {self.fallback_judge_model!r} is one of the judges; a "
                                 "fallback is another model or endpoint")
-        if self.cot and not method_class(self.method).supports_cot:
-            raise UserError(f"--cot needs --method {' or '.join(_COT_METHODS)} (the {self.method} method has no verdict "
+        if self.cot and not method.supports_cot:
+            raise UserError(f"--cot needs --method {' or '.join(_cot_methods())} (the {self.method} method has no verdict "
                             "to reason towards)")
         check_rules(self, [
             ("principles_per_pair", self.principles_per_pair >= 1, "must be >= 1"),

@@ -26,11 +26,12 @@ its limit) such comparisons are left out of the pairs and counted, never scored 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from core import aio
 from core.backends.base import Backend
+from core.progress import Progress
 
 from .judge import Comparison, Judge, Judged, JudgeSettings, Verdict
 
@@ -128,6 +129,21 @@ class JudgePanel:
         if self.fallback is not None:
             out = {**out, "fallback": self.fallback.settings.as_dict(), "fallback_limit": self.fallback_limit}
         return out
+
+    def pending_keys(self, comparisons: Iterable[Comparison]) -> set[str]:
+        """The judgements the judges need for these comparisons that are not in the cache (the fallback's are not
+        known until the judges answer)."""
+        comparisons = list(comparisons)
+        return {key for judge in self.members for key in judge.pending_keys(comparisons)}
+
+    @property
+    def progress(self) -> Progress | None:
+        return self.members[0].progress
+
+    @progress.setter
+    def progress(self, value: Progress | None) -> None:
+        for judge in self.members:
+            judge.progress = value
 
     def missing(self, comparisons: Sequence[Comparison]) -> bool:
         return any(judge.missing(comparisons) for judge in self.members)

@@ -17,13 +17,14 @@ principle's question), so runs resume and only new comparisons reach the model.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
 from core import aio
 from core.backends.base import Backend
+from core.progress import Progress
 
 from .methods import Comparison, JudgeMethod, Verdict, method_class
 from .methods.base import Judgement
@@ -99,6 +100,7 @@ class Judge:
         self.cache: dict[str, dict] = cache if cache is not None else {}
         self.concurrency = concurrency
         self.calls = 0  # requests run on the backend
+        self.progress: Progress | None = None  # counts each judgement as it returns
         self._slots: asyncio.Semaphore | None = None
 
     @property
@@ -111,6 +113,10 @@ class Judge:
 
     def keys_for(self, comparison: Comparison) -> list[str]:
         return [self.method.key(request) for request in self.method.requests(comparison)]
+
+    def pending_keys(self, comparisons: Iterable[Comparison]) -> set[str]:
+        """The judgements these comparisons need that are not in the cache (the work to do)."""
+        return {key for comparison in comparisons for key in self.keys_for(comparison) if key not in self.cache}
 
     def missing(self, comparisons: Sequence[Comparison]) -> bool:
         """Whether a judgement of these comparisons is not in the cache (so the backend is needed)."""
@@ -149,5 +155,7 @@ class Judge:
         judgement.record.setdefault("judge", self.settings.model)  # whose it is (its key holds the model too)
         self.cache[key] = judgement.record
         self.calls += 1
+        if self.progress is not None:
+            self.progress.call_done(judgement.output_tokens)
         return judgement
 

@@ -556,7 +556,12 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends:
         judge.concurrency = config.concurrency or (started.concurrency if started is not None else None)
         in_flight = judge.concurrency or Backend.concurrency  # (no engine started: nothing to run)
         logger.debug(f"up to {in_flight} rows in flight")
-        progress = Progress("judge", len(plans))
+        if config.mode == "samples":  # candidates still to sample: their comparisons are not known yet
+            progress = Progress("judge", len(plans))
+        else:
+            todo = judge.pending_keys(c for plan in plans for cs in comparisons_for(plan.item, plan.principles).values()
+                                      for c in cs)
+            progress = judge.progress = Progress("judge", len(plans), calls=len(todo), unit="judgements")
 
         async def judge_row(plan: _Plan) -> _Judged:
             session = session_key(plan.item.id)

@@ -22,6 +22,20 @@ REPO = Path(__file__).resolve().parent.parent
 SERVED_MODEL = "cai-default"
 
 
+@pytest.fixture
+def register():
+    """``register(registry, name, target)``: one registry line, as an extension adds it, undone after the test."""
+    added = []
+
+    def add(registry, name: str, target) -> None:
+        registry.register(name, target)
+        added.append((registry, name))
+
+    yield add
+    for registry, name in reversed(added):
+        registry.unregister(name)
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> str:
     from core.model import resolve_model

@@ -122,8 +122,8 @@ class EchoBackend(ScriptedBackend):
 
 
 @pytest.fixture
-def echo(monkeypatch):
-    monkeypatch.setitem(BACKENDS, "echo", EchoBackend)  # the one line a new backend adds
+def echo(register):
+    register(BACKENDS, "echo", EchoBackend)  # the one line a new backend adds
     EchoBackend.built.clear()
     return EchoBackend
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from constitution.loader import load_constitution
-from generation.checks import CHECK_NAMES, RowChecker
+from generation.checks import ROW_CHECKS, RowChecker
 from generation.config import GenerateConfig
 from generation.run import generate
 
@@ -32,7 +32,7 @@ def test_default_model_rows_carry_their_flags(tmp_path, vllm_backend, revision_s
     for row in rows:
         assert row["flags"] == checker.flags(row)
         for flag in row["flags"]:
-            assert set(flag) == {"check", "reason"} and flag["check"] in CHECK_NAMES and flag["reason"]
+            assert set(flag) == {"check", "reason"} and flag["check"] in ROW_CHECKS and flag["reason"]
     flagged = [row for row in rows if row["flags"]]
     assert flagged and result["counts"]["flagged"] == len(flagged)
     cut = [row for row in rows if row["calls"][-1]["finish_reason"] == "length"]

@@ -10,27 +10,30 @@ from pathlib import Path
 import pytest
 
 from cai.cli import COMMANDS
+from training.methods import TRAINING_METHODS
 
 REPO = Path(__file__).resolve().parent.parent
-TRAIN_METHODS = ("sft", "reward", "ppo", "dpo")
 
-# What each command's help must name: its usage line, then options a user reaches for first.
-# Keyed by the dispatcher's command table plus each training method, so a new command fails here until listed.
+# What each command's help must name besides its usage line: the options a user reaches for first.
+# Every registered command and training method is checked (its usage line at least), whatever the registries hold.
+OPTIONS = {
+    "": [*COMMANDS],
+    "validate": ["path"],
+    "constitution import": ["--out", "--few-shot", "--overwrite"],
+    "generate": ["--prompts", "--out", "--constitution", "--backend", "--max-tokens", "--shard"],
+    "judge": ["--in", "--out", "--method", "--judge-model", "--shard"],
+    "judge agreement": ["--pairs", "--method", "--limit"],
+    "train": [*TRAINING_METHODS, "--data", "--output-dir", "cai train METHOD --help"],
+    "eval": ["--trained-model", "--prompts", "--out"],
+    "run": ["--recipe"],
+    "status": ["--out", "--json"],
+    "report": ["--run-dir", "--out", "--agreement"],
+    "label": ["--run-dir", "--source", "--out", "--port"],
+    **{f"train {method}": ["--data", "--output-dir", "--max-steps", "--learning-rate"] for method in TRAINING_METHODS},
+}
 EXPECTED = {
-    "": ["usage: cai COMMAND", *COMMANDS],
-    "validate": ["usage: cai validate", "path"],
-    "constitution import": ["usage: cai constitution import", "--out", "--few-shot", "--force"],
-    "generate": ["usage: cai generate", "--prompts", "--out", "--constitution", "--backend", "--max-tokens", "--shard"],
-    "judge": ["usage: cai judge", "--in", "--out", "--method", "--judge-model", "--shard"],
-    "judge agreement": ["usage: cai judge agreement", "--pairs", "--method", "--limit"],
-    "train": ["usage: cai train", *TRAIN_METHODS, "--data", "--output-dir", "cai train METHOD --help"],
-    "eval": ["usage: cai eval", "--trained-model", "--prompts", "--out"],
-    "run": ["usage: cai run", "--recipe"],
-    "status": ["usage: cai status", "--out", "--json"],
-    "report": ["usage: cai report", "--run-dir", "--out", "--agreement"],
-    "label": ["usage: cai label", "--run-dir", "--source", "--out", "--port"],
-    **{f"train {method}": [f"usage: cai train {method}", "--data", "--output-dir", "--max-steps", "--learning-rate"]
-       for method in TRAIN_METHODS},
+    name: [f"usage: cai {name or 'COMMAND'}", *OPTIONS.get(name, [])]
+    for name in ["", *COMMANDS, *(f"train {method}" for method in TRAINING_METHODS)]
 }
 
 
@@ -49,10 +52,6 @@ def helps() -> dict[str, tuple[int, str, str]]:
         out, err = process.communicate(timeout=300)
         results[name] = (process.returncode, out, err)
     return results
-
-
-def test_every_command_is_covered():
-    assert set(COMMANDS) | {f"train {m}" for m in TRAIN_METHODS} | {""} == set(EXPECTED)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED), ids=lambda name: name or "cai")

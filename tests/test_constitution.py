@@ -101,7 +101,7 @@ def test_unknown_command_suggests(capsys):
     assert "unknown command 'generte'; did you mean 'cai generate'?" in str(info.value)
 
 
-def test_import_anthropic_fixture_validates_and_keeps_texts(tmp_path):
+def test_import_anthropic_fixture_validates_and_keeps_texts(tmp_path, capsys):
     out = tmp_path / "imported.yaml"
     assert cai_main(["constitution", "import", "--format", "anthropic", str(DATA / "anthropic_critiques.json"),
                      "--few-shot", str(DATA / "anthropic_few_shot.json"), "--out", str(out)]) == 0
@@ -115,8 +115,14 @@ def test_import_anthropic_fixture_validates_and_keeps_texts(tmp_path):
     moon = constitution.few_shot[1]
     assert [m.role for m in moon.conversation] == ["user", "assistant", "user", "assistant"]
     assert moon.revision.startswith("No, that was wrong.")
-    # Refuses to clobber an existing file.
+    # Refuses to clobber an existing file unless told to, as every command: --overwrite (--force, the old name, too).
+    out.write_text("kept")
     assert cai_main(["constitution", "import", str(DATA / "anthropic_critiques.json"), "--out", str(out)]) == 1
+    assert out.read_text() == "kept" and "pass --overwrite to replace it" in capsys.readouterr().err
+    for flag in ("--overwrite", "--force"):
+        out.write_text("kept")
+        assert cai_main(["constitution", "import", str(DATA / "anthropic_critiques.json"), "--out", str(out), flag]) == 0
+        assert len(load_constitution(out).principles) == 16
 
 
 def test_import_rejects_malformed_transcript():

@@ -5,14 +5,14 @@
 
     summary = train(DPOStageConfig(data="runs/demo/preferences.jsonl", output_dir="runs/demo/dpo", max_steps=8))
 
-``cai train`` and ``cai run`` both end here; the methods are those of ``training.methods.METHODS``.
+``cai train`` and ``cai run`` both end here; the methods are those of ``training.methods.TRAINING_METHODS``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from training.methods import METHODS, TrainingMethod, get_method, method_of
+from training.methods import TRAINING_METHODS, TrainingMethod, get_method, method_of
 
 
 def train(config) -> dict[str, Any]:
@@ -21,9 +21,4 @@ def train(config) -> dict[str, Any]:
     return method.stage_class(config, method.name).run()
 
 
-def config_class(name: str) -> type:
-    """The config class of the training method ``name`` (a UserError with did-you-mean for an unknown one)."""
-    return get_method(name).config_class
-
-
-__all__ = ["METHODS", "TrainingMethod", "config_class", "get_method", "train"]
+__all__ = ["TRAINING_METHODS", "TrainingMethod", "get_method", "train"]

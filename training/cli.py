@@ -12,14 +12,17 @@ from pathlib import Path
 
 from core.config import parse_config
 from core.errors import UserError
-from training.methods import METHODS, get_method
+from training.methods import TRAINING_METHODS, get_method
 
-USAGE = (
-    "usage: cai train {" + ",".join(METHODS) + "} --data FILE --output-dir DIR [--config FILE] [--model M] "
-    "[--max-steps N] [--use-peft] [any TRL option]\n\nmethods:\n"
-    + "\n".join(f"  {name:<7} {method.description}" for name, method in METHODS.items())
-    + "\n\n`cai train METHOD --help` lists every option of that method and its default."
-)
+
+def usage() -> str:
+    """``cai train --help``: the registered methods, each with its one line."""
+    return (
+        "usage: cai train {" + ",".join(TRAINING_METHODS) + "} --data FILE --output-dir DIR [--config FILE] [--model M] "
+        "[--max-steps N] [--use-peft] [any TRL option]\n\nmethods:\n"
+        + "\n".join(f"  {name:<7} {method.description}" for name, method in TRAINING_METHODS.items())
+        + "\n\n`cai train METHOD --help` lists every option of that method and its default."
+    )
 
 
 def _check_output_dir(prog: str, config) -> None:
@@ -39,7 +42,7 @@ def _check_output_dir(prog: str, config) -> None:
 def train(argv: list[str]) -> int:
     """Entry point of ``cai train METHOD ...``; returns the exit status."""
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return 0
     method = get_method(argv[0])
     prog = f"cai train {method.name}"

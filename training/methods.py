@@ -9,10 +9,10 @@ and the did-you-mean of a mistyped method stay fast.
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 from dataclasses import dataclass, field
 
-from core.config import check_choice
+from core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -29,19 +29,14 @@ class TrainingMethod:
 
     @property
     def config_class(self) -> type:
-        return _load(self.config)
+        return pkgutil.resolve_name(self.config)
 
     @property
     def stage_class(self) -> type:
-        return _load(self.stage)
+        return pkgutil.resolve_name(self.stage)
 
 
-def _load(target: str):
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-METHODS: dict[str, TrainingMethod] = {
+TRAINING_METHODS: Registry[TrainingMethod] = Registry("training method", {
     method.name: method
     for method in (
         TrainingMethod("sft", "training.sft:SFTStageConfig", "training.sft:SFTStage",
@@ -53,23 +48,22 @@ METHODS: dict[str, TrainingMethod] = {
         TrainingMethod("dpo", "training.dpo:DPOStageConfig", "training.dpo:DPOStage",
                        "DPO on the judge's pairs, smoothed per pair by the judge's confidence (cDPO)", "preferences"),
     )
-}
+})
 
 
 def get_method(name: str, what: str = "training method") -> TrainingMethod:
     """The registered method ``name``, or a UserError with the closest name and the choices."""
-    check_choice(what, name, METHODS)
-    return METHODS[name]
+    return TRAINING_METHODS.get(name, what)
 
 
 def method_of(config) -> TrainingMethod:
     """The method whose config class ``config`` is (or derives from)."""
     for cls in type(config).__mro__:
         target = f"{cls.__module__}:{cls.__qualname__}"
-        for method in METHODS.values():
+        for _, method in TRAINING_METHODS.items():
             if method.config == target:
                 return method
     raise TypeError(
         f"{type(config).__name__} is not the config of a training method; pass one of "
-        + ", ".join(method.config.split(":")[1] for method in METHODS.values())
+        + ", ".join(method.config.split(":")[1] for _, method in TRAINING_METHODS.items())
     )

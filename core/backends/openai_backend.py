@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -25,6 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from core import aio
 from core.errors import UserError
+from core.log import get_logger
 from core.redact import redact_text, redact_url
 
 from .base import (
@@ -32,6 +34,16 @@ from .base import (
 )
 
 RETRY_STATUS = {408, 409, 429}
+#: The largest answer read: a chat completion, even with prompt log-probabilities, is far smaller; a larger
+#: body (a misbehaving server, a wrong URL) fails its row instead of filling memory and the output.
+MAX_REPLY_BYTES = 8 * 2**20
+#: The longest wait a Retry-After header can ask for; a longer (or absurd) value is capped to this.
+RETRY_AFTER_CAP = 60.0
+#: Waits at least this long get a line saying why (a server asking for time, a server that does not answer).
+LONG_WAIT = 5.0
+#: At most one such line per this many seconds, however many requests wait at once.
+LONG_WAIT_LINE_EVERY = 30.0
+LOG = get_logger(__name__)
 #: requests in flight unless --concurrency says otherwise: a GPU server runs 256 to 1,024 sequences at
 #: once, and keeps them all busy only when more rows than that are in flight (bench/README.md, gpu_sim)
 DEFAULT_CONCURRENCY = 1024
@@ -83,6 +95,72 @@ def _error_message(status: int, payload: bytes) -> str:
     return text[:500] or f"status {status} with an empty body"
 
 
+async def _read_capped(response) -> bytes:
+    """The body, at most MAX_REPLY_BYTES (a larger one is a MalformedResponseError, final for the request)."""
+    if (response.content_length or 0) > MAX_REPLY_BYTES:
+        raise MalformedResponseError(_too_large(response.content_length))
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise MalformedResponseError(_too_large())
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int | None = None) -> str:
+    said = f" ({size / 2**20:.0f} MiB)" if size else ""
+    return f"the answer is larger than {MAX_REPLY_BYTES // 2**20} MiB{said}; not read (is --base-url the right server?)"
+
+
+def reply_text(choice: object) -> tuple[str, int]:
+    """The text of one answer's choice and how many unpaired surrogates in it were replaced with U+FFFD.
+
+    Servers differ: ``content`` may be text, null (nothing said), or a list of content parts
+    (``[{"type": "text", "text": ...}]``, whose texts are joined).  An answer with tool calls and no
+    text, or a content of another type, is a MalformedResponseError (the row records it).
+    """
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise MalformedResponseError(f"the answer's choice has no message object: {_brief(choice)}")
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(part["text"] for part in content
+                          if isinstance(part, dict) and part.get("type") in ("text", "output_text", None)
+                          and isinstance(part.get("text"), str))
+    elif content is None:
+        if message.get("tool_calls"):
+            raise MalformedResponseError("the answer holds tool calls instead of text (this engine sends no tools; "
+                                         "check the server's chat template)")
+        content = ""
+    if not isinstance(content, str):
+        raise MalformedResponseError(f"the answer's content is not text: {_brief(content)}")
+    return valid_unicode(content)
+
+
+def valid_unicode(text: str) -> tuple[str, int]:
+    """``text`` with each unpaired surrogate (a JSON escape such as \\ud800 alone: not Unicode, and no file can
+    hold it as UTF-8) replaced by U+FFFD, and how many were replaced."""
+    try:
+        text.encode("utf-8")
+        return text, 0
+    except UnicodeEncodeError:
+        return _SURROGATE.subn("\ufffd", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _brief(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=True, default=repr)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _count(value: object) -> int:
+    """A token count from ``usage``: a whole number >= 0, else 0 (a server may leave it out or send anything)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def retry_after_seconds(exc: BaseException | None) -> float | None:
     """Seconds the server asked us to wait (Retry-After: seconds or HTTP date), if any."""
     headers = getattr(exc, "headers", None)
@@ -91,35 +169,66 @@ def retry_after_seconds(exc: BaseException | None) -> float | None:
     value = headers.get("retry-after-ms")
     if value:
         try:
-            return float(value) / 1000
+            return _finite_wait(float(value) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return _finite_wait(float(value))
     except ValueError:
         try:
             import datetime as dt
 
-            return max(0.0, (parsedate_to_datetime(value) - dt.datetime.now(dt.timezone.utc)).total_seconds())
-        except (TypeError, ValueError):
+            return _finite_wait((parsedate_to_datetime(value) - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        except (TypeError, ValueError, OverflowError):
             return None
+
+
+def _finite_wait(seconds: float) -> float | None:
+    """A wait a server asked for, as a number of seconds >= 0 (negative: 0; NaN: none asked; infinite: huge)."""
+    if seconds != seconds:
+        return None
+    return min(max(0.0, seconds), 1e9)
+
+
+class WaitNotice:
+    """One line on stderr for a long wait, saying why; at most one per ``every`` seconds (many requests wait at once)."""
+
+    def __init__(self, every: float = LONG_WAIT_LINE_EVERY):
+        self.every, self._last = every, float("-inf")
+
+    def __call__(self, seconds: float, line: str) -> None:
+        import time
+
+        now = time.monotonic()
+        if seconds >= LONG_WAIT and now - self._last >= self.every:
+            self._last = now
+            LOG.warning("%s", line)
 
 
 class BackoffWait:
     """Full-jitter exponential backoff, or the server's Retry-After when it sent one."""
 
-    def __init__(self, initial: float = 0.5, maximum: float = 30.0, retry_after_cap: float = 120.0):
+    def __init__(self, initial: float = 0.5, maximum: float = 30.0, retry_after_cap: float = RETRY_AFTER_CAP,
+                 notice: WaitNotice | None = None):
         self.initial, self.maximum, self.retry_after_cap = initial, maximum, retry_after_cap
+        self.notice = notice or WaitNotice()
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         asked = retry_after_seconds(exc)
         if asked is not None:
-            return min(asked, self.retry_after_cap)
-        return random.uniform(0, min(self.maximum, self.initial * 2 ** (state.attempt_number - 1)))
+            wait = min(asked, self.retry_after_cap)
+            capped = f", capped from {asked:.0f} s" if asked > self.retry_after_cap else ""
+            status = getattr(exc, "status_code", "")
+            self.notice(wait, f"waiting {wait:.0f} s: the server asked (HTTP {status} Retry-After{capped})")
+            return wait
+        wait = random.uniform(0, min(self.maximum, self.initial * 2 ** (state.attempt_number - 1)))
+        if exc is not None:
+            self.notice(wait, f"waiting {wait:.0f} s before retrying: {describe_error(exc)}")
+        return wait
 
 
 def describe_error(exc: BaseException) -> str:
@@ -221,7 +330,8 @@ class OpenAIBackend(Backend):
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.max_retry_time = max_retry_time
-        self.wait = BackoffWait(backoff_initial, backoff_max)
+        self.notice = WaitNotice()
+        self.wait = BackoffWait(backoff_initial, backoff_max, notice=self.notice)
         # Circuit breaker: after ``down_after`` requests in a row fail for good with a retryable
         # error (connection, timeout, 429, 5xx), the endpoint counts as down and the run stops.
         self.down_after = down_after
@@ -236,11 +346,14 @@ class OpenAIBackend(Backend):
         import aiohttp
 
         parts = urlsplit(self.base_url or OPENAI_API_URL)
-        # Credentials in the URL (a proxy's basic auth) are sent as such; otherwise the key as a bearer token.
-        auth = aiohttp.BasicAuth(unquote(parts.username or ""), unquote(parts.password or "")) \
-            if parts.username or parts.password else None
         headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "cai"}
-        if auth is None:
+        # Credentials in the URL (a proxy's basic auth) are sent as such; otherwise the key as a bearer token.
+        # Either goes as a header, never as the session's ``auth``: aiohttp drops the Authorization header on a
+        # redirect to another origin (scheme, host or port) but would send a session's auth there again.
+        if parts.username or parts.password:
+            headers["Authorization"] = aiohttp.BasicAuth(unquote(parts.username or ""),
+                                                         unquote(parts.password or "")).encode()
+        else:
             headers["Authorization"] = f"Bearer {os.environ.get(self.api_key_env) or 'EMPTY'}"
         # A key in the base URL's query (``?api-key=...``) goes with every request, after the path.
         url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/chat/completions",
@@ -248,21 +361,29 @@ class OpenAIBackend(Backend):
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.concurrency),
             timeout=aiohttp.ClientTimeout(total=self.timeout),
-            headers=headers, auth=auth,
+            headers=headers,
             cookie_jar=aiohttp.DummyCookieJar(),  # an API client keeps no cookies (and skips their cost per request)
         )
         return session, url, env_proxy(url)
 
     async def _post(self, session, url: str, proxy: str | None, body: dict, headers: dict | None) -> dict:
         """One attempt: the answer's JSON, or the error that ended it."""
-        async with session.post(url, data=json.dumps(body), headers=headers, proxy=proxy) as response:
-            payload = await response.read()
-            if response.status >= 400:
-                raise EndpointStatusError(response.status, _error_message(response.status, payload),
-                                          response.headers.copy())  # case-insensitive, for Retry-After
+        # A server that has not answered after a while gets a line (the request itself ends at --request-timeout).
+        after = max(LONG_WAIT, self.timeout / 4)
+        stalled = asyncio.get_running_loop().call_later(
+            after, self.notice, self.timeout, f"waiting: no answer from the server for {after:.0f} s (stalled?); "
+            f"a request gives up after --request-timeout {self.timeout:g} s")
+        try:
+            async with session.post(url, data=json.dumps(body), headers=headers, proxy=proxy) as response:
+                payload = await _read_capped(response)
+                if response.status >= 400:
+                    raise EndpointStatusError(response.status, _error_message(response.status, payload),
+                                              response.headers.copy())  # case-insensitive, for Retry-After
+        finally:
+            stalled.cancel()
         try:
             answer = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise MalformedResponseError(f"the answer is not JSON: {payload[:200]!r}") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list) or not answer["choices"]:
             raise MalformedResponseError(f"the answer has no choices: {payload[:200]!r}")
@@ -357,12 +478,20 @@ class OpenAIBackend(Backend):
         if isinstance(result, BaseException):
             return Completion(text="", finish_reason="error", error=describe_error(result))
         choice = result["choices"][0]
-        usage = result.get("usage") or {}
+        try:
+            text, replaced = reply_text(choice)
+        except MalformedResponseError as exc:
+            return Completion(text="", finish_reason="error", error=describe_error(exc))
+        if replaced:
+            LOG.warning("a reply held %d unpaired surrogate(s) (invalid Unicode); stored with U+FFFD in their place",
+                        replaced)
+        usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
+        finish = choice.get("finish_reason")
         return Completion(
-            text=(choice.get("message") or {}).get("content") or "",
-            finish_reason=choice.get("finish_reason") or "stop",
-            prompt_tokens=usage.get("prompt_tokens") or 0,
-            completion_tokens=usage.get("completion_tokens") or 0,
+            text=text,
+            finish_reason=finish if isinstance(finish, str) and finish else "stop",
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")),
         )
 
     async def alabel_logprobs(self, conversation: Conversation, labels: Sequence[str],
@@ -371,10 +500,16 @@ class OpenAIBackend(Backend):
         result = await self._answer(request, session)
         if isinstance(result, BaseException):
             return LabelLogprobs({label: None for label in labels}, error=describe_error(result))
-        content = (result["choices"][0].get("logprobs") or {}).get("content")
-        if not content:
+        choice = result["choices"][0]
+        logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+        content = logprobs.get("content") if isinstance(logprobs, dict) else None
+        first = content[0] if isinstance(content, list) and content and isinstance(content[0], dict) else {}
+        entries = first.get("top_logprobs")
+        if not isinstance(entries, list) or not entries:
             return LabelLogprobs({label: None for label in labels}, error="endpoint returned no log-probabilities")
-        top = {t["token"]: t["logprob"] for t in content[0].get("top_logprobs") or []}
+        # Entries that are not {"token": text, "logprob": a finite number <= 0} are left out.
+        top = {t["token"]: float(t["logprob"]) for t in entries
+               if isinstance(t, dict) and isinstance(t.get("token"), str) and _is_logprob(t.get("logprob"))}
         # Match a label by its first characters; tokens may carry a leading space.
         values = {}
         for label in labels:
@@ -415,7 +550,18 @@ class OpenAIBackend(Backend):
                 pass
 
 
+def _is_logprob(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -float("inf") < value <= 0
+
+
 def _sum_response_logprobs(full, head) -> SequenceLogprob:
+    try:
+        return _summed(full, head)
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError):  # a server's odd shapes: the row's error
+        return SequenceLogprob(None, error="endpoint returned malformed prompt log-probabilities")
+
+
+def _summed(full, head) -> SequenceLogprob:
     ids, head_ids = full.get("prompt_token_ids"), head.get("prompt_token_ids")
     logprobs = full.get("prompt_logprobs")
     if not ids or head_ids is None or not logprobs:
@@ -428,5 +574,8 @@ def _sum_response_logprobs(full, head) -> SequenceLogprob:
         value = entry.get(str(ids[position]), entry.get(ids[position]))
         if value is None:
             return SequenceLogprob(None, error=f"no log-probability for prompt token {position}")
-        total += value["logprob"] if isinstance(value, dict) else value
+        value = value["logprob"] if isinstance(value, dict) else value
+        if not _is_logprob(value):
+            raise ValueError(value)
+        total += value
     return SequenceLogprob(total, tokens=len(ids) - len(head_ids))

@@ -3,7 +3,7 @@
 A backend is one module holding a ``Backend`` subclass (``core.backends.base``): its
 ``Options`` (the fields a stage config sets for it, with their rules), ``from_options``
 (how it is built) and ``identity`` (how its model is named in records).  Adding one is
-that module plus one line in ``BACKENDS``; no other module tests a backend's name.
+that module plus one line in ``BACKENDS`` (a :class:`core.registry.Registry`); no other module tests a backend's name.
 
 Stage configs keep one flat set of fields for the user (``--backend``, ``--base-url``,
 ``--concurrency``, ...: ``EngineOptions`` plus each stage's model, backend, base_url and
@@ -17,20 +17,20 @@ or, on a stage config, ``config.build_backend(config.backend, config.model)``.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import check_choice, check_rules
+from core.config import check_rules
+from core.registry import Registry
 
 from .base import Backend, BackendOptions
 
 #: name -> "module:Class" (imported only when chosen, so heavy libraries load only then) or the class itself
-BACKENDS: dict[str, str | type[Backend]] = {
+BACKENDS: Registry[type[Backend]] = Registry("backend", {
     "vllm": "core.backends.vllm_backend:VLLMBackend",
     "openai": "core.backends.openai_backend:OpenAIBackend",
-}
+})
 DEFAULT_BACKEND = "vllm"
 #: the help of every ``--backend`` flag
 BACKEND_HELP = (
@@ -41,12 +41,7 @@ BACKEND_HELP = (
 
 def backend_class(name: str, flag: str = "--backend") -> type[Backend]:
     """The class registered as ``name``; an unknown name is a UserError with "did you mean" (``flag`` names it)."""
-    check_choice(flag, name, BACKENDS)
-    target = BACKENDS[name]
-    if isinstance(target, str):
-        module, attribute = target.split(":")
-        target = getattr(importlib.import_module(module), attribute)
-    return target
+    return BACKENDS.get(name, flag)
 
 
 def backend_options(

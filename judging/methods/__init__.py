@@ -5,26 +5,21 @@ A new method is a module with a ``JudgeMethod`` subclass (see ``base``) and a li
 
 from __future__ import annotations
 
-import importlib
-
-from core.config import did_you_mean
+from core.registry import Registry
 
 from .base import Comparison, JudgeMethod, Verdict
 
 #: name -> "module:class", in the order ``--help`` lists them.
-METHODS = {
+JUDGE_METHODS: Registry[type[JudgeMethod]] = Registry("judge method", {
     "likelihood": "judging.methods.likelihood:Likelihood",
     "pairwise": "judging.methods.pairwise:Pairwise",
     "text": "judging.methods.text:Text",
-}
+})
 
 
-def method_class(name: str) -> type[JudgeMethod]:
-    if name not in METHODS:
-        raise ValueError(f"unknown judge method {name!r}{did_you_mean(name, METHODS)}. "
-                         f"Choose one of: {', '.join(METHODS)}.")
-    module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+def method_class(name: str, flag: str = "--method") -> type[JudgeMethod]:
+    """The judge method registered as ``name``; an unknown name is a UserError with "did you mean"."""
+    return JUDGE_METHODS.get(name, flag)
 
 
-__all__ = ["METHODS", "Comparison", "JudgeMethod", "Verdict", "method_class"]
+__all__ = ["JUDGE_METHODS", "Comparison", "JudgeMethod", "Verdict", "method_class"]

@@ -16,7 +16,7 @@ from judging.agreement import parse_transcript, read_human_pairs, run_agreement
 from judging import prompts
 from judging.config import AgreementConfig, JudgeConfig, JudgeModelConfig
 from judging.judge import Comparison, Judge, JudgeSettings
-from judging.methods import METHODS
+from judging.methods import JUDGE_METHODS
 from judging.pairs import judgements_path, report_path, run_judge
 from judging.prompts import defuse, pairwise_label_conversation
 from judging.scoring import (
@@ -182,30 +182,30 @@ def _keys(method, **settings):
 
 
 def test_editing_a_judge_prompt_changes_the_keys_of_what_it_shapes(monkeypatch):
-    before = {method: _keys(method) for method in METHODS} | {"pairwise-cot": _keys("pairwise", cot=True)}
+    before = {method: _keys(method) for method in JUDGE_METHODS} | {"pairwise-cot": _keys("pairwise", cot=True)}
     reported = JudgeSettings("m").as_dict()["prompts"]
-    assert before == {method: _keys(method) for method in METHODS} | {"pairwise-cot": _keys("pairwise", cot=True)}
+    assert before == {method: _keys(method) for method in JUDGE_METHODS} | {"pairwise-cot": _keys("pairwise", cot=True)}
     monkeypatch.setattr(prompts, "PAIRWISE_INSTRUCTIONS", prompts.PAIRWISE_INSTRUCTIONS + " Be fair.")
     assert set(_keys("pairwise")).isdisjoint(before["pairwise"]) and set(_keys("text")).isdisjoint(before["text"])
     assert _keys("likelihood") == before["likelihood"]  # a prompt it does not send
     monkeypatch.setattr(prompts, "COT_INSTRUCTION", "Think first.")
     assert set(_keys("pairwise", cot=True)).isdisjoint(before["pairwise-cot"])
     monkeypatch.undo()
-    assert {method: _keys(method) for method in METHODS} == {m: before[m] for m in METHODS}  # the same text, the same keys
+    assert {method: _keys(method) for method in JUDGE_METHODS} == {m: before[m] for m in JUDGE_METHODS}  # the same text, the same keys
     monkeypatch.setattr(prompts, "VIOLATE_INSTRUCTION", "You are a careless assistant: ")
     assert set(_keys("likelihood")).isdisjoint(before["likelihood"]) and _keys("pairwise") == before["pairwise"]
     assert JudgeSettings("m").as_dict()["prompts"] != reported  # and the report says which prompts judged
 
 
-def test_a_registered_method_is_a_choice_and_judges(tmp_path, monkeypatch):
-    monkeypatch.setitem(METHODS, "shorter", "judge_standins:ShorterWins")
+def test_a_registered_method_is_a_choice_and_judges(tmp_path, register):
+    register(JUDGE_METHODS, "shorter", "judge_standins:ShorterWins")
     assert JudgeModelConfig(method="shorter").method == "shorter"
     with pytest.raises(UserError, match="--cot needs --method pairwise or text"):
         JudgeModelConfig(method="shorter", cot=True)
     judge = Judge(JudgeSettings("m", method="shorter"), backend=PreferenceBackend())
     [v] = judge.judge([Comparison.of(PROMPT, "short", "much longer", _principle())])
     assert v.p == 1.0 and v.order_free and judge.calls == 2
-    with pytest.raises(ValueError, match="'shortr'; did you mean 'shorter'"):
+    with pytest.raises(UserError, match="'shortr' is unknown; did you mean 'shorter'"):
         Judge(JudgeSettings("m", method="shortr"))
 
 

@@ -15,6 +15,10 @@ for anything a model would decide.  Behaviours a test can trigger:
 - ``hold_after`` set: requests after that many are held, unanswered, until
   ``release()`` (a run caught in the middle of a batch, for certain).
 
+``HostileServer`` answers every request with what a test scripts (any status, headers
+and raw body, a body that never ends, a redirect), and records each request's
+method, path and Authorization header: a server that misbehaves on purpose.
+
 The proxy forwards to any upstream (the stand-in or a real ``vllm serve``) and,
 for a configurable share of requests, answers 429 with Retry-After, 500 or 503,
 hangs past the client's timeout, resets the connection, or cuts the body short.
@@ -134,6 +138,8 @@ class _StandinHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         owner: StandinServer = self.server.owner
+        with owner.lock:
+            owner.auth_headers.add(self.headers.get("authorization", ""))
         if self.path.rstrip("/").endswith("/models"):
             _send_json(self, 200, {"object": "list", "data": [
                 {"id": owner.model, "object": "model", "owned_by": "standin", "max_model_len": owner.context_chars}]})
@@ -362,6 +368,69 @@ class FaultProxy(_Base):
         by_key: dict[tuple[str, int], dict] = {(e["key"], e["attempt"]): e for e in self.events}
         return [by_key[(k, a + 1)]["arrived"] - e["done"]
                 for (k, a), e in by_key.items() if e["kind"] == "429" and (k, a + 1) in by_key]
+
+
+class _HostileHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self):
+        owner: HostileServer = self.server.owner
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        with owner.lock:
+            owner.seen.append({"method": self.command, "path": self.path,
+                               "authorization": self.headers.get("authorization")})
+        status, headers, payload = owner.answer(json.loads(body) if body else {})
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if payload is ENDLESS:  # a body that never ends: a byte every 0.2 s until the client gives up
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                self.wfile.write(b'{"choices": [{"message": {"content": "')
+                while not owner.stopping.wait(0.2):
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+            except OSError:
+                pass
+            return
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        try:
+            self.wfile.write(payload)
+        except OSError:  # the client stopped reading (a capped reply)
+            self.close_connection = True
+
+    do_GET = do_POST = _answer  # noqa: N815
+
+
+ENDLESS = object()
+
+
+def chat_answer(content, **fields) -> bytes:
+    """A chat completion whose message content is ``content`` (anything JSON), with ``fields`` over the defaults."""
+    answer = {"id": "x", "object": "chat.completion", "model": "standin",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    answer.update(fields)
+    return json.dumps(answer).encode()
+
+
+class HostileServer(_Base):
+    """Answers each request with ``answer(request) -> (status, headers, body bytes or ENDLESS)``."""
+
+    handler = _HostileHandler
+
+    def __init__(self, answer, port: int = 0):
+        self.answer = answer
+        self.lock = threading.Lock()
+        self.seen: list[dict] = []
+        super().__init__(port)
 
 
 def main(argv=None) -> None:

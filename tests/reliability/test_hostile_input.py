@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from cai.cli import main as cai_main
-from harness import generate_args, rows_of, write_prompts
-from servers import StandinServer
+from harness import generate_args, manifest_of, rows_of, write_prompts
+from servers import ENDLESS, HostileServer, StandinServer, chat_answer
 
 GOOD_YAML = """version: 1
 principles:
@@ -624,3 +624,135 @@ def test_every_command_refuses_with_one_error_line_and_changes_no_input(case, st
     assert "--overwrite" not in err or name.startswith("generate-other-"), err  # never offered for a file not ours
     assert standin.requests == requests_before, f"{name}: the server was called"
     assert _hashes(tmp_path) == before, f"{name}: files changed"
+
+
+# --- every field a server sends is hostile ------------------------------------------------------------------------
+# `cai generate` against a server that answers every request the same odd way: the row is either recorded with the
+# text made sane, or recorded as failed with its reason; never a traceback, and always a manifest.
+
+def _reply(payload, status: int = 200, headers: dict | None = None):
+    return lambda request: (status, headers or {}, payload)
+
+
+SURROGATE_BODY = b'{"choices": [{"message": {"role": "assistant", "content": "ok \\ud800 there"}, "finish_reason": "stop"}]}'
+SERVER_CASES = [
+    # (case id, answer, text of the recorded row or None, error regex of the failed row or None)
+    ("content-parts", _reply(chat_answer([{"type": "text", "text": "Hello "}, {"type": "image_url", "image_url": {}},
+                                          {"type": "text", "text": "world."}])), "Hello world.", None),
+    ("content-null", _reply(chat_answer(None)), "", None),
+    ("content-a-number", _reply(chat_answer(7)), None, r"the answer's content is not text: 7"),
+    ("tool-calls-instead-of-text", _reply(chat_answer(None, choices=[{"message": {
+        "role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}]}}])),
+     None, r"the answer holds tool calls instead of text"),
+    ("usage-missing", _reply(chat_answer("fine", usage=None)), "fine", None),
+    ("usage-wrong-types", _reply(chat_answer("fine", usage={"prompt_tokens": "3", "completion_tokens": -1})), "fine",
+     None),
+    ("choices-not-a-list", _reply(chat_answer("x", choices={"0": {}})), None, r"the answer has no choices"),
+    ("choice-a-number", _reply(chat_answer("x", choices=[5])), None, r"the answer's choice has no message object: 5"),
+    ("message-a-string", _reply(chat_answer("x", choices=[{"message": "hi"}])), None, r"has no message object"),
+    ("finish-reason-a-list", _reply(chat_answer("fine", choices=[{"message": {"content": "fine"},
+                                                                  "finish_reason": [1]}])), "fine", None),
+    ("answer-nested-deep", _reply(b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), None,
+     r"the answer is not JSON"),
+    ("answer-not-json", _reply(b"<html>hello</html>"), None, r"the answer is not JSON"),
+    ("answer-9-mib", _reply(chat_answer("x" * (9 * 2**20))), None, r"the answer is larger than 8 MiB \(9 MiB\)"),
+    ("lone-surrogate", _reply(SURROGATE_BODY), "ok \ufffd there", None),
+]
+
+
+@pytest.mark.parametrize("case", SERVER_CASES, ids=[c[0] for c in SERVER_CASES])
+def test_a_hostile_answer_is_recorded_or_fails_its_row_never_a_traceback(case, tmp_path, capsys):
+    name, answer, text, error = case
+    prompts = write_prompts(tmp_path / "p.jsonl", 1)
+    out = tmp_path / "out.jsonl"
+    before = prompts.read_bytes()
+    with HostileServer(answer) as server:
+        capsys.readouterr()
+        code = cai_main(generate_args(prompts, out, server.base_url, rounds=0))
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert prompts.read_bytes() == before
+    assert manifest_of(out) is not None, f"{name}: no manifest"
+    if text is not None:
+        assert code == 0, captured.err
+        [row] = rows_of(out)
+        assert row["final_response"] == text
+        out.read_bytes().decode("utf-8")  # the whole output is valid UTF-8
+        if "\ufffd" in text:
+            assert "1 unpaired surrogate(s)" in captured.err and "U+FFFD" in captured.err
+    else:
+        assert code == 1, captured.err
+        assert rows_of(out) == []
+        [failed] = rows_of(tmp_path / "out.jsonl.errors.jsonl")
+        assert re.search(error, failed["error"]), failed["error"]
+        assert "1 row(s) failed" in captured.err
+
+
+def test_an_endless_answer_ends_at_the_request_timeout(tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "p.jsonl", 1)
+    out = tmp_path / "out.jsonl"
+    with HostileServer(_reply(ENDLESS)) as server:
+        code = cai_main(generate_args(prompts, out, server.base_url, "--request-timeout", "0.5", rounds=0))
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    [failed] = rows_of(tmp_path / "out.jsonl.errors.jsonl")
+    assert failed["error"].startswith("Timeout")
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("credentials", ["url", "key"])
+def test_credentials_never_follow_a_redirect_to_another_origin(status, credentials, tmp_path, capsys, monkeypatch):
+    """The same host on another port is another origin: neither URL credentials nor the key may reach it."""
+    prompts = write_prompts(tmp_path / "p.jsonl", 1)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-redirect-SECRET")
+    with StandinServer() as elsewhere:
+        target = elsewhere.url + "/v1/chat/completions"
+        with HostileServer(_reply(b"", status, {"location": target})) as first:
+            url = first.base_url.replace("http://", "http://alice:pw-SECRET@") if credentials == "url" else first.base_url
+            cai_main(generate_args(prompts, tmp_path / "out.jsonl", url, rounds=0))
+            sent = [r["authorization"] for r in first.seen]
+        reached = set(elsewhere.auth_headers)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "SECRET" not in err
+    assert sent and all(sent), "the first server got the credentials"
+    assert reached, f"the redirect (HTTP {status}) was not followed"
+    assert reached == {""}, f"credentials followed HTTP {status} to another port: {reached}"
+
+
+def test_absurd_retry_after_is_capped_and_a_long_wait_says_why(caplog):
+    from core.backends.openai_backend import RETRY_AFTER_CAP, BackoffWait, EndpointStatusError
+
+    class Outcome:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def exception(self):
+            return self.exc
+
+    class State:
+        attempt_number = 1
+
+        def __init__(self, retry_after):
+            self.outcome = Outcome(EndpointStatusError(429, "slow down", {"retry-after": retry_after}))
+
+    waits = {}
+    for asked in ["86400", "1e308", "inf", "-5", "nan", "Wed, 21 Oct 2015 07:28:00 GMT", "soon"]:
+        caplog.clear()
+        waits[asked] = BackoffWait(notice=None)(State(asked))
+        assert 0 <= waits[asked] <= RETRY_AFTER_CAP
+    assert waits["86400"] == waits["1e308"] == waits["inf"] == RETRY_AFTER_CAP
+    assert waits["-5"] == 0 and waits["Wed, 21 Oct 2015 07:28:00 GMT"] == 0
+    with caplog.at_level("WARNING", logger="cai"):
+        BackoffWait()(State("86400"))
+    assert f"waiting {RETRY_AFTER_CAP:.0f} s: the server asked (HTTP 429 Retry-After, capped from 86400 s)" in caplog.text
+
+
+def test_a_stalled_server_gets_a_line_saying_so(tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "p.jsonl", 1)
+    with StandinServer(delay=6) as slow:
+        code = cai_main(generate_args(prompts, tmp_path / "out.jsonl", slow.base_url, "--request-timeout", "20",
+                                      rounds=0))
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "waiting: no answer from the server for 5 s (stalled?); a request gives up after --request-timeout 20 s" \
+        in err

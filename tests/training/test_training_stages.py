@@ -11,7 +11,7 @@ from cai.cli import main as cai_main
 from core.config import parse_config
 from core.errors import UserError
 from training.cli import train
-from training.methods import METHODS, get_method
+from training.methods import TRAINING_METHODS, get_method
 
 QUIET = ["--disable-tqdm", "true"]
 README = Path(__file__).parent.parent.parent / "training" / "README.md"
@@ -61,7 +61,7 @@ def test_unknown_method_suggests_the_closest():
 def test_usage_lists_every_registered_method(capsys):
     assert train(["--help"]) == 0
     usage = capsys.readouterr().out
-    for name, method in METHODS.items():
+    for name, method in TRAINING_METHODS.items():
         assert f"  {name:<7} {method.description}" in usage
 
 
@@ -152,7 +152,7 @@ def test_config_file_typo_is_one_error_line_with_did_you_mean(tmp_path, capsys):
 def test_every_field_of_ours_has_help_text():
     from training.config import StageFields
 
-    for method in METHODS.values():
+    for _, method in TRAINING_METHODS.items():
         config_class = method.config_class
         ours = [*StageFields.__annotations__, *config_class.__dict__.get("__annotations__", {})]
         for name in ours:
