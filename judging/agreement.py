@@ -28,6 +28,7 @@ from .config import AgreementConfig
 from .engines import Engines, judge_settings
 from .judge import Comparison, Judge
 from .pairs import read_jsonl, select_principles
+from .card import refresh_cards
 from .calibration import Labelled, calibration, calibration_lines
 from .ensemble import build_panel
 from .report import ComparisonStats, JudgeReport, judges_lines, principle_table
@@ -236,6 +237,7 @@ def run_agreement(config: AgreementConfig, backend: Backend | None = None,
     result["text"] = format_agreement(result)
     if config.out:
         atomic_write_text(Path(config.out), json.dumps({k: v for k, v in result.items() if k != "text"}, indent=2) + "\n")
+        refresh_cards(Path(config.out).parent)  # the judge cards beside it now show the agreement with people
     if config.details:
         atomic_write_text(Path(config.details), "".join(json.dumps(d) + "\n" for d in details))
     return result

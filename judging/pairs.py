@@ -62,9 +62,10 @@ from core.store import (
 
 from .config import JudgeConfig, JudgeModelConfig
 from .engines import Engines, judge_settings
+from .card import write_card
 from .ensemble import JudgePanel, build_panel
 from .judge import Comparison, Judge, Verdict, is_valid_judgement
-from .report import JudgeReport, format_judge_report, report_path
+from .report import JudgeReport, format_judge_report, report_path, revision_change
 from .scoring import ensemble
 
 logger = get_logger(__name__)
@@ -523,6 +524,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends:
         if config.mode == "revision":
             flags = checker.row_flags(row)
             report.add_flags(flags, kept=config.keep_flagged)
+            report.add_revised(item.principle_ids, flags,
+                               revision_change(item.candidates[1].text, item.candidates[0].text))
             if flags and not config.keep_flagged:
                 continue
         plans.append(_Plan(index, item, select_principles(constitution, config, item.id)))
@@ -594,6 +597,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends:
                                            "require_orders_agree": config.require_orders_agree})
                 pair, reason = build_pair(item, principles, verdicts, config, settings.model, fingerprint)
                 report.add_pair(pair, reason)
+                if config.mode == "revision":
+                    report.add_revision_pair(item.principle_ids, pair)
                 sft = sft_row(item, pair, config.mode)
                 if sft is not None:
                     sft_rows.append((index, sft))
@@ -662,7 +667,9 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends:
     }
     write_manifest(out, "judge", config_record, counts, constitution=constitution_record, report=report_dict,
                    sft=str(sft_out))
+    card = write_card(out)
     return {"out": str(out), "counts": counts, "report": report_dict, "pairs": final,
             "sft": [r for _, r in sorted(sft_rows, key=lambda entry: entry[0])],
             "sft_path": str(sft_out),
-            "report_path": str(report_path(out)), "text": format_judge_report(report_dict)}
+            "report_path": str(report_path(out)), "card_path": str(card) if card else None,
+            "text": format_judge_report(report_dict)}

@@ -133,6 +133,44 @@ class ComparisonStats:
 
 
 @dataclass
+class RevisedRows:
+    """What became of the rows revised under one principle (revision mode): does the principle do anything?"""
+
+    rows: int = 0
+    flagged: int = 0
+    flags_by_check: dict[str, int] = field(default_factory=dict)
+    change_sum: float = 0.0  # share of the draft's words the revision changed, summed over rows
+    pairs: int = 0
+    revision_chosen: int = 0
+
+    def add_row(self, flags: list[dict], change: float) -> None:
+        self.rows += 1
+        self.change_sum += change
+        self.flagged += int(bool(flags))
+        for name in dict.fromkeys(str(f.get("check")) for f in flags):
+            self.flags_by_check[name] = self.flags_by_check.get(name, 0) + 1
+
+    def merge(self, other: RevisedRows) -> None:
+        for name in ("rows", "flagged", "change_sum", "pairs", "revision_chosen"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name, n in other.flags_by_check.items():
+            self.flags_by_check[name] = self.flags_by_check.get(name, 0) + n
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "flagged": self.flagged,
+                "flags_by_check": dict(sorted(self.flags_by_check.items(), key=lambda kv: (-kv[1], kv[0]))),
+                "revision_change": _share(self.change_sum, self.rows), "pairs": self.pairs,
+                "revision_preferred": _share(self.revision_chosen, self.pairs)}
+
+
+def revision_change(draft: str, revision: str) -> float:
+    """How much of the draft the revision changed: 1 - the similarity of their words (0: the same, 1: all new)."""
+    import difflib
+
+    return 1.0 - difflib.SequenceMatcher(None, draft.split(), revision.split(), autojunk=False).ratio()
+
+
+@dataclass
 class JudgeReport:
     overall: ComparisonStats = field(default_factory=ComparisonStats)
     per_principle: dict[str, ComparisonStats] = field(default_factory=lambda: defaultdict(ComparisonStats))
@@ -148,6 +186,7 @@ class JudgeReport:
     judges: dict[str, ComparisonStats] = field(default_factory=lambda: defaultdict(ComparisonStats))  # several judges
     judges_agree: dict[str, list[int]] = field(default_factory=dict)  # "a | b" -> [both answered, agreed]
     handed_to_fallback: int = 0  # comparisons given to the fallback judge
+    revised: dict[str, RevisedRows] = field(default_factory=lambda: defaultdict(RevisedRows))  # by revision principle
     beyond_fallback_limit: int = 0  # comparisons left without a verdict because --fallback-limit was reached
 
     #: the plain counts of a report (besides its stats and its counts by reason or check)
@@ -166,6 +205,19 @@ class JudgeReport:
         if not kept:
             self.rows += 1
             self.flagged_left_out += 1
+
+    def add_revised(self, principle_ids: list[str], flags: list[dict], change: float) -> None:
+        """One revision-mode row: the principles it was revised under, its flags and how much it changed."""
+        for pid in dict.fromkeys(p for p in principle_ids if p):
+            self.revised[pid].add_row(flags, change)
+
+    def add_revision_pair(self, principle_ids: list[str], pair: dict | None) -> None:
+        """The pair a revised row made (None: none): did the judge prefer the revision?"""
+        if pair is None:
+            return
+        for pid in dict.fromkeys(p for p in principle_ids if p):
+            self.revised[pid].pairs += 1
+            self.revised[pid].revision_chosen += int(pair.get("source", {}).get("chosen") == "final_response")
 
     def add(self, verdict: Verdict, x_len: int | None = None, y_len: int | None = None) -> None:
         self.overall.add(verdict, x_len, y_len)
@@ -204,6 +256,8 @@ class JudgeReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name, stats in other.judges.items():
             self.judges[name].merge(stats)
+        for pid, rows in other.revised.items():
+            self.revised[pid].merge(rows)
         for pair, (both, agreed) in other.judges_agree.items():
             counts = self.judges_agree.setdefault(pair, [0, 0])
             counts[0] += both
@@ -215,6 +269,8 @@ class JudgeReport:
                 "per_principle": {pid: asdict(stats) for pid, stats in sorted(self.per_principle.items())},
                 "dropped": dict(sorted(self.dropped.items())),
                 "flagged_by_check": dict(sorted(self.flagged_by_check.items())),
+                **({"revised": {pid: asdict(rows) for pid, rows in sorted(self.revised.items())}}
+                   if self.revised else {}),
                 **({"judges": {name: asdict(stats) for name, stats in sorted(self.judges.items())},
                     "judges_agree": dict(sorted(self.judges_agree.items()))} if self.judges else {}),
                 **{name: getattr(self, name) for name in self.COUNTS}}
@@ -235,6 +291,11 @@ class JudgeReport:
             if not isinstance(counts, dict) or not all(type(n) is int for n in counts.values()):
                 raise ValueError(f"a report's sums have {name}: counts by name")
             getattr(report, name).update(counts)
+        for pid, rows in (sums.get("revised") or {}).items():  # absent in older reports
+            try:
+                report.revised[pid] = RevisedRows(**rows)
+            except TypeError:
+                raise ValueError("a report's sums have revised: counts by principle") from None
         for name, stats in (sums.get("judges") or {}).items():  # absent in reports of one judge
             report.judges[name] = ComparisonStats.from_sums(stats)
         for pair, counts in (sums.get("judges_agree") or {}).items():
@@ -294,6 +355,8 @@ class JudgeReport:
             "beyond_fallback_limit": self.beyond_fallback_limit,
             **self.overall.as_dict(),
             "per_principle": {pid: stats.as_dict() for pid, stats in sorted(self.per_principle.items())},
+            **({"revised_per_principle": {pid: rows.as_dict() for pid, rows in sorted(self.revised.items())}}
+               if self.revised else {}),
             **({"judges": {name: stats.as_dict() for name, stats in sorted(self.judges.items())},
                 "judges_agree": judges_agreement(self.judges_agree)} if self.judges else {}),
             "warnings": self.warnings(),
