@@ -9,7 +9,10 @@ nothing away), and records the pick: ``1``/``2`` for the better response, ``t`` 
 already in either file is not asked again, so a session stops and resumes at will.
 
 The server answers only requests addressed to 127.0.0.1/localhost on its port (no DNS
-rebinding) and a label only with the page's per-session token (no cross-site posts).
+rebinding) and a label only with the page's per-session token (no cross-site posts); no
+other site may frame its page (``X-Frame-Options``, CSP ``frame-ancestors``: no clickjacking).
+Every answer, errors included, is JSON with a status: a request body is at most ``MAX_BODY``
+bytes of JSON (too deep a nesting is a 400), and nothing a client sends prints a traceback.
 """
 
 from __future__ import annotations
@@ -27,12 +30,16 @@ from pathlib import Path
 from core.config import check_choice
 from core.errors import UserError
 from core.hashing import stable_hash
-from core.store import JsonlStore
+from core.log import get_logger
+from core.store import JsonlStore, parse_json_line
 
 SOURCES = ("preferences", "revisions")
 CHOICES = ("1", "2", "tie", "skip")
 HOST = "127.0.0.1"
 MAX_BODY = 4096
+#: Sent with every answer: no other page may show this one in a frame (a click through it would label).
+NO_FRAMING = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+LOG = get_logger(__name__)
 
 
 @dataclass
@@ -146,7 +153,14 @@ class LabelSession:
         self.by_key = {pair.key: pair for pair in pairs}
         self.source = source
         self.labels, self.ties = JsonlStore(out), JsonlStore(ties_path(out))
-        self.done = {row.get("key") for store in (self.labels, self.ties) for row in store.load()}
+        self.done: set[str] = set()
+        for store in (self.labels, self.ties):
+            keys = [row.get("key") for row in store.load()]
+            self.done.update(key for key in keys if isinstance(key, str))
+            unkeyed = sum(1 for key in keys if not isinstance(key, str))
+            if unkeyed:
+                LOG.warning("%s: %d row(s) without a text 'key' (not written by `cai label`); their pairs are "
+                            "asked again", store.path, unkeyed)
         self.already_done = sum(1 for pair in pairs if pair.key in self.done)
         self.skipped: set[str] = set()
         self.lock = threading.Lock()
@@ -249,8 +263,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in NO_FRAMING.items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_error(self, code, message=None, explain=None):
+        """The standard library's own refusals (a malformed request line, an unknown method) as JSON too."""
+        self.close_connection = True
+        self._json(code, {"error": message or HTTPStatus(code).phrase})
 
     def _json(self, status: int, value: dict) -> None:
         self._send(status, json.dumps(value, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
@@ -261,7 +283,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(HTTPStatus.FORBIDDEN, {"error": "wrong host"})
         return False
 
+    def _guarded(self, handle) -> None:
+        """Run ``handle``; an unexpected error is a 500 with a JSON message (and a log line), never a traceback."""
+        try:
+            handle()
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - the answer says what failed; the server goes on
+            LOG.warning("cai label: %s %s failed: %s: %s", self.command, self.path[:80], type(exc).__name__, exc)
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error ({type(exc).__name__})"})
+
     def do_GET(self):
+        self._guarded(self._get)
+
+    def do_POST(self):
+        self._guarded(self._post)
+
+    def _get(self):
         if not self._host_ok():
             return
         if self.path == "/":
@@ -271,20 +309,27 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
-    def do_POST(self):
+    def _post(self):
         if not self._host_ok():
             return
         if self.path != "/api/label":
             return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
         if not secrets.compare_digest(self.headers.get("X-Label-Token", ""), self.owner.token):
             return self._json(HTTPStatus.FORBIDDEN, {"error": "missing or wrong token"})
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit() or int(length) == 0:
+            self.close_connection = True  # the body, if any, is not read
+            return self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "send a JSON body with its Content-Length"})
+        if int(length) > MAX_BODY:
+            self.close_connection = True
+            return self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"the body is larger than {MAX_BODY} bytes"})
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-            if not 0 < length <= MAX_BODY:
-                raise ValueError("body too large or empty")
-            body = json.loads(self.rfile.read(length))
-            state = self.owner.session.record(str(body.get("key")), str(body.get("choice")))
-        except (ValueError, AttributeError) as exc:
+            body = parse_json_line(self.rfile.read(int(length)))  # too deep a nesting is a ValueError too
+            if not isinstance(body, dict) or not isinstance(body.get("key"), str) \
+                    or not isinstance(body.get("choice"), str):
+                raise ValueError('the body must be {"key": text, "choice": text}')
+            state = self.owner.session.record(body["key"], body["choice"])
+        except ValueError as exc:
             return self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         self._json(HTTPStatus.OK, state)
 

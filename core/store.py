@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import platform
+import re
 import socket
 import stat
 import sys
@@ -98,16 +99,51 @@ def require_regular_file(path: str | Path, what: str, flag: str) -> None:
         )
 
 
+def read_whole_file(path: str | Path, what: str, limit: int) -> bytes:
+    """A small input file's bytes (a config, a recipe, a constitution), read only when it is a regular file of at
+    most ``limit`` bytes: a device (``/dev/zero``), a pipe or a runaway file is refused before any read.
+
+    Raises OSError (a missing file, a folder, no permission) for the caller to word, and UserError for the rest."""
+    path = Path(path)
+    info = path.stat()
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path}: not a regular file (a device such as /dev/zero, or a pipe); save the {what} to "
+                        "a file and pass that file")
+    if info.st_size > limit:
+        raise UserError(f"{path}: {info.st_size / 2**20:.1f} MiB is larger than a {what} can be "
+                        f"({limit / 2**20:g} MiB); is it the right file?")
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:  # grew since the stat
+        raise UserError(f"{path}: larger than a {what} can be ({limit / 2**20:g} MiB); is it the right file?")
+    return data
+
+
 def parse_json_line(line: bytes | str) -> object:
     """One JSON value; ValueError (with a message for the user) when it is not JSON or is nested too deeply."""
     try:
-        return json.loads(line)
+        value = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON at column {exc.colno}: {exc.msg}") from None
     except UnicodeDecodeError:
         raise ValueError("not valid UTF-8; save the file as UTF-8") from None
     except RecursionError:
         raise ValueError("nested too deeply (more than Python's recursion limit); flatten it") from None
+    if (_SURROGATE_ESCAPE_BYTES if isinstance(line, bytes) else _SURROGATE_ESCAPE).search(line):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # A JSON escape like \\ud800 alone decodes to half a surrogate pair: not text any output can hold.
+            raise ValueError(f"contains an unpaired surrogate ({exc.object[exc.start]!r}), which is not valid "
+                             "Unicode; fix the escape") from None
+    return value
+
+
+#: A JSON escape of a surrogate code point (half of a pair, or alone), the only way a lone one gets into a str.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def manifest_path(out: Path) -> Path:

@@ -23,6 +23,8 @@ class YamlError(UserError):
 #: Nodes a document may expand to, aliases counted each time they are used. Real configs and
 #: constitutions have a few thousand; an alias bomb has billions.
 MAX_NODES = 200_000
+#: The largest YAML file read (configs, recipes and constitutions are kilobytes).
+MAX_YAML_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -131,13 +133,17 @@ def parse_yaml(text: str, path: str = "<string>") -> YamlDocument:
 
 def read_yaml(path: str | Path, what: str = "YAML file") -> YamlDocument:
     """Read and parse a YAML file; an unreadable or non-UTF-8 file is a UserError naming it."""
+    from .store import read_whole_file
+
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_whole_file(path, what, MAX_YAML_BYTES)
     except IsADirectoryError:
         raise YamlError(str(path), None, f"is a folder; pass the {what} itself") from None
     except OSError as exc:
         raise YamlError(str(path), None, f"cannot read the {what}: {exc.strerror}") from None
+    except UserError as exc:
+        raise YamlError(str(path), None, str(exc).removeprefix(f"{path}: ")) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -68,12 +68,9 @@ def _record(number: int, line: bytes) -> PromptRecord | str:
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
     try:
-        json.dumps(row, ensure_ascii=False).encode("utf-8")
+        json.dumps(row, ensure_ascii=False)
     except RecursionError:
         return "nested too deeply (more than Python's recursion limit); flatten it"
-    except UnicodeEncodeError as exc:
-        # A JSON escape like \\ud800 decodes to half a surrogate pair: not text any output can hold.
-        return f"contains an unpaired surrogate ({exc.object[exc.start]!r}), which is not valid Unicode; fix the escape"
     messages, error = _messages(row)
     if error:
         return error

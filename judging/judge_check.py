@@ -17,9 +17,12 @@ from core.log import get_logger
 from core.config import build_config, check_rules
 from core.errors import UserError
 from core.hashing import stable_hash
-from core.store import atomic_write_text
+from core.store import atomic_write_text, read_whole_file
 
 from .config import AgreementConfig, JudgeModelConfig
+
+#: The largest labelled pairs file the judge check reads (hh-harmless's 500 pairs are under 1 MiB).
+MAX_PAIRS_BYTES = 2**30
 
 
 logger = get_logger(__name__)
@@ -80,7 +83,8 @@ def check_judge(check: JudgeCheckConfig, judge: JudgeModelConfig, out: Path, bac
     from .agreement import run_agreement
 
     try:
-        pairs_hash = stable_hash(Path(check.pairs).read_bytes().decode("utf-8", "replace"))
+        pairs_hash = stable_hash(read_whole_file(check.pairs, "labelled pairs file", MAX_PAIRS_BYTES)
+                                 .decode("utf-8", "replace"))
     except OSError as exc:
         raise UserError(f"judge_check.pairs {check.pairs!r}: cannot read it ({exc.strerror}); "
                         "give a labelled pairs file (see judging/data/README.md)") from None

@@ -180,7 +180,7 @@ def revision_item(line: int, row: dict, where: str) -> Item | str:
         raise UserError(f"{where}:{line}: not a `cai generate` row (missing {', '.join(missing)}); "
                         "use --mode samples for prompts or sampled responses")
     prompt = _messages(row["prompt"], f"{where}:{line}")
-    validate_fields(GenerationRow, row, ("initial_response", "final_response", "rounds", "calls"), f"{where}:{line}",
+    validate_fields(GenerationRow, row, ("initial_response", "final_response", "rounds", "calls", "flags"), f"{where}:{line}",
                     "is this a `cai generate` output?")
     row_id = str(row.get("id") or stable_hash(prompt))
     if not row["rounds"]:

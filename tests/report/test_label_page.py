@@ -219,3 +219,96 @@ def test_label_command_serves_until_interrupted(label_run, tmp_path):
             raise AssertionError(f"cai label did not stop on Ctrl-C within 30 s:\n{err}") from None
     assert process.returncode == 0, err
     assert f"cai judge agreement --pairs {out}" in err and "Traceback" not in err
+
+
+def _raw(server: LabelServer, data: bytes) -> tuple[int, dict, bytes]:
+    """Send ``data`` as it is (a malformed request) and read the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        raw = sock.makefile("rb").read()
+    if not raw.startswith(b"HTTP/"):
+        return 0, {}, raw  # an HTTP/0.9 answer: the body alone
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+HOSTILE_REQUESTS = [
+    # (case id, method, body bytes, extra headers, expected status, expected message regex)
+    ("nested-deep", "POST", b'{"key": ' + b"[" * 2000 + b"]" * 2000 + b"}", {}, 400, r"nested too deeply"),
+    ("not-json", "POST", b"key=1&choice=2", {}, 400, r"invalid JSON"),
+    ("invalid-utf8", "POST", b'{"key": "\xff"}', {}, 400, r"not valid UTF-8"),
+    ("surrogate", "POST", b'{"key": "\\ud800", "choice": "1"}', {}, 400, r"unpaired surrogate"),
+    ("a-list", "POST", b'["key", "choice"]', {}, 400, r'the body must be \{"key": text, "choice": text\}'),
+    ("key-a-list", "POST", b'{"key": ["a"], "choice": "1"}', {}, 400, r'the body must be'),
+    ("choice-a-number", "POST", b'{"key": "a", "choice": 1}', {}, 400, r'the body must be'),
+    ("too-large", "POST", b"{" + b" " * 5000 + b"}", {}, 413, r"larger than 4096 bytes"),
+    ("length-a-word", "POST", b"{}", {"Content-Length": "lots"}, 411, r"Content-Length"),
+    ("length-negative", "POST", b"{}", {"Content-Length": "-5"}, 411, r"Content-Length"),
+    ("unknown-method", "PUT", b"{}", {}, 501, r"Unsupported method"),
+]
+
+
+@pytest.mark.parametrize("case", HOSTILE_REQUESTS, ids=[c[0] for c in HOSTILE_REQUESTS])
+def test_every_hostile_request_gets_a_json_error_and_no_traceback(case, label_run, tmp_path, capfd):
+    name, method, body, extra, status, message = case
+    out = tmp_path / "labels.jsonl"
+    server = start(label_run, out)
+    try:
+        headers = {"Host": f"127.0.0.1:{server.port}", "X-Label-Token": server.token,
+                   "Content-Length": str(len(body)), **extra}
+        request = f"{method} /api/label HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        got, answer_headers, answer = _raw(server, request.encode() + b"\r\n" + body)
+        assert got == status, answer
+        assert answer_headers["content-type"].startswith("application/json")
+        assert re.search(message, json.loads(answer)["error"]), answer
+        assert answer_headers["x-frame-options"] == "DENY"
+        assert _request(server, "GET", "/api/state")[0] == 200  # the server goes on
+    finally:
+        server.close()
+    assert not out.exists()
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_a_malformed_request_line_gets_a_json_error(label_run, tmp_path, capfd):
+    import socket
+
+    server = start(label_run, tmp_path / "labels.jsonl")
+    try:
+        # No HTTP version on the line: HTTP/0.9, whose answer is the body alone (no status line, no headers).
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GARBAGE\r\n\r\n")
+            answer = sock.makefile("rb").read()
+        status, _, body = _raw(server, f"GET / HTTP/1.1 extra\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+    finally:
+        server.close()
+    assert "Bad request syntax" in json.loads(answer)["error"]
+    assert "Bad request version" in json.loads(body or answer)["error"]
+    assert "Traceback" not in "".join(capfd.readouterr())
+
+
+def test_no_answer_can_be_framed_by_another_page(label_run, tmp_path):
+    server = start(label_run, tmp_path / "labels.jsonl")
+    try:
+        answers = [_raw(server, f"GET {path} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{server.port}'}\r\n\r\n".encode())
+                   for path, host in [("/", None), ("/api/state", None), ("/nowhere", None), ("/", "evil.example")]]
+    finally:
+        server.close()
+    assert [status for status, _, _ in answers] == [200, 200, 404, 403]
+    for _, headers, _ in answers:
+        assert headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+
+
+def test_a_labels_file_with_odd_keys_resumes_without_them(label_run, tmp_path, caplog):
+    out = tmp_path / "labels.jsonl"
+    out.write_text('{"key": ["a", "list"]}\n{"key": 5}\n{"id": "no key"}\n')
+    with caplog.at_level("WARNING", logger="cai"):
+        session = LabelSession(load_pairs(label_run, "preferences", seed=0), out)
+    assert session.done == set() and session.state()["done"] == 0
+    assert "3 row(s) without a text 'key'" in caplog.text
