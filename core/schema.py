@@ -191,6 +191,11 @@ class PrincipleScore(_Row):
     orders_agree: bool | None = None
     bounded: bool | None = Field(default=None, description="Present (true) when a label was outside the top-k.")
     error: str | None = Field(default=None, description="Present when this principle's judgement failed.")
+    refused: bool | None = Field(default=None, description="Present (true) when the judge declined to judge.")
+    judges: dict[str, Probability | None] | None = Field(
+        default=None, description="Several judges: each one's P(chosen better), combined into chosen_probability.")
+    fallback_judge: str | None = Field(default=None, description="Present when the fallback judge gave it (the "
+                                                                 "judges refused or could not answer).")
 
 
 class PairSource(_Row):

@@ -324,13 +324,20 @@ def build_pair(item: Item, principles: list[Principle], verdicts: dict[tuple[int
 
     def oriented(v: Verdict) -> dict:
         if v.p is None:
-            return {"chosen_probability": None, "error": v.error}
+            return {"chosen_probability": None, "error": v.error, **({"refused": True} if v.refused else {})}
         first, second = (v.p_x_first, v.p_x_second) if not flipped else (1 - v.p_x_second, 1 - v.p_x_first)
         entry = {"chosen_probability": round(v.p if not flipped else 1 - v.p, 6),
                  "orders": [round(first, 6), round(second, 6)],  # P(chosen better) with chosen as (A), as (B)
                  "orders_agree": v.orders_agree}
         if v.bounded:
             entry["bounded"] = True
+        if v.by_judge:  # several judges: each one's P(chosen better)
+            entry["judges"] = {name: None if own.p is None else round(own.p if not flipped else 1 - own.p, 6)
+                               for name, own in v.by_judge.items()}
+        if v.fallback:
+            entry["fallback_judge"] = v.judge
+            if v.refused:
+                entry["refused"] = True  # by the judges; the fallback answered
         return entry
 
     scores = {v.principle_id: oriented(v) for v in vs}

@@ -161,12 +161,17 @@ class RefusingBackend(PreferenceBackend):
     def chat(self, conversations, sampling, seeds=None):
         out = []
         for i, conversation in enumerate(conversations):
-            if self.refuse_when(conversation) and not sampling.choices:
-                self.chat_calls += 1
+            if "<response A>" not in conversation[0]["content"] or sampling.choices:
+                out.extend(super().chat([conversation], sampling, [(seeds or [None] * len(conversations))[i]]))
+                continue
+            self.chat_calls += 1
+            if self.refuse_when(conversation):
                 self.refused += 1
                 out.append(Completion(text=REFUSAL, finish_reason="stop", prompt_tokens=10, completion_tokens=12))
-            else:
-                out.extend(super().chat([conversation], sampling, [(seeds or [None] * len(conversations))[i]]))
+            else:  # the verdict alone, as the text method asks
+                shown = options(conversation)
+                better = "A" if quality(shown["A"]) >= quality(shown["B"]) else "B"
+                out.append(Completion(text=f"({better})", finish_reason="stop", prompt_tokens=10, completion_tokens=3))
         return out
 
 
