@@ -42,7 +42,7 @@ bench-quick: setup
 bench: setup
 	$(PY) -m bench.run --mode full
 
-# Issue 12 item 6 (DPO MFU on a lent GPU): the CPU dry run of bench/gpu_check.sh, and what the device run carries.
+# DPO's share of a GPU's peak (bench/gpu_check.sh): its CPU dry run, and what the GPU run needs copied beside the tree.
 gpu-check-dry: setup
 	PYTHON=$(PY) bash bench/gpu_check.sh --dry-run
 

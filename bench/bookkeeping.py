@@ -280,7 +280,7 @@ def bench_memory(settings: dict, mode: str, results: dict) -> None:
                 (per_size[large]["fresh_peak_mb"] - per_size[small]["fresh_peak_mb"]) / (large - small) * 1000, 2
             ),
         )
-        # Against the requirement (memory must not grow with done rows): what a rerun over more done
+        # Against the requirement that memory not grow with done rows: what a rerun over more done
         # rows adds to the peak, per MB those rows take on disk.  Holding the rows would cost >= 1.
         held = per_size[large]["rerun_peak_mb"] - per_size[small]["rerun_peak_mb"]
         on_disk = per_size[large]["rows_on_disk_mb"] - per_size[small]["rows_on_disk_mb"]

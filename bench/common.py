@@ -92,21 +92,31 @@ class Timer:
         self.elapsed = time.perf_counter() - self.start
 
 
+def machine() -> dict:
+    """The machine a result was measured on: CPU model, the ISA flags that matter, cores, load."""
+    from core.hardware import this_cpu
+
+    return {"cpu": this_cpu().as_dict(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
 def write_json(path: str | Path, data: dict) -> None:
+    """A result file; a top-level one (not a child's part) records the machine it was measured on."""
     path = Path(path)
+    if path.parent == RESULTS and "machine" not in data:
+        data = {"machine": machine(), **data}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
-def run_child(module: str, args: list[str], out: Path, timeout: float, log) -> dict:
-    """Run ``python -m module args --out out``; return its JSON, or an error entry."""
+def run_child(module: str, args: list[str], out: Path, timeout: float, log, env: dict | None = None) -> dict:
+    """Run ``python -m module args --out out`` (in ``env``, default this process's); return its JSON, or an error entry."""
     out.unlink(missing_ok=True)
     command = [sys.executable, "-m", module, *args, "--out", str(out)]
     log(f"$ {' '.join(command[1:])}")
     started = time.perf_counter()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(env or os.environ, PYTHONUNBUFFERED="1")
     try:
         # start_new_session so a timeout can end the child and every engine worker it spawned.
         process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)

@@ -1,10 +1,10 @@
-"""Issue 12 item 6: DPO through ``cai train dpo`` with the device's defaults, as a share of the GPU's bf16 peak.
+"""DPO through ``cai train dpo`` with the device's defaults, as a share of the GPU's bf16 peak.
 
-What runs (``bash bench/gpu_check.sh`` on a lent GPU; README of bench/, "GPU"):
+What runs (``bash bench/gpu_check.sh`` on a GPU machine; bench/README.md, "DPO's share of a GPU's peak"):
 
 - a model of SmolLM2-1.7B's shape, 1.71 B parameters: the default model's config scaled to 2,048 wide, 24
-  layers, 32 heads, 8,192 MLP, with its tokenizer, weights initialised at random (weights cannot travel to the
-  device; the same shape costs the same per token);
+  layers, 32 heads, 8,192 MLP, with its tokenizer, weights initialised at random (the GPU machine has no copy of
+  the weights; the same shape costs the same per token);
 - 300 hh-style preference pairs: ``judging/data/hh_harmless_base_100.jsonl`` (Anthropic hh-rlhf
   harmless-base), three times, as TRL conversational pairs with a judge's ``chosen_probability`` (the default
   loss, confidence-aware DPO, reads it);
@@ -68,7 +68,7 @@ CARRIED = ("trl", "datasets", "dill", "multiprocess", "pydantic", "pydantic-core
            "typing-inspection", "typing-extensions", "jsonlines", "tenacity")
 #: imported here when installed, optional to their importer: sniffio by httpcore (huggingface_hub's HTTP stack)
 OPTIONAL = ("sniffio",)
-#: distributions of the device image ('cuda'), from the device README's KINDS.md (as read on 2026-11-17)
+#: distributions installed on the GPU machine's image ('cuda'): what the check need not carry
 DEVICE_IMAGE = """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build
 certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core
 cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock flatbuffers

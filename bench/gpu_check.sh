@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12 item 6 in one command on a lent GPU: DPO on the 1.7 B shape through `cai train dpo` with the GPU
+# One command on a GPU machine: DPO on the 1.7 B shape through `cai train dpo` with the GPU
 # defaults, as a share of the GPU's bf16 peak (bench/dpo_mfu.py says how FLOPs and tokens are counted).
 #
 #   bash bench/gpu_check.sh --prepare   # here, once: Python 3.12 wheels of what the device image lacks (TRL,
@@ -7,12 +7,12 @@
 #                                       # into .gpu-check/ (git ignores it; about 5 MB)
 #   bash bench/gpu_check.sh --dry-run   # here, on CPU: the same steps with a tiny model (make gpu-check-dry;
 #                                       # tests/test_gpu_check.py runs it)
-#   bash bench/gpu_check.sh             # on the device (the device tool's run, from the repo root):
-#                                       #   command "bash bench/gpu_check.sh", carry [".gpu-check"], timeout_s 420
+#   bash bench/gpu_check.sh             # on the GPU machine, from the repo root, with .gpu-check/ copied beside
+#                                       #   the tree and $OUT naming a folder for the results (7 minutes is enough)
 #
-# On the device it installs the carried wheels into /tmp/site (no registry is reachable there), checks that
+# On the GPU machine it installs the carried wheels into /tmp/site (no registry need be reachable there), checks that
 # everything `cai train dpo` imports loads (seconds, before any GPU work), then runs the measurement; the
-# figures land in $OUT/dpo_mfu.json and the whole log in $OUT/gpu_check.log (the tool brings $OUT back).
+# figures land in $OUT/dpo_mfu.json and the whole log in $OUT/gpu_check.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=.gpu-check
@@ -50,7 +50,7 @@ EOF
     set -o pipefail
     : "${OUT:?on the device, \$OUT names the folder the tool brings back}"
     if ! ls "$CARRY"/wheels/*.whl >/dev/null 2>&1 || [ ! -f "$CARRY/model/config.json" ]; then
-        echo "gpu_check: $CARRY/ is missing or incomplete: run 'bash bench/gpu_check.sh --prepare' here and carry $CARRY"
+        echo "gpu_check: $CARRY/ is missing or incomplete: run 'bash bench/gpu_check.sh --prepare' here and copy $CARRY beside the tree"
         exit 2
     fi
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \

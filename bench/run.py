@@ -1,10 +1,10 @@
-"""``make bench-quick`` / ``make bench``: every measure of issue 6 (and issue 11's gpu_sim), a table, and a JSON file.
+"""``make bench-quick`` / ``make bench``: every measure (bench/README.md), a table, and a JSON file.
 
     python -m bench.run --mode quick      # a few minutes, one engine start
     python -m bench.run --mode full       # the full version (two engine starts, more prompts and repeats)
     python -m bench.run --mode quick --only engine,bookkeeping   # a subset while developing
     python -m bench.run --mode full --only dpo --update          # remeasure one part, keep the others
-    flock /tmp/cai-cpu.lock python -m bench.run --mode full --only peers   # peers side by side -> also results/peers.json
+    python -m bench.run --mode full --only peers   # peers side by side -> also results/peers.json
 
 Each part runs in its own child process (vLLM on CPU spawns its workers, and no
 two engines may run at once); see bench/README.md for what each measure means.
@@ -154,12 +154,12 @@ def main(argv=None) -> int:
             log("== 6: DPO training throughput ==")
             results.update(take(run_child("bench.dpo", mode, tmp / "dpo.json", timeout=3600, log=log)))
         if "gpu_sim" in parts:
-            log("== issue 11: a simulated GPU server (2) and the driver's ceiling (3) ==")
+            log("== a simulated GPU server and the driver's ceiling ==")
             data = take(run_child("bench.gpu_sim", mode, tmp / "gpu_sim.json", timeout=3600, log=log))
             data.pop("_gpu_sim", None)
             results.update(data)
         if "peers" in parts:
-            log("== issue 11, 4: peers side by side (cai generate, llm-swarm's way, distilabel) on one server ==")
+            log("== peers side by side (cai generate, llm-swarm's way, distilabel) on one server ==")
             peers = run_child("bench.peers", mode, tmp / "peers.json", timeout=3600, log=log)
             write_json(RESULTS / "peers.json", peers)
             peers.pop("_peers", None)
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     gpu_file = RESULTS / f"dpo_gpu_{args.mode}.json"
     if "dpo" in parts and "dpo_pairs_per_s_gpu" not in results:
         if gpu_file.exists():
-            # Measured on a lent GPU machine (vLLM is not installed there, so only training runs there).
+            # Measured on a GPU machine by bench.dpo alone (vLLM need not be installed there).
             gpu = json.loads(gpu_file.read_text(encoding="utf-8"))["dpo_pairs_per_s_gpu"]
             gpu["note"] = f"from {gpu_file.relative_to(RESULTS.parent.parent)}, a separate GPU run"
             results["dpo_pairs_per_s_gpu"] = gpu

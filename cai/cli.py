@@ -37,6 +37,8 @@ COMMANDS: Registry[Command] = Registry("command", {
     "run": Command("cai.pipeline:run_command", "Run generate, judge, train and eval from a recipe."),
     "status": Command("cai.status:status_command", "Progress of an output: a file, or a folder's shard parts summed."),
     "report": Command("cai.report:report_command", "Write a run folder's HTML report: plots and a row browser."),
+    "export": Command("cai.export:export_command",
+                      "Export a run folder as a Hub-ready dataset: Parquet configs and a card."),
     "label": Command("cai.label:label_command",
                      "Label pairs by hand in the browser (127.0.0.1), for `cai judge agreement`."),
 })
@@ -105,8 +107,8 @@ def _dispatch(argv: list[str] | None) -> int:
     command = COMMANDS.get(name)
     from core.errors import UserError
     from core.redact import redact_text
-    from core.signals import (TERMINATED_EXIT, Terminated, children, install_sigterm_handler, reap_children,
-                              restore_sigterm_handler)
+    from core.signals import children, ignoring_interrupts, install_sigterm_handler, reap_children, \
+        restore_sigterm_handler
 
     before = children()  # processes the caller already had (a test's server) are not ours to end
     previous_handler = install_sigterm_handler(keep=before)
@@ -115,18 +117,8 @@ def _dispatch(argv: list[str] | None) -> int:
     except UserError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
-    except Terminated:
-        print("terminated (SIGTERM): finished work is saved; run the same command again to resume.",
-              file=sys.stderr)
-        reap_children(before)
-        # End now: an engine stopped during its start-up can leave threads that would hold the
-        # interpreter's exit for minutes; everything written is already on disk (fsynced).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(TERMINATED_EXIT)
-    except KeyboardInterrupt:
-        print("interrupted: finished work is saved; run the same command again to resume.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (core.signals.Terminated)
+        return _stopped(stop, before, exit_now=argv is None)
     except BrokenPipeError:
         raise  # our stdout closed by its reader: main() ends quietly
     except OSError as exc:
@@ -136,8 +128,30 @@ def _dispatch(argv: list[str] | None) -> int:
               "space, then run the same command again", file=sys.stderr)
         return 1
     finally:
-        reap_children(before)
+        with ignoring_interrupts():
+            reap_children(before)
         restore_sigterm_handler(previous_handler)
+
+
+def _stopped(stop: KeyboardInterrupt, before: set[int], exit_now: bool) -> int:
+    """Say once that the command stopped and end the processes it started; a second Ctrl-C or SIGTERM now
+    changes nothing.  The exit status is the shell's for the signal: 130 (Ctrl-C) or 143 (SIGTERM)."""
+    from core.signals import TERMINATED_EXIT, Terminated, ignoring_interrupts, reap_children
+
+    with ignoring_interrupts():
+        if isinstance(stop, Terminated):
+            code, what = TERMINATED_EXIT, "terminated (SIGTERM)"
+        else:
+            code, what = 130, "interrupted"
+        print(f"{what}: finished work is saved; run the same command again to resume.", file=sys.stderr)
+        reap_children(before)
+        if exit_now:
+            # End now: an engine stopped during its start-up can leave threads that would hold the
+            # interpreter's exit for minutes; everything written is already on disk (fsynced).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from core.log import get_logger
 from core.config import build_config, check_values, did_you_mean
 from core.errors import UserError
 from core.hashing import stable_hash
-from core.model import resolve_model
 from core.shards import Shard, content_hash, data_files, folder_count, part_files, stage_output
 from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, write_manifest
 from core.yamlfile import read_yaml
@@ -48,9 +47,9 @@ logger = get_logger(__name__)
 
 
 SECTIONS = ("generate", "judge", "train", "eval")
-TOP_LEVEL = ("run_dir", "constitution", "model", "seed", "judge_check", *SECTIONS)
+TOP_LEVEL = ("run_dir", "constitution", "model", "seed", "dtype", "judge_check", *SECTIONS)
 #: top-level keys every section whose config has that field receives (the section's own value wins)
-SHARED = ("constitution", "model", "seed")
+SHARED = ("constitution", "model", "seed", "dtype")
 #: the eval judge is the recipe's judge unless the eval section says otherwise
 EVAL_FROM_JUDGE = ("constitution", "judge_model", "judge_backend", "judge_base_url", "method", "principles_per_pair",
                    "seed")
@@ -364,14 +363,13 @@ def trained_share_beside(config: EvalConfig, trained: Path) -> tuple[bool, float
     kept as eval's judge), and its ``gpu_memory_utilization`` there: on a GPU, what is left free, if its need
     fits; on CPU (each engine sizes its own RAM) or an endpoint, yes with no share to set."""
     from core.backends.gpu_memory import cuda_memory, estimate_need, share_beside
-    from judging.engines import loads_in_process
-
-    if not loads_in_process(config.policy_options()):
+    policy = config.policy_options()
+    if not policy.in_process:
         return True, None
     memory = cuda_memory()
     if memory is None:
         return True, None
-    if config.tensor_parallel_size > 1:
+    if policy.devices() > 1:
         return False, None  # the policy holds its share of every GPU
     free, total = memory
     share = share_beside(estimate_need(f"--trained-model {trained}", trained, config.max_model_len), total, free,
@@ -400,7 +398,7 @@ def _eval(plan: RunPlan, policy: PolicyEngine) -> dict:
         except (OSError, ValueError):
             pass  # the result is gone or torn: evaluate again
     serves = (policy.backend is not None and config.judge_model in (None, plan.base)
-              and policy.backend.model == resolve_model(plan.base))
+              and policy.backend.serves(plan.base))
     share = None
     if serves:
         serves, share = trained_share_beside(config, plan.train[-1].folder)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.shards import part_files, stage_output
+from training.methods import TRAINING_METHODS
 
-TRAINING_FOLDERS = ("sft", "dpo", "reward", "ppo")
 NO_PRINCIPLE = "(no revision)"
 _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
 
@@ -166,7 +166,7 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
                                 "`cai judge agreement --out FILE` wrote")
             continue
         run.agreements.append((path.name, report))
-    for name in TRAINING_FOLDERS:
+    for name in TRAINING_METHODS:  # `cai run` writes each method's model folder under its name
         summary = _read_json(run_dir / name / "cai_training.json")
         if summary is not None:
             if not summary.get("log_history"):
@@ -175,7 +175,7 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
     run.evaluation = _read_json(run_dir / "eval.json")
     if not (run.revisions or run.pairs or run.judge_report or run.training or run.evaluation):
         raise UserError(f"{run_dir}: no run outputs found (revisions.jsonl, preferences.jsonl, eval.json, "
-                        f"{'/, '.join(TRAINING_FOLDERS)}/); pass the folder `cai run` wrote")
+                        f"{'/, '.join(TRAINING_METHODS)}/); pass the folder `cai run` wrote")
     return run
 
 

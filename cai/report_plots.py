@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 from collections import Counter
 
+from training.methods import TRAINING_METHODS
+
 from .report import NO_PRINCIPLE, RunFiles, row_principles
 
 BLUE, ORANGE, GREEN, RED, GREY = "#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8C8C8C"
@@ -24,19 +26,6 @@ STYLE = {
     "axes.titlesize": 10,
     "axes.titleweight": "bold",
 }
-# Training log keys worth a panel, in order; the first three present are drawn.
-CURVES = (
-    ("loss", "loss"),
-    ("rewards/margins", "reward margin (chosen - rejected)"),
-    ("rewards/accuracies", "reward accuracy"),
-    ("objective/kl", "KL to the reference"),
-    ("objective/rlhf_reward", "RLHF reward"),
-    ("objective/scores", "reward model score"),
-    ("accuracy", "accuracy"),
-    ("mean_token_accuracy", "token accuracy"),
-)
-
-
 def short(label: str, width: int = 36) -> str:
     """A tick label short enough to leave room for the plot (the row browser shows it in full)."""
     label = " ".join(str(label).split())
@@ -299,10 +288,11 @@ def win_rate_figure(run: RunFiles):
 
 
 # -- training -------------------------------------------------------------------------------
-def training_figure(summary: dict):
+def training_figure(method: str, summary: dict):
+    """The curves the training method declares (``TrainingMethod.curves``), the first three its log holds."""
     history = [e for e in summary.get("log_history") or [] if isinstance(e, dict)]
     panels = []
-    for key, label in CURVES:
+    for key, label in TRAINING_METHODS.get(method).curves:
         points = [(e.get("step", i), e[key]) for i, e in enumerate(history)
                   if isinstance(e.get(key), (int, float)) and e.get(key) == e.get(key)]
         if points:
@@ -386,7 +376,7 @@ def all_figures(run: RunFiles) -> list[dict]:
 
     figures, notes = [], []
     for name, summary in run.training:
-        entry = _entry(training_figure(summary), f"plot-training-{name}", f"Training: {name}",
+        entry = _entry(training_figure(name, summary), f"plot-training-{name}", f"Training: {name}",
                        f"{summary.get('method', name)} from {summary.get('base_model', '?')}, "
                        f"{summary.get('global_step', '?')} steps.")
         if entry:

@@ -125,6 +125,8 @@ class Call(_Row):
     finish_reason: str | None = Field(description='"stop", "length" (cut off at max_tokens), ...')
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int | None = Field(default=None, description="Prompt tokens served from the prefix cache, where "
+                                      "the engine says (absent otherwise, and in rows written before it was kept).")
 
     @field_validator("step")
     @classmethod
@@ -178,6 +180,8 @@ class GenerationRow(_Row):
     fingerprint: str = Field(description="The row's key: the last round's fingerprint, or the draft's.")
     source: GenerationSource
     reused_calls: int = Field(description="Calls taken from an earlier row instead of made.")
+    dtype: str | None = Field(default=None, description="The dtype of the engine that made the row's calls "
+                              "(None: an endpoint, or a row written before dtypes were recorded).")
     flags: list[Flag] = Field(default_factory=list, description="The checks the final revision fails; empty when "
                               "clean (rows written before the checks get them on the next `cai generate`).")
 
@@ -217,6 +221,8 @@ class PreferenceRow(_Row):
     principle_ids: list[str]
     principle_scores: dict[str, PrincipleScore]
     judge_model: str
+    judge_dtype: str | None = Field(default=None, description="The dtype of the judge's engine in the run that "
+                                    "wrote the pair (None: an endpoint, or written before dtypes were recorded).")
     orders_agree: bool
     id: str
     fingerprint: str

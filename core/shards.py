@@ -183,6 +183,21 @@ def check_siblings(part: Path, shard: Shard, stage: str, identity: dict) -> None
                             f"{part.parent} must add up to one run: use the same settings, or choose another --out")
 
 
+def sibling_dtypes(part: Path, shard: Shard, stage: str) -> dict[str, int]:
+    """The dtypes the other parts of a folder were made in (their manifests' ``dtype``) -> rows."""
+    from core.store import read_manifest
+
+    found: dict[str, int] = {}
+    if shard.whole or not part.parent.is_dir():
+        return found
+    for other in part_files(part.parent):
+        manifest = read_manifest(other) if other != part else None
+        if manifest and manifest.get("stage") == stage and isinstance((manifest.get("config") or {}).get("dtype"), str):
+            rows = (manifest.get("counts") or {}).get("rows") or (manifest.get("counts") or {}).get("pairs") or 0
+            found[manifest["config"]["dtype"]] = found.get(manifest["config"]["dtype"], 0) + rows
+    return found
+
+
 def data_files(path: str | Path, flag: str, shard: Shard | None = None) -> list[Path]:
     """The files a reader reads for ``path``: the file itself, or a folder's parts.
 

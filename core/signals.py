@@ -40,9 +40,17 @@ def _descendants() -> set[int]:
 
 _handled = threading.Event()  # the main thread has run the SIGTERM handler
 _watcher: threading.Thread | None = None
+_held = threading.Event()  # the main thread holds Ctrl-C and SIGTERM (``hold_interrupts``): never raise into it
+_stop_in_zmq = False  # the handler ran inside pyzmq, which may drop the exception it raised
+
+
+def _in_zmq(frame) -> bool:
+    return frame is not None and f"{os.sep}zmq{os.sep}" in frame.f_code.co_filename
 
 
 def _on_sigterm(signum, frame):
+    global _stop_in_zmq
+    _stop_in_zmq = _in_zmq(frame)
     _handled.set()
     # The engine's processes end first: vLLM's clean-up of an engine still starting waits on its
     # handshake (minutes) and would hold the command; a batch in flight is dropped anyway.
@@ -52,8 +60,7 @@ def _on_sigterm(signum, frame):
 
 
 def _main_thread_in_zmq() -> bool:
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    return frame is not None and f"{os.sep}zmq{os.sep}" in frame.f_code.co_filename
+    return _in_zmq(sys._current_frames().get(threading.main_thread().ident))
 
 
 def _watch(wakeup: socket.socket) -> None:
@@ -62,9 +69,11 @@ def _watch(wakeup: socket.socket) -> None:
     Python runs signal handlers in the main thread only, between bytecodes.  While vLLM starts its
     engine, the main thread waits in pyzmq's poll, which runs the handler on EINTR but drops the
     exception it raises and polls again (for minutes).  So: the signal is sent again to the main
-    thread when another thread received it, and while the main thread is still in pyzmq after the
-    handler ran, ``Terminated`` is raised there asynchronously (pyzmq builds its EINTR exception in
-    Python code, where the pending exception fires and leaves the poll).
+    thread when another thread received it, and when the handler ran inside pyzmq and the main thread
+    is still there, ``Terminated`` is raised there asynchronously (pyzmq builds its EINTR exception in
+    Python code, where the pending exception fires and leaves the poll).  Never once the command holds
+    interrupts to save its work: closing an engine waits in pyzmq too (for seconds on a slow CPU), and an
+    exception raised there would skip the manifest.
     """
     while True:
         try:
@@ -81,7 +90,7 @@ def _watch(wakeup: socket.socket) -> None:
                 signal.pthread_kill(main, signal.SIGTERM)
         for _ in range(30):
             time.sleep(1.0)
-            if not _main_thread_in_zmq():
+            if not _stop_in_zmq or _held.is_set() or not _main_thread_in_zmq():
                 continue
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(main), ctypes.py_object(Terminated))
             with contextlib.suppress(OSError, ValueError):
@@ -106,6 +115,8 @@ def install_sigterm_handler(keep: set[int] = frozenset()):
     _kept_children.clear()
     _kept_children.update(keep)
     _handled.clear()
+    global _stop_in_zmq
+    _stop_in_zmq = False
     if threading.current_thread() is threading.main_thread():
         _start_watcher()
         return signal.signal(signal.SIGTERM, _on_sigterm)
@@ -162,22 +173,49 @@ def _parent_pid(process) -> int | None:
 
 
 @contextlib.contextmanager
-def hold_interrupts():
-    """Hold Ctrl-C and SIGTERM while a batch is written, so the batch lands whole or not at all."""
+def _handling_interrupts(handler):
+    """Ctrl-C and SIGTERM go to ``handler`` inside (in the main thread; elsewhere signals are not ours to set)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    outer = _held.is_set()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _held.set()
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            restored = handler if handler is not None else signal.default_int_handler
-            signal.signal(sig, restored)
-        if signal.SIGTERM in caught:
+        if not outer:
+            _held.clear()
+        for sig, replaced in previous.items():
+            signal.signal(sig, replaced if replaced is not None else signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def hold_interrupts():
+    """Hold Ctrl-C and SIGTERM while a batch is written, or while a stopped command saves its work (closes
+    its engine, writes its manifest), so that what is written lands whole or not at all; a held signal is
+    raised when the block ends.  A held SIGTERM ends the engine's processes at once: closing it does not
+    wait on them."""
+    caught: list[int] = []
+
+    def hold(signum, frame):
+        caught.append(signum)
+        if signum == signal.SIGTERM:
+            _handled.set()
             _seen_children.update(_descendants() - _kept_children)
+            _end(_seen_children, grace=3.0)
+
+    try:
+        with _handling_interrupts(hold):
+            yield
+    finally:
+        if signal.SIGTERM in caught:
             raise Terminated
         if caught:
             raise KeyboardInterrupt
+
+
+def ignoring_interrupts():
+    """Ctrl-C and SIGTERM do nothing inside: a command that is ending (its stop reported, its processes
+    being ended) is not interrupted again half-way."""
+    return _handling_interrupts(signal.SIG_IGN)

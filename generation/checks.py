@@ -7,7 +7,7 @@ They are cheap and deterministic (regular expressions and word n-grams, no model
 they run when a row is built and again over an existing output on a rerun.
 
 Thresholds were set by reading real rows of the default model on ``prompts/demo.jsonl``
-(see ``README-quality-snippet.md``):
+(the counts are in bench/README.md, "Data quality with the default model"):
 
 - an exemplar is "copied" when the revision shares a run of ``COPY_RUN_WORDS`` consecutive
   words with one (not also in the prompt): the 40 demo drafts (written without the exemplars

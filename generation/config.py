@@ -52,7 +52,7 @@ class GenerateConfig(EngineOptions):
             How the revision is asked for: `"chain"` (Constitutional AI's conversation, few-shot exemplars
             in front), `"direct"` (the same turns without the exemplars, the reply started as a new answer)
             or `"no_critique"` (`"direct"` without the critique in view, the reply one paragraph): the
-            last two are for small models (README, "Revisions with the default model").
+            last two are for small models (bench/README.md, "Revision styles").
         few_shot_position (`str`, *optional*, defaults to `"critique"`):
             Where the constitution's few-shot exemplars sit: `"critique"` (in front of the critique and
             revision; the draft is the model's unprompted answer) or `"draft"` (in front of the draft too,
@@ -107,7 +107,7 @@ class GenerateConfig(EngineOptions):
                           "and starting the reply with 'Here is my new answer:'. 'no_critique': 'direct' without the "
                           "critique in the revision's view (the critique is still written and stored), the reply ended "
                           "at its first blank line; the default 135M model's revisions then pass the row checks "
-                          "far more often (README)."},
+                          "far more often (bench/README.md)."},
     )
     few_shot_position: str = field(
         default="critique",

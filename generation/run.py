@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,15 +12,16 @@ from core.errors import UserError
 from constitution.loader import load_constitution
 
 from core.backends.base import Backend, Sampling
-from core.backends.registry import backend_identity
+from core.backends.registry import backend_class, backend_identity, backend_options
 from .checks import count_by_check
 from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
-from core.model import DEFAULT_MODEL, resolve_model
+from core.ledger import StageClock, calls_ledger, engine_device
 from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
-from core.shards import Shard, check_siblings, part_path
+from core.hardware import dtype_change_note
+from core.shards import Shard, check_siblings, part_path, sibling_dtypes
 from core.shards import record as shard_record
 from core.signals import Terminated, hold_interrupts
 from core.aio import stream
@@ -123,16 +126,17 @@ def generate(
                   {"--prompts": config.prompts, "--constitution": config.constitution})
     require_regular_file(config.prompts, "prompts", "--prompts")
     check_own_output(out, "generate", is_generate_row)
-    if config.backend == "vllm" and config.model != DEFAULT_MODEL:
-        resolve_model(config.model)  # a missing folder is refused before any work
+    backend_class(config.backend).check_model(config.model)  # a missing folder is refused before any work
     check_siblings(out, shard, "generate", resume_identity(config))
-    with exclusive_output(out):
-        return _generate(config, out, backend, backend_factory)
+    # ``saving`` holds Ctrl-C and SIGTERM from the moment the rows stop until the manifest is written.
+    with exclusive_output(out), contextlib.ExitStack() as saving:
+        return _generate(config, out, backend, backend_factory, saving)
 
 
 def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
-              backend_factory: Callable[[GenerateConfig], Backend] | None) -> dict:
+              backend_factory: Callable[[GenerateConfig], Backend] | None, saving: contextlib.ExitStack) -> dict:
     log = logger.info
+    clock = StageClock(*engine_device(backend_options(config.backend, config)))
     constitution = load_constitution(config.constitution)
     settings = chain_settings(config)
     task = CritiqueReviseTask(constitution, settings, str(config.prompts))
@@ -166,6 +170,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
     flags_current = bool(previous) and previous.get("checks_version") == task.checker.version
     rows_in_file = stale = outdated_flags = 0
     flag_lists: list[list[dict]] = []  # of this selection's rows, for the summary
+    row_dtypes: Counter = Counter()  # of this selection's rows (and the folder's other parts): what made them
     for row in store.iter_rows():
         rows_in_file += 1
         if not is_generate_row(row):
@@ -183,6 +188,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         if row.get("fingerprint") == fingerprints[row_id] and row_id not in done_ids:
             done_ids.add(row_id)
             flag_lists.append(flags)
+            row_dtypes[row.get("dtype")] += 1
         else:
             stale += 1  # an edited principle's row, or a batch written twice
             stale_ids.add(row_id)
@@ -193,6 +199,8 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
 
     examples: list[dict] = []
     generated, failed, reused_calls = 0, [], 0
+    # The engine's dtype (recorded in the manifest); a run with nothing to do keeps the one recorded.
+    dtype = (previous or {}).get("config", {}).get("dtype") if previous else None
     # Ctrl-C, or an endpoint that stays down: finished rows stay, the manifest
     # is written with the counts of the file, then the run stops.
     stopped: BaseException | None = None
@@ -207,6 +215,10 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         try:
             if backend is None:  # inside the try: a stop during the engine's start-up still writes the manifest
                 backend = (backend_factory or make_backend)(config)
+            dtype = backend.dtype
+            note = dtype_change_note(str(out), dtype, row_dtypes + Counter(sibling_dtypes(out, shard, "generate")))
+            if note:
+                log(note)
             # Drafts and rounds to reuse come only from the stale rows of prompts still to do.
             reusable = stale_ids - done_ids
             reuse = ReuseIndex([row for row in store.iter_rows() if row.get("id") in reusable] if reusable else [])
@@ -237,6 +249,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         except (KeyboardInterrupt, UserError) as exc:
             stopped = exc
         finally:
+            saving.enter_context(hold_interrupts())
             try:
                 rows_out.close()
                 errors_out.close()
@@ -247,6 +260,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             if owned and backend is not None:
                 backend.close()
 
+    saving.enter_context(hold_interrupts())
     # Drop rows superseded by this run (an edited principle, a torn batch redone twice).
     # Refresh outdated flags in the same atomic rewrite.
     rows_left = rows_in_file + generated
@@ -288,6 +302,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         "settings": settings.as_dict(),
         "concurrency": config.concurrency,
         "limit": config.limit,
+        "dtype": dtype,
         **({} if shard.whole else {"shard": shard_record(shard, now)}),
     }
     manifest = dict(
@@ -302,6 +317,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             "hash": constitution.content_hash(),
             "principles": len(constitution.principles),
         },
+        ledger=clock.ledger(calls_ledger(store.iter_rows()), previous),
     )
     try:
         write_manifest(**manifest)

@@ -335,6 +335,12 @@ class JudgeConfig(JudgeModelConfig):
                           "a copied exemplar, cut off, ...); by default they are left out of the pairs and the SFT "
                           "file and counted by check in the report."},
     )
+    keep_duplicates: bool = field(
+        default=False,
+        metadata={"help": "also judge rows whose prompt or response repeats an earlier row's, exactly or nearly "
+                          "(Jaccard >= 0.8 on word bigrams, core/dedup.py); by default they are left out of the pairs "
+                          "and the SFT file and counted, with examples, in the report."},
+    )
     sft_out: str | None = field(
         default=None, metadata={"help": "Where to write the SFT rows (default: sft.jsonl beside --out)."}
     )

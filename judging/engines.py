@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from core.backends.base import Backend, BackendOptions
@@ -16,20 +15,11 @@ from .judge import JudgeSettings
 
 def make_judge_backend(config: JudgeModelConfig, memory_share: float | None = None) -> Backend:
     return build_backend(config.resolved_judge_backend, config.resolved_judge_model,
-                         _with_share(config.judge_options(), memory_share))
+                         config.judge_options().with_memory_share(memory_share))
 
 
 def make_policy_backend(config: JudgeModelConfig, memory_share: float | None = None) -> Backend:
-    return build_backend(config.backend, config.model, _with_share(config.policy_options(), memory_share))
-
-
-def _with_share(options: BackendOptions, share: float | None) -> BackendOptions:
-    return options if share is None else dataclasses.replace(options, gpu_memory_utilization=share)
-
-
-def loads_in_process(options: BackendOptions) -> bool:
-    """Whether a backend holds its model in this process's GPU memory (it has a memory share to set)."""
-    return hasattr(options, "gpu_memory_utilization")
+    return build_backend(config.backend, config.model, config.policy_options().with_memory_share(memory_share))
 
 
 def side_by_side_shares(config: EngineOptions, engines: list[tuple[str, str, BackendOptions]]) -> list[float] | None:
@@ -37,9 +27,9 @@ def side_by_side_shares(config: EngineOptions, engines: list[tuple[str, str, Bac
     this process on one GPU (``core/backends/gpu_memory.py``), in order; None when one of them is served
     elsewhere, there is no GPU, or the engines span several GPUs.  Too little memory is a UserError, before any
     model loads.  ``config`` gives the memory budget and context length they share."""
-    if not all(loads_in_process(options) for _, _, options in engines):
+    if not all(options.in_process for _, _, options in engines):
         return None
-    if any(getattr(options, "tensor_parallel_size", 1) > 1 for _, _, options in engines):
+    if any(options.devices() > 1 for _, _, options in engines):
         return None  # spread over several GPUs: vLLM's own default per GPU
     needs = [(f"{flag} {model}", resolve_model(model, flag), config.max_model_len) for flag, model, _ in engines]
     return shared_gpu_shares(needs, config.gpu_memory_utilization)

@@ -17,6 +17,7 @@ principle's question), so runs resume and only new comparisons reach the model.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,7 +27,7 @@ from core import aio
 from core.backends.base import Backend
 from core.progress import Progress
 
-from .methods import Comparison, JudgeMethod, Verdict, method_class
+from .methods import JUDGE_METHODS, Comparison, JudgeMethod, Verdict, method_class
 from .methods.base import Judgement
 
 __all__ = ["Comparison", "Judge", "JudgeSettings", "Judged", "Verdict"]
@@ -54,17 +55,29 @@ class JudgeSettings:
 
 
 def is_valid_judgement(record) -> bool:
-    """Whether a cached judgement can be used as it is (core.schema's JudgementRecord: a probability is a
-    finite number in [0, 1], a log-likelihood a finite number <= 0); a hand-edited or damaged one is redone."""
-    from pydantic import TypeAdapter, ValidationError
+    """Whether a cached judgement can be used as it is: a record of one of the registered methods' record models
+    (``JudgeMethod.record_model``: in core.schema, a probability is a finite number in [0, 1], a log-likelihood
+    a finite number <= 0); a hand-edited or damaged one is redone."""
+    from pydantic import ValidationError
 
-    from core.schema import JudgementRecord
-
+    models = tuple(dict.fromkeys(cls.record_model for _, cls in JUDGE_METHODS.items()))
     try:
-        TypeAdapter(JudgementRecord).validate_python(record)
+        _records_adapter(models).validate_python(record)
     except ValidationError:
         return False
     return True
+
+
+@functools.lru_cache(maxsize=4)
+def _records_adapter(models: tuple[type, ...]):
+    """One validator for ``models``, told apart by their ``kind``."""
+    from typing import Annotated, Union
+
+    from pydantic import Field, TypeAdapter
+
+    if len(models) == 1:
+        return TypeAdapter(models[0])
+    return TypeAdapter(Annotated[Union[models], Field(discriminator="kind")])
 
 
 class Judged(NamedTuple):

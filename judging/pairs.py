@@ -20,6 +20,7 @@ written in the order rows finish, not the input's.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections import Counter
@@ -38,10 +39,13 @@ from constitution.schema import Constitution, Principle
 from generation.checks import RowChecker
 from core import aio
 from core.backends.base import Backend, Sampling, session_key
-from core.model import DEFAULT_MODEL, resolve_model
+from core.backends.registry import backend_class
+from core.dedup import find_duplicates, prompt_order, prompt_text
+from core.ledger import StageClock, engine_device
 from core.progress import Progress
 from core.redact import redact_values
-from core.shards import Shard, check_siblings, part_path, side_file
+from core.hardware import dtype_change_note
+from core.shards import Shard, check_siblings, part_path, side_file, sibling_dtypes
 from core.shards import record as shard_record
 from core.signals import Terminated, hold_interrupts
 from core.schema import (DRAFT, REVISION, GenerationRow, MessageError, SampleRecord, parse_messages, parse_step,
@@ -57,6 +61,7 @@ from core.store import (
     manifest_path,
     read_json_objects,
     read_json_rows,
+    read_manifest,
     write_manifest,
 )
 
@@ -450,6 +455,29 @@ def _needs_judging(plans: list[_Plan], judge: JudgePanel) -> bool:
                for plan in plans if plan.item.candidates)
 
 
+def _duplicates(parsed: list[Item | str], rows: list[dict]) -> dict[int, dict]:
+    """Input index -> what it repeats (core/dedup.py), for rows that repeat an earlier row's prompt or final
+    response (samples mode: prompt), with both rows' ids and texts for the report's examples."""
+    texts = [{"prompt": prompt_text(item.prompt),
+              "response": next((c.text for c in item.candidates if c.label == "final_response"), None)}
+             if isinstance(item, Item) else {} for item in parsed]
+    found = {}
+    order = [prompt_order(row, index) for index, row in enumerate(rows)]
+    for index, duplicate in find_duplicates(texts, order).items():
+        item, first = parsed[index], parsed[duplicate.of]
+        found[index] = {"id": item.id, "line": item.line, "of_id": first.id, "of_line": first.line,
+                        "field": duplicate.field, "kind": duplicate.kind, "similarity": duplicate.similarity,
+                        "text": texts[index][duplicate.field], "of_text": texts[duplicate.of][duplicate.field]}
+    return found
+
+
+def _ledger(clock: StageClock, judgements: int, output_tokens: int, previous_manifest: dict | None) -> dict:
+    """The judge's ledger entry: its calls (judgements made) and the tokens its calls generated (reasoning, text
+    verdicts, samples); prompt tokens are not reported by the judge's scoring calls."""
+    entry = {"calls": judgements, "prompt_tokens": None, "completion_tokens": output_tokens, "cached_tokens": None}
+    return clock.ledger({"judge": entry}, previous_manifest, add_previous=True)
+
+
 def shard_identity(config: JudgeConfig) -> dict:
     """What every shard's part of one folder of pairs must share."""
     return {"judge": build_panel(config, Judge(judge_settings(config))).identity(), "mode": config.mode,
@@ -476,17 +504,19 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     if config.mode == "samples":
         models.append(("--model", config.model, config.backend))
     for flag, name, backend_name in models:
-        if backend_name == "vllm" and name != DEFAULT_MODEL:
-            resolve_model(name, flag)  # a missing folder is refused before any work
+        backend_class(backend_name).check_model(name, flag)  # a missing folder is refused before any work
     check_siblings(out, shard, "judge", shard_identity(config))
-    with exclusive_output(out):
+    # ``saving`` holds Ctrl-C and SIGTERM from the moment the rows stop until the manifest is written.
+    with exclusive_output(out), contextlib.ExitStack() as saving:
         return _run_judge(config, out, Engines(config, judge=backend, policy=policy_backend,
                                                policy_loads=config.mode == "samples", policy_factory=policy_factory),
-                          judge_backends)
+                          saving, judge_backends)
 
 
-def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends: dict[str, Backend] | None) -> dict:
+def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: contextlib.ExitStack,
+               judge_backends: dict[str, Backend] | None) -> dict:
     log = logger.info
+    clock = StageClock(*engine_device(config.judge_options()))
     constitution = load_constitution(config.constitution)
     settings = judge_settings(config)
     # Every input row is checked before anything is written.
@@ -500,15 +530,20 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends:
     for (source, _, _), item in zip(located, parsed):
         if isinstance(item, Item) and source != Path(config.input):
             item.source_file = str(source)
+    # Duplicates are found among every row read, before a shard keeps its own: whichever shard owns the first
+    # row of a group keeps it, and the others leave out its repeats (a folder of parts: within each part).
+    duplicates = _duplicates(parsed, [row for _, _, row in located])
     if not shard.whole:  # this shard's rows (a row without an id is judged by the shard of its prompt's hash)
         kept = [i for i, ((_, _, row), item) in enumerate(zip(located, parsed))
                 if shard.owns(item.id if isinstance(item, Item) else str(row.get("id")))]
         located, parsed = [located[i] for i in kept], [parsed[i] for i in kept]
+        duplicates = {new: duplicates[old] for new, old in enumerate(kept) if old in duplicates}
     rows = [(line, row) for _, line, row in located]
     cache_store, sample_store, store = JsonlStore(judgements_path(out)), JsonlStore(samples_path(out)), JsonlStore(out)
     if config.overwrite:
         for path in (out, errors_path(out), manifest_path(out), judgements_path(out), samples_path(out), report_path(out)):
             path.unlink(missing_ok=True)
+    previous_manifest = read_manifest(out)
     cache = _load_cache(cache_store, is_valid_judgement, log)
     samples = _load_cache(sample_store, _is_valid_sample, log)
     existing = store.load()
@@ -535,15 +570,19 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends:
                                revision_change(item.candidates[1].text, item.candidates[0].text))
             if flags and not config.keep_flagged:
                 continue
+        if index in duplicates:
+            report.add_duplicate(duplicates[index], kept=config.keep_duplicates)
+            if not config.keep_duplicates:
+                continue
         plans.append(_Plan(index, item, select_principles(constitution, config, item.id)))
-    pairs, sft_rows, current, appended, new_pairs = [], [], set(), [], 0
+    pairs, sft_rows, current, appended, new_pairs, output_tokens = [], [], set(), [], 0, 0
     judged_before = len(cache)
     config_record = {
         "input": str(config.input), "mode": config.mode, "judge": identity,
         "backend": config.resolved_judge_backend,
         "principles_per_pair": config.principles_per_pair, "principle_ids": config.principle_id_list(),
         "min_margin": config.min_margin, "require_orders_agree": config.require_orders_agree, "seed": config.seed,
-        "keep_flagged": config.keep_flagged,
+        "keep_flagged": config.keep_flagged, "keep_duplicates": config.keep_duplicates,
         **({} if shard.whole else {"shard": shard_record(shard, shard_identity(config))})}
     constitution_record = {"path": str(config.constitution), "version": str(constitution.version),
                            "hash": constitution.content_hash()}
@@ -563,6 +602,14 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends:
             judge.start()
             judge_engine = judge.members[0].backend
         started = judge_engine or policy
+        # The judge engine's dtype, on each new pair (provenance); without an engine (all cached) the one recorded.
+        judge_dtype = judge_engine.dtype if judge_engine is not None else (
+            (read_manifest(out) or {}).get("config", {}).get("dtype"))
+        config_record["dtype"] = judge_dtype
+        note = dtype_change_note(str(out), judge_dtype, Counter(row.get("judge_dtype") for row in existing)
+                                 + Counter(sibling_dtypes(out, shard, "judge")))
+        if note:
+            log(note)
         judge.concurrency = config.concurrency or (started.concurrency if started is not None else None)
         in_flight = judge.concurrency or Backend.concurrency  # (no engine started: nothing to run)
         logger.debug(f"up to {in_flight} rows in flight")
@@ -603,6 +650,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends:
                                            "mode": config.mode, "min_margin": config.min_margin,
                                            "require_orders_agree": config.require_orders_agree})
                 pair, reason = build_pair(item, principles, verdicts, config, settings.model, fingerprint)
+                if pair is not None:
+                    pair["judge_dtype"] = judge_dtype
                 report.add_pair(pair, reason)
                 if config.mode == "revision":
                     report.add_revision_pair(item.principle_ids, pair)
@@ -618,9 +667,11 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends:
                         done.add(fingerprint)
                         new_pairs += 1
             progress.advance(1, done_row.output_tokens)
+            output_tokens += done_row.output_tokens
     except (KeyboardInterrupt, UserError) as exc:
         stopped = exc
     finally:
+        saving.enter_context(hold_interrupts())  # from here until the manifest is written
         try:
             for appender in (pairs_out, judgements_out, samples_out, errors_out):
                 appender.close()
@@ -638,7 +689,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends:
                   "stopped": ("terminated" if isinstance(stopped, Terminated)
                               else "interrupted" if isinstance(stopped, KeyboardInterrupt) else "error")}
         try:
-            write_manifest(out, "judge", config_record, counts, constitution=constitution_record)
+            write_manifest(out, "judge", config_record, counts, constitution=constitution_record,
+                           ledger=_ledger(clock, counts["judgements_run"], output_tokens, previous_manifest))
         except UserError:
             pass  # the first failure is the one to report
         log(f"{out}: stopped with {counts['pairs']} pairs in the file; the manifest's counts match the file")
@@ -673,7 +725,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, judge_backends:
         "flagged_rows_left_out": report_dict["flagged_rows_left_out"],
     }
     write_manifest(out, "judge", config_record, counts, constitution=constitution_record, report=report_dict,
-                   sft=str(sft_out))
+                   sft=str(sft_out), ledger=_ledger(clock, counts["judgements_run"], output_tokens, previous_manifest))
     card = write_card(out)
     return {"out": str(out), "counts": counts, "report": report_dict, "pairs": final,
             "sft": [r for _, r in sorted(sft_rows, key=lambda entry: entry[0])],

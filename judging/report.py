@@ -186,14 +186,30 @@ class JudgeReport:
     judges: dict[str, ComparisonStats] = field(default_factory=lambda: defaultdict(ComparisonStats))  # several judges
     judges_agree: dict[str, list[int]] = field(default_factory=dict)  # "a | b" -> [both answered, agreed]
     handed_to_fallback: int = 0  # comparisons given to the fallback judge
-    revised: dict[str, RevisedRows] = field(default_factory=lambda: defaultdict(RevisedRows))  # by revision principle
     beyond_fallback_limit: int = 0  # comparisons left without a verdict because --fallback-limit was reached
+    revised: dict[str, RevisedRows] = field(default_factory=lambda: defaultdict(RevisedRows))  # by revision principle
+    duplicate_rows: int = 0
+    duplicate_left_out: int = 0
+    duplicates_by_kind: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    duplicate_examples: list[dict] = field(default_factory=list)
 
     #: the plain counts of a report (besides its stats and its counts by reason or check)
     COUNTS = ("rows", "pairs_made", "chosen_longer", "chosen_is_revision", "orders_agree_pairs", "flagged_rows",
-              "flagged_left_out", "handed_to_fallback", "beyond_fallback_limit")
-    #: counts a report written before them lacks (read as 0)
-    LATER_COUNTS = ("handed_to_fallback", "beyond_fallback_limit")
+              "flagged_left_out", "duplicate_rows", "duplicate_left_out", "handed_to_fallback", "beyond_fallback_limit")
+    #: counts added later: a report written before them reads them as 0
+    LATER_COUNTS = ("duplicate_rows", "duplicate_left_out", "handed_to_fallback", "beyond_fallback_limit")
+    EXAMPLES = 5
+
+    def add_duplicate(self, duplicate: dict, kept: bool) -> None:
+        """One input row that repeats an earlier one (core/dedup.py; with the ids, lines and texts of both, from
+        ``judging.pairs``); a row left out counts here, not as a pair."""
+        self.duplicate_rows += 1
+        self.duplicates_by_kind[f"{duplicate['field']}_{duplicate['kind']}"] += 1
+        if len(self.duplicate_examples) < self.EXAMPLES:
+            self.duplicate_examples.append(duplicate)
+        if not kept:
+            self.rows += 1
+            self.duplicate_left_out += 1
 
     def add_flags(self, flags: list[dict], kept: bool) -> None:
         """One input row's generation flags (generation/checks.py); a row left out counts here, not as a pair."""
@@ -252,6 +268,11 @@ class JudgeReport:
             self.dropped[key] += n
         for key, n in other.flagged_by_check.items():
             self.flagged_by_check[key] += n
+        for key, n in other.duplicates_by_kind.items():
+            self.duplicates_by_kind[key] += n
+        # the first by input line, as one report of all the rows keeps them
+        self.duplicate_examples = sorted(self.duplicate_examples + other.duplicate_examples,
+                                         key=lambda e: e.get("line") or 0)[:self.EXAMPLES]
         for name in self.COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name, stats in other.judges.items():
@@ -269,6 +290,8 @@ class JudgeReport:
                 "per_principle": {pid: asdict(stats) for pid, stats in sorted(self.per_principle.items())},
                 "dropped": dict(sorted(self.dropped.items())),
                 "flagged_by_check": dict(sorted(self.flagged_by_check.items())),
+                "duplicates_by_kind": dict(sorted(self.duplicates_by_kind.items())),
+                "duplicate_examples": list(self.duplicate_examples),
                 **({"revised": {pid: asdict(rows) for pid, rows in sorted(self.revised.items())}}
                    if self.revised else {}),
                 **({"judges": {name: asdict(stats) for name, stats in sorted(self.judges.items())},
@@ -286,7 +309,11 @@ class JudgeReport:
             raise ValueError("a report's sums have per_principle")
         for pid, stats in principles.items():
             report.per_principle[pid] = ComparisonStats.from_sums(stats)
-        for name in ("dropped", "flagged_by_check"):
+        sums = {"duplicates_by_kind": {}, "duplicate_examples": [], **{name: 0 for name in cls.LATER_COUNTS}, **sums}
+        if not isinstance(sums["duplicate_examples"], list):
+            raise ValueError("a report's sums have duplicate_examples: a list")
+        report.duplicate_examples = [e for e in sums["duplicate_examples"] if isinstance(e, dict)][:cls.EXAMPLES]
+        for name in ("dropped", "flagged_by_check", "duplicates_by_kind"):
             counts = sums.get(name)
             if not isinstance(counts, dict) or not all(type(n) is int for n in counts.values()):
                 raise ValueError(f"a report's sums have {name}: counts by name")
@@ -303,8 +330,6 @@ class JudgeReport:
                 raise ValueError("a report's sums have judges_agree: [both, agreed] by pair of judges")
             report.judges_agree[pair] = list(counts)
         for name in cls.COUNTS:
-            if name in cls.LATER_COUNTS and name not in sums:
-                continue
             if type(sums.get(name)) is not int:
                 raise ValueError(f"a report's sums have {name}: a count")
             setattr(report, name, sums[name])
@@ -347,6 +372,10 @@ class JudgeReport:
             "flagged_rows": self.flagged_rows,
             "flagged_rows_left_out": self.flagged_left_out,
             "flagged_by_check": dict(sorted(self.flagged_by_check.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "duplicate_rows": self.duplicate_rows,
+            "duplicate_rows_left_out": self.duplicate_left_out,
+            "duplicates_by_kind": dict(sorted(self.duplicates_by_kind.items())),
+            "duplicate_examples": list(self.duplicate_examples),
             "dropped_by_reason": dict(sorted(self.dropped.items())),
             "pairs_with_orders_agreeing": self.orders_agree_pairs,
             "chosen_is_longer": _share(self.chosen_longer, self.pairs_made),
@@ -421,6 +450,16 @@ def _flag_lines(report: dict) -> list[str]:
     return [f"  flagged rows:            {report['flagged_rows']} {what}: {by_check}"]
 
 
+def _duplicate_lines(report: dict) -> list[str]:
+    if not report.get("duplicate_rows"):
+        return []
+    by_kind = ", ".join(f"{name.replace('_', ' ')}: {n}" for name, n in report["duplicates_by_kind"].items() if n)
+    left_out = report["duplicate_rows_left_out"]
+    what = ("kept (--keep-duplicates)" if not left_out else "left out (--keep-duplicates keeps them)"
+            if left_out == report["duplicate_rows"] else f"{left_out} left out, the others kept (--keep-duplicates)")
+    return [f"  duplicate rows:          {report['duplicate_rows']} {what}: {by_kind}"]
+
+
 def _parts_line(report: dict) -> list[str]:
     parts = report.get("parts")
     if not parts:
@@ -435,9 +474,12 @@ def format_judge_report(report: dict) -> str:
     lines = [
         f"judge report{' of ' + report['parts']['folder'] if report.get('parts') else ''}: {report['rows']} rows -> {report['pairs_made']} pairs, {report['pairs_dropped']} dropped"
         + (f", {report['flagged_rows_left_out']} flagged rows left out" if report.get("flagged_rows_left_out") else "")
+        + (f", {report['duplicate_rows_left_out']} duplicate rows left out" if report.get("duplicate_rows_left_out")
+           else "")
         + (" (" + ", ".join(f"{k}: {v}" for k, v in report["dropped_by_reason"].items()) + ")" if report["dropped_by_reason"] else ""),
         *_parts_line(report),
         *_flag_lines(report),
+        *_duplicate_lines(report),
         f"  comparisons judged:      {report['comparisons']} ({report['failures']} failed, "
         f"{report.get('refusals', 0)} refused, "
         f"{report['parse_failures']} parse failures, {report['label_outside_top_k']} with a label outside the top tokens"
@@ -470,7 +512,8 @@ def _read_report(path: Path) -> dict | None:
 
 
 #: the judge settings that decide which judged rows become pairs (recorded in each part's manifest)
-PAIR_FILTERS = ("min_margin", "require_orders_agree", "principles_per_pair", "principle_ids", "keep_flagged")
+PAIR_FILTERS = ("min_margin", "require_orders_agree", "principles_per_pair", "principle_ids", "keep_flagged",
+                "keep_duplicates")
 
 
 def merged_report(out: str | Path) -> dict | None:

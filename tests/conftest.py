@@ -44,6 +44,29 @@ def default_model_dir() -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_model_dir) -> str:
+    """SmolLM2's architecture and tokenizer with 2 layers of width 64: trains in well under a second per step."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(default_model_dir)
+    config.num_hidden_layers = 2
+    config.hidden_size = 64
+    config.intermediate_size = 128
+    config.num_attention_heads = 4
+    config.num_key_value_heads = 2
+    config.head_dim = 16
+    config.dtype = torch.float32
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    folder = tmp_path_factory.mktemp("tiny-smollm2")
+    model.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def vllm_backend(default_model_dir):
     """The in-process vLLM engine on the default model, shared by every test."""
     from core.backends.registry import create_backend
@@ -80,7 +103,7 @@ class _Server:
                 *pin, sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                 "--model", model_dir, "--served-model-name", SERVED_MODEL,
                 "--host", "127.0.0.1", "--port", str(self.port),
-                # The README's command: on CPU, chunked prefill must be off (see the README's "Against a server").
+                # The documented command: on CPU, chunked prefill must be off (docs/backends.md, "Against a server").
                 "--enforce-eager", "--no-enable-chunked-prefill", "--gpu-memory-utilization", "0.3",
                 "--max-model-len", "4096",
                 "--max-logprobs", "20", "--seed", "0",

@@ -1,5 +1,4 @@
-"""The checks on real rows: the default model's demo-style generation carries flags (real vLLM engine; run under
-`flock /tmp/cai-cpu.lock`)."""
+"""The checks on real rows: the default model's demo-style generation carries flags (real vLLM engine)."""
 
 from __future__ import annotations
 

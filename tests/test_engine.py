@@ -17,6 +17,7 @@ from constitution.loader import load_constitution
 from core.backends.base import Sampling
 from core.backends.registry import create_backend
 from generation.config import GenerateConfig
+from core.hardware import choose_dtype, this_cpu
 from generation.run import generate
 
 REPO = Path(__file__).parent.parent
@@ -57,6 +58,19 @@ def test_chain_writes_complete_rows_with_assigned_principles(engine_run):
         assert row["rounds"][0]["critique_request"] == expected.critique_request
         assert all(c["completion_tokens"] > 0 and c["prompt_tokens"] > 0 for c in row["calls"])
         assert row["calls"][0]["finish_reason"] in ("stop", "length")
+        assert row["dtype"] == choose_dtype("auto")  # float32 on a CPU without native bf16
+    assert json.loads(Path(cfg.out + ".manifest.json").read_text())["config"]["dtype"] == choose_dtype("auto")
+
+
+def test_engine_runs_the_dtype_chosen_for_the_cpu_and_says_how_it_runs(vllm_backend):
+    import torch
+
+    assert vllm_backend.dtype == choose_dtype("auto")
+    assert vllm_backend.engine.model_config.dtype == getattr(torch, vllm_backend.dtype)  # passed, not vLLM's own auto
+    line = vllm_backend.describe(cpu=True, requested="auto")
+    cpu = this_cpu()
+    assert f"on cpu: {cpu.model}" in line and f"dtype {vllm_backend.dtype} (auto:" in line, line
+    assert all(flag in line for flag in cpu.isa) and "threads " in line and "max_num_seqs " in line, line
 
 
 def test_output_loads_with_datasets(engine_run):

@@ -1,6 +1,6 @@
-"""The prepared GPU check of issue 12 item 6 (bench/gpu_check.sh, bench/dpo_mfu.py) runs end to end on the CPU in
+"""The GPU check (bench/gpu_check.sh, bench/dpo_mfu.py: DPO's share of a GPU's bf16 peak) runs end to end on the CPU in
 its dry run (a tiny model): `cai train dpo` trains, the tokens are counted, the MFU figure is printed with how
-they were counted, and nothing `cai train dpo` imports is missing from what the device has or is carried."""
+they were counted, and nothing `cai train dpo` imports is missing from what the GPU machine has or is carried to it."""
 
 from __future__ import annotations
 

@@ -140,6 +140,7 @@ def record_builds(monkeypatch) -> list[tuple[str, float | None]]:
 
     monkeypatch.setattr("core.backends.registry.build_backend", build)
     monkeypatch.setattr("judging.engines.build_backend", build)
+    monkeypatch.setattr("training.evaluate.build_backend", build)
     return built
 
 
@@ -212,12 +213,18 @@ def test_cai_runs_eval_loads_the_trained_model_beside_the_policy_only_where_it_f
     """The policy (the base, eval's judge) is still loaded at eval: the trained model's engine loads beside it
     with the memory left free (40 GiB), or the policy is closed first (5 GiB left); on CPU (no GPU) it stays."""
     from cai import pipeline
+    from core.backends.vllm_backend import VLLMBackend
     from core.model import resolve_model
     from standins import ScriptedBackend
 
     plan = plan_with_trained_folder(tmp_path)
+    class EngineStandin(ScriptedBackend):
+        """Names its model as the vllm backend does (an absolute folder; 'default' is the converted one)."""
+
+        identity = VLLMBackend.identity
+
     policy = pipeline.PolicyEngine(plan.generate)
-    policy.backend = ScriptedBackend(resolve_model(plan.base))
+    policy.backend = EngineStandin(resolve_model(plan.base))
     closed = []
     policy.backend.close = lambda: closed.append(True)
     calls = []

@@ -2,8 +2,8 @@
 
 Two shards run at once, one per server; a fault proxy in front of one server that stays down trips that
 shard's circuit breaker alone, and its rerun completes the folder.  Then Ray (a local ``ray.init``) runs the
-two shard tasks of recipes/scale-out/ray_shards.py against the two servers.  Run under
-``flock /tmp/cai-cpu.lock`` (the servers take both cores).
+two shard tasks of recipes/scale-out/ray_shards.py against the two servers.  The servers take two
+cores: run it alone on a small machine.
 """
 
 from __future__ import annotations

@@ -47,11 +47,6 @@ CPU_SETTINGS: dict[str, Any] = {
     "gradient_checkpointing": False,
     "dataloader_pin_memory": False,
 }
-#: per method, where the CPU value differs from ``CPU_SETTINGS``
-CPU_METHOD_SETTINGS: dict[str, dict[str, Any]] = {"reward": {"per_device_eval_batch_size": 4}}
-
-#: rows (sft), pairs (reward, dpo) or prompts (ppo) per GPU and optimizer micro-step
-GPU_TRAIN_BATCH = {"sft": 16, "reward": 8, "dpo": 8, "ppo": 8}
 GPU_ROLLOUT_BATCH = 64  # TRL's default for PPO's no-grad rollout forwards
 #: gradient checkpointing goes on when the training state would take more than this share of GPU memory
 #: (the rest is for activations, the logits and the allocator's slack)
@@ -144,15 +139,15 @@ def count_parameters(model: str | None) -> int | None:
     return total
 
 
-def training_state_bytes(method: str, parameters: int, use_peft: bool, train_dtype: str,
-                         keeps_reference: bool) -> int:
-    """Bytes of weights, gradients and AdamW moments (and frozen copies) a run keeps on each GPU without sharding."""
+def training_state_bytes(stage, parameters: int, use_peft: bool, train_dtype: str, keeps_reference: bool) -> int:
+    """Bytes of weights, gradients and AdamW moments (and frozen copies) a run of ``stage`` (its TrainingStage
+    class) keeps on each GPU without sharding."""
     weight = 2 if train_dtype in ("bfloat16", "float16") else 4
     per_parameter = weight if use_peft else 4 * weight  # LoRA trains a small adapter; a full fine-tune: 2 moments + grad
     if keeps_reference:
         per_parameter += weight  # the frozen reference copy (DPO without precomputed log-probs, PPO)
-    if method == "ppo":
-        per_parameter += 4 * weight + weight  # a value model trained and a reward model frozen, of the policy's size
+    # models of the policy's size beside it: trained (weights, gradient, 2 moments) or frozen (weights)
+    per_parameter += 4 * weight * stage.trained_companions + weight * stage.frozen_companions
     return parameters * per_parameter
 
 
@@ -163,10 +158,10 @@ def choose_settings(config, device: Device, unset: Collection[str], parameters: 
     """
     from training.methods import method_of
 
-    method = method_of(config).name
+    stage = method_of(config).stage_class
     unset = [name for name in AUTO_FIELDS if name in unset and hasattr(config, name)]
     if not device.is_gpu:
-        return {name: CPU_METHOD_SETTINGS.get(method, {}).get(name, CPU_SETTINGS[name]) for name in unset}
+        return {name: stage.cpu_settings.get(name, CPU_SETTINGS[name]) for name in unset}
 
     values = {name: getattr(config, name, None) for name in AUTO_FIELDS if name not in unset}
     chosen: dict[str, Any] = {}
@@ -182,7 +177,7 @@ def choose_settings(config, device: Device, unset: Collection[str], parameters: 
             half = setting("bf16") or config.fp16
             value = "flash_attention_2" if device.flash_attn and half else "sdpa"
         elif name == "use_liger_kernel":
-            value = device.liger_kernel and _liger_fits(method, config, values)
+            value = device.liger_kernel and stage.liger_fits(config, values)
         elif name == "precompute_ref_log_probs":
             # One no-grad pass before training instead of a reference forward in every step, and no reference
             # copy on the GPU; TRL's Liger DPO loss and a synced reference model cannot use it, and under FSDP
@@ -192,7 +187,7 @@ def choose_settings(config, device: Device, unset: Collection[str], parameters: 
             # TRL packs rows best-fit into padding-free batches, which only FlashAttention reads correctly.
             value = setting("attn_implementation") in ("flash_attention_2", "flash_attention_3")
         elif name == "per_device_train_batch_size":
-            value = GPU_TRAIN_BATCH[method]
+            value = stage.gpu_train_batch
         elif name == "per_device_eval_batch_size":
             value = 2 * setting("per_device_train_batch_size")
         elif name == "local_rollout_forward_batch_size":
@@ -201,9 +196,8 @@ def choose_settings(config, device: Device, unset: Collection[str], parameters: 
             if parameters is None:
                 value = True
             else:
-                keeps_reference = method == "ppo" or (method == "dpo" and not config.use_peft
-                                                      and not setting("precompute_ref_log_probs"))
-                state = training_state_bytes(method, parameters, config.use_peft, config.train_dtype,
+                keeps_reference = stage.keeps_reference(config, bool(setting("precompute_ref_log_probs")))
+                state = training_state_bytes(stage, parameters, config.use_peft, config.train_dtype,
                                              keeps_reference) // device.shards
                 value = state > CHECKPOINT_STATE_SHARE * device.memory_bytes
         elif name == "dataloader_pin_memory":
@@ -212,20 +206,6 @@ def choose_settings(config, device: Device, unset: Collection[str], parameters: 
             raise AssertionError(f"no GPU choice for {name}")
         chosen[name] = value
     return chosen
-
-
-def _liger_fits(method: str, config, values: dict[str, Any]) -> bool:
-    """Whether TRL can use Liger kernels for this method and config."""
-    if method == "sft":
-        return True
-    if method == "reward":
-        return True  # transformers patches the model's layers (RMSNorm, SwiGLU, RoPE)
-    if method == "dpo":
-        # The confidence-aware loss needs the logits that Liger's fused loss never materialises; TRL's Liger DPO
-        # loss takes one loss type, the reverse KL, and no precomputed reference log-probs.
-        return (config.confidence == "none" and len(config.loss_type) == 1
-                and config.f_divergence_type == "reverse_kl" and not values.get("precompute_ref_log_probs"))
-    return False  # PPO: TRL's PPOTrainer has no Liger path
 
 
 def apply_device_defaults(config, device: Device | None = None) -> dict[str, Any]:

@@ -193,6 +193,18 @@ class ConfidenceDPOTrainer(DPOTrainer):
 class DPOStage(TrainingStage):
     counts = "pairs"
     trainer_class = ConfidenceDPOTrainer
+    gpu_train_batch = 8
+
+    @classmethod
+    def keeps_reference(cls, config, precompute_ref_log_probs):
+        return not config.use_peft and not precompute_ref_log_probs  # LoRA's reference is the base with it off
+
+    @classmethod
+    def liger_fits(cls, config, settings):
+        # The confidence-aware loss needs the logits that Liger's fused loss never materialises; TRL's Liger DPO
+        # loss takes one loss type, the reverse KL, and no precomputed reference log-probs.
+        return (config.confidence == "none" and len(config.loss_type) == 1
+                and config.f_divergence_type == "reverse_kl" and not settings.get("precompute_ref_log_probs"))
 
     def load_rows(self) -> list[dict]:
         config = self.config

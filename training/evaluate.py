@@ -23,7 +23,7 @@ from constitution.loader import load_constitution
 from core.aio import stream
 from core.backends.base import Backend, Sampling, session_key
 from core.progress import Progress
-from core.backends.registry import backend_identity
+from core.backends.registry import backend_class, backend_identity, build_backend
 from core.model import DEFAULT_MODEL, resolve_model
 from generation.prompts import read_prompts
 from core.store import atomic_write_text, check_outputs
@@ -141,12 +141,10 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
     log = logger.info
     check_outputs("eval", {"--out": config.out}, {"--prompts": config.prompts, "--constitution": config.constitution,
                                                    "--pairs": config.pairs})
-    folders = [("--reward-model", config.reward_model)]
-    if config.backend == "vllm":
-        folders += [("--trained-model", config.trained_model), ("--base-model", config.base_model)]
-    for flag, name in folders:
-        if name and name != DEFAULT_MODEL:
-            resolve_model(name, flag)  # a missing folder is refused before any model loads
+    if config.reward_model and config.reward_model != DEFAULT_MODEL:
+        resolve_model(config.reward_model, "--reward-model")  # loaded by transformers here, whatever the backend
+    for flag, name in (("--trained-model", config.trained_model), ("--base-model", config.base_model)):
+        backend_class(config.backend).check_model(name, flag)  # a missing folder is refused before any model loads
     owned = judge_backend is None
     shares = eval_memory_shares(config) if owned else None  # a judge beside the base: before any model loads
     constitution = load_constitution(config.constitution)
@@ -173,8 +171,8 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
     progress = None
     try:
         if base_backend is None:
-            base_backend = config.build_backend(config.backend, config.base_model,
-                                                **({} if shares is None else {"gpu_memory_utilization": shares[0]}))
+            options = config.policy_options().with_memory_share(None if shares is None else shares[0])
+            base_backend = build_backend(config.backend, config.base_model, options)
         judge = Judge(judge_settings(config), backend=judge_backend, concurrency=config.concurrency)
         sampling = Sampling(max_tokens=config.max_tokens, temperature=0.0)
         log(f"[eval] {config.base_model} answers the same prompts; each answer is judged against the trained "

@@ -26,6 +26,8 @@ class TrainingMethod:
     trains_on: str  #: the judge's output ``cai run`` feeds it: ``preferences`` (pairs) or ``sft`` (final revisions)
     #: config fields ``cai run`` fills with the output folder of an earlier method of a chain (``reward+ppo``)
     uses: dict[str, str] = field(default_factory=dict)
+    #: ``(log key, label)`` of the training curves ``cai report`` draws (the first three the log holds)
+    curves: tuple[tuple[str, str], ...] = (("loss", "loss"),)
 
     @property
     def config_class(self) -> type:
@@ -40,13 +42,19 @@ TRAINING_METHODS: Registry[TrainingMethod] = Registry("training method", {
     method.name: method
     for method in (
         TrainingMethod("sft", "training.sft:SFTStageConfig", "training.sft:SFTStage",
-                       "supervised fine-tuning on sft.jsonl (the final revisions)", "sft"),
+                       "supervised fine-tuning on sft.jsonl (the final revisions)", "sft",
+                       curves=(("loss", "loss"), ("mean_token_accuracy", "token accuracy"))),
         TrainingMethod("reward", "training.reward:RewardStageConfig", "training.reward:RewardStage",
-                       "reward model (Bradley-Terry, one-output head) on the judge's pairs", "preferences"),
+                       "reward model (Bradley-Terry, one-output head) on the judge's pairs", "preferences",
+                       curves=(("loss", "loss"), ("accuracy", "accuracy"))),
         TrainingMethod("ppo", "training.ppo:PPOStageConfig", "training.ppo:PPOStage",
-                       "PPO with a reward model from `cai train reward`", "preferences", {"reward_model": "reward"}),
+                       "PPO with a reward model from `cai train reward`", "preferences", {"reward_model": "reward"},
+                       curves=(("objective/kl", "KL to the reference"), ("objective/rlhf_reward", "RLHF reward"),
+                               ("objective/scores", "reward model score"))),
         TrainingMethod("dpo", "training.dpo:DPOStageConfig", "training.dpo:DPOStage",
-                       "DPO on the judge's pairs, smoothed per pair by the judge's confidence (cDPO)", "preferences"),
+                       "DPO on the judge's pairs, smoothed per pair by the judge's confidence (cDPO)", "preferences",
+                       curves=(("loss", "loss"), ("rewards/margins", "reward margin (chosen - rejected)"),
+                               ("rewards/accuracies", "reward accuracy"))),
     )
 })
 

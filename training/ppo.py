@@ -142,6 +142,13 @@ class PPOStage(TrainingStage):
     counts = "prompts"
     padding_side = "left"  # generation needs the prompts padded on the left
     evaluates = False  # PPOTrainer has no evaluate(); its eval_dataset only feeds sample generations
+    gpu_train_batch = 8
+    trained_companions = 1  # the value model
+    frozen_companions = 1  # the reward model
+
+    @classmethod
+    def keeps_reference(cls, config, precompute_ref_log_probs):
+        return True  # the KL penalty's reference policy (and TRL's PPOTrainer has no Liger path: liger_fits is False)
 
     @property
     def source(self) -> str:

@@ -68,6 +68,12 @@ class RewardStage(TrainingStage):
     counts = "pairs"
     trainer_class = RewardTrainer
     lora_task = "SEQ_CLS"
+    gpu_train_batch = 8
+    cpu_settings = {"per_device_eval_batch_size": 4}
+
+    @classmethod
+    def liger_fits(cls, config, settings):
+        return True  # transformers patches the model's layers (RMSNorm, SwiGLU, RoPE)
 
     def load_rows(self) -> list[dict]:
         config = self.config

@@ -42,6 +42,11 @@ class SFTStageConfig(StageFields, SFTConfig):
 
 class SFTStage(TrainingStage):
     trainer_class = SFTTrainer
+    gpu_train_batch = 16
+
+    @classmethod
+    def liger_fits(cls, config, settings):
+        return True
 
     def load_rows(self) -> list[dict]:
         return training_data.load_sft_rows(self.config.data, self.config.max_rows)

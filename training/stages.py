@@ -59,6 +59,27 @@ class TrainingStage:
     #: where the saved model's weights sit in the trainer's model (PPO: ``policy.`` of its policy-and-value wrapper)
     saved_prefix = ""
 
+    # ------------------------------------------------------------------ what the device defaults need to know
+    #: rows (sft), pairs (reward, dpo) or prompts (ppo) per GPU and optimizer micro-step, when the user sets none
+    gpu_train_batch: int
+    #: the CPU values where this method differs from ``training.device_defaults.CPU_SETTINGS``
+    cpu_settings: dict[str, Any] = {}
+    #: models of the policy's size trained beside it (PPO's value model) and kept frozen beside it (PPO's reward
+    #: model): each adds to the memory the training state takes
+    trained_companions = 0
+    frozen_companions = 0
+
+    @classmethod
+    def keeps_reference(cls, config, precompute_ref_log_probs: bool) -> bool:
+        """Whether a frozen reference copy of the policy stays in memory while training."""
+        return False
+
+    @classmethod
+    def liger_fits(cls, config, settings: dict[str, Any]) -> bool:
+        """Whether TRL can use Liger's fused kernels for this method with ``config`` (``settings``: the device
+        settings the user chose)."""
+        return False
+
     def __init__(self, config, method: str):
         self.config = config
         self.method = method

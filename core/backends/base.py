@@ -64,6 +64,8 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    #: prompt tokens served from the engine's prefix cache, where the engine says (None: it did not)
+    cached_tokens: int | None = None
 
 
 @dataclass
@@ -101,9 +103,28 @@ class BackendOptions:
     fills ``concurrency``), then checks ``rules()``.
     """
 
+    #: the field that sets the share of accelerator memory the backend's engine reserves in this process;
+    #: ``None`` for a backend whose model runs elsewhere (an endpoint)
+    memory_share_field: ClassVar[str | None] = None
+
     def rules(self) -> list[tuple[str, bool, str]]:
         """``(field, holds, rule)`` checks, as ``core.config.check_rules`` takes them."""
         return []
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the model loads into this process's memory (engines side by side must then share it)."""
+        return self.memory_share_field is not None
+
+    def with_memory_share(self, share: float | None) -> BackendOptions:
+        """These options with the engine's memory share set to ``share`` (unchanged for None or an endpoint)."""
+        if share is None or self.memory_share_field is None:
+            return self
+        return dataclasses.replace(self, **{self.memory_share_field: share})
+
+    def devices(self) -> int:
+        """Accelerators one engine spans (a memory share is then per device, and vLLM's own default holds)."""
+        return 1
 
 
 class Backend(ABC):
@@ -115,6 +136,8 @@ class Backend(ABC):
     Options: ClassVar[type[BackendOptions]] = BackendOptions
     #: requests in flight at once unless the user sets ``--concurrency`` (a backend may size it from its engine)
     concurrency: int = 256
+    #: the dtype the model runs in, recorded with what it made; None where the backend cannot know (an endpoint)
+    dtype: str | None = None
 
     # Each pair is (batch method, single-request method): a subclass implements at least one of each
     # (response_logprobs is optional: neither means the backend cannot score).
@@ -138,6 +161,15 @@ class Backend(ABC):
     def identity(cls, model: str) -> str:
         """``model`` as recorded in rows, keys and manifests: loads nothing and holds no secret."""
         return model
+
+    @classmethod
+    def check_model(cls, model: str, flag: str = "--model") -> None:
+        """Refuse, before any work, a model name this backend could not load (a UserError naming ``flag``);
+        loads nothing. An endpoint's model is checked by the endpoint."""
+
+    def serves(self, model: str) -> bool:
+        """Whether this backend, already built, runs ``model`` (as the user names it)."""
+        return self.identity(self.model) == self.identity(model)
 
     # -- one request (streaming stages) -----------------------------------
     async def achat(self, conversation: Conversation, sampling: Sampling, seed: int | None = None,

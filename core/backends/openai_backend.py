@@ -492,6 +492,7 @@ class OpenAIBackend(Backend):
             finish_reason=finish if isinstance(finish, str) and finish else "stop",
             prompt_tokens=_count(usage.get("prompt_tokens")),
             completion_tokens=_count(usage.get("completion_tokens")),
+            cached_tokens=_cached_tokens(usage),
         )
 
     async def alabel_logprobs(self, conversation: Conversation, labels: Sequence[str],
@@ -579,3 +580,10 @@ def _summed(full, head) -> SequenceLogprob:
             raise ValueError(value)
         total += value
     return SequenceLogprob(total, tokens=len(ids) - len(head_ids))
+
+
+def _cached_tokens(usage: dict) -> int | None:
+    """``usage.prompt_tokens_details.cached_tokens`` (vLLM with --enable-prompt-tokens-details, OpenAI), else None."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else None

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import check_rules
+from core.hardware import DTYPE_HELP
 from core.registry import Registry
 
 from .base import Backend, BackendOptions
@@ -113,6 +114,9 @@ class EngineOptions:
             Share of memory the engine reserves: on GPU 0.9 by default; on CPU the share of RAM, sized to the model.
         tensor_parallel_size (`int`, *optional*, defaults to `1`):
             GPUs to shard the model over.
+        dtype (`str`, *optional*, defaults to `"auto"`):
+            Weights' and activations' dtype: `auto` is bfloat16 on a GPU that supports it and on a CPU with native
+            bf16 (`avx512_bf16` or AMX), float32 on other CPUs; or `bfloat16`, `float16`, `float32`.
     """
 
     api_key_env: str = field(
@@ -135,6 +139,7 @@ class EngineOptions:
         metadata={"help": "vllm backend: memory share for the engine (on CPU: RAM to reserve, sized to the model; 0.9 on GPU)."},
     )
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm backend: GPUs to shard the model over."})
+    dtype: str = field(default="auto", metadata={"help": "vllm backend: " + DTYPE_HELP})
 
     def build_backend(self, backend: str, model: str, **values) -> Backend:
         """Backend ``backend`` on ``model`` with this config's options; ``values`` override fields (e.g. ``base_url=``)."""

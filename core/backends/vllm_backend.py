@@ -16,7 +16,9 @@ from pathlib import Path
 
 from core import aio
 from core.errors import UserError
-from core.model import model_identity, resolve_model
+from core.hardware import DTYPES, choose_dtype, this_cpu
+from core.log import get_logger
+from core.model import DEFAULT_MODEL, model_identity, resolve_model
 
 from .base import (
     Backend, BackendOptions, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant,
@@ -32,9 +34,16 @@ class VLLMOptions(BackendOptions):
     gpu_memory_utilization: float | None = None
     tensor_parallel_size: int = 1
     concurrency: int | None = None
+    dtype: str = "auto"
+
+    memory_share_field = "gpu_memory_utilization"
+
+    def devices(self) -> int:
+        return self.tensor_parallel_size
 
     def rules(self) -> list[tuple[str, bool, str]]:
         return [
+            ("dtype", self.dtype in DTYPES, f"is unknown; choose one of: {', '.join(DTYPES)}"),
             ("concurrency", self.concurrency is None or self.concurrency >= 1, "must be >= 1"),
             ("max_model_len", self.max_model_len is None or self.max_model_len >= 1, "must be >= 1"),
             ("gpu_memory_utilization", self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
@@ -43,10 +52,32 @@ class VLLMOptions(BackendOptions):
         ]
 
 
+logger = get_logger(__name__)
+
+
 def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def engine_dtype(requested: str, cpu: bool) -> str:
+    """The dtype the engine runs (see ``core.hardware``): passed to vLLM always, never its own 'auto'."""
+    if cpu:
+        return choose_dtype(requested)
+    import torch
+
+    return choose_dtype(requested, gpu_bf16=torch.cuda.is_bf16_supported())
+
+
+def _worker_threads() -> str:
+    """The CPU worker's OpenMP threads as vLLM binds them: one per physical core it may use, less those reserved."""
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    if bind != "auto":
+        return f"bound to {bind}"
+    cores = this_cpu().cores
+    reserved = int(os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU") or 1)
+    return f"{max(1, cores - reserved)} ({cores} cores, {reserved} reserved)"
 
 
 def _cpu_memory_share(model: str) -> float:
@@ -82,6 +113,11 @@ class VLLMBackend(Backend):
     def identity(cls, model: str) -> str:
         return model_identity(model)  # a folder's absolute path; converts nothing
 
+    @classmethod
+    def check_model(cls, model: str, flag: str = "--model") -> None:
+        if model != DEFAULT_MODEL:  # the default is converted when it first loads, not here
+            resolve_model(model, flag)  # a missing folder is a UserError
+
     def __init__(
         self,
         model: str,
@@ -93,12 +129,14 @@ class VLLMBackend(Backend):
         tensor_parallel_size: int = 1,
         disable_log_stats: bool = True,
         concurrency: int | None = None,
+        dtype: str = "auto",
         **engine_kwargs,
     ):
         super().__init__(model)
         from vllm.engine.arg_utils import AsyncEngineArgs
 
         cpu = _on_cpu()
+        self.dtype = engine_dtype(dtype, cpu)
         if gpu_memory_utilization is None:
             gpu_memory_utilization = _cpu_memory_share(model) if cpu else 0.9
         if enforce_eager is None:
@@ -120,6 +158,7 @@ class VLLMBackend(Backend):
             enable_prefix_caching=enable_prefix_caching,
             tensor_parallel_size=tensor_parallel_size,
             disable_log_stats=disable_log_stats,
+            dtype=self.dtype,
             **engine_kwargs,
         )
         self._request_ids = itertools.count()
@@ -129,6 +168,27 @@ class VLLMBackend(Backend):
         # Twice what the engine runs at once: a finished sequence's slot is refilled from the
         # queue at once, while its row prepares the next call.
         self.concurrency = concurrency or 2 * self.engine.vllm_config.scheduler_config.max_num_seqs
+        logger.info(self.describe(cpu, dtype))
+
+    def describe(self, cpu: bool, requested: str) -> str:
+        """One line: where the engine runs and how (device, CPU and its ISA flags, dtype, threads, memory, batch)."""
+        config = self.engine.vllm_config
+        chosen = f"dtype {self.dtype}" + (f" (auto: {'native' if self.dtype == 'bfloat16' else 'no native'} bf16)"
+                                          if requested == "auto" and cpu else "")
+        blocks = config.cache_config.num_gpu_blocks
+        kv = f"KV cache {blocks * config.cache_config.block_size:,} tokens" if blocks else "KV cache sized by vLLM"
+        if cpu:
+            kv_space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+            memory = (f"VLLM_CPU_KVCACHE_SPACE={kv_space} GiB" if kv_space
+                      else f"{config.cache_config.gpu_memory_utilization:.0%} of RAM reserved")
+            where = f"cpu: {this_cpu().describe()} | {chosen} | threads {_worker_threads()}"
+        else:
+            import torch
+
+            memory = f"gpu_memory_utilization {config.cache_config.gpu_memory_utilization}"
+            where = f"gpu: {torch.cuda.get_device_name()} x{config.parallel_config.tensor_parallel_size} | {chosen}"
+        return (f"[engine] {Path(self.model).name} on {where} | {memory}, {kv} | "
+                f"max_num_seqs {config.scheduler_config.max_num_seqs}")
 
     @staticmethod
     async def _start(arguments):
@@ -186,6 +246,7 @@ class VLLMBackend(Backend):
             finish_reason=choice.finish_reason or "stop",
             prompt_tokens=len(output.prompt_token_ids or []),
             completion_tokens=len(choice.token_ids),
+            cached_tokens=output.num_cached_tokens,
         )
 
     def label_token_ids(self, labels: Sequence[str]) -> dict[str, int]:

@@ -89,6 +89,9 @@ class JudgeMethod(ABC):
     description: ClassVar[str]
     #: Whether ``--cot`` (reasoning before the verdict) applies to it.
     supports_cot: ClassVar[bool] = False
+    #: The pydantic model of its cache records (``judge`` returns them), with a ``kind`` Literal of its own or
+    #: shared with the methods that write the same records: a cached record it does not validate is redone.
+    record_model: ClassVar[type]
 
     def __init__(self, settings: JudgeSettings):
         self.settings = settings

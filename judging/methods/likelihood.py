@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from core.backends.base import Backend
+from core.schema import LikelihoodJudgement
 
 from .. import prompts
 from ..scoring import likelihood_probability
@@ -27,6 +28,7 @@ class Scored(NamedTuple):
 
 
 class Likelihood(JudgeMethod):
+    record_model = LikelihoodJudgement
     description = ("each response's log-likelihood under a principle-following minus a principle-violating "
                    "instruction (the best on the bundled human labels with the default model)")
 

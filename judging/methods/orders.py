@@ -13,6 +13,7 @@ from abc import abstractmethod
 from typing import NamedTuple
 
 from core.backends.base import Backend, Sampling
+from core.schema import OrderJudgement
 
 from ..refusal import outcome
 from ..scoring import clamp, combine_orders
@@ -30,6 +31,7 @@ class Order(NamedTuple):
 
 class BothOrders(JudgeMethod):
     supports_cot = True
+    record_model = OrderJudgement
     #: Whether ``--cot`` probabilities are clamped (unless ``--no-cot-clamp``).
     clamps_cot: bool = False
 

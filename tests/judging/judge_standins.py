@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from core.backends.base import Backend, Completion, LabelLogprobs, SequenceLogprob
+from core.schema import _Row
 from judging.methods.base import JudgeMethod, Judgement, Verdict
 
 _BLOCK = re.compile(r"<response (A|B)>\n(.*?)\n</response \1>", re.S)
@@ -110,10 +111,20 @@ class Length(NamedTuple):
     response: str
 
 
+class LengthJudgement(_Row):
+    """ShorterWins's cache record."""
+
+    key: str
+    kind: Literal["length"]
+    length: int
+    transient: bool
+
+
 class ShorterWins(JudgeMethod):
     """A judge method added the way a new one is (a module and a registry line): the shorter response wins."""
 
     description = "the shorter response wins"
+    record_model = LengthJudgement
 
     def requests(self, comparison):
         return [Length(comparison.x), Length(comparison.y)]

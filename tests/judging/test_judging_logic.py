@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONSTITUTION = str(REPO / "principles.yaml")
 DATA = REPO / "judging" / "data"
 PAIR_KEYS = {"prompt", "chosen", "rejected", "chosen_probability", "margin", "principle_ids", "principle_scores",
-             "judge_model", "orders_agree", "id", "fingerprint", "source"}
+             "judge_model", "judge_dtype", "orders_agree", "id", "fingerprint", "source"}
 
 
 # ---------------------------------------------------------------- arithmetic

@@ -244,7 +244,7 @@ def test_api_key_never_appears_in_logs_manifests_or_outputs(tmp_path):
     assert os.environ.get("OPENAI_API_KEY") != secret
 
 
-# --- every command, round two: outputs over inputs, two writers, pipes, NaN, damaged state, tracebacks ------------
+# --- every command, more cases: outputs over inputs, two writers, pipes, NaN, damaged state, tracebacks ------------
 # Each case runs one `cai` command in-process on a folder holding good inputs and earlier outputs (a generate
 # output, a judge output, human pairs); it must exit with its code, say its message in one `error:` line, never
 # show a traceback, and leave every file that was there byte for byte as it was.

@@ -67,14 +67,14 @@ def assert_eta_true_after_a_fifth(lines: list[tuple[float, str]], finished: floa
 
 
 def test_generate_eta_after_a_fifth_of_the_calls_is_within_30_percent(tmp_path, progress_lines):
-    prompts = write_prompts(tmp_path / "prompts.jsonl", 40)
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 24)
     out = tmp_path / "rows.jsonl"
-    # 40 rows x 3 calls (draft, critique, revision), 4 in flight, 0.3 s a call: about 9 s.
-    with StandinServer(delay=0.3) as server:
+    # 24 rows x 3 calls (draft, critique, revision), 4 in flight, 0.5 s a call: about 9 s.
+    with StandinServer(delay=0.5) as server:
         assert cai_main(generate_args(prompts, out, server.base_url, concurrency=4)) == 0
         finished = time.monotonic()
-    assert manifest_of(out)["counts"]["generated"] == 40
-    assert_eta_true_after_a_fifth(progress_lines, finished, "/120 calls")
+    assert manifest_of(out)["counts"]["generated"] == 24
+    assert_eta_true_after_a_fifth(progress_lines, finished, "/72 calls")
 
 
 def test_judge_eta_counts_judgements_not_rows(tmp_path, progress_lines):
@@ -83,11 +83,11 @@ def test_judge_eta_counts_judgements_not_rows(tmp_path, progress_lines):
     with StandinServer(delay=0.0) as fast:
         assert cai_main(generate_args(prompts, rows, fast.base_url)) == 0
     progress_lines.clear()
-    # 16 rows x 3 principles x 2 orders, 4 in flight, 0.3 s a judgement: about 7 s.
-    with StandinServer(delay=0.3) as server:
+    # 16 rows x 3 principles x 2 orders, 8 in flight, 0.5 s a judgement: about 6 s.
+    with StandinServer(delay=0.5) as server:
         assert cai_main(["judge", "--in", str(rows), "--out", str(tmp_path / "pairs.jsonl"), "--backend", "openai",
                          "--base-url", server.base_url, "--model", "standin", "--method", "pairwise",
-                         "--concurrency", "4", "--constitution", str(REPO / "principles.yaml"),
+                         "--concurrency", "8", "--constitution", str(REPO / "principles.yaml"),
                          "--keep-flagged"]) == 0
         finished = time.monotonic()
     assert_eta_true_after_a_fifth(progress_lines, finished, "/96 judgements")

@@ -1,7 +1,7 @@
 """SIGTERM with the real in-process engine: no engine process outlives the command, at start-up or mid-run.
 
 vLLM runs its engine core in child processes; a SIGTERM while the engine is still starting used to
-leave them orphaned (one grew to 4.2 GB).  Run under ``flock /tmp/cai-cpu.lock`` (it starts vLLM).
+leave them orphaned (one grew to 4.2 GB).  It starts vLLM: run it alone on a small machine.
 """
 
 from __future__ import annotations

@@ -14,36 +14,6 @@ FIXTURES = Path(__file__).parent
 
 
 @pytest.fixture(scope="session")
-def default_model_dir() -> str:
-    from core.model import resolve_model
-
-    return resolve_model(None)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, default_model_dir) -> str:
-    """SmolLM2's architecture and tokenizer with 2 layers of width 64: trains in well under a second per step."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(default_model_dir)
-    config.num_hidden_layers = 2
-    config.hidden_size = 64
-    config.intermediate_size = 128
-    config.num_attention_heads = 4
-    config.num_key_value_heads = 2
-    config.head_dim = 16
-    config.dtype = torch.float32
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    folder = tmp_path_factory.mktemp("tiny-smollm2")
-    model.save_pretrained(folder)
-    model.generation_config.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="session")
 def preference_file() -> str:
     """Eight judge-written pairs: TRL's conversational preference format plus the judge's extra columns."""
     return str(FIXTURES / "preferences.jsonl")

@@ -15,7 +15,7 @@ H100 = Device("cuda", "NVIDIA H100 80GB HBM3", memory_bytes=80 * 2**30, bf16=Tru
 H100_KERNELS = Device("cuda", "NVIDIA H100 80GB HBM3", memory_bytes=80 * 2**30, bf16=True, liger_kernel=True,
                       flash_attn=True)
 V100 = Device("cuda", "Tesla V100-SXM2-16GB", memory_bytes=16 * 2**30, bf16=False, flash_attn=True)
-SMOLLM2_1_7B = 1_711_376_384  # the shape issue 12 measures
+SMOLLM2_1_7B = 1_711_376_384  # the shape bench/gpu_check.sh measures
 REQUIRED = {"sft": [], "reward": [], "dpo": [], "ppo": ["--reward-model", "r"]}
 
 
@@ -77,8 +77,11 @@ def test_gradient_checkpointing_follows_the_training_state_and_the_gpu_memory():
     lora = parse("dpo", "--use-peft")
     assert on(V100, lora)["gradient_checkpointing"] is False  # LoRA: 4 bytes a weight, 6.8 GB
     # A kept reference copy (precompute off) and PPO's value and reward models count too.
-    assert training_state_bytes("dpo", 10, False, "float32", keeps_reference=True) == 200
-    assert training_state_bytes("ppo", 10, False, "bfloat16", keeps_reference=True) == 10 * (8 + 2 + 8 + 2)
+    from training.dpo import DPOStage
+    from training.ppo import PPOStage
+
+    assert training_state_bytes(DPOStage, 10, False, "float32", keeps_reference=True) == 200
+    assert training_state_bytes(PPOStage, 10, False, "bfloat16", keeps_reference=True) == 10 * (8 + 2 + 8 + 2)
 
 
 def test_sharding_over_gpus_divides_the_state_and_keeps_dpo_reference_forwards_in_step():
