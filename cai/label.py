@@ -97,6 +97,7 @@ class LabelPair:
     prompt: list[dict]
     responses: tuple[str, str]
     origins: tuple[str, str]  # "chosen"/"rejected" (the judge's) or "draft"/"revision"
+    file: str = ""  # the file of the run folder the pair was read from (a part, for a sharded stage)
     doubt: float | None = None  # how doubtful the judge was (``judge_doubt``); None: the judge made no pair of it
     doubt_reasons: tuple[str, ...] = ()
 
@@ -123,12 +124,12 @@ def _last_text(value) -> str | None:
 
 
 def make_pair(row_id: str, line: int, prompt: list[dict], first: tuple[str, str], second: tuple[str, str],
-              seed: int) -> LabelPair:
+              seed: int, file: str = "") -> LabelPair:
     """A pair with its two (text, origin) responses in the order drawn for it from ``seed``."""
     key = stable_hash([prompt, sorted([first[0], second[0]])])
     if int(stable_hash([seed, key]), 16) % 2:
         first, second = second, first
-    return LabelPair(key, row_id, line, prompt, (first[0], second[0]), (first[1], second[1]))
+    return LabelPair(key, row_id, line, prompt, (first[0], second[0]), (first[1], second[1]), file)
 
 
 def judge_doubt(pair_row: dict) -> tuple[float, tuple[str, ...]]:
@@ -155,41 +156,37 @@ def judge_doubt(pair_row: dict) -> tuple[float, tuple[str, ...]]:
 
 def _judge_rows(run_dir: Path) -> dict[str, dict]:
     """The judge's pairs of a run folder by row id (for ordering revisions by the judge's doubt)."""
+    from core.shards import data_files, stage_output
     from core.store import read_json_objects
 
-    path = run_dir / "preferences.jsonl"
+    path = stage_output(run_dir, "preferences")
     if not path.exists():
         raise UserError(f"{path}: not found; --order doubt needs the judge's pairs: run `cai judge` (or `cai run`) "
                         "first, or label in --order file")
-    return {str(row.get("id")): row for _, row in read_json_objects(path, "preferences (run folder)", "RUN_DIR")}
+    return {str(row.get("id")): row for file in data_files(path, "RUN_DIR")
+            for _, row in read_json_objects(file, "preferences (run folder)", "RUN_DIR")}
 
 
 def load_pairs(run_dir: str | Path, source: str = "preferences", seed: int = 0, order: str = "file") -> list[LabelPair]:
     """The pairs of a run folder that can be labelled (two different, non-empty responses to a user turn), in
     ``order``: the file's, or the judge's most doubtful first (``judge_doubt``; pairs the judge made none of
     come last, in file order)."""
+    from core.shards import data_files, stage_output
     from core.store import read_json_objects
 
-    name = "preferences.jsonl" if source == "preferences" else "revisions.jsonl"
-    path = Path(run_dir) / name
+    path = stage_output(run_dir, source)  # RUN_DIR/NAME.jsonl, or the folder of a sharded stage's parts
     if not path.exists():
         other = "revisions" if source == "preferences" else "preferences"
         raise UserError(f"{path}: not found; run `cai run` (or `cai judge`) first, or label --source {other}")
     pairs, seen = [], set()
-    for line, row in read_json_objects(path, f"{source} (run folder)", "RUN_DIR"):
-        prompt = _messages(row.get("prompt"))
-        if source == "preferences":
-            texts = (_last_text(row.get("chosen")), "chosen"), (_last_text(row.get("rejected")), "rejected")
-        else:
-            texts = (row.get("initial_response"), "draft"), (row.get("final_response"), "revision")
-        if prompt is None or not all(isinstance(t, str) and t.strip() for t, _ in texts) or texts[0][0] == texts[1][0]:
-            continue  # nothing to compare: a missing or empty response, or the same text twice
-        pair = make_pair(str(row.get("id", line)), line, prompt, texts[0], texts[1], seed)
-        if pair.key not in seen:
-            seen.add(pair.key)
-            pairs.append(pair)
-            if source == "preferences":
-                pair.doubt, pair.doubt_reasons = judge_doubt(row)
+    for file in data_files(path, "RUN_DIR"):
+        for line, row in read_json_objects(file, f"{source} (run folder)", "RUN_DIR"):
+            pair = _pair_of(row, line, source, seed, file.relative_to(Path(run_dir)).as_posix())
+            if pair is not None and pair.key not in seen:
+                seen.add(pair.key)
+                pairs.append(pair)
+                if source == "preferences":
+                    pair.doubt, pair.doubt_reasons = judge_doubt(row)
     if not pairs:
         raise UserError(f"{path}: no pair to label (every row lacks two different responses)")
     if order == "doubt":
@@ -200,6 +197,18 @@ def load_pairs(run_dir: str | Path, source: str = "preferences", seed: int = 0, 
                     pair.doubt, pair.doubt_reasons = judge_doubt(judged[pair.id])
         pairs.sort(key=lambda pair: -1.0 if pair.doubt is None else -pair.doubt)  # stable: file order breaks ties
     return pairs
+
+
+def _pair_of(row: dict, line: int, source: str, seed: int, file: str) -> LabelPair | None:
+    """The pair of one row, or None when it has nothing to compare."""
+    prompt = _messages(row.get("prompt"))
+    if source == "preferences":
+        texts = (_last_text(row.get("chosen")), "chosen"), (_last_text(row.get("rejected")), "rejected")
+    else:
+        texts = (row.get("initial_response"), "draft"), (row.get("final_response"), "revision")
+    if prompt is None or not all(isinstance(t, str) and t.strip() for t, _ in texts) or texts[0][0] == texts[1][0]:
+        return None  # nothing to compare: a missing or empty response, or the same text twice
+    return make_pair(str(row.get("id", line)), line, prompt, texts[0], texts[1], seed, file)
 
 
 # -- the session ---------------------------------------------------------------------------
@@ -254,14 +263,14 @@ class LabelSession:
                                     "doubt": pair.doubt, "reasons": list(pair.doubt_reasons)}}
                 if choice == "tie":
                     self.ties.append([{**row, "responses": list(pair.responses), "label": "tie",
-                                       "source": {"file": self._file(), "line": pair.line, "origins": list(pair.origins)}}])
+                                       "source": {"file": pair.file or self._file(), "line": pair.line, "origins": list(pair.origins)}}])
                 else:
                     better = 0 if choice == "1" else 1
                     self.labels.append([{**row,
                                          "chosen": [{"role": "assistant", "content": pair.responses[better]}],
                                          "rejected": [{"role": "assistant", "content": pair.responses[1 - better]}],
                                          "label": "human",
-                                         "source": {"file": self._file(), "line": pair.line,
+                                         "source": {"file": pair.file or self._file(), "line": pair.line,
                                                     "chosen": pair.origins[better], "rejected": pair.origins[1 - better]}}])
                 self.done.add(key)
         return self.state()

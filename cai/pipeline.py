@@ -34,12 +34,13 @@ from core.shards import Shard, content_hash, data_files, folder_count, part_file
 from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, write_manifest
 from core.yamlfile import read_yaml
 from generation.config import GenerateConfig
-from generation.run import generate
+from generation.run import generate, prompts_generated
 from judging.config import JudgeConfig
 from judging.engines import engine_memory_shares
 from judging.judge_check import check_judge, judge_check_config
+from judging.methods import method_options
 from judging.pairs import run_judge, sft_path
-from judging.report import merged_report
+from judging.report import format_yield, merged_report, yield_funnel
 from training.evaluate import EvalConfig, eval_memory_shares, evaluate, format_eval
 from training.methods import TrainingMethod, get_method
 
@@ -48,9 +49,12 @@ logger = get_logger(__name__)
 
 SECTIONS = ("generate", "judge", "train", "eval")
 TOP_LEVEL = ("run_dir", "constitution", "model", "seed", "dtype", "judge_check", *SECTIONS)
+#: top-level keys that name a folder or a model (a number or a list there is a mistake, not a name)
+TOP_LEVEL_PATHS = {"run_dir": "the run folder, e.g. run_dir: runs/demo",
+                   "model": "a model folder or the served model's name"}
 #: top-level keys every section whose config has that field receives (the section's own value wins)
 SHARED = ("constitution", "model", "seed", "dtype")
-#: the eval judge is the recipe's judge unless the eval section says otherwise
+#: the eval judge is the recipe's judge unless the eval section says otherwise (and so are its method's options)
 EVAL_FROM_JUDGE = ("constitution", "judge_model", "judge_backend", "judge_base_url", "method", "principles_per_pair",
                    "seed")
 DEFAULT_TRAIN = {"method": "dpo"}
@@ -70,6 +74,9 @@ class Recipe:
         self.data: dict = document.data
         problems = [f"{self.where(key)}: unknown key {key!r}{did_you_mean(key, TOP_LEVEL)}; a recipe has "
                     f"{', '.join(TOP_LEVEL)}" for key in self.data if key not in TOP_LEVEL]
+        problems += [f"{self.where(key)}: {key}: expected a string ({what}), got {self.data[key]!r}; fix the value"
+                     for key, what in TOP_LEVEL_PATHS.items()
+                     if self.data.get(key) is not None and (not isinstance(self.data[key], str) or not self.data[key].strip())]
         if problems:
             raise UserError("\n".join(problems))
 
@@ -161,7 +168,7 @@ def plan_run(recipe_path: str | Path) -> RunPlan:
 
     inherited = {key: (getattr(judge_config, key), ("judge", key) if key in recipe.section("judge") else
                        (key,) if key in recipe.data else ("judge",))
-                 for key in EVAL_FROM_JUDGE}
+                 for key in (*EVAL_FROM_JUDGE, *method_options(judge_config.method, judge_config).__dataclass_fields__)}
     fixed = {"trained_model": str(steps[-1].folder), "base_model": base, "out": str(run_dir / "eval.json")}
     if "reward" in (step.method.name for step in steps):
         fixed.update(reward_model=str(run_dir / "reward"), pairs=judge_config.out)
@@ -324,7 +331,10 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
                "judge_report": merged_report(plan.judge.out), "win_rate": evaluation["win_rate"]}
     write_manifest(run_dir / "run.json", "run", {"recipe": str(plan.recipe.path), **plan.recipe.data},
                    {"timings": timings})
+    funnel = yield_funnel(summary["judge_report"] or {}, prompts_generated(plan.generate.out))
+    summary["yield"] = funnel
     print(format_eval(evaluation))
+    print(format_yield(funnel))
     if judge_figure is not None and not judge_figure["passed"]:
         print(f"\nnote: the judge failed its check ({judge_figure['reason']}); the recipe allows it, so these "
               "preference pairs and the trained model are unvalidated (see judge_check.json)")

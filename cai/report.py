@@ -14,11 +14,13 @@ embedded in a ``<script>`` goes through ``tojson`` (which escapes ``<``, ``>`` a
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import UserError
 from core.shards import part_files, stage_output
@@ -45,6 +47,151 @@ class ReportConfig:
         return Path(self.out) if self.out else Path(self.run_dir) / "report.html"
 
 
+# -- what the page reads of each file: checked before use; a file or row that fails is left out and named ----------
+class _View(BaseModel):
+    """The fields the page uses, with their types (others ignored: rows of older or newer versions still show)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+Number = Annotated[float, Field(allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0)]
+Interval = Annotated[list[Number], Field(min_length=2, max_length=2)]
+
+
+class _Turn(_View):
+    role: str | None = None
+    content: str | None = None
+
+
+class _Round(_View):
+    principle_id: str | None = None
+    critique: str | None = None
+
+
+class _Flag(_View):
+    check: str
+    reason: str = ""
+
+
+class RevisionView(_View):
+    """A ``cai generate`` row (core.schema.GenerationRow) as the page reads it."""
+
+    id: str | int | None = None
+    tag: str | None = None
+    prompt: str | list[_Turn] | None = None
+    initial_response: str | None = None
+    final_response: str | None = None
+    rounds: list[_Round] | None = None
+    flags: list[_Flag] | None = None
+
+
+class _PairSource(_View):
+    chosen: str | None = None
+
+
+class _Score(_View):
+    orders: list[Number] | None = None
+
+
+class PairView(_View):
+    """A ``cai judge`` pair (core.schema.PreferenceRow) as the page reads it."""
+
+    id: str | int | None = None
+    chosen_probability: Number | None = None
+    source: _PairSource | None = None
+    principle_scores: dict[str, _Score] | None = None
+
+
+class _PrincipleStats(_View):
+    comparisons: Count | None = None
+    mean_confidence: Number | None = None
+    order_consistency: Number | None = None
+    first_option_wins: Number | None = None
+    order_free_comparisons: Count | None = None
+
+
+class JudgeReportView(_View):
+    """A judge report (``OUT.report.json``, judging/report.py) as the page reads it."""
+
+    pairs_made: Count | None = None
+    pairs_dropped: Count | None = None
+    flagged_rows_left_out: Count | None = None
+    dropped_by_reason: dict[str, Count] | None = None
+    pairs_with_orders_agreeing: Count | None = None
+    mean_confidence: Number | None = None
+    order_consistency: Number | None = None
+    order_free_comparisons: Count | None = None
+    first_option_wins: Number | None = None
+    per_principle: dict[str, _PrincipleStats] | None = None
+    warnings: list[str] | None = None
+
+
+class _Agreement(_View):
+    agreement: Number | None = None
+    agreement_ci95: Interval | None = None
+    human_pairs: Count | None = None
+
+
+class _Judge(_View):
+    model: str | None = None
+    method: str | None = None
+
+
+class AgreementView(_Agreement):
+    """An agreement report (``cai judge agreement --out``) as the page reads it."""
+
+    agreement: Number
+    agreement_ci95: Interval
+    per_principle: dict[str, _Agreement] | None = None
+    file: str | None = None
+    judge: _Judge | None = None
+
+
+class _WinRate(_View):
+    win_rate: Number | None = None
+    ci95: Interval | None = None
+    n: Count | None = None
+
+
+class _RewardModel(_View):
+    accuracy: Number | None = None
+    pairs: Count | None = None
+    ci95: Interval | None = None
+
+
+class EvalView(_View):
+    """``eval.json`` (``cai eval``) as the page reads it."""
+
+    win_rate: dict[str, _WinRate] | None = None
+    unjudged: Count | None = None
+    reward_model: _RewardModel | None = None
+    trained_model: str | None = None
+    base_model: str | None = None
+
+
+class TrainingView(_View):
+    """A training folder's ``cai_training.json`` as the page reads it."""
+
+    log_history: list[Any] | None = None
+    method: str | None = None
+    base_model: str | None = None
+    global_step: Count | None = None
+
+
+def problem(view: type[BaseModel], value: object) -> str | None:
+    """What is wrong with ``value`` as a ``view`` (its first problem, in words), or None."""
+    from core.schema import describe_error
+
+    if not isinstance(value, dict):
+        return f"not a JSON object ({type(value).__name__})"
+    try:
+        view.model_validate(value)
+    except ValidationError as exc:
+        return describe_error(exc.errors()[0])
+    return None
+
+
 # -- reading the run folder -----------------------------------------------------
 @dataclass
 class RunFiles:
@@ -54,10 +201,14 @@ class RunFiles:
     revisions: list[dict] = field(default_factory=list)
     pairs: list[dict] = field(default_factory=list)
     judge_report: dict | None = None
+    prompts: int | None = None  # the prompts generation had (its manifests), for the yield
     agreements: list[tuple[str, dict]] = field(default_factory=list)
     training: list[tuple[str, dict]] = field(default_factory=list)  # (folder name, cai_training.json)
     evaluation: dict | None = None
+    card: dict | None = None  # the judge card (judging/card.py)
     skipped_lines: dict[str, int] = field(default_factory=dict)  # file -> unreadable lines left out
+    damaged_rows: dict[str, tuple[int, str]] = field(default_factory=dict)  # file -> (rows left out, the first problem)
+    damaged_files: list[str] = field(default_factory=list)  # "file: problem", each file left out
 
     @property
     def has_flags(self) -> bool:
@@ -65,41 +216,65 @@ class RunFiles:
         return any("flags" in row for row in self.revisions)
 
 
-def _read_json(path: Path) -> dict | None:
+#: The largest JSON report the page reads (judge, agreement, eval and training reports are kilobytes).
+MAX_REPORT_BYTES = 64 * 2**20
+
+
+def _read_json(path: Path, view: type[BaseModel] | None = None, damaged: list[str] | None = None) -> dict | None:
+    """A JSON report, or None when there is none; one that cannot be read or fails ``view`` is named in ``damaged``."""
+    from core.store import parse_json_line, read_whole_file
+
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        value = parse_json_line(read_whole_file(path, "report", MAX_REPORT_BYTES))
+    except FileNotFoundError:
         return None
-    return value if isinstance(value, dict) else None
+    except (OSError, ValueError, UserError) as exc:
+        wrong = str(exc).removeprefix(f"{path}: ")
+    else:
+        wrong = problem(view, value) if view is not None else None if isinstance(value, dict) else "not a JSON object"
+        if wrong is None:
+            return value
+    if damaged is not None:
+        damaged.append(f"{path.name}: {wrong}")
+    return None
 
 
-def _read_rows(path: Path, skipped: dict[str, int]) -> list[dict]:
-    """The JSON objects of a JSON Lines file; a line that is not one (a torn write) is counted, not fatal."""
+def _read_rows(path: Path, run: RunFiles, view: type[BaseModel]) -> list[dict]:
+    """The rows of a JSON Lines file that ``view`` accepts; a line that is not JSON (a torn write) is counted in
+    ``skipped_lines``, a row of the wrong shape (a damaged or hand-edited file) in ``damaged_rows``: never fatal."""
+    from core.store import iter_lines, parse_json_line
+
     if not path.exists():
         return []
-    rows, bad = [], 0
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
+    rows, bad, damaged, first = [], 0, 0, ""
+    try:
+        for number, line in iter_lines(path, "output", "RUN_DIR"):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = parse_json_line(line)
+            except ValueError:
                 bad += 1
                 continue
-            if isinstance(row, dict):
+            wrong = problem(view, row)
+            if wrong is None:
                 rows.append(row)
             else:
-                bad += 1
+                damaged += 1
+                first = first or f"line {number}: {wrong}"
+    except UserError as exc:  # a runaway line: what was read before it is shown
+        run.damaged_files.append(str(exc))
     if bad:
-        skipped[path.name] = bad
+        run.skipped_lines[path.name] = bad
+    if damaged:
+        run.damaged_rows[path.name] = (damaged, first)
     return rows
 
 
-def _output_rows(out: Path, skipped: dict[str, int]) -> list[dict]:
+def _output_rows(out: Path, run: RunFiles, view: type[BaseModel]) -> list[dict]:
     """A stage's rows: its file's, or its folder's parts'."""
     paths = part_files(out) if out.is_dir() else [out]
-    return [row for path in paths for row in _read_rows(path, skipped)]
+    return [row for path in paths for row in _read_rows(path, run, view)]
 
 
 def _folder_stage(folder: Path) -> str:
@@ -111,7 +286,7 @@ def _folder_stage(folder: Path) -> str:
         stage = (read_manifest(part) or {}).get("stage")
         if stage in ("generate", "judge"):
             return stage
-    rows = _read_rows(parts[0], {})
+    rows = _read_rows(parts[0], RunFiles(folder), _View)
     return "judge" if rows and "chosen" in rows[0] else "generate"
 
 
@@ -136,7 +311,8 @@ def _trainer_state_history(folder: Path) -> list:
 
     states = sorted(folder.glob("checkpoint-*/trainer_state.json"), key=step)
     state = _read_json(states[-1] if states else folder / "trainer_state.json")
-    return (state or {}).get("log_history") or []
+    history = (state or {}).get("log_history")
+    return history if isinstance(history, list) else []
 
 
 def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
@@ -145,7 +321,8 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder; pass the folder `cai run` wrote (the recipe's run_dir)")
-    from judging.report import merged_report
+    from generation.run import prompts_generated
+    from judging.report import merged_report, report_path
 
     run = RunFiles(run_dir)
     if part_files(run_dir):  # a stage's --out folder of shard parts, not a run folder
@@ -154,10 +331,18 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
     else:
         revisions, preferences = stage_output(run_dir, "revisions"), stage_output(run_dir, "preferences")
     if revisions is not None:
-        run.revisions = _output_rows(revisions, run.skipped_lines)
+        run.revisions = _output_rows(revisions, run, RevisionView)
+        run.prompts = prompts_generated(revisions)
     if preferences is not None:
-        run.pairs = _output_rows(preferences, run.skipped_lines)
-        run.judge_report = merged_report(preferences)
+        run.pairs = _output_rows(preferences, run, PairView)
+        report = merged_report(preferences)
+        wrong = problem(JudgeReportView, report) if report is not None else None
+        if report is None and report_path(preferences).is_file():
+            wrong = f"{report_path(preferences).name}: not a readable JSON object"
+        if wrong:
+            run.damaged_files.append(wrong if report is None else f"the judge report of {preferences.name}: {wrong}")
+        else:
+            run.judge_report = report
     for path in _agreement_files(run_dir, agreement):
         report = _read_json(path)
         if report is None or "agreement_ci95" not in report:
@@ -165,24 +350,51 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
                 raise UserError(f"{path}: not an agreement report (no 'agreement_ci95'); pass the JSON that "
                                 "`cai judge agreement --out FILE` wrote")
             continue
-        run.agreements.append((path.name, report))
+        wrong = problem(AgreementView, report)
+        if wrong:
+            run.damaged_files.append(f"{path.name}: {wrong}")
+        else:
+            run.agreements.append((path.name, report))
     for name in TRAINING_METHODS:  # `cai run` writes each method's model folder under its name
-        summary = _read_json(run_dir / name / "cai_training.json")
+        summary = _read_json(run_dir / name / "cai_training.json", TrainingView, run.damaged_files)
         if summary is not None:
             if not summary.get("log_history"):
                 summary = {**summary, "log_history": _trainer_state_history(run_dir / name)}
             run.training.append((name, summary))
-    run.evaluation = _read_json(run_dir / "eval.json")
-    if not (run.revisions or run.pairs or run.judge_report or run.training or run.evaluation):
+    run.evaluation = _read_json(run_dir / "eval.json", EvalView, run.damaged_files)
+    if run.judge_report is not None:
+        from judging.card import load_card
+
+        try:  # the card is built from the same files; a damaged one is said, not a traceback
+            run.card = load_card(preferences if preferences is not None else run_dir)
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:
+            run.damaged_files.append(f"the judge card of {run_dir.name}: cannot be built ({type(exc).__name__}: {exc})")
+    if not (run.revisions or run.pairs or run.judge_report or run.training or run.evaluation or run.damaged_rows
+            or run.damaged_files):
         raise UserError(f"{run_dir}: no run outputs found (revisions.jsonl, preferences.jsonl, eval.json, "
                         f"{'/, '.join(TRAINING_METHODS)}/); pass the folder `cai run` wrote")
     return run
 
 
 # -- the row browser ----------------------------------------------------------------
+#: The most tokens (words, spaces, punctuation) of one text the row browser marks changes in: the diff (an LCS
+#: in C, rapidfuzz) takes O(n^2/64) time and memory, a few milliseconds and megabytes at this size.  Longer texts
+#: are shown without marks, saying so.
+MAX_DIFF_TOKENS = 10_000
+
+
 def word_diff(before: str, after: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Word-level diff: ``before`` as (kind, text) pieces with kind "same" or "del", ``after`` with "same" or "ins"."""
+    """Word-level diff: ``before`` as (kind, text) pieces with kind "same" or "del", ``after`` with "same" or "ins".
+
+    Texts longer than MAX_DIFF_TOKENS come back whole, unmarked (``too_long_to_diff`` says so).  The diff is a
+    longest common subsequence of tokens, in time bounded by their lengths whatever the texts (difflib's
+    matcher took minutes on repetitive ones: "ha " x 1,000 against "no " x 1,000).
+    """
+    from rapidfuzz.distance import Indel
+
     a, b = _TOKEN.findall(before), _TOKEN.findall(after)
+    if too_long_to_diff(a, b):
+        return [("same", before)] if before else [], [("same", after)] if after else []
     left: list[tuple[str, str]] = []
     right: list[tuple[str, str]] = []
 
@@ -195,14 +407,20 @@ def word_diff(before: str, after: str) -> tuple[list[tuple[str, str]], list[tupl
         else:
             pieces.append((kind, text))
 
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if op == "equal":
-            put(left, "same", a[i1:i2])
-            put(right, "same", b[j1:j2])
+    for op in Indel.opcodes(a, b):
+        if op.tag == "equal":
+            put(left, "same", a[op.src_start:op.src_end])
+            put(right, "same", b[op.dest_start:op.dest_end])
         else:
-            put(left, "del", a[i1:i2])
-            put(right, "ins", b[j1:j2])
+            put(left, "del", a[op.src_start:op.src_end])
+            put(right, "ins", b[op.dest_start:op.dest_end])
     return _join_runs(left), _join_runs(right)
+
+
+def too_long_to_diff(before: str | list[str], after: str | list[str]) -> bool:
+    """Whether either text (or token list) is longer than the row browser marks changes in."""
+    count = lambda text: len(text) if isinstance(text, list) else len(_TOKEN.findall(text))  # noqa: E731
+    return max(count(before), count(after)) > MAX_DIFF_TOKENS
 
 
 def _join_runs(pieces: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -279,6 +497,8 @@ def browser_rows(run: RunFiles) -> list[dict]:
             "judge": judge,
             "judge_state": judge.get("prefers", "none") if judge.get("prefers") in (None, "revision", "draft") else "other",
             "words": [len(draft.split()), len(final.split())],
+            "diff_note": (f"too long to mark the changes in (over {MAX_DIFF_TOKENS:,} words and spaces); "
+                          "shown as written") if too_long_to_diff(draft, final) else "",
         })
     return rows
 
@@ -309,6 +529,17 @@ def _tiles(run: RunFiles) -> list[dict]:
         if report.get("flagged_rows_left_out"):
             notes.append(f"{report['flagged_rows_left_out']} flagged rows left out")
         tiles.append({"label": "preference pairs", "value": str(len(run.pairs)), "note": ", ".join(notes)})
+    if report:
+        from judging.report import yield_funnel
+
+        funnel = yield_funnel(report, run.prompts)
+        if funnel["pairs_per_prompt"] is not None:
+            lost = [f"{n} {why}" for why, n in funnel["left_out"].items()] + [
+                f"{n} {why}" for why, n in funnel["dropped"].items()]
+            tiles.append({"label": "yield (pairs per prompt)", "value": f"{funnel['pairs_per_prompt']:.2f}",
+                          "note": f"{funnel['pairs']} pairs from {funnel['prompts']} prompts"
+                                  + ("; lost: " + ", ".join(lost) if lost else ""),
+                          "warn": funnel["pairs_per_prompt"] < 0.5})
     if report.get("mean_confidence") is not None:
         order = report.get("order_consistency")
         note = ("order-free method" if report.get("order_free_comparisons")
@@ -320,7 +551,7 @@ def _tiles(run: RunFiles) -> list[dict]:
         tiles.append({"label": "agreement with humans", "value": f"{agreement['agreement']:.2f}",
                       "note": f"95% CI [{low:.2f}, {high:.2f}]" + (": chance" if chance else ""), "warn": chance})
     overall = ((run.evaluation or {}).get("win_rate") or {}).get("all")
-    if overall and overall.get("win_rate") is not None:
+    if overall and overall.get("win_rate") is not None and overall.get("ci95"):
         low, high = overall["ci95"]
         tiles.append({"label": "eval win rate", "value": f"{overall['win_rate']:.2f}",
                       "note": f"95% CI [{low:.2f}, {high:.2f}], n={overall['n']}"})
@@ -336,7 +567,70 @@ def _warnings(run: RunFiles) -> list[str]:
                          f"[{low:.2f}, {high:.2f}]) is not distinguishable from chance; do not trust its pairs.")
     for file, count in run.skipped_lines.items():
         found.append(f"{file}: {count} unreadable line(s) left out (a run still writing, or a torn last line).")
+    for file, (count, first) in run.damaged_rows.items():
+        found.append(f"{file}: {count} damaged row(s) left out (the first, {first}).")
+    for damaged in run.damaged_files:
+        found.append(f"damaged, left out: {damaged}.")
     return found
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _agreement_cell(figure: dict | None) -> str:
+    """An agreement with people as "0.62 [0.51, 0.72] (n=80)", or "-" without pairs."""
+    if not figure or not figure.get("pairs"):
+        return "-"
+    low, high = figure["ci95"]
+    return f"{figure['agreement']:.2f} [{low:.2f}, {high:.2f}] (n={figure['pairs']})"
+
+
+def card_view(run: RunFiles) -> dict | None:
+    """The judge card as the page shows it: headline figures, the per-principle table and its notes."""
+    from .report_plots import reliability_figure, to_svg
+
+    card = run.card
+    if card is None:
+        return None
+    stats, people = card["statistics"], card.get("people") or {}
+    asked = (stats.get("comparisons") or 0) + (stats.get("failures") or 0) + (stats.get("refusals") or 0)
+    figures = [
+        ("comparisons judged", str(stats.get("comparisons") or 0),
+         f"{stats.get('failures') or 0} failed, {stats.get('parse_failures') or 0} parse failures"),
+        ("refusals", str(stats.get("refusals") or 0), f"{_pct(stats.get('refusal_rate'))} of the comparisons"),
+    ]
+    if card.get("fallback"):
+        fallback = card["fallback"]
+        figures.append(("fallback judge", str(fallback["answered"]),
+                        f"answered by {fallback['model']}; {fallback['beyond_limit']} beyond its limit"))
+    if people:
+        figures += [("agreement excluding ties", _agreement_cell(people.get("excluding_ties")), "with people"),
+                    ("agreement counting ties", _agreement_cell(people.get("counting_ties")),
+                     f"{people.get('judge_ties') or 0} judge ties, {people.get('human_ties') or 0} human ties")]
+        if people.get("ece") is not None:
+            figures.append(("calibration error", f"{people['ece']:.3f}", "mean gap from the diagonal (ECE)"))
+    for pair, figure in (card.get("judges_agree") or {}).items():
+        figures.append((f"judges agree: {pair}", _pct(figure.get("agreement")), f"of {figure['comparisons']} comparisons"))
+    rows = [{
+        "id": row["id"], "rows": row["rows"], "flagged": row["flagged"],
+        "flags": ", ".join(f"{name} {n}" for name, n in row["flags_by_check"].items()),
+        "change": _pct(row["revision_change"]), "preferred": _pct(row["revision_preferred"]),
+        "comparisons": row["comparisons"], "refusals": row["refusals"], "refusal_rate": _pct(row["refusal_rate"]),
+        "failures": row["failures"], "confidence": "-" if row["mean_confidence"] is None else f"{row['mean_confidence']:.2f}",
+        "agreement": _agreement_cell(row["agreement_excluding_ties"]),
+        "agreement_ties": _agreement_cell(row["agreement_counting_ties"]),
+    } for row in card["principles"]]
+    diagram = reliability_figure(people.get("reliability") or [])
+    judges = [{"name": name, **{key: figures_of.get(key) for key in ("comparisons", "refusals", "failures",
+                                                                     "order_consistency", "mean_confidence")}}
+              for name, figures_of in (card.get("judges") or {}).items()]
+    return {"figures": [{"label": label, "value": value, "note": note} for label, value, note in figures],
+            "rows": rows, "reliability": to_svg(diagram, "plot-reliability") if diagram is not None else None,
+            "sampling": ((people.get("sampling") or {}).get("statement")), "people_file": people.get("file"),
+            "judge": (card.get("judge") or {}).get("model"), "method": (card.get("judge") or {}).get("method"),
+            "judges": judges, "combine": card.get("combine"),
+            "notes": [w for w in card.get("warnings") or [] if w.startswith("principle ")]}
 
 
 def build_report(run: RunFiles) -> str:
@@ -354,6 +648,7 @@ def build_report(run: RunFiles) -> str:
         tiles=_tiles(run),
         warnings=_warnings(run),
         sections=all_figures(run),
+        card=card_view(run),
         rows=rows,
         principles=principles,
         checks=checks,

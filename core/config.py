@@ -156,6 +156,11 @@ def build_config(config_class: type, values: Mapping[str, Any], where=lambda key
     """A config object from a mapping (a recipe section), checked as a ``--config`` file is."""
     checked = check_values(config_class, values, where)
     checked.update(fixed)
+    missing = [f.name for f in dataclasses.fields(config_class) if f.init and f.name not in checked
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{prog or config_class.__name__}: {', '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} required; add {missing[0]}: ... there")
     try:
         config = config_class(**checked)
     except UserError:

@@ -14,6 +14,7 @@ at the end.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -172,6 +173,14 @@ class _CountedBackend:
 
 
 def shorten(text: str, width: int = 300) -> str:
-    """One line of at most ``width`` characters, for examples printed at the end of a run."""
-    text = " ".join(text.split())
+    """One line of at most ``width`` characters, for examples printed at the end of a run.
+
+    Model and user text is data: control characters (an ANSI escape that would recolour, move the cursor
+    or retitle the terminal) and bidirectional overrides are shown escaped (``\\x1b``), never sent as they are.
+    """
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                        " ".join(str(text).split()))
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")

@@ -24,7 +24,8 @@ def generate(argv: list[str]) -> int:
         f"{counts['already_done']} already done, {counts['failed']} failed); manifest {manifest_path(out)}"
     )
     for row in result["examples"]:
-        print(f"\n--- {row['id']} ({row['tag'] or 'untagged'}) principle {', '.join(r['principle_id'] for r in row['rounds'])}")
+        print(f"\n--- {shorten(row['id'], 80)} ({shorten(row['tag'] or 'untagged', 80)}) principle "
+              f"{', '.join(r['principle_id'] for r in row['rounds'])}")
         print(textwrap.indent("prompt:  " + shorten(row["prompt"][-1]["content"]), "  "))
         print(textwrap.indent("before:  " + shorten(row["initial_response"]), "  "))
         print(textwrap.indent("after:   " + shorten(row["final_response"]), "  "))

@@ -331,3 +331,14 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         log(f"{out}: stopped with {rows_left} rows in the file; the manifest's counts match the file")
         raise stopped
     return {"counts": counts, "examples": examples, "failed": failed}
+
+
+def prompts_generated(out: str | Path) -> int | None:
+    """How many prompts ``cai generate`` had for ``out`` (a file, or a folder's parts summed), by the manifests;
+    None when a manifest is missing."""
+    from core.shards import part_files
+
+    out = Path(out)
+    parts = part_files(out) if out.is_dir() else [out]
+    counts = [((read_manifest(part) or {}).get("counts") or {}).get("prompts") for part in parts]
+    return sum(counts) if counts and all(isinstance(n, int) for n in counts) else None

@@ -12,7 +12,7 @@ from core.errors import UserError
 from core.shards import Shard
 
 from .ensemble import COMBINATIONS
-from .methods import JUDGE_METHODS, method_class
+from .methods import JUDGE_METHODS, method_class, method_options
 
 
 def _cot_methods() -> list[str]:
@@ -185,6 +185,7 @@ class JudgeModelConfig(EngineOptions):
         self.policy_options()  # each backend's name and options, checked before any work
         self.judge_options()
         method = method_class(self.method)  # an unknown name is a UserError with "did you mean"
+        method_options(self.method, self)  # its options, checked by its rules
         check_choice("--combine-judges", self.combine_judges, COMBINATIONS)
         check_rules(self, [("fallback_limit", self.fallback_limit is None or self.fallback_limit >= 0, "must be >= 0")])
         judges = [judge_identity for _, _, judge_identity, _ in self.extra_judges()]
@@ -202,8 +203,6 @@ class JudgeModelConfig(EngineOptions):
                             "to reason towards)")
         check_rules(self, [
             ("principles_per_pair", self.principles_per_pair >= 1, "must be >= 1"),
-            ("cot_max_tokens", self.cot_max_tokens >= 1, "must be >= 1"),
-            ("likelihood_scale", self.likelihood_scale > 0, "must be > 0"),
             ("concurrency", self.concurrency is None or self.concurrency >= 1, "must be >= 1"),
             ("limit", self.limit is None or self.limit >= 1, "must be >= 1"),
         ])

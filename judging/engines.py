@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from core.backends.base import Backend, BackendOptions
@@ -51,15 +52,10 @@ def judge_identity(config: JudgeModelConfig) -> str:
 
 
 def judge_settings(config: JudgeModelConfig) -> JudgeSettings:
-    return JudgeSettings(
-        model=judge_identity(config),
-        method=config.method,
-        cot=config.cot,
-        cot_clamp=config.cot_clamp,
-        cot_max_tokens=config.cot_max_tokens,
-        likelihood_scale=config.likelihood_scale,
-        constrained_verdict=config.constrained_verdict,
-    )
+    """The judge's settings: its model as recorded, and every other setting from the config field of its name."""
+    return JudgeSettings(model=judge_identity(config), **{
+        setting.name: getattr(config, setting.name) for setting in dataclasses.fields(JudgeSettings)
+        if setting.name != "model"})
 
 
 class Engines:

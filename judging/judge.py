@@ -17,6 +17,7 @@ principle's question), so runs resume and only new comparisons reach the model.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ __all__ = ["Comparison", "Judge", "JudgeSettings", "Judged", "Verdict"]
 
 @dataclass(frozen=True)
 class JudgeSettings:
+    """What a judgement depends on: the judge model as recorded, the method, and the value of each option the
+    registered methods declare (their ``Options``; ``judge_settings`` fills them from the config's fields)."""
+
     model: str
     method: str = "likelihood"
     cot: bool = False
@@ -49,9 +53,8 @@ class JudgeSettings:
         return method_class(self.method)(self)
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "method": self.method, "cot": self.cot, "cot_clamp": self.cot_clamp,
-                "cot_max_tokens": self.cot_max_tokens, "likelihood_scale": self.likelihood_scale,
-                "constrained_verdict": self.constrained_verdict, "prompts": self.strategy.prompt_version}
+        return {**{setting.name: getattr(self, setting.name) for setting in dataclasses.fields(self)},
+                "prompts": self.strategy.prompt_version}
 
 
 def is_valid_judgement(record) -> bool:

@@ -4,7 +4,8 @@
 stops with a UserError when the judge's agreement with the labels is below ``min_agreement``
 or its 95% interval includes 0.5 (not distinguishable from chance), unless the recipe sets
 ``allow_chance: true``, in which case the run goes on and says so.  The figure is saved in
-the run folder and reused while the judge, the pairs and the check stay the same.
+the run folder and in ``$CAI_CACHE/judge-checks`` (``~/.cache/cai``), and reused, in any run folder, while
+the judge, the pairs and the check stay the same: the check is paid once per machine.
 """
 
 from __future__ import annotations
@@ -59,6 +60,22 @@ def judge_check_config(section, where: str) -> JudgeCheckConfig | None:
     return build_config(JudgeCheckConfig, section, where=lambda key: f"{where}: judge_check.{key}", prog="judge_check")
 
 
+def figures_dir() -> Path:
+    """Where judge-check figures are kept for every run on this machine (``$CAI_CACHE/judge-checks``): one file
+    per judge and pairs file (and limit), so a new run folder, or ``make clean``, does not measure again."""
+    from core.model import cache_dir
+
+    return cache_dir() / "judge-checks"
+
+
+def _saved_figure(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # none yet, or damaged: measured again
+    return saved if isinstance(saved, dict) and isinstance(saved.get("result"), dict) else {}
+
+
 def _verdict(result: dict, check: JudgeCheckConfig) -> str | None:
     """Why the judge fails the check, or None."""
     if not result.get("human_pairs"):
@@ -95,14 +112,19 @@ def check_judge(check: JudgeCheckConfig, judge: JudgeModelConfig, out: Path, bac
         "fallback_judge_base_url", "fallback_limit", "api_key_env", "concurrency", "request_timeout", "max_model_len",
         "gpu_memory_utilization", "tensor_parallel_size")}
     key = stable_hash({"pairs": pairs_hash, "limit": check.limit, "judge": options})
-    saved = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
-    if saved.get("key") == key:
-        result = saved["result"]
-        log(f"[run] judge check: reusing the figure in {out}")
+    shared = figures_dir() / f"{key}.json"
+    source = next((path for path in (out, shared) if _saved_figure(path).get("key") == key), None)
+    if source is not None:
+        result = _saved_figure(source)["result"]
+        log(f"[run] judge check: reusing the figure measured before for this judge and these pairs ({source})")
     else:
         config = AgreementConfig(pairs=check.pairs, limit=check.limit, **options)
         result = {k: v for k, v in run_agreement(config, backend=backend_factory() if backend_factory else None).items() if k != "text"}
-        atomic_write_text(out, json.dumps({"key": key, "result": result}, indent=2) + "\n")
+    text = json.dumps({"key": key, "result": result}, indent=2) + "\n"
+    for path in (out, shared):
+        if _saved_figure(path).get("key") != key:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, text)
     reason = _verdict(result, check)
     figure = (f"judge {result['judge']['model']} (method {result['judge']['method']}) agrees with {check.pairs} "
               f"on {result.get('agreement', 0):.3f} of {result.get('human_pairs', 0)} pairs, "

@@ -592,3 +592,34 @@ def merged_report(out: str | Path) -> dict | None:
                      "to their own folder")
     result["warnings"] = notes + result["warnings"]
     return result
+
+
+def yield_funnel(report: dict, prompts: int | None = None) -> dict:
+    """Where the rows went, from the prompts to the pairs: the yield of a run (pairs per prompt).
+
+    ``report``: a judge report (``as_dict`` or ``merged_report``); ``prompts``: how many prompts generation
+    had (rows that failed to generate are the difference), else the judge's rows stand for them.
+    """
+    rows = report.get("rows") or 0
+    prompts = rows if prompts is None else prompts
+    left_out = {"flagged by the row checks": report.get("flagged_rows_left_out") or 0,
+                "duplicates": report.get("duplicate_rows_left_out") or 0}
+    judged = rows - sum(left_out.values())
+    pairs = report.get("pairs_made") or 0
+    return {"prompts": prompts, "rows": rows, "not_generated": max(0, prompts - rows),
+            "left_out": {k: v for k, v in left_out.items() if v}, "judged": judged,
+            "dropped": dict(report.get("dropped_by_reason") or {}), "pairs": pairs,
+            "pairs_per_prompt": round(pairs / prompts, 3) if prompts else None}
+
+
+def format_yield(funnel: dict) -> str:
+    """One line: ``yield: 0.20 pairs per prompt (40 prompts -> 40 rows -> 9 flagged ... -> 8 pairs)``."""
+    steps = [f"{funnel['prompts']} prompts"]
+    if funnel["not_generated"]:
+        steps.append(f"{funnel['rows']} rows ({funnel['not_generated']} failed to generate)")
+    steps += [f"{n} {why} left out" for why, n in funnel["left_out"].items()]
+    steps.append(f"{funnel['judged']} judged")
+    steps += [f"{n} dropped: {why}" for why, n in funnel["dropped"].items()]
+    steps.append(f"{funnel['pairs']} pairs")
+    share = "-" if funnel["pairs_per_prompt"] is None else f"{funnel['pairs_per_prompt']:.2f}"
+    return f"yield: {share} pairs per prompt ({' -> '.join(steps)})"

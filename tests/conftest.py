@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from core.hardware import choose_dtype
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -107,6 +109,8 @@ class _Server:
                 "--enforce-eager", "--no-enable-chunked-prefill", "--gpu-memory-utilization", "0.3",
                 "--max-model-len", "4096",
                 "--max-logprobs", "20", "--seed", "0",
+                # As the in-process engine chooses: float32 on a CPU without native bf16 (docs/hardware.md).
+                "--dtype", choose_dtype("auto"),
             ],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )

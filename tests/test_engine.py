@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -87,9 +86,8 @@ def test_second_run_generates_nothing_and_loads_no_model(engine_run):
     assert result["counts"]["generated"] == 0 and result["counts"]["already_done"] == 4
 
 
-def test_cli_rerun_ends_in_seconds_without_a_model(engine_run):
+def test_cli_rerun_loads_no_model(engine_run):
     cfg, _ = engine_run
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "cai", "generate", "--prompts", cfg.prompts, "--out", cfg.out,
          "--constitution", cfg.constitution, "--max-tokens", "32", "--temperature", "0.0", "--rounds", "1"],
@@ -98,7 +96,6 @@ def test_cli_rerun_ends_in_seconds_without_a_model(engine_run):
     assert done.returncode == 0, done.stderr
     assert "4 already done, 0 to generate" in done.stderr
     assert "Loading safetensors" not in done.stderr
-    assert time.monotonic() - started < 30
 
 
 def test_edited_principle_regenerates_only_its_rows(engine_run, vllm_backend):

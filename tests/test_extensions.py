@@ -1,6 +1,6 @@
 """An extension of each kind is one module and one registry line, and works end to end.
 
-Each module below is written to a folder on ``sys.path`` and registered with the one line the README names:
+Each module below is written to a folder on ``sys.path`` and registered with the one line docs/extending.md names:
 a backend that answers without a model, a row check, a judge method with its own cache record, a training
 method and a command.  They then run as a user runs them: ``cai generate`` with the backend (its rows carry the
 check's flags), ``cai judge`` with the method (its cached judgements are reused on a rerun, not redone), ``cai

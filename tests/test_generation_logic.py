@@ -12,7 +12,7 @@ from generation.config import GenerateConfig
 from generation.prompts import PromptFileError, read_prompts
 from generation.run import generate
 from core.store import JsonlStore, errors_path, manifest_path
-from standins import ScriptedBackend
+from standins import FinishOrder, ScriptedBackend
 
 REPO = Path(__file__).parent.parent
 
@@ -252,15 +252,21 @@ def test_prompts_are_streamed_and_a_file_edited_mid_run_stops_cleanly(tmp_path):
 
 
 # ---------------------------------------------------------------- streaming
+def question_number(conversation) -> int:
+    question = next(m["content"] for m in conversation if m["content"].startswith("Question number"))
+    return int(question.split("number ")[1].rstrip("?"))
+
+
 class ReversedBackend(ScriptedBackend):
-    """Answers later prompts sooner, so rows finish in the reverse of the prompts' order."""
+    """Rows finish in the reverse of the prompts' order: a row's calls wait until every later row is done."""
+
+    def __init__(self, rows: int, calls_per_row: int = 3):
+        super().__init__()
+        self.order = FinishOrder(rows, calls_per_row, question_number)
 
     async def achat(self, conversation, sampling, seed=None, session=None):
-        import asyncio
-
-        question = next(m["content"] for m in conversation if m["content"].startswith("Question number"))
-        await asyncio.sleep(0.02 * (8 - int(question.split("number ")[1].rstrip("?"))))
-        return self.chat([conversation], sampling, [seed])[0]
+        async with self.order.turn(conversation):
+            return self.chat([conversation], sampling, [seed])[0]
 
 
 def test_rows_finishing_out_of_order_make_a_valid_output_that_resumes(tmp_path):
@@ -268,16 +274,17 @@ def test_rows_finishing_out_of_order_make_a_valid_output_that_resumes(tmp_path):
     cfg = config(tmp_path, rounds=1)
     reference = tmp_path / "reference.jsonl"
     run(config(tmp_path, rounds=1, out=str(reference)))
-    run(cfg, ReversedBackend())
+    run(cfg, ReversedBackend(rows=8))
     in_file = [json.loads(line)["id"] for line in Path(cfg.out).read_text().splitlines()]
-    assert in_file != sorted(in_file) and sorted(in_file) == [f"p{i}" for i in range(8)]  # out of order, complete
+    assert in_file == [f"p{i}" for i in reversed(range(8))]  # written as they finished: the last prompt first
     assert rows_of(cfg.out) == rows_of(reference)  # each row as an in-order run makes it
     # A kill that kept the first three rows written (and tore the fourth): the rerun completes the same rows.
     lines = Path(cfg.out).read_bytes().split(b"\n")
     Path(cfg.out).write_bytes(b"\n".join(lines[:3]) + b"\n" + lines[3][:20])
-    result, backend = run(cfg, ReversedBackend())
+    result, backend = run(cfg, ReversedBackend(rows=5))
     assert result["counts"]["already_done"] == 3 and result["counts"]["generated"] == 5
     assert len(backend.calls) == 5 * 3 and result["counts"]["torn_lines_dropped"] == 1
+    assert backend.order.finished == [4, 3, 2, 1, 0]
     assert rows_of(cfg.out) == rows_of(reference)
 
 

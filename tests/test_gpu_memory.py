@@ -140,7 +140,6 @@ def record_builds(monkeypatch) -> list[tuple[str, float | None]]:
 
     monkeypatch.setattr("core.backends.registry.build_backend", build)
     monkeypatch.setattr("judging.engines.build_backend", build)
-    monkeypatch.setattr("training.evaluate.build_backend", build)
     return built
 
 

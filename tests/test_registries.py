@@ -73,3 +73,32 @@ def test_an_entry_is_imported_only_when_asked_for(tmp_path, monkeypatch):
     assert registry.names() == ["heavy"] and "heavy_extension" not in sys.modules
     thing = registry.get("heavy")
     assert sys.modules["heavy_extension"].Thing is thing and registry.get("heavy") is thing
+
+
+@pytest.mark.parametrize("name", JUDGE_METHODS.names())
+def test_a_judge_methods_options_are_flags_settings_and_inherited_by_cai_runs_eval(name, tmp_path):
+    """Each option a method declares is a `cai judge` flag, a judge setting (so it is in the cache key's settings
+    and the manifest), and `cai run`'s eval takes the judge section's value of it."""
+    import dataclasses
+
+    from cai.pipeline import plan_run
+    from judging.config import JudgeModelConfig
+    from judging.judge import JudgeSettings
+    from judging.methods import method_options
+
+    options = [option.name for option in dataclasses.fields(JUDGE_METHODS.get(name).Options)]
+    flags = {field.name for field in dataclasses.fields(JudgeModelConfig)}
+    settings = {field.name for field in dataclasses.fields(JudgeSettings)}
+    assert set(options) <= flags & settings
+    if not options:
+        return
+    changed = {}
+    for option in dataclasses.fields(JUDGE_METHODS.get(name).Options):
+        value = option.default
+        changed[option.name] = (not value) if isinstance(value, bool) else value + 1
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"run_dir: {tmp_path / 'run'}\ngenerate:\n  prompts: prompts/demo.jsonl\njudge:\n  method: {name}\n"
+                      + "".join(f"  {key}: {str(value).lower()}\n" for key, value in changed.items())
+                      + "train:\n  method: dpo\neval:\n  prompts: prompts/heldout.jsonl\n")
+    plan = plan_run(recipe)
+    assert dataclasses.asdict(method_options(name, plan.eval)) == changed

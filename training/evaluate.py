@@ -23,7 +23,7 @@ from constitution.loader import load_constitution
 from core.aio import stream
 from core.backends.base import Backend, Sampling, session_key
 from core.progress import Progress
-from core.backends.registry import backend_class, backend_identity, build_backend
+from core.backends.registry import backend_class, backend_identity
 from core.model import DEFAULT_MODEL, resolve_model
 from generation.prompts import read_prompts
 from core.store import atomic_write_text, check_outputs
@@ -171,8 +171,8 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
     progress = None
     try:
         if base_backend is None:
-            options = config.policy_options().with_memory_share(None if shares is None else shares[0])
-            base_backend = build_backend(config.backend, config.base_model, options)
+            share = {} if shares is None else {config.policy_options().memory_share_field: shares[0]}
+            base_backend = config.build_backend(config.backend, config.base_model, **share)
         judge = Judge(judge_settings(config), backend=judge_backend, concurrency=config.concurrency)
         sampling = Sampling(max_tokens=config.max_tokens, temperature=0.0)
         log(f"[eval] {config.base_model} answers the same prompts; each answer is judged against the trained "

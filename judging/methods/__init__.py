@@ -5,9 +5,13 @@ A new method is a module with a ``JudgeMethod`` subclass (see ``base``) and a li
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+from core.config import check_rules
 from core.registry import Registry
 
-from .base import Comparison, JudgeMethod, Verdict
+from .base import Comparison, JudgeMethod, MethodOptions, Verdict
 
 #: name -> "module:class", in the order ``--help`` lists them.
 JUDGE_METHODS: Registry[type[JudgeMethod]] = Registry("judge method", {
@@ -22,4 +26,14 @@ def method_class(name: str, flag: str = "--method") -> type[JudgeMethod]:
     return JUDGE_METHODS.get(name, flag)
 
 
-__all__ = ["JUDGE_METHODS", "Comparison", "JudgeMethod", "Verdict", "method_class"]
+def method_options(name: str, config: Any) -> MethodOptions:
+    """Method ``name``'s options from ``config``'s fields of the same name (else their defaults), checked by its
+    rules: a broken one is a UserError quoting the value and naming its flag."""
+    options_class = method_class(name).Options
+    options = options_class(**{option.name: getattr(config, option.name) for option in dataclasses.fields(options_class)
+                               if hasattr(config, option.name)})
+    check_rules(options, options.rules())
+    return options
+
+
+__all__ = ["JUDGE_METHODS", "Comparison", "JudgeMethod", "MethodOptions", "Verdict", "method_class", "method_options"]

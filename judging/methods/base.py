@@ -82,6 +82,17 @@ class Verdict:
         return out
 
 
+@dataclass(frozen=True)
+class MethodOptions:
+    """What a judge config sets for a method, as a backend's ``Options``: a method with options of its own
+    subclasses this; its fields are filled by name from the judge config's fields, then ``rules()`` is checked,
+    and ``cai run``'s eval judges with the judge section's values of them."""
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        """``(field, holds, rule)`` checks, as ``core.config.check_rules`` takes them."""
+        return []
+
+
 class JudgeMethod(ABC):
     """One way of judging (``--method``).  Requests are small hashable records with an ``_asdict()``."""
 
@@ -89,6 +100,8 @@ class JudgeMethod(ABC):
     description: ClassVar[str]
     #: Whether ``--cot`` (reasoning before the verdict) applies to it.
     supports_cot: ClassVar[bool] = False
+    #: the options it reads (``self.settings`` carries their values)
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
     #: The pydantic model of its cache records (``judge`` returns them), with a ``kind`` Literal of its own or
     #: shared with the methods that write the same records: a cached record it does not validate is redone.
     record_model: ClassVar[type]

@@ -8,6 +8,7 @@ contrastive score in the spirit of RLCD); P(x better) = sigmoid(scale *
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from core.backends.base import Backend
@@ -15,7 +16,7 @@ from core.schema import LikelihoodJudgement
 
 from .. import prompts
 from ..scoring import likelihood_probability
-from .base import Comparison, JudgeMethod, Judgement, Verdict
+from .base import Comparison, JudgeMethod, Judgement, MethodOptions, Verdict
 
 
 class Scored(NamedTuple):
@@ -27,8 +28,17 @@ class Scored(NamedTuple):
     follow: bool
 
 
+@dataclass(frozen=True)
+class LikelihoodOptions(MethodOptions):
+    likelihood_scale: float = 1.0
+
+    def rules(self):
+        return [("likelihood_scale", self.likelihood_scale > 0, "must be > 0")]
+
+
 class Likelihood(JudgeMethod):
     record_model = LikelihoodJudgement
+    Options = LikelihoodOptions
     description = ("each response's log-likelihood under a principle-following minus a principle-violating "
                    "instruction (the best on the bundled human labels with the default model)")
 

@@ -10,6 +10,7 @@ read after it.
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from core.backends.base import Backend, Sampling
@@ -17,7 +18,7 @@ from core.schema import OrderJudgement
 
 from ..refusal import outcome
 from ..scoring import clamp, combine_orders
-from .base import Comparison, JudgeMethod, Judgement, Verdict
+from .base import Comparison, JudgeMethod, Judgement, MethodOptions, Verdict
 
 
 class Order(NamedTuple):
@@ -29,9 +30,20 @@ class Order(NamedTuple):
     question: str
 
 
+@dataclass(frozen=True)
+class CotOptions(MethodOptions):
+    cot: bool = False
+    cot_clamp: bool = True
+    cot_max_tokens: int = 192
+
+    def rules(self):
+        return [("cot_max_tokens", self.cot_max_tokens >= 1, "must be >= 1")]
+
+
 class BothOrders(JudgeMethod):
     supports_cot = True
     record_model = OrderJudgement
+    Options = CotOptions
     #: Whether ``--cot`` probabilities are clamped (unless ``--no-cot-clamp``).
     clamps_cot: bool = False
 

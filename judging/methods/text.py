@@ -10,17 +10,25 @@ Both orders are judged; P(A) is 1 or 0.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from core.backends.base import Backend, Sampling
 
 from .. import prompts
 from ..refusal import declines
 from ..scoring import parse_verdict
 from .base import Judgement
-from .orders import BothOrders, Order, failed_record
+from .orders import BothOrders, CotOptions, Order, failed_record
+
+
+@dataclass(frozen=True)
+class TextOptions(CotOptions):
+    constrained_verdict: bool = True
 
 
 class Text(BothOrders):
     description = "a generated verdict (constrained to a label by default), for endpoints without log-probabilities"
+    Options = TextOptions
 
     def key_fields(self) -> dict:
         return {**super().key_fields(), "constrained_verdict": self.settings.constrained_verdict}

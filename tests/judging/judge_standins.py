@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 from typing import Literal, NamedTuple
@@ -29,16 +30,16 @@ class PreferenceBackend(Backend):
 
     ``missing``: "B" drops label B from the top tokens (the floor applies);
     ``verdicts``: replies for the text method, in turn;
-    ``delay(conversation)``: seconds each request waits before it is answered (0: it still yields to the
-    event loop, as a real backend does, so the requests in flight interleave).
+    ``order``: a ``standins.FinishOrder`` that holds each request until its row's turn (without one a request
+    still yields to the event loop, as a real backend does, so the requests in flight interleave).
     """
 
     name = "preference"
 
     def __init__(self, model="stand-in-judge", position_bias=0.0, missing=None, verdicts=None, fail_when=None,
-                 delay=None):
+                 order=None):
         super().__init__(model)
-        self.delay = delay or (lambda conversation: 0.0)
+        self.order = order
         self.position_bias = position_bias
         self.missing = missing
         self.verdicts = list(verdicts or [])
@@ -85,17 +86,23 @@ class PreferenceBackend(Backend):
             out.append(Completion(text=text, finish_reason="stop", prompt_tokens=10, completion_tokens=3))
         return out
 
+    async def _turn(self, conversation):
+        if self.order is None:
+            await asyncio.sleep(0)
+            return contextlib.nullcontext()
+        return self.order.turn(conversation)
+
     async def achat(self, conversation, sampling, seed=None, session=None):
-        await asyncio.sleep(self.delay(conversation))
-        return self.chat([conversation], sampling, [seed])[0]
+        async with await self._turn(conversation):
+            return self.chat([conversation], sampling, [seed])[0]
 
     async def alabel_logprobs(self, conversation, labels, session=None):
-        await asyncio.sleep(self.delay(conversation))
-        return self.label_logprobs([conversation], labels)[0]
+        async with await self._turn(conversation):
+            return self.label_logprobs([conversation], labels)[0]
 
     async def aresponse_logprobs(self, conversation, session=None):
-        await asyncio.sleep(self.delay(conversation))
-        return self.response_logprobs([conversation])[0]
+        async with await self._turn(conversation):
+            return self.response_logprobs([conversation])[0]
 
     def response_logprobs(self, conversations):
         out = []

@@ -81,6 +81,13 @@ def test_leaving_flagged_rows_out_drops_their_earlier_pairs(tmp_path):
 
 
 # ---------------------------------------------------------------- judge_check
+@pytest.fixture(autouse=True)
+def figures(tmp_path, monkeypatch) -> Path:
+    """The judge-check figures kept across runs go to this test's folder, not the machine's cache."""
+    monkeypatch.setattr("judging.judge_check.figures_dir", lambda: tmp_path / "figures")
+    return tmp_path / "figures"
+
+
 def human_pairs(path: Path, agree: int, disagree: int) -> str:
     rows = [{"prompt": f"q{i}", "chosen": "GOOD", "rejected": "BAD"} for i in range(agree)]
     rows += [{"prompt": f"r{i}", "chosen": "BAD", "rejected": "GOOD"} for i in range(disagree)]
@@ -129,6 +136,10 @@ def test_judge_check_figure_is_reused_while_nothing_changes(tmp_path):
         raise AssertionError("the saved figure should have been reused")
 
     assert check_judge(check, judge(), tmp_path / "c.json", backend_factory=no_engine)["passed"]
+    # Another run folder (or the same after `make clean`): the figure kept for this judge and pairs is reused.
+    (tmp_path / "c.json").unlink()
+    assert check_judge(check, judge(), tmp_path / "other" / "judge_check.json", backend_factory=no_engine)["passed"]
+    assert json.loads((tmp_path / "other" / "judge_check.json").read_text())["result"]["human_pairs"] == 32
     changed = judge(principles_per_pair=2)
     built = []
     check_judge(check, changed, tmp_path / "c.json", backend_factory=lambda: built.append(1) or PreferenceBackend())

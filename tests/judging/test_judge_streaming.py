@@ -1,12 +1,11 @@
 """Rows judged on their own finish out of order: the outputs stay whole and valid, resume, and carry a session per row.
 
-A stand-in judge answers each row's requests after a delay that falls with the row's number, so later rows
-finish first (``cai judge``, ``cai judge agreement`` and ``cai eval``).
+A stand-in judge holds each row's requests until every later row is done (``standins.FinishOrder``), so rows
+finish in the reverse of the input's order (``cai judge``, ``cai judge agreement`` and ``cai eval``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from core.backends.base import Backend, Completion, session_key
 from core.errors import UserError
 from core.schema import PreferenceRow
 from judge_standins import PreferenceBackend
+from standins import FinishOrder
 from judging.config import AgreementConfig, JudgeConfig
 from judging.pairs import judgements_path, run_judge
 from judging.agreement import run_agreement
@@ -32,15 +32,12 @@ def number(conversation) -> int:
     return int(_NUMBER.search(json.dumps(conversation)).group(1))
 
 
-def later_rows_first(conversation) -> float:
-    return 0.03 * (N - number(conversation))
-
-
 class Recording(PreferenceBackend):
     """The stand-in judge, recording each request's row and session; ``stop_at`` raises for that row."""
 
-    def __init__(self, stop_at: int | None = None, **kwargs):
-        super().__init__(delay=later_rows_first, **kwargs)
+    def __init__(self, stop_at: int | None = None, rows: int = N, calls_per_row: int = 2 * 2, **kwargs):
+        # pairwise under 2 principles: each row's 4 requests (2 principles x 2 orders)
+        super().__init__(order=FinishOrder(rows, calls_per_row, number), **kwargs)
         self.stop_at = stop_at
         self.sessions: dict[int, set] = {}
 
@@ -99,8 +96,7 @@ def test_pairs_finishing_out_of_order_make_a_valid_output_that_resumes(tmp_path)
     reference = run_judge(config("reference"), backend=reference_backend)
     written = lines_of(tmp_path / "reference" / "prefs.jsonl")
     # Written as they finished (the last rows first); whole, valid, once each; returned in input order.
-    assert [p["id"] for p in written] != [f"p{i}" for i in range(N)]
-    assert sorted(p["id"] for p in written) == [f"p{i}" for i in range(N)]
+    assert [p["id"] for p in written] == [f"p{i}" for i in reversed(range(N))]
     for pair in written:
         PreferenceRow.model_validate(pair, strict=True)
     assert [p["id"] for p in reference["pairs"]] == [f"p{i}" for i in range(N)]
@@ -108,7 +104,7 @@ def test_pairs_finishing_out_of_order_make_a_valid_output_that_resumes(tmp_path)
     # Every call of a row carried that row's session key, and no other row's.
     assert reference_backend.sessions == {i: {session_key(f"p{i}")} for i in range(N)}
 
-    # A run that stops while row 0 (the slowest) is in flight keeps the rows that finished, whole.
+    # A run that stops while row 0 (the last to finish) is in flight keeps the rows that finished, whole.
     with pytest.raises(UserError, match="stopped answering"):
         run_judge(config("resumed"), backend=Recording(stop_at=0))
     out = tmp_path / "resumed" / "prefs.jsonl"
@@ -120,7 +116,7 @@ def test_pairs_finishing_out_of_order_make_a_valid_output_that_resumes(tmp_path)
     assert len(cached) == (N - 1) * 2 * 2  # rows x principles x orders, each written once with its row
 
     # The rerun judges only row 0, and the output equals the uninterrupted run's (in any order).
-    again = Recording()
+    again = Recording(rows=1)
     result = run_judge(config("resumed"), backend=again)
     assert set(again.sessions) == {0} and again.label_calls == 2 * 2
     assert result["counts"]["judgements_run"] == 4 and result["counts"]["new_pairs"] == 1
@@ -128,7 +124,7 @@ def test_pairs_finishing_out_of_order_make_a_valid_output_that_resumes(tmp_path)
     assert len(final) == N and by_id(final) == by_id(written)
     # A third run has nothing to do and leaves the file as it is.
     before = out.read_bytes()
-    idle = Recording()
+    idle = Recording(rows=0)
     run_judge(config("resumed"), backend=idle)
     assert idle.label_calls == 0 and out.read_bytes() == before
 
@@ -147,6 +143,7 @@ def test_agreement_out_of_order_sums_in_input_order(tmp_path):
     slow, quick = Recording(), PreferenceBackend()
     streamed, plain = run(slow, "slow.jsonl"), run(quick, "quick.jsonl")
     assert streamed["agreement"] == plain["agreement"] == pytest.approx(4 / 6, abs=1e-3)
+    assert slow.order.finished == list(reversed(range(N)))  # judged last row first, reported in input order
     assert [d["id"] for d in lines_of(tmp_path / "slow.jsonl")] == [f"h{i}" for i in range(N)]
     assert (tmp_path / "slow.jsonl").read_text() == (tmp_path / "quick.jsonl").read_text()
     assert slow.sessions == {i: {session_key(f"h{i}")} for i in range(N)}
@@ -160,10 +157,11 @@ class Answers(Backend):
     def __init__(self, model: str):
         super().__init__(model)
         self.sessions: dict[int, set] = {}
+        self.order = FinishOrder(N, 1, number)
 
     async def achat(self, conversation, sampling, seed=None, session=None):
-        await asyncio.sleep(later_rows_first(conversation))
-        self.sessions.setdefault(number(conversation), set()).add(session)
+        async with self.order.turn(conversation):
+            self.sessions.setdefault(number(conversation), set()).add(session)
         text = "GOOD answer" if self.model == "trained" else "BAD answer"
         return Completion(text=text, finish_reason="stop", completion_tokens=2)
 
@@ -190,6 +188,7 @@ def test_eval_streams_answers_and_judgements_and_keeps_prompt_order(tmp_path, mo
                                  constitution=CONSTITUTION, method="pairwise", principles_per_pair=2, concurrency=4 * N),
                       judge_backend=judge)
     assert [row["id"] for row in result["rows"]] == [f"e{i}" for i in range(N)]
+    assert judge.order.finished == list(reversed(range(N)))  # judged last prompt first, reported in input order
     assert all(row["trained"] == "GOOD answer" and row["base"] == "BAD answer" and row["win"] == 1.0
                for row in result["rows"])
     assert result["win_rate"]["all"]["n"] == N and result["win_rate"]["all"]["win_rate"] == 1.0

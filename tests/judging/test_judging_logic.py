@@ -498,3 +498,18 @@ def test_judge_reuses_the_policy_engine_when_they_are_the_same():
     assert engines.judge() is shared
     other = JudgeModelConfig(judge_model="/some/other/model")
     assert not other.judge_is_policy()
+
+
+def test_the_yield_says_where_rows_were_lost(tmp_path):
+    from judging.report import format_yield, yield_funnel
+
+    write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS)
+    result = run_judge(judge_config(tmp_path, keep_flagged=True), backend=PreferenceBackend())
+    funnel = yield_funnel(result["report"], prompts=len(REVISION_ROWS) + 2)  # two prompts failed to generate
+    assert funnel["pairs"] == 3 and funnel["pairs_per_prompt"] == pytest.approx(3 / (len(REVISION_ROWS) + 2), abs=1e-3)
+    assert sum(funnel["dropped"].values()) == funnel["judged"] - funnel["pairs"]
+    line = format_yield(funnel)
+    print(line)
+    assert line.startswith(f"yield: 0.38 pairs per prompt ({len(REVISION_ROWS) + 2} prompts -> "
+                           f"{len(REVISION_ROWS)} rows (2 failed to generate) -> ")
+    assert "dropped: the better response was cut off or empty" in line and line.endswith("-> 3 pairs)")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -37,10 +36,8 @@ def test_twenty_percent_faults_complete_every_row(standin, tmp_path, capsys):
     reference = rows_of(tmp_path / "ref.jsonl")
 
     with FaultProxy(standin.url, rate=0.2, seed=5, retry_after=1, hang_seconds=2.0) as proxy:
-        started = time.monotonic()
         code = cai_main(generate_args(prompts, tmp_path / "out.jsonl", proxy.base_url, "--request-timeout", "1",
                                       concurrency=16))
-        elapsed = time.monotonic() - started
     summary = proxy.summary()
     assert code == 0, capsys.readouterr().err[-3000:]
     assert compare(reference, rows_of(tmp_path / "out.jsonl"))["differing"] == 0
@@ -51,7 +48,6 @@ def test_twenty_percent_faults_complete_every_row(standin, tmp_path, capsys):
     assert summary["max_attempts_per_request"] <= MAX_ATTEMPTS  # each request within the retry cap
     gaps = proxy.retry_after_gaps()
     assert gaps and min(gaps) >= 0.95, gaps  # Retry-After: 1 honoured
-    assert elapsed < 60
     assert not Path(str(tmp_path / "out.jsonl") + ".errors.jsonl").exists()
 
 
@@ -100,9 +96,7 @@ def test_401_and_404_are_not_retried_and_every_row_is_recorded(tmp_path, monkeyp
     out = tmp_path / "out.jsonl"
     with StandinServer(api_key="sk-right-key-1111") as server, FaultProxy(server.url, rate=0.0) as proxy:
         url = proxy.base_url if status == 401 else proxy.url + "/wrong/v1"
-        started = time.monotonic()
         assert cai_main(generate_args(prompts, out, url)) == 1
-        assert time.monotonic() - started < 10
     assert not rows_of(out)
     errors = errors_of(out)
     assert sorted(e["id"] for e in errors) == [f"p{i}" for i in range(4)]
@@ -120,15 +114,16 @@ def test_endpoint_that_stays_down_stops_in_bounded_time_with_a_clear_message(tmp
     prompts = write_prompts(tmp_path / "prompts.jsonl", 500)
     out = tmp_path / "out.jsonl"
     args = generate_args(prompts, out, f"http://127.0.0.1:{port}/v1", concurrency=32)
-    started = time.monotonic()
     done = run_cli(args, timeout=120)
-    elapsed = time.monotonic() - started
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"error: the endpoint http://127.0.0.1:{port}/v1 is not answering" in done.stderr
     assert "run the same command again to resume" in done.stderr
     assert "Traceback" not in done.stderr
-    assert elapsed < 45, elapsed  # one batch's retries, not 500 prompts' worth
-    assert manifest_of(out)["counts"]["rows"] == 0 and manifest_of(out)["counts"]["stopped"] == "error"
+    counts = manifest_of(out)["counts"]
+    assert counts["rows"] == 0 and counts["stopped"] == "error"
+    # Stopped after the rows in flight failed (the breaker trips at 16 failed requests in a row), not after 500.
+    assert 1 <= counts["failed"] <= 32 + 16, counts
+    assert len(errors_of(out)) == counts["failed"]
 
 
 def test_endpoint_going_down_mid_run_keeps_finished_batches_and_resumes(standin, tmp_path):

@@ -1,6 +1,6 @@
 """Hostile and bad input: one table of cases, each with its expected message; each exits non-zero and writes nothing.
 
-Every case runs ``cai generate`` in-process (``cai.main``) against the stand-in
+Every case runs ``cai generate`` in-process (``cai.cli.main``) against the stand-in
 server, so a case that wrongly got as far as generating would show up as
 requests to the server or files on disk.  After the table: what is recorded
 rather than refused (replies cut off at the token limit, empty replies),
@@ -594,6 +594,17 @@ COMMAND_CASES = [
      [r"recipe\.yaml:\d+: the YAML expands to more than 200,000 values"], 1),
     ("run-recipe-missing", lambda t, u: ["run", "--recipe", str(t / "nowhere.yaml")], None,
      [r"nowhere\.yaml: cannot read the recipe"], 1),
+    # --- cai run: a recipe's values of the wrong type name the file and the line ---------------------------------
+    ("run-run-dir-a-number", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")], _recipe(run_dir=5),
+     [r"recipe\.yaml:\d+: run_dir: expected a string \(the run folder, e\.g\. run_dir: runs/demo\), got 5"], 1),
+    ("run-run-dir-a-list", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")], _recipe(run_dir=["a"]),
+     [r"recipe\.yaml:\d+: run_dir: expected a string .*got \['a'\]"], 1),
+    ("run-model-a-number", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")], _recipe(model=5),
+     [r"recipe\.yaml:\d+: model: expected a string \(a model folder or the served model's name\), got 5"], 1),
+    ("run-seed-a-word", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")], _recipe(seed="x"),
+     [r"recipe\.yaml:\d+: seed: expected a whole number, got 'x'"], 1),
+    ("run-generate-without-prompts", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
+     _set("recipe.yaml", "run_dir: run\n"), [r"recipe\.yaml:1: generate: prompts is required; add prompts: \.\.\. there"], 1),
     # --- every file read is bounded before it is parsed: a device, a pipe, a runaway file ------------------------
     ("run-recipe-dev-zero", lambda t, u: ["run", "--recipe", "/dev/zero"], None,
      [r"/dev/zero: not a regular file \(a device such as /dev/zero, or a pipe\); save the recipe to a file"], 1),
@@ -789,3 +800,18 @@ def test_a_stalled_server_gets_a_line_saying_so(tmp_path, capsys):
     assert code == 0, err
     assert "waiting: no answer from the server for 5 s (stalled?); a request gives up after --request-timeout 20 s" \
         in err
+
+
+def test_escape_codes_in_model_text_never_reach_the_terminal(tmp_path, capsys):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "id-\x1b]0;pwned\x07", "prompt": "hi \x1b[2J",
+                                                  "tag": "\u202etag"}) + "\n")
+    answer = "red \x1b[31mRED\x1b[0m \x1b]8;;http://evil.example\x07link\x1b]8;;\x07 \x9b2J"
+    with HostileServer(_reply(chat_answer(answer))) as server:
+        code = cai_main(generate_args(tmp_path / "p.jsonl", tmp_path / "out.jsonl", server.base_url, rounds=0)
+                        + ["--examples", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", out), repr(out)
+    assert "red \\x1b[31mRED\\x1b[0m" in out and "id-\\x1b]0;pwned\\x07" in out and "\\u202etag" in out
+    [row] = rows_of(tmp_path / "out.jsonl")
+    assert row["final_response"] == answer  # stored as it came: the row is data, only the terminal is spared

@@ -78,16 +78,16 @@ def test_redact_url_removes_user_password_query_and_fragment():
 def test_a_second_run_on_the_same_output_stops_at_once_naming_the_holder(tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", 6)
     out = tmp_path / "out.jsonl"
-    with StandinServer(delay=0.3) as slow:
-        first = start_cli(generate_args(prompts, out, slow.base_url, concurrency=1), tmp_path / "first.log")
+    with StandinServer(hold_after=0) as held:  # the first run's requests wait until released
+        first = start_cli(generate_args(prompts, out, held.base_url, concurrency=1), tmp_path / "first.log")
         try:
             deadline = time.monotonic() + 60
             while not Path(str(out) + ".lock").exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            started = time.monotonic()
-            second = run_cli(generate_args(prompts, out, slow.base_url))
-            assert time.monotonic() - started < 15
+            second = run_cli(generate_args(prompts, out, held.base_url))
+            assert first.poll() is None  # the second run ended while the first still held the output
         finally:
+            held.release()
             assert first.wait(120) == 0
     assert second.returncode == 1
     assert f"is being written by another run (pid {first.pid} on " in second.stderr
@@ -259,7 +259,7 @@ def test_a_full_disk_ends_in_one_error_line_and_keeps_whole_batches(tmp_path, ca
 
 # --- 9. the YAML alias bomb --------------------------------------------------------------------------------------------
 
-def test_a_500_byte_alias_bomb_is_refused_in_under_a_second_and_100_mb(tmp_path, capsys):
+def test_a_500_byte_alias_bomb_is_refused_within_100_mb(tmp_path, capsys):
     import tracemalloc
 
     bomb = "".join(f"{x}: &{x} [{', '.join([f'*{p}' if p else 'lol'] * 9)}]\n"
@@ -268,11 +268,9 @@ def test_a_500_byte_alias_bomb_is_refused_in_under_a_second_and_100_mb(tmp_path,
     path = tmp_path / "principles.yaml"
     path.write_text(bomb)
     tracemalloc.start()
-    started = time.perf_counter()
     code = cai_main(["validate", str(path)])
-    elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     err = capsys.readouterr().err
     assert code == 1 and "expands to more than 200,000 values through aliases" in err
-    assert elapsed < 1.0 and peak < 100 * 2**20, (elapsed, peak)
+    assert peak < 100 * 2**20, peak  # 9**9 values expanded would take gigabytes (the time is in bench/README.md)

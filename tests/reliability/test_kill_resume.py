@@ -83,7 +83,8 @@ def test_kill_9_with_rows_in_flight_loses_only_those_rows(reference, tmp_path):
         process = start_cli(args, log)
         assert wait_for(lambda: server.held >= 1 or process.poll() is not None, 60), log.read_text()[-2000:]
         assert process.poll() is None, log.read_text()[-2000:]  # still running: the kill lands mid-run
-        time.sleep(0.3)  # rows whose last reply came back are written
+        # Every row in flight (8) waits on a held reply, and a finished row is on disk: then the kill.
+        assert wait_for(lambda: server.held >= 8 and out.exists() and out.read_bytes().count(b"\n") >= 1, 60)
         process.kill()
         process.wait(30)
         kept = finished_rows_are_whole_and_exact(out, reference)
@@ -106,7 +107,7 @@ def test_ctrl_c_keeps_finished_rows_and_a_matching_manifest(reference, tmp_path)
             process = start_cli(args, log)
             assert wait_for(lambda: server.held >= 1 or process.poll() is not None, 60), log.read_text()[-2000:]
             assert process.poll() is None, log.read_text()[-2000:]  # the run is waiting on the held requests
-            time.sleep(0.3)
+            assert wait_for(lambda: server.held >= 8, 60)  # every row in flight (8) waits on a held reply
             process.send_signal(signal.SIGINT)
             code = process.wait(60)
             server.release()

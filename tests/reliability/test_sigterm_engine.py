@@ -58,6 +58,8 @@ def test_sigterm_leaves_no_engine_process_behind(tmp_path, moment):
         assert process.poll() is None, log.read_text()
         if moment == "start-up":
             assert not out.exists(), "the engine started before the signal; the trial is not of start-up"
+        else:
+            assert out.exists() and out.read_text().count("\n") >= 4, "no 4 rows in 400 s; the trial is not of mid-run"
         assert seen, "the engine started no child process"
         process.send_signal(signal.SIGTERM)
         try:

@@ -113,6 +113,8 @@ def make_run_folder(root: Path) -> Path:
     run.mkdir(parents=True)
     revisions = [revision_row(i, *spec) for i, spec in enumerate(ROWS, start=1)]
     write_jsonl(run / "revisions.jsonl", revisions)
+    # generation had 10 prompts (2 failed): the yield counts from the prompts
+    (run / "revisions.jsonl.manifest.json").write_text(json.dumps({"stage": "generate", "counts": {"prompts": 10}}))
     pairs = [pair_row(i, row, P_REVISION[row["id"]]) for i, row in enumerate(revisions, start=1) if row["id"] in P_REVISION]
     write_jsonl(run / "preferences.jsonl", pairs)
     per_principle = {pid: {"comparisons": 2, "failures": 0, "parse_failures": 0, "label_outside_top_k": 0,

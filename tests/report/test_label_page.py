@@ -312,3 +312,44 @@ def test_a_labels_file_with_odd_keys_resumes_without_them(label_run, tmp_path, c
         session = LabelSession(load_pairs(label_run, "preferences", seed=0), out)
     assert session.done == set() and session.state()["done"] == 0
     assert "3 row(s) without a text 'key'" in caplog.text
+
+
+def shard_run_folder(run: Path, name: str, count: int) -> None:
+    """Turn ``RUN/NAME.jsonl`` into the folder a ``--shard i/COUNT`` stage writes: ``RUN/NAME/part-*.jsonl``."""
+    from core.shards import Shard, shard_of
+
+    path = run / f"{name}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    (run / name).mkdir()
+    for index in range(count):
+        write_jsonl(run / name / Shard(index, count).part_name, [r for r in rows if shard_of(r["id"], count) == index])
+    path.unlink()
+
+
+@pytest.mark.parametrize("source", ["preferences", "revisions"])
+def test_a_sharded_run_folder_is_labelled_from_its_parts(tmp_path, source):
+    whole = load_pairs(make_run_folder(tmp_path / "whole"), source)
+    run = make_run_folder(tmp_path / "sharded")
+    shard_run_folder(run, source, 2)
+    pairs = load_pairs(run, source)
+    assert sorted((p.key, p.responses, p.origins) for p in pairs) == sorted((p.key, p.responses, p.origins)
+                                                                            for p in whole)
+    assert {p.file for p in pairs} == {f"{source}/part-00000-of-00002.jsonl", f"{source}/part-00001-of-00002.jsonl"}
+    assert {p.file for p in whole} == {f"{source}.jsonl"}
+    # A label names the part and line it came from; agreement reads the labels as from an unsharded run.
+    session = LabelSession(pairs, tmp_path / "labels.jsonl", source)
+    session.record(pairs[0].key, "1")
+    [label] = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert label["source"]["file"] == pairs[0].file and label["source"]["line"] == pairs[0].line
+    assert read_human_pairs(str(tmp_path / "labels.jsonl"))[0].id == pairs[0].id
+
+
+def test_a_sharded_run_folder_with_a_part_missing_is_refused_naming_it(tmp_path, capsys):
+    from cai.cli import main
+
+    run = make_run_folder(tmp_path)
+    shard_run_folder(run, "preferences", 2)
+    (run / "preferences" / "part-00001-of-00002.jsonl").unlink()
+    assert main(["label", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "part-00001-of-00002.jsonl" in err and "missing" in err and "Traceback" not in err

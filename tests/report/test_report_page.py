@@ -45,6 +45,8 @@ def test_report_renders_every_plot_without_the_network(browser, run_folder):
     assert "harmful" in page.locator("svg#plot-winrate").text_content()
     tiles = page.locator(".tile").all_text_contents()
     assert any("agreement with humans" in t and "chance" in t for t in tiles)
+    assert any("yield (pairs per prompt)" in t and "0.50" in t and "5 pairs from 10 prompts; lost: 3 flagged by the "
+               "row checks" in t for t in tiles), tiles
     assert page.locator(".warning").filter(has_text="not distinguishable from chance").count() == 1
     assert browser.refused == [] and all(url.startswith("file://") for url in browser.requests)
     assert browser.errors == []
@@ -228,3 +230,93 @@ def test_order_sensitive_judge_shows_order_consistency(run_folder):
     assert "Order consistency 0.50 (first option wins 0.8)" in html
     # An order-free method has no such plot (every point would sit on the diagonal).
     assert 'id="plot-order"' not in write_report(make_run_folder(run_folder.parent / "second")).read_text()
+
+
+# --- a run folder damaged any way: the page is still written, the damage named, never a traceback ---------------
+def _edit_row(name: str, edit):
+    def damage(run: Path) -> None:
+        lines = (run / name).read_text().splitlines()
+        row = json.loads(lines[0])
+        edit(row)
+        lines[0] = json.dumps(row)
+        (run / name).write_text("\n".join(lines) + "\n")
+    return damage
+
+
+def _edit_json(name: str, edit):
+    def damage(run: Path) -> None:
+        value = json.loads((run / name).read_text())
+        (run / name).write_text(json.dumps(edit(value)))
+    return damage
+
+
+def _put(name: str, text: str):
+    return lambda run: (run / name).write_text(text)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+DAMAGE = [
+    # (case id, damage, what the page says)
+    ("rounds-a-number", _edit_row("revisions.jsonl", lambda r: r.__setitem__("rounds", 5)),
+     r"revisions\.jsonl: 1 damaged row\(s\) left out \(the first, line 1: rounds must be a list, got 5\)"),
+    ("flags-a-number", _edit_row("revisions.jsonl", lambda r: r.__setitem__("flags", 5)),
+     r"revisions\.jsonl: 1 damaged row\(s\) left out .*flags must be a list"),
+    ("flags-of-numbers", _edit_row("revisions.jsonl", lambda r: r.__setitem__("flags", [5])),
+     r"revisions\.jsonl: 1 damaged row\(s\) left out .*flags\[0\] must be an object, got 5"),
+    ("prompt-a-number", _edit_row("revisions.jsonl", lambda r: r.__setitem__("prompt", 5)),
+     r"revisions\.jsonl: 1 damaged row\(s\)"),
+    ("row-nested-deep", lambda run: (run / "revisions.jsonl").write_text(
+        '{"id": ' + DEEP + "}\n" + (run / "revisions.jsonl").read_text()),
+     r"revisions\.jsonl: 1 unreadable line\(s\) left out"),
+    ("row-lone-surrogate", _edit_row("revisions.jsonl", lambda r: r.__setitem__("final_response", "ok \ud800")),
+     r"revisions\.jsonl: 1 unreadable line\(s\) left out"),
+    ("pair-source-a-string", _edit_row("preferences.jsonl", lambda r: r.__setitem__("source", "final_response")),
+     r"preferences\.jsonl: 1 damaged row\(s\) left out .*source must be an object"),
+    ("pair-probability-text", _edit_row("preferences.jsonl", lambda r: r.__setitem__("chosen_probability", "0.9")),
+     r"preferences\.jsonl: 1 damaged row\(s\) left out .*chosen_probability must be a number"),
+    ("judge-confidence-text", _edit_json("preferences.jsonl.report.json",
+                                         lambda r: {**r, "mean_confidence": "high"}),
+     r"damaged, left out: the judge report of preferences\.jsonl: mean_confidence must be a number"),
+    ("judge-report-nested-deep", _put("preferences.jsonl.report.json", DEEP),
+     r"damaged, left out: preferences\.jsonl\.report\.json: not a readable JSON object"),
+    ("agreement-one-bound", _edit_json("agreement.json", lambda r: {**r, "agreement_ci95": [0.4]}),
+     r"damaged, left out: agreement\.json: agreement_ci95 must not be empty|agreement_ci95: .*at least 2"),
+    ("agreement-text", _edit_json("agreement.json", lambda r: {**r, "agreement": "most"}),
+     r"damaged, left out: agreement\.json: agreement must be a number"),
+    ("eval-a-list", _put("eval.json", "[1, 2]"), r"damaged, left out: eval\.json: not a JSON object"),
+    ("eval-win-rate-text", _edit_json("eval.json", lambda r: {**r, "win_rate": "good"}),
+     r"damaged, left out: eval\.json: win_rate must be an object"),
+    ("eval-interval-missing", _edit_json("eval.json", lambda r: {**r, "win_rate": {"all": {"win_rate": 0.6, "n": 3}}}),
+     None),
+    ("eval-nested-deep", _put("eval.json", DEEP), r"damaged, left out: eval\.json: nested too deeply"),
+    ("training-history-a-number", _edit_json("dpo/cai_training.json", lambda r: {**r, "log_history": 5}),
+     r"damaged, left out: cai_training\.json: log_history must be a list"),
+]
+
+
+@pytest.mark.parametrize("case", DAMAGE, ids=[c[0] for c in DAMAGE])
+def test_report_survives_a_damaged_run_folder_and_names_the_damage(case, run_folder, capsys):
+    name, damage, message = case
+    damage(run_folder)
+    before = {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file()}
+    assert main(["report", str(run_folder)]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    html = (run_folder / "report.html").read_text(encoding="utf-8")
+    if message:
+        assert re.search(message, html), [line for line in html.splitlines() if "left out" in line or "damaged" in line]
+    assert {p: p.read_bytes() for p in run_folder.rglob("*") if p.is_file() and p.name != "report.html"} == before
+
+
+def test_repetitive_texts_are_diffed_and_long_ones_shown_unmarked():
+    from cai.report import MAX_DIFF_TOKENS, too_long_to_diff
+
+    draft, revision = word_diff("ha " * 1000, "no " * 1000)
+    assert "".join(t for _, t in draft) == "ha " * 1000 and "".join(t for _, t in revision) == "no " * 1000
+    assert {k for k, _ in draft} == {"del", "same"} and {k for k, _ in revision} == {"ins", "same"}
+    assert "".join(t for k, t in draft if k == "del").split() == ["ha"] * 1000
+    draft, revision = word_diff("x y " * 2000, "x z " * 2000)  # many short matches: difflib's worst case
+    assert "".join(t for k, t in draft if k == "del") == "y" * 2000  # each y alone, between kept " x "
+    assert "".join(t for k, t in revision if k == "same").split() == ["x"] * 2000
+    long = "word " * MAX_DIFF_TOKENS
+    assert too_long_to_diff(long, "short") and word_diff(long, "short") == ([("same", long)], [("same", "short")])
