@@ -331,7 +331,7 @@ def format_result(result: dict) -> str:
     left = {name: n for name, n in result["left_out"].items() if n}
     if left:
         lines.append("left out (see README.md): " + ", ".join(f"{name} {n}" for name, n in left.items()))
-    lines.append(f"load it: datasets.load_dataset({result['out']!r}, \"preferences\")")
+    lines.append(f"load it: datasets.load_dataset({result['out']!r}, {next(iter(result['configs']))!r})")
     if result.get("pushed"):
         lines.append(f"pushed to https://huggingface.co/datasets/{result['pushed']['repo']}"
                      + (f" (kept the card's metadata: {', '.join(result['pushed']['kept_metadata'])}; --overwrite "

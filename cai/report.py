@@ -14,7 +14,6 @@ embedded in a ``<script>`` goes through ``tojson`` (which escapes ``<``, ``>`` a
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,6 +527,8 @@ def _tiles(run: RunFiles) -> list[dict]:
         notes = [f"{report['pairs_dropped']} rows dropped"] if report.get("pairs_dropped") is not None else []
         if report.get("flagged_rows_left_out"):
             notes.append(f"{report['flagged_rows_left_out']} flagged rows left out")
+        if report.get("duplicate_rows_left_out"):
+            notes.append(f"{report['duplicate_rows_left_out']} duplicate rows left out")
         tiles.append({"label": "preference pairs", "value": str(len(run.pairs)), "note": ", ".join(notes)})
     if report:
         from judging.report import yield_funnel
@@ -594,7 +595,6 @@ def card_view(run: RunFiles) -> dict | None:
     if card is None:
         return None
     stats, people = card["statistics"], card.get("people") or {}
-    asked = (stats.get("comparisons") or 0) + (stats.get("failures") or 0) + (stats.get("refusals") or 0)
     figures = [
         ("comparisons judged", str(stats.get("comparisons") or 0),
          f"{stats.get('failures') or 0} failed, {stats.get('parse_failures') or 0} parse failures"),
@@ -633,6 +633,46 @@ def card_view(run: RunFiles) -> dict | None:
             "notes": [w for w in card.get("warnings") or [] if w.startswith("principle ")]}
 
 
+LEDGER_COLUMNS = (("calls", "calls"), ("prompt_tokens", "prompt tokens"), ("completion_tokens", "output tokens"),
+                  ("cached_tokens", "cached tokens"), ("wall_s", "wall s"), ("device_s", "device s"))
+
+
+def _ledger(run: RunFiles) -> dict | None:
+    """The cost ledger's table (core/ledger.py): a run folder's, or a stage's folder of parts'."""
+    from core.ledger import output_ledger, run_ledger
+
+    ledger = output_ledger(run.run_dir) if part_files(run.run_dir) else run_ledger(run.run_dir, run.revisions)
+    if ledger is None or not ledger["stages"]:
+        return None
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
+
+    rows = [{"stage": name, "cells": [cell(entry.get(key)) for key, _ in LEDGER_COLUMNS]}
+            for name, entry in ledger["stages"].items()]
+    total = ledger["total"]
+    rows.append({"stage": "total", "cells": ["", *(cell(total.get(key)) for key, _ in LEDGER_COLUMNS[1:5]), ""]})
+    return {"columns": [title for _, title in LEDGER_COLUMNS], "rows": rows, "notes": ledger["notes"]}
+
+
+def _duplicates(run: RunFiles) -> dict | None:
+    """The judge's duplicate rows (core/dedup.py): counts by kind, and the first examples with both texts."""
+    from core.dedup import method_record
+
+    report = run.judge_report or {}
+    if not report.get("duplicate_rows"):
+        return None
+    method = method_record()
+    kinds = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in (report.get("duplicates_by_kind") or {}).items()
+                      if n)
+    left_out = report.get("duplicate_rows_left_out") or 0
+    return {"summary": f"{report['duplicate_rows']} input rows repeat an earlier row ({kinds}); {left_out} left out "
+                       "of the pairs" + ("" if left_out else " (--keep-duplicates)") + ". Near: Jaccard similarity of "
+                       f"{method['shingle']} shingle sets >= {method['near_threshold']} (MinHash LSH candidates, "
+                       "the similarity computed exactly).",
+            "examples": [e for e in report.get("duplicate_examples") or [] if isinstance(e, dict)]}
+
+
 def build_report(run: RunFiles) -> str:
     """The page's HTML."""
     from .report_plots import all_figures
@@ -654,6 +694,8 @@ def build_report(run: RunFiles) -> str:
         checks=checks,
         tags=tags,
         has_flags=run.has_flags,
+        ledger=_ledger(run),
+        duplicates=_duplicates(run),
     )
 
 

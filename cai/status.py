@@ -4,7 +4,8 @@ Per part: rows on file (counted from the file, so a running shard's progress sho
 and the failures of its last run (from its manifest and errors file), and its state: finished (its manifest
 says the run ended with nothing failed), running (its lock is held), stopped, failed rows to retry, or not
 started (a part of the split that is not there yet).  For ``cai judge``'s output, the judge report too: a
-folder's parts' reports merged into one (``judging.report.merged_report``), saying which parts it leaves out.
+folder's parts' reports merged into one (``judging.report.merged_report``), saying which parts it leaves out.  And
+the output's cost ledger (tokens per step, wall and device time; ``core.ledger``), its parts' summed.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
+from core.ledger import format_ledger, output_ledger
 from core.shards import Shard, folder_count, part_files, part_of
-from core.store import errors_path, is_being_written, read_manifest
+from core.store import count_lines, errors_path, is_being_written, read_manifest
 
 #: the count in a stage's manifest of the rows its file holds when done (generate: one per prompt; judge: its pairs)
 TOTAL_KEYS = {"generate": "prompts", "judge": "pairs"}
@@ -29,17 +31,6 @@ class StatusConfig:
     json: bool = field(default=False, metadata={"help": "Print the status as JSON (for scripts)."})
 
 
-def _lines(path: Path) -> int:
-    """Complete lines of a file (a torn last line, still being written, is not a row yet)."""
-    if not path.is_file():
-        return 0
-    count = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            count += chunk.count(b"\n")
-    return count
-
-
 def part_status(out: Path, shard: Shard) -> dict:
     """One output file's progress and state."""
     entry = {"shard": str(shard), "file": str(out), "rows": None, "total": None, "failed": None, "stage": None,
@@ -49,7 +40,7 @@ def part_status(out: Path, shard: Shard) -> dict:
         return entry  # a run stopped before its first row still writes its manifest
     counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
     stage = manifest.get("stage")
-    entry.update(rows=_lines(out), stage=stage, failed=_lines(errors_path(out)) if errors_path(out).exists() else 0,
+    entry.update(rows=count_lines(out), stage=stage, failed=count_lines(errors_path(out)),
                  total=counts.get(TOTAL_KEYS.get(stage, ""), None))
     if stage == "generate":
         entry["failed"] = counts.get("failed", entry["failed"])
@@ -59,6 +50,8 @@ def part_status(out: Path, shard: Shard) -> dict:
         entry["state"] = "no manifest yet (running, or killed before its first manifest)"
     elif counts.get("stopped"):
         entry["state"] = f"stopped ({counts['stopped']}): run the same command again to resume"
+    elif not out.is_file():
+        entry["state"] = "its file is missing (deleted?): run the same command again to write it"
     elif entry["failed"]:
         entry["state"] = f"{entry['failed']} failed: run the same command again to retry them"
     else:
@@ -94,6 +87,7 @@ def status(out: str | Path) -> dict:
         "finished": sum(e["finished"] for e in entries),
         "all_finished": all(e["finished"] for e in entries),
         "judge_report": judge_report,
+        "ledger": output_ledger(out),
     }
 
 
@@ -111,6 +105,9 @@ def format_status(result: dict) -> str:
                      f"{e['state']}")
     lines.append(f"  {'total':<11} {result['rows']:>9} {number(result['total']):>9} {result['failed']:>7}  "
                  f"{result['finished']} of {len(entries)} finished")
+    if result.get("ledger"):
+        lines += ["", "what it cost (core/ledger.py; wall and device time summed over the runs that wrote it):",
+                  format_ledger(result["ledger"])]
     if result.get("judge_report"):
         from judging.report import format_judge_report
 

@@ -9,6 +9,7 @@ TRL's parser (``HfArgumentParser``), so every field of TRL's and transformers' c
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import math
@@ -217,6 +218,10 @@ def parse_config(config_class: type, argv: Sequence[str], prog: str, overrides: 
     if path:
         values.update(read_config_file(path, config_class))
     parser = HfArgumentParser([config_class], prog=prog)
+    # Read above (before the flags); declared here so that --help lists it with the rest.
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="YAML file of option: value lines, read after the defaults and before the flags (an "
+                        "unknown key or a wrong type names its line)")
     for action in parser._actions:  # YAML values become the flags' defaults, so flags still override them
         if action.dest in values:
             action.default = values[action.dest]

@@ -266,12 +266,16 @@ class JsonlAppender:
     Each row is one whole line written with one call (a kill leaves at most a torn last line, dropped
     on resume); the file is fsynced every ``sync_rows`` rows or ``sync_seconds`` seconds, whichever comes
     first, and on ``close``, so a crash of the machine loses at most that much.  A disk that fills up
-    mid-line has the partial line cut off before the error is raised.
+    mid-line has the partial line cut off before the error is raised.  A file deleted, replaced or cut short
+    by someone else while the run appends to it is a UserError at the next row or at ``close`` (the rows
+    would otherwise go to a file no one can read, or be glued to a torn line); a torn last line is cut off
+    first, as a resumed run would.
     """
 
     def __init__(self, path: str | Path, sync_rows: int = 256, sync_seconds: float = 5.0, flag: str = "--out"):
         self.path, self.sync_rows, self.sync_seconds, self.flag = Path(path), sync_rows, sync_seconds, flag
         self._handle = None
+        self._end = 0  # where the file ended after this run's last row
         self._unsynced = 0
         self._synced_at = time.monotonic()
 
@@ -281,6 +285,8 @@ class JsonlAppender:
             if self._handle is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._handle = open(self.path, "ab", buffering=0)
+                self._end = self._handle.seek(0, os.SEEK_END)
+            self._check_still_ours()
             start = self._handle.seek(0, os.SEEK_END)
             try:
                 view = memoryview(data)
@@ -289,6 +295,7 @@ class JsonlAppender:
             except OSError:
                 self._handle.truncate(start)
                 raise
+            self._end = start + len(data)
             self._unsynced += 1
             if self._unsynced >= self.sync_rows or time.monotonic() - self._synced_at >= self.sync_seconds:
                 self.sync()
@@ -304,9 +311,41 @@ class JsonlAppender:
         if self._handle is not None:
             try:
                 self.sync()
+                self._check_still_ours()
             finally:
                 self._handle.close()
                 self._handle = None
+
+    def _check_still_ours(self) -> None:
+        """Stop when the file this run appends to was deleted, replaced or cut short by someone else."""
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            on_disk = None
+        mine = os.fstat(self._handle.fileno())
+        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (mine.st_dev, mine.st_ino):
+            raise UserError(f"{self.path}: deleted or replaced while this run was writing it; the rows this run wrote "
+                            "went with it: run the same command again to redo them")
+        if mine.st_size < self._end:
+            expected, store = self._end, JsonlStore(self.path)
+            store._drop_torn_tail()
+            torn = "; its torn last line was cut off" if store.torn_lines else ""
+            self._end = self.path.stat().st_size
+            raise UserError(f"{self.path}: cut short while this run was writing it (from {expected} to {mine.st_size} "
+                            f"bytes){torn}: run the same command again to redo the rows it lost")
+
+
+def count_lines(path: str | Path) -> int:
+    """Complete lines of a file, streamed (a torn last line, still being written, is not a row yet); 0 when
+    there is no file."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    count = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+    return count
 
 
 def read_json_objects(path: str | Path | None, what: str, flag: str, example: str = "") -> list[tuple[int, dict]]:
@@ -374,15 +413,18 @@ def versions() -> dict[str, str]:
     return found
 
 
-def read_manifest(out: Path) -> dict | None:
-    path = manifest_path(out)
-    if not path.exists():
-        return None
+def read_json_object(path: str | Path, limit: int = MAX_LINE_BYTES) -> dict | None:
+    """A JSON object file a command wrote (a manifest, a report, a stamp), or None when it is missing, unreadable,
+    larger than ``limit``, nested too deeply or not an object: such a file is redone or ignored, never fatal."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        value = parse_json_line(read_whole_file(path, "JSON file", limit))
+    except (OSError, ValueError, UserError):
         return None
-    return manifest if isinstance(manifest, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def read_manifest(out: Path) -> dict | None:
+    return read_json_object(manifest_path(out))
 
 
 def write_manifest(out: Path, stage: str, config: dict, counts: dict, **extra) -> dict:

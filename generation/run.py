@@ -28,8 +28,10 @@ from core.aio import stream
 from core.store import (
     JsonlAppender,
     JsonlStore,
+    atomic_write_text,
     check_outputs,
     check_own_output,
+    count_lines,
     errors_path,
     exclusive_output,
     manifest_path,
@@ -279,6 +281,10 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
 
         rows_left = store.rewrite_kept(keep_and_refresh_flags)
 
+    if stopped is not None:
+        rows_left = count_lines(out)  # what the file holds, whatever happened to it during the run
+    elif not out.exists():
+        atomic_write_text(out, "")  # no rows for this selection (a shard with none): a valid, empty output
     counts = {
         "prompts": prompt_count,
         "rows": rows_left,

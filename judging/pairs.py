@@ -56,6 +56,7 @@ from core.store import (
     atomic_write_text,
     check_outputs,
     check_own_output,
+    count_lines,
     errors_path,
     exclusive_output,
     manifest_path,
@@ -404,7 +405,7 @@ def _is_valid_sample(record) -> bool:
     return True
 
 
-def _load_cache(store: JsonlStore, valid, log) -> dict[str, dict]:
+def load_cache(store: JsonlStore, valid, log) -> dict[str, dict]:
     """A cache's valid records by key; a damaged or hand-edited line is skipped (and its entry redone)."""
     cache, skipped = {}, 0
     for record in store.iter_rows(skip_bad=True):
@@ -544,8 +545,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         for path in (out, errors_path(out), manifest_path(out), judgements_path(out), samples_path(out), report_path(out)):
             path.unlink(missing_ok=True)
     previous_manifest = read_manifest(out)
-    cache = _load_cache(cache_store, is_valid_judgement, log)
-    samples = _load_cache(sample_store, _is_valid_sample, log)
+    cache = load_cache(cache_store, is_valid_judgement, log)
+    samples = load_cache(sample_store, _is_valid_sample, log)
     existing = store.load()
     if store.torn_lines or cache_store.torn_lines:
         log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")
@@ -684,7 +685,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
     if stopped is not None:
         # Finished rows stay; nothing is rewritten (pairs not reached yet are not stale), the manifest
         # says where the run stopped, with the counts of the file.
-        counts = {"rows": len(rows), "pairs": len(existing) + len(appended), "new_pairs": new_pairs,
+        counts = {"rows": len(rows), "pairs": count_lines(out), "new_pairs": new_pairs,
                   "judgements_run": len(judge.cache) - judged_before, "judgements_cached": judged_before,
                   "stopped": ("terminated" if isinstance(stopped, Terminated)
                               else "interrupted" if isinstance(stopped, KeyboardInterrupt) else "error")}
@@ -702,8 +703,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
     final = list({p["fingerprint"]: p for _, p in sorted(pairs, key=lambda entry: entry[0])}.values())
     on_disk = [r.get("fingerprint") for r in existing] + appended
     stale = sum(1 for fp in on_disk if fp not in current) + len(on_disk) - len(set(on_disk))
-    if Counter(on_disk) != Counter(p["fingerprint"] for p in final):
-        store.rewrite(final)
+    if Counter(on_disk) != Counter(p["fingerprint"] for p in final) or not out.exists():
+        store.rewrite(final)  # (no pairs at all, e.g. a shard with no rows: a valid, empty output)
     sft_out = sft_path(config)
     atomic_write_text(sft_out, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                        for _, r in sorted(sft_rows, key=lambda entry: entry[0])))

@@ -274,3 +274,83 @@ def test_a_500_byte_alias_bomb_is_refused_within_100_mb(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "expands to more than 200,000 values through aliases" in err
     assert peak < 100 * 2**20, peak  # 9**9 values expanded would take gigabytes (the time is in bench/README.md)
+
+
+# --- 10. shards: an empty shard, a part deleted or cut short while its shard runs ----------------------------------
+
+def _shard_args(prompts: Path, folder: Path, url: str, shard: str) -> list[str]:
+    return generate_args(prompts, folder, url, "--shard", shard, concurrency=1)
+
+
+def test_a_shard_with_no_rows_leaves_an_empty_part_that_readers_take(tmp_path, capsys):
+    from cai.status import status
+    from core.shards import Shard
+
+    prompts = write_prompts(tmp_path / "p.jsonl", 2)  # 2 prompts over 3 shards: one shard at least has none
+    folder = tmp_path / "parts"
+    with StandinServer() as server:
+        for index in range(3):
+            assert cai_main(_shard_args(prompts, folder, server.base_url, f"{index}/3")) == 0
+        parts = [folder / Shard(index, 3).part_name for index in range(3)]
+        assert all(part.is_file() for part in parts) and any(part.stat().st_size == 0 for part in parts)
+        assert status(folder)["all_finished"] and status(folder)["rows"] == 2
+        prefs = tmp_path / "prefs.jsonl"
+        assert cai_main(["judge", "--in", str(folder), "--out", str(prefs), "--backend", "openai", "--base-url",
+                         server.base_url, "--model", "standin", "--method", "pairwise", "--keep-flagged",
+                         "--constitution", str(REPO / "principles.yaml")]) == 0, capsys.readouterr().err
+    assert manifest_of(prefs)["counts"]["rows"] == 2
+
+
+def _while_held(server: StandinServer, action) -> None:
+    """Once the server holds a request (rows are on file, one is in flight), do ``action`` and release it."""
+    import threading
+
+    def act() -> None:
+        deadline = time.monotonic() + 60
+        while server.held < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # the rows whose replies came back are written
+        action()
+        server.release()
+
+    threading.Thread(target=act, daemon=True).start()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut-short"])
+def test_a_part_deleted_or_cut_short_while_its_shard_runs_is_reported_and_resumable(tmp_path, capsys, damage):
+    from cai.status import status
+    from core.shards import Shard
+
+    prompts = write_prompts(tmp_path / "p.jsonl", 40)
+    folder = tmp_path / "parts"
+    part = folder / Shard(0, 2).part_name
+    args = _shard_args(prompts, folder, "", "0/2")
+    with StandinServer() as server:
+        args[args.index("--base-url") + 1] = server.base_url
+        server.hold(after=4 * 3)  # 4 rows of 3 calls, then a row in flight
+
+        def harm() -> None:
+            if damage == "deleted":
+                part.unlink()
+            else:
+                os.truncate(part, part.stat().st_size - 10)  # the last row torn
+
+        _while_held(server, harm)
+        assert cai_main(args) == 1
+        err = capsys.readouterr().err
+        said = "deleted or replaced while this run was writing it" if damage == "deleted" else \
+            "cut short while this run was writing it (from "
+        assert said in err and "run the same command again" in err and "Traceback" not in err, err
+        manifest = manifest_of(part)
+        assert manifest["counts"]["stopped"] == "error" and manifest["counts"]["rows"] == len(rows_of(part))
+        if damage == "cut-short":  # whole rows only, the torn one cut off
+            assert part.read_bytes().endswith(b"\n") and len(rows_of(part)) == 3
+            assert status(folder)["parts"][0]["state"].startswith("stopped (error)")
+        else:
+            assert not part.exists()  # not recreated empty: a reader would take it for a shard with no rows
+        # The same command again repairs it: every row of the shard, each once.
+        server.hold(None)
+        assert cai_main(args) == 0, capsys.readouterr().err
+    rows = rows_of(part)
+    assert len(rows) == len({row["id"] for row in rows}) == manifest_of(part)["counts"]["prompts"]
+    assert status(folder)["parts"][0]["finished"]
