@@ -11,8 +11,8 @@ from core.config import check_choice, check_rules
 from core.errors import UserError
 from core.shards import Shard
 
-from .ensemble import COMBINATIONS
 from .methods import JUDGE_METHODS, method_class, method_options
+from .scoring import COMBINATIONS
 
 
 def _cot_methods() -> list[str]:

@@ -34,8 +34,8 @@ from core.backends.base import Backend
 from core.progress import Progress
 
 from .judge import Comparison, Judge, Judged, JudgeSettings, Verdict
+from .scoring import COMBINATIONS
 
-COMBINATIONS = ("mean", "majority")
 
 
 def _mean(values: list[float]) -> float:
