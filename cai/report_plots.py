@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 
+from core.text import shorten
 from training.methods import TRAINING_METHODS
 
 from .run_files import NO_PRINCIPLE, RunFiles, row_principles
@@ -28,8 +29,7 @@ STYLE = {
 }
 def short(label: str, width: int = 36) -> str:
     """A tick label short enough to leave room for the plot (the row browser shows it in full)."""
-    label = " ".join(str(label).split())
-    return label if len(label) <= width else label[: width - 1] + "\u2026"
+    return shorten(label, width, placeholder="\u2026")
 
 
 def _figure(width: float, height: float):

@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
 
 from core.errors import UserError
+from core.text import shorten
 
 # -- messages ---------------------------------------------------------------------------------
 ROLES = ("system", "user", "assistant")
@@ -349,7 +350,7 @@ def _dotted(loc: Sequence) -> str:
 
 def _short(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, default=repr)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return shorten(text, 80)
 
 
 @functools.cache
