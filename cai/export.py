@@ -25,15 +25,9 @@ from pathlib import Path
 from core.errors import UserError
 from core.log import get_logger
 
-logger = get_logger(__name__)
+from .card import CONFIGS, DATA_FILE
 
-#: config name -> (the run folder's output, what it is)
-CONFIGS = {
-    "preferences": ("preferences", "preference pairs (prompt, chosen, rejected), TRL's conversational format"),
-    "sft": ("sft", "SFT rows (messages): each prompt with the response the judge preferred"),
-    "generations": ("revisions", "the raw critique-revise rows: draft, critiques, revisions, calls, flags"),
-}
-DATA_FILE = "train-00000-of-00001.parquet"
+logger = get_logger(__name__)
 
 
 @dataclass

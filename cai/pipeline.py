@@ -34,6 +34,7 @@ from core.ledger import run_ledger
 from core.shards import Shard, content_hash, data_files, folder_count, part_files, stage_output
 from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, read_json_object, write_manifest
 from core.yamlfile import read_yaml
+from evaluation.run import EvalConfig, eval_memory_shares, evaluate, format_eval
 from generation.config import GenerateConfig
 from generation.run import generate, prompts_generated
 from judging.config import JudgeConfig
@@ -42,7 +43,6 @@ from judging.judge_check import check_judge, judge_check_config
 from judging.methods import method_options
 from judging.pairs import run_judge, sft_path
 from judging.report import format_yield, merged_report, yield_funnel
-from training.evaluate import EvalConfig, eval_memory_shares, evaluate, format_eval
 from training.methods import TrainingMethod, get_method
 
 logger = get_logger(__name__)

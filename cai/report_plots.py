@@ -13,7 +13,7 @@ from collections import Counter
 
 from training.methods import TRAINING_METHODS
 
-from .report import NO_PRINCIPLE, RunFiles, row_principles
+from .run_files import NO_PRINCIPLE, RunFiles, row_principles
 
 BLUE, ORANGE, GREEN, RED, GREY = "#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8C8C8C"
 STYLE = {

@@ -45,7 +45,8 @@ from core.ledger import StageClock, engine_device
 from core.progress import Progress
 from core.redact import redact_values
 from core.hardware import dtype_change_note
-from core.shards import Shard, check_siblings, part_path, side_file, sibling_dtypes
+from core.shard_folders import check_siblings, sibling_dtypes
+from core.shards import Shard, part_path, side_file
 from core.shards import record as shard_record
 from core.signals import Terminated, hold_interrupts
 from core.schema import (DRAFT, REVISION, GenerationRow, MessageError, SampleRecord, parse_messages, parse_step,
