@@ -296,6 +296,7 @@ LEDGER_COLUMNS = (("calls", "calls"), ("prompt_tokens", "prompt tokens"), ("comp
 def _ledger(run: RunFiles) -> dict | None:
     """The cost ledger's table (core/ledger.py): a run folder's, or a stage's folder of parts'."""
     from core.ledger import output_ledger, run_ledger
+    from core.shards import part_files
 
     ledger = output_ledger(run.run_dir) if part_files(run.run_dir) else run_ledger(run.run_dir, run.revisions)
     if ledger is None or not ledger["stages"]:

@@ -320,3 +320,10 @@ def test_the_judge_card_holds_it_all_and_loads_from_the_run_folder(tmp_path):
     assert rows["helpful-complete-and-specific"]["agreement_excluding_ties"]["agreement"] == 1.0
     assert any("harm-privacy: the judge refuses 6 of 6" in w for w in card["warnings"])
     assert load_card(tmp_path / "nothing-here") is None
+
+
+def test_cai_eval_refuses_the_flags_it_does_not_use():
+    from evaluation.run import EvalConfig
+
+    with pytest.raises(UserError, match="one judge"):
+        EvalConfig(trained_model="dpo", extra_judge_models="other")
