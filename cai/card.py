@@ -16,6 +16,14 @@ import yaml
 from core.errors import UserError
 from core.redact import redact_text, redact_values
 
+#: config name -> (the run folder's output, what it is)
+CONFIGS = {
+    "preferences": ("preferences", "preference pairs (prompt, chosen, rejected), TRL's conversational format"),
+    "sft": ("sft", "SFT rows (messages): each prompt with the response the judge preferred"),
+    "generations": ("revisions", "the raw critique-revise rows: draft, critiques, revisions, calls, flags"),
+}
+DATA_FILE = "train-00000-of-00001.parquet"
+
 TASK_CATEGORIES = ["text-generation"]
 TAGS = ["constitutional-ai", "rlaif", "synthetic", "preference", "dpo", "cai-engine"]
 
@@ -30,8 +38,6 @@ def size_category(rows: int) -> str:
 
 
 def metadata(written: dict[str, int], license: str, pretty_name: str) -> dict:
-    from cai.export import DATA_FILE
-
     configs = [{"config_name": name, "data_files": [{"split": "train", "path": f"{name}/{DATA_FILE}"}],
                 **({"default": True} if i == 0 else {})} for i, name in enumerate(written)]
     return {"pretty_name": pretty_name, "license": license, "task_categories": TASK_CATEGORIES, "tags": TAGS,
@@ -200,7 +206,6 @@ def _left_out(selections: dict, eval_sets, keep_duplicates: bool) -> list[str]:
     from core.dedup import method_record
 
     from cai.contamination import MIN_WORDS, NGRAM
-    from cai.export import CONFIGS
 
     method = method_record()
     lines = ["## What was left out, and why", "",
@@ -248,7 +253,6 @@ def _ledger(data) -> list[str]:
 
 
 def _summary(written: dict[str, int], repo: str | None) -> list[str]:
-    from cai.export import CONFIGS
 
     name = repo or "PATH/TO/THIS/FOLDER"
     return [_table(["config", "rows", "what it is"], [[_code(c), n, CONFIGS[c][1]] for c, n in written.items()]), "",

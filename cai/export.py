@@ -25,15 +25,9 @@ from pathlib import Path
 from core.errors import UserError
 from core.log import get_logger
 
-logger = get_logger(__name__)
+from .card import CONFIGS, DATA_FILE
 
-#: config name -> (the run folder's output, what it is)
-CONFIGS = {
-    "preferences": ("preferences", "preference pairs (prompt, chosen, rejected), TRL's conversational format"),
-    "sft": ("sft", "SFT rows (messages): each prompt with the response the judge preferred"),
-    "generations": ("revisions", "the raw critique-revise rows: draft, critiques, revisions, calls, flags"),
-}
-DATA_FILE = "train-00000-of-00001.parquet"
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -331,7 +325,7 @@ def format_result(result: dict) -> str:
     left = {name: n for name, n in result["left_out"].items() if n}
     if left:
         lines.append("left out (see README.md): " + ", ".join(f"{name} {n}" for name, n in left.items()))
-    lines.append(f"load it: datasets.load_dataset({result['out']!r}, \"preferences\")")
+    lines.append(f"load it: datasets.load_dataset({result['out']!r}, {next(iter(result['configs']))!r})")
     if result.get("pushed"):
         lines.append(f"pushed to https://huggingface.co/datasets/{result['pushed']['repo']}"
                      + (f" (kept the card's metadata: {', '.join(result['pushed']['kept_metadata'])}; --overwrite "

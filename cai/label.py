@@ -186,7 +186,7 @@ class LabelSession:
                     "pair": pair.as_shown() if pair else None}
 
     def record(self, key: str, choice: str) -> dict:
-        """Save one pick (``1``, ``2``, ``tie``) or skip the pair for this session; returns the new state."""
+        """Save one pick (``1``, ``2``, ``tie``) or skip the pair until `cai label` runs again; returns the state."""
         if choice not in CHOICES:
             raise ValueError(f"choice {choice!r} must be one of {', '.join(CHOICES)}")
         pair = self.by_key.get(key)

@@ -30,9 +30,11 @@ from core.log import get_logger
 from core.config import build_config, check_values, did_you_mean
 from core.errors import UserError
 from core.hashing import stable_hash
+from core.ledger import run_ledger
 from core.shards import Shard, content_hash, data_files, folder_count, part_files, stage_output
-from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, write_manifest
+from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, read_json_object, write_manifest
 from core.yamlfile import read_yaml
+from evaluation.run import EvalConfig, eval_memory_shares, evaluate, format_eval
 from generation.config import GenerateConfig
 from generation.run import generate, prompts_generated
 from judging.config import JudgeConfig
@@ -41,7 +43,6 @@ from judging.judge_check import check_judge, judge_check_config
 from judging.methods import method_options
 from judging.pairs import run_judge, sft_path
 from judging.report import format_yield, merged_report, yield_funnel
-from training.evaluate import EvalConfig, eval_memory_shares, evaluate, format_eval
 from training.methods import TrainingMethod, get_method
 
 logger = get_logger(__name__)
@@ -164,7 +165,7 @@ def plan_run(recipe_path: str | Path) -> RunPlan:
     # a sharded judge's SFT rows are the folder `sft` beside its folder of pairs
     sft = Path(judge_config.out).with_name("sft") if Path(judge_config.out).is_dir() else sft_path(judge_config)
     files = {"preferences": judge_config.out, "sft": str(sft)}
-    steps = _train_steps(recipe, run_dir, files)
+    steps = _train_steps(recipe, run_dir, files, judge_config)
 
     inherited = {key: (getattr(judge_config, key), ("judge", key) if key in recipe.section("judge") else
                        (key,) if key in recipe.data else ("judge",))
@@ -201,14 +202,16 @@ def _check_files(recipe_path: Path, run_dir: Path, generate_config, judge_config
         raise UserError(f"{recipe_path}: {exc}") from None
 
 
-def _train_steps(recipe: Recipe, run_dir: Path, files: dict[str, str]) -> list[TrainStep]:
-    """The ``train`` section: ``method`` is a training method or a chain joined by '+' (``reward+ppo``)."""
+def _train_steps(recipe: Recipe, run_dir: Path, files: dict[str, str], judge: JudgeConfig) -> list[TrainStep]:
+    """The ``train`` section: ``method`` is a training method or a chain joined by '+' (``reward+rloo``).
+
+    An RL method's live judge (``rewards: judge``) is the judge section's unless its own options say otherwise."""
     section = recipe.section("train", default=DEFAULT_TRAIN)
     chain = section.pop("method", "dpo")
     try:
         methods = [get_method(name, "train.method") for name in str(chain).split("+")]
     except UserError as exc:
-        raise UserError(f"{recipe.where('train', 'method')}: {exc} Or chain them with '+', e.g. reward+ppo.") from None
+        raise UserError(f"{recipe.where('train', 'method')}: {exc} Or chain them with '+', e.g. reward+rloo.") from None
     names = [method.name for method in methods]
     if len(set(names)) != len(names):
         raise UserError(f"{recipe.where('train', 'method')}: train.method {chain!r} names a method twice")
@@ -227,8 +230,20 @@ def _train_steps(recipe: Recipe, run_dir: Path, files: dict[str, str]) -> list[T
         uses = {name: source for name, source in method.uses.items() if source in earlier}
         fixed = {"data": files[method.trains_on], "output_dir": str(run_dir / method.name),
                  **{name: str(earlier[source].folder) for name, source in uses.items()}}
-        steps.append(TrainStep(method, recipe.build(method.config_class, keys, values, **fixed), uses))
+        config_class = method.config_class
+        known = {f.name for f in dataclasses.fields(config_class)}
+        from_judge = {"judge_model": judge.resolved_judge_model, "judge_backend": judge.resolved_judge_backend,
+                      "judge_base_url": judge.resolved_judge_base_url, "judge_method": judge.method,
+                      "principles_per_pair": judge.principles_per_pair, "constitution": judge.constitution}
+        inherited = {key: (value, ("judge",)) for key, value in from_judge.items() if key in known}
+        steps.append(TrainStep(method, recipe.build(config_class, keys, values, inherited, **fixed), uses))
     return steps
+
+
+def judges_live(step: TrainStep) -> bool:
+    """Whether a training step scores its completions with the judge while it trains (an RL method's
+    ``rewards: judge``): it starts the judge's engine itself."""
+    return "judge" in (getattr(step.config, "reward_source_names", None) or [])
 
 
 # ---------------------------------------------------------------------------------------------- stamps
@@ -239,10 +254,7 @@ def _file_hash(path: str | Path | None) -> str | None:
 
 
 def _current(stamp_path: Path, key: str) -> bool:
-    try:
-        return json.loads(stamp_path.read_text()).get("key") == key
-    except (OSError, ValueError, AttributeError):
-        return False
+    return (read_json_object(stamp_path) or {}).get("key") == key
 
 
 def _write_stamp(stamp_path: Path, key: str, stamp: dict) -> None:
@@ -342,6 +354,8 @@ def run_pipeline_from_recipe(recipe_path: str | Path, overwrite: bool = False) -
         keys: dict[str, str] = {}
         for step in plan.train:
             log(f"[run] 3/4 train {step.method.name}")
+            if judges_live(step):
+                policy.close()  # its memory goes to the policy in training and the judge's own engine
             keys[step.method.name] = _train(step, keys)
         timings["train_s"] = time.monotonic() - started
 
@@ -356,7 +370,7 @@ def run_pipeline_from_recipe(recipe_path: str | Path, overwrite: bool = False) -
     summary = {"run_dir": str(run_dir), "trained_model": str(trained), "timings": timings,
                "judge_report": merged_report(plan.judge.out), "win_rate": evaluation["win_rate"]}
     write_manifest(run_dir / "run.json", "run", {"recipe": str(plan.recipe.path), **plan.recipe.data},
-                   {"timings": timings})
+                   {"timings": timings}, ledger=run_ledger(run_dir, timings=timings))
     funnel = yield_funnel(summary["judge_report"] or {}, prompts_generated(plan.generate.out))
     summary["yield"] = funnel
     print(format_eval(evaluation))
@@ -427,12 +441,10 @@ def _eval(plan: RunPlan, policy: PolicyEngine) -> dict:
     key = stable_hash(stamp)
     stamp_path = _eval_stamp(out)
     if _current(stamp_path, key):
-        try:
-            evaluation = json.loads(out.read_text())
+        evaluation = read_json_object(out)
+        if evaluation is not None:  # else the result is gone or torn: evaluate again
             logger.info(f"[run] eval: {out} is up to date, skipped")
             return evaluation
-        except (OSError, ValueError):
-            pass  # the result is gone or torn: evaluate again
     serves = (policy.backend is not None and config.judge_model in (None, plan.base)
               and policy.backend.serves(plan.base))
     share = None

@@ -13,7 +13,7 @@ from collections import Counter
 
 from training.methods import TRAINING_METHODS
 
-from .report import NO_PRINCIPLE, RunFiles, row_principles
+from .run_files import NO_PRINCIPLE, RunFiles, row_principles
 
 BLUE, ORANGE, GREEN, RED, GREY = "#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8C8C8C"
 STYLE = {
@@ -314,6 +314,27 @@ def training_figure(method: str, summary: dict):
     return _styled(build)
 
 
+def reward_distribution_figure(summary: dict):
+    """RLOO and GRPO: the distribution of every completion's reward, one panel per reward source."""
+    sources = [(name, values) for name, values in (summary.get("reward_values") or {}).items()
+               if isinstance(values, list) and values]
+    if not sources:
+        return None
+
+    def build():
+        fig = _figure(7, 2.4)
+        axes = fig.subplots(1, len(sources), squeeze=False)[0]
+        for ax, (name, values) in zip(axes, sources):
+            ax.hist(values, bins=min(20, max(5, len(values) // 4)), color=GREEN if name == "judge" else BLUE,
+                    edgecolor="white")
+            ax.set_title(f"{name} rewards ({len(values)} completions)", fontsize=9)
+            ax.set_xlabel("reward")
+        axes[0].set_ylabel("completions")
+        return fig
+
+    return _styled(build)
+
+
 # -- sections -----------------------------------------------------------------------------------
 def _entry(figure, element_id: str, title: str, caption: str = "") -> dict | None:
     if figure is None:
@@ -379,8 +400,12 @@ def all_figures(run: RunFiles) -> list[dict]:
         entry = _entry(training_figure(name, summary), f"plot-training-{name}", f"Training: {name}",
                        f"{summary.get('method', name)} from {summary.get('base_model', '?')}, "
                        f"{summary.get('global_step', '?')} steps.")
+        rewards = _entry(reward_distribution_figure(summary), f"plot-rewards-{name}", f"Rewards: {name}",
+                         "Every completion's reward per source while training. The judge's is its probability of "
+                         "beating the other completions of the prompt (groupwise: a group's mean is 0.5 by "
+                         "construction) or the reference answer (pointwise); a judge at chance makes it noise.")
         if entry:
-            figures.append(entry)
+            figures.extend([entry, rewards])
         else:
             notes.append(f"{name}/cai_training.json has no log history (trained before the history was kept); "
                          f"last log: {summary.get('last_log') or '-'}")

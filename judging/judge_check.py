@@ -18,7 +18,7 @@ from core.log import get_logger
 from core.config import build_config, check_rules
 from core.errors import UserError
 from core.hashing import stable_hash
-from core.store import atomic_write_text, read_whole_file
+from core.store import atomic_write_text, read_json_object, read_whole_file
 
 from .config import AgreementConfig, JudgeModelConfig
 
@@ -69,11 +69,8 @@ def figures_dir() -> Path:
 
 
 def _saved_figure(path: Path) -> dict:
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # none yet, or damaged: measured again
-    return saved if isinstance(saved, dict) and isinstance(saved.get("result"), dict) else {}
+    saved = read_json_object(path) or {}  # none yet, or damaged (torn, nested too deeply): measured again
+    return saved if isinstance(saved.get("result"), dict) else {}
 
 
 def _verdict(result: dict, check: JudgeCheckConfig) -> str | None:

@@ -45,7 +45,8 @@ from core.ledger import StageClock, engine_device
 from core.progress import Progress
 from core.redact import redact_values
 from core.hardware import dtype_change_note
-from core.shards import Shard, check_siblings, part_path, side_file, sibling_dtypes
+from core.shard_folders import check_siblings, sibling_dtypes
+from core.shards import Shard, part_path, side_file
 from core.shards import record as shard_record
 from core.signals import Terminated, hold_interrupts
 from core.schema import (DRAFT, REVISION, GenerationRow, MessageError, SampleRecord, parse_messages, parse_step,
@@ -411,7 +412,7 @@ def _is_valid_sample(record) -> bool:
     return True
 
 
-def _load_cache(store: JsonlStore, valid, log) -> dict[str, dict]:
+def load_cache(store: JsonlStore, valid, log) -> dict[str, dict]:
     """A cache's valid records by key; a damaged or hand-edited line is skipped (and its entry redone)."""
     cache, skipped = {}, 0
     for record in store.iter_rows(skip_bad=True):
@@ -548,8 +549,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         for path in (out, errors_path(out), manifest_path(out), judgements_path(out), samples_path(out), report_path(out)):
             path.unlink(missing_ok=True)
     previous_manifest = read_manifest(out)
-    cache = _load_cache(cache_store, is_valid_judgement, log)
-    samples = _load_cache(sample_store, _is_valid_sample, log)
+    cache = load_cache(cache_store, is_valid_judgement, log)
+    samples = load_cache(sample_store, _is_valid_sample, log)
     existing = store.load()
     if store.torn_lines or cache_store.torn_lines:
         log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")

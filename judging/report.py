@@ -13,13 +13,12 @@ the counts are summed and every rate and interval is computed again from the sum
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from core.shards import Shard, part_files, part_of
-from core.store import is_being_written, read_manifest
+from core.store import is_being_written, read_json_object, read_manifest
 
 from .judge import Verdict
 
@@ -359,14 +358,6 @@ def format_judge_report(report: dict) -> str:
 
 
 # -- the report of a folder of shard parts ----------------------------------------------------------------------
-def _read_report(path: Path) -> dict | None:
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    return report if isinstance(report, dict) else None
-
-
 #: the judge settings that decide which judged rows become pairs (recorded in each part's manifest)
 PAIR_FILTERS = ("min_margin", "require_orders_agree", "principles_per_pair", "principle_ids", "keep_flagged",
                 "keep_duplicates")
@@ -383,7 +374,7 @@ def merged_report(out: str | Path) -> dict | None:
     """
     out = Path(out)
     if not out.is_dir():
-        return _read_report(report_path(out))
+        return read_json_object(report_path(out))
     parts = part_files(out)
     if not parts:
         return None
@@ -394,7 +385,7 @@ def merged_report(out: str | Path) -> dict | None:
     for index in range(count):
         part = out / Shard(index, count).part_name
         why = None
-        report = _read_report(report_path(part))
+        report = read_json_object(report_path(part))
         manifest = read_manifest(part) or {}
         counts = manifest.get("counts")
         if is_being_written(part):

@@ -52,12 +52,12 @@ def test_recipe_values_reach_the_trainer_configs_with_their_types(tmp_path):
 
 
 def test_a_chain_links_the_reward_folder_and_keeps_nulls(tmp_path):
-    path = _recipe(tmp_path, {"train": {"method": "reward+ppo", "reward": {"max_steps": 2},
-                                        "ppo": {"kl_coef_final": None, "max_steps": 1}}})
-    reward, ppo = plan_run(path).train
+    path = _recipe(tmp_path, {"train": {"method": "reward+rloo", "reward": {"max_steps": 2},
+                                        "rloo": {"beta_final": None, "max_steps": 1}}})
+    reward, rloo = plan_run(path).train
     assert reward.config.max_steps == 2 and reward.config.eval_fraction == 0.1
-    assert ppo.config.kl_coef_final is None and ppo.config.reward_model == str(reward.folder)
-    assert ppo.uses == {"reward_model": "reward"}
+    assert rloo.config.beta_final is None and rloo.config.reward_model == str(reward.folder)
+    assert rloo.uses == {"reward_model": "reward"}
 
 
 def test_sft_trains_on_the_judges_sft_file(tmp_path):
@@ -76,8 +76,8 @@ def test_sft_trains_on_the_judges_sft_file(tmp_path):
         ({"train": {"method": "dpo", "betta": 0.2}}, "betta:", "unknown option 'betta'; did you mean 'beta'?"),
         ({"train": {"method": "dpo", "beta": "high"}}, "beta:", "beta: expected a number, got 'high'"),
         ({"train": {"method": "dpo", "beta": -1.0}}, "train:", "--beta -1.0 must be > 0"),
-        ({"train": {"method": "ppo"}}, "train:", "--reward-model DIR is required"),
-        ({"train": {"method": "reward+ppo", "max_steps": 2}}, "max_steps:", "put each method's options under its name"),
+        ({"train": {"method": "rloo"}}, "train:", "--rewards model needs --reward-model DIR"),
+        ({"train": {"method": "reward+rloo", "max_steps": 2}}, "max_steps:", "put each method's options under its name"),
     ],
 )
 def test_bad_recipes_fail_before_any_work_naming_file_and_line(tmp_path, change, key_line, message):
@@ -101,8 +101,8 @@ def test_malformed_recipe_names_the_line(tmp_path, capsys):
 def test_a_train_step_reruns_only_when_its_inputs_change(tmp_path, monkeypatch):
     import training.api
 
-    path = _recipe(tmp_path, {"train": {"method": "reward+ppo", "reward": {"max_steps": 2}, "ppo": {"max_steps": 1}}})
-    reward, ppo = plan_run(path).train
+    path = _recipe(tmp_path, {"train": {"method": "reward+rloo", "reward": {"max_steps": 2}, "rloo": {"max_steps": 1}}})
+    reward, rloo = plan_run(path).train
     pairs = Path(reward.config.data)
     pairs.parent.mkdir(parents=True)
     pairs.write_text('{"prompt": "a"}\n')
@@ -117,18 +117,18 @@ def test_a_train_step_reruns_only_when_its_inputs_change(tmp_path, monkeypatch):
 
     def run_chain():
         keys = {}
-        for step in (reward, ppo):
+        for step in (reward, rloo):
             keys[step.method.name] = _train(step, keys)
 
     run_chain()
     run_chain()
-    assert trained == ["reward", "ppo"]  # the second run found both up to date
+    assert trained == ["reward", "rloo"]  # the second run found both up to date
     pairs.write_text('{"prompt": "b"}\n')
     run_chain()
-    assert trained == ["reward", "ppo"] * 2  # new data: both retrain
+    assert trained == ["reward", "rloo"] * 2  # new data: both retrain
     reward.config.learning_rate = 1e-3
     run_chain()
-    assert trained == ["reward", "ppo"] * 3  # the reward step's settings changed: ppo, which uses it, reruns too
+    assert trained == ["reward", "rloo"] * 3  # the reward step's settings changed: rloo, which uses it, reruns too
 
 
 def test_eval_is_skipped_when_its_stamp_is_unchanged(tmp_path, monkeypatch):

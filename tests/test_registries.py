@@ -1,4 +1,4 @@
-"""Every registry (backends, judge methods, training methods, row checks, commands) is one ``core.registry.Registry``:
+"""Every registry (backends, judge methods, training methods, reward sources, row checks, commands) is one ``core.registry.Registry``:
 each name resolves to what its kind is, an unknown name is a UserError with "did you mean", a name is taken once."""
 
 from __future__ import annotations
@@ -13,13 +13,19 @@ from core.registry import Registry
 from generation.checks import ROW_CHECKS, Check
 from judging.methods import JUDGE_METHODS, JudgeMethod
 from training.methods import TRAINING_METHODS, TrainingMethod
+from training.rl import REWARD_SOURCES
 
 
 def _is_training_method(method) -> bool:
     from training.stages import TrainingStage
 
-    return isinstance(method, TrainingMethod) and issubclass(method.stage_class, TrainingStage) \
-        and hasattr(method.config_class, "__dataclass_fields__")
+    if isinstance(method, TrainingMethod) and not method.installed:
+        return True  # it needs an optional extra (ppo); tests/training/test_rl.py checks what it says without
+    if not method.installed:  # its library is another version (PPO's TRL): checked where that one is installed
+        return isinstance(method, TrainingMethod)
+    stage = method.stage_class
+    return isinstance(method, TrainingMethod) and issubclass(stage, TrainingStage) \
+        and isinstance(stage.gpu_train_batch, int) and hasattr(method.config_class, "__dataclass_fields__")
 
 
 #: each registry and what every entry of it must be
@@ -27,6 +33,7 @@ REGISTRIES = {
     "backend": (BACKENDS, lambda entry: isinstance(entry, type) and issubclass(entry, Backend)),
     "judge method": (JUDGE_METHODS, lambda entry: isinstance(entry, type) and issubclass(entry, JudgeMethod)),
     "training method": (TRAINING_METHODS, _is_training_method),
+    "reward source": (REWARD_SOURCES, callable),
     "row check": (ROW_CHECKS, lambda entry: isinstance(entry, type) and issubclass(entry, Check)),
     "command": (COMMANDS, lambda entry: isinstance(entry, Command) and callable(__import__("pkgutil").resolve_name(entry.target))),
 }

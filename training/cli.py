@@ -1,4 +1,4 @@
-"""``cai train METHOD`` and ``cai eval``: the command lines of ``training.api`` and ``training.evaluate``.
+"""``cai train METHOD``: the command line of ``training.api``.
 
 Options come from the method's config dataclass (its defaults), then ``--config FILE``, then flags
 (``core.config.parse_config``); every TRL and ``TrainingArguments`` field is a flag. Heavy imports
@@ -64,13 +64,4 @@ def train(argv: list[str]) -> int:
     print(f"{prog}: wrote the model folder {config.output_dir} ({summary['global_step']} steps)")
     if summary.get("held_out_accuracy") is not None:
         print(f"{prog}: held-out accuracy {summary['held_out_accuracy']:.3f} on {summary['held_out_rows']} held-out pairs")
-    return 0
-
-
-def evaluate(argv: list[str]) -> int:
-    """Entry point of ``cai eval``."""
-    from .evaluate import EvalConfig, evaluate as run_evaluate, format_eval
-
-    config = parse_config(EvalConfig, argv, "cai eval")
-    print(format_eval(run_evaluate(config)))
     return 0

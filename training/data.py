@@ -119,6 +119,34 @@ def load_prompts(path: str | Path | None, max_rows: int | None = None) -> list[l
     return prompts
 
 
+def load_prompt_rows(path: str | Path | None, max_rows: int | None = None,
+                     reference_column: str | None = None) -> list[dict]:
+    """Rows for online RL: ``prompt`` (chat messages) and ``id`` (the row's, or empty: the judge then keys the
+    prompt by its hash, as ``cai judge`` does), plus ``reference``, the text of ``reference_column`` (text or
+    assistant messages), when a pointwise judge compares each completion with it."""
+    located = read_jsonl(path, "prompts")[:max_rows]
+    rows = []
+    for prompt, (file, number, row) in zip(load_prompts(path, max_rows), located):
+        identity = row.get("id")
+        if identity is not None and (isinstance(identity, bool) or not isinstance(identity, (str, int))):
+            raise UserError(f"{file}:{number}: 'id' must be text or a whole number, got {json.dumps(identity)}")
+        kept = {"prompt": prompt, "id": "" if identity is None else str(identity)}
+        if reference_column is not None:
+            value = row.get(reference_column)
+            if isinstance(value, list):
+                value = _check_messages(value, file, number, reference_column, ("assistant",), PREFERENCE_EXAMPLE)
+                value = value[-1]["content"]
+            if not isinstance(value, str) or not value.strip():
+                raise UserError(
+                    f"{file}:{number}: no reference answer in column {reference_column!r} (text or assistant "
+                    f"messages), which the pointwise judge compares each completion with; add it, name another "
+                    "column with --judge-reference, or use --judge-mode groupwise"
+                )
+            kept["reference"] = value
+        rows.append(kept)
+    return rows
+
+
 def split_rows(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """A reproducible held-out split; at least one training row, and one eval row when asked for any."""
     if eval_fraction <= 0 or len(rows) < 2:

@@ -95,6 +95,13 @@ class TrainingStage:
         if not train_rows:
             raise UserError(f"{source}: no training rows left after the held-out split; add rows or lower --eval-fraction")
 
+    def prepare(self, base: str) -> None:
+        """Work before any model loads (an RL method builds its reward sources, refusing a judge that would not
+        fit beside the policy)."""
+
+    def close(self) -> None:
+        """Release what ``prepare`` built (an in-process judge engine); called however training ends."""
+
     def load_model(self, base: str, tokenizer):
         return models.load_causal_lm(base, self.config.train_dtype, self.config.attn_implementation)
 
@@ -134,14 +141,19 @@ class TrainingStage:
         train_rows, eval_rows = training_data.split_rows(rows, config.eval_fraction, config.seed)
         self.check_split(train_rows, self.source)
         base = models.resolve_base(config.model)
-        tokenizer = models.load_tokenizer(base, padding_side=self.padding_side)
-        model = self.load_model(base, tokenizer)
-        started = time.time()
-        trainer = self.build_trainer(model, tokenizer, train_rows, eval_rows, base)
-        # transformers hides a NaN loss from the logs by default (logging_nan_inf_filter); it must be seen to stop.
-        trainer.args.logging_nan_inf_filter = False
-        trainer.add_callback(finite_loss_callback(self.method))
-        trainer.train()
+        try:
+            self.prepare(base)
+            tokenizer = models.load_tokenizer(base, padding_side=self.padding_side)
+            model = self.load_model(base, tokenizer)
+            started = time.time()
+            trainer = self.build_trainer(model, tokenizer, train_rows, eval_rows, base)
+            # transformers hides a NaN loss from the logs by default (logging_nan_inf_filter); it must be seen to
+            # stop.
+            trainer.args.logging_nan_inf_filter = False
+            trainer.add_callback(finite_loss_callback(self.method))
+            trainer.train(resume_from_checkpoint=resume_point(config))
+        finally:
+            self.close()
         summary: dict[str, Any] = {
             "method": self.method,
             "base_model": base,
@@ -206,6 +218,23 @@ class TrainingStage:
         prefix = self.saved_prefix
         state = {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
         return models.load_into_empty_copy(accelerator.unwrap_model(self.trained_model(trainer)), state)
+
+
+def resume_point(config) -> str | bool | None:
+    """``--resume-from-checkpoint``: a checkpoint folder, or ``true``/``last`` for the newest in --output-dir."""
+    value = getattr(config, "resume_from_checkpoint", None)
+    if value is None or str(value).lower() in ("", "false", "no", "none"):
+        return None
+    if str(value).lower() in ("true", "yes", "last"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not Path(config.output_dir).is_dir() or get_last_checkpoint(config.output_dir) is None:
+            raise UserError(f"--resume-from-checkpoint {value}: no checkpoint-N folder in {config.output_dir}; train "
+                            "with --save-strategy steps --save-steps N to write them")
+        return True
+    if not Path(value).is_dir():
+        raise UserError(f"--resume-from-checkpoint {value!r}: no such checkpoint folder")
+    return str(value)
 
 
 def _finite(values: dict) -> dict:

@@ -18,14 +18,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from constitution.schema import Principle
 from core.backends.base import Backend, Completion, LabelLogprobs, Sampling, SequenceLogprob
 from core.hashing import stable_hash
-
-if TYPE_CHECKING:
-    from judging.judge import JudgeSettings
 
 
 class Judgement(NamedTuple):
@@ -95,7 +92,8 @@ class JudgeMethod(ABC):
     #: shared with the methods that write the same records: a cached record it does not validate is redone.
     record_model: ClassVar[type]
 
-    def __init__(self, settings: JudgeSettings):
+    def __init__(self, settings: Any):
+        """``settings``: the judge's ``judging.judge.JudgeSettings`` (model, method and the methods' options)."""
         self.settings = settings
 
     # -- keys ----------------------------------------------------------------

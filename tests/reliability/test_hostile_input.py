@@ -309,6 +309,8 @@ def _earlier_temperature(keep_manifest: str):
             manifest.write_text(manifest.read_text()[:40])
         elif keep_manifest == "deleted":
             manifest.unlink()
+        elif keep_manifest == "nested-deep":
+            manifest.write_text("[" * 100_000 + "]" * 100_000)
     return setup
 
 
@@ -432,6 +434,12 @@ COMMAND_CASES = [
      [r"out\.jsonl \(row 1\) was written by a different configuration \(sampling: .*'temperature': 0\.7"], 1),
     ("generate-other-temperature-manifest-deleted", _generate, _earlier_temperature("deleted"),
      [r"out\.jsonl \(row 1\) was written by a different configuration \(sampling: .*'temperature': 0\.7"], 1),
+    ("generate-other-temperature-manifest-nested-deep", _generate, _earlier_temperature("nested-deep"),
+     [r"out\.jsonl \(row 1\) was written by a different configuration \(sampling: .*'temperature': 0\.7"], 1),
+    ("judge-in-manifest-nested-deep", _judge_args, lambda t: (
+        (t / "r.jsonl.manifest.json").write_text("[" * 100_000 + "]" * 100_000),
+        (t / "r.jsonl").write_text((t / "r.jsonl").read_text().replace('"rounds": [', '"rounds": 5, "x": [', 1))),
+     [r"r\.jsonl:1: rounds must be a list, got 5"], 1),
     ("generate-other-seed-manifest-deleted", lambda t, u: _generate(t, u, "--out", str(t / "r.jsonl"), "--seed", "5"),
      lambda t: (t / "r.jsonl.manifest.json").unlink(), [r"r\.jsonl \(row 1\) was written by a different configuration \(seed: 0 -> 5\)"], 1),
     # --- judge ---------------------------------------------------------------------------------------------------------

@@ -186,6 +186,21 @@ def test_ppo_curves_show_kl(run_folder):
     assert "KL to the reference" in svg and "RLHF reward" in svg
 
 
+def test_rl_curves_show_reward_kl_beta_and_the_distribution_of_judge_rewards(run_folder):
+    (run_folder / "rloo").mkdir()
+    history = [{"loss": 0.0, "reward": 0.5 + 0.01 * s, "kl": 0.001 * s, "beta": 0.05 + 0.05 * s, "step": s}
+               for s in range(1, 5)]
+    rewards = [0.31, 0.48, 0.52, 0.69, 0.45, 0.55, 0.4, 0.6]
+    (run_folder / "rloo" / "cai_training.json").write_text(json.dumps(
+        {"method": "rloo", "log_history": history, "reward_values": {"judge": rewards}}))
+    html = write_report(run_folder).read_text()
+    curves = html[html.index('id="plot-training-rloo"'):]
+    curves = curves[: curves.index("</svg>")]
+    assert "mean reward" in curves and "KL to the reference" in curves and "KL coefficient" in curves
+    histogram = html[html.index('id="plot-rewards-rloo"'):]
+    assert "judge rewards (8 completions)" in histogram[: histogram.index("</svg>")]
+
+
 def test_word_diff_marks_changed_runs():
     before, after = word_diff("So 350 F is about 176 C.", "So 350 °F is about 177 °C.")
     assert "".join(t for _, t in before) == "So 350 F is about 176 C."

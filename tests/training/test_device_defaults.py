@@ -16,7 +16,8 @@ H100_KERNELS = Device("cuda", "NVIDIA H100 80GB HBM3", memory_bytes=80 * 2**30, 
                       flash_attn=True)
 V100 = Device("cuda", "Tesla V100-SXM2-16GB", memory_bytes=16 * 2**30, bf16=False, flash_attn=True)
 SMOLLM2_1_7B = 1_711_376_384  # the shape bench/gpu_check.sh measures
-REQUIRED = {"sft": [], "reward": [], "dpo": [], "ppo": ["--reward-model", "r"]}
+REQUIRED = {"sft": [], "reward": [], "dpo": [], "ppo": ["--reward-model", "r"], "rloo": ["--reward-model", "r"],
+            "grpo": ["--rewards", "judge"]}
 
 
 def parse(method: str, *argv: str):
@@ -42,7 +43,9 @@ CPU_VALUES = {
     ("sft", {"packing": False}),
     ("reward", {"per_device_eval_batch_size": 4}),
     ("dpo", {"precompute_ref_log_probs": False}),
-    ("ppo", {"local_rollout_forward_batch_size": 2}),
+    pytest.param("ppo", {"local_rollout_forward_batch_size": 2}, marks=pytest.mark.ppo),
+    ("rloo", {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}),  # one prompt's 4 completions
+    ("grpo", {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}),
 ])
 def test_cpu_defaults_are_those_of_earlier_releases(method, extra):
     config = parse(method)
@@ -76,12 +79,14 @@ def test_gradient_checkpointing_follows_the_training_state_and_the_gpu_memory():
     assert on(V100, config)["gradient_checkpointing"] is True  # 27 GB of state on a 16 GB GPU
     lora = parse("dpo", "--use-peft")
     assert on(V100, lora)["gradient_checkpointing"] is False  # LoRA: 4 bytes a weight, 6.8 GB
-    # A kept reference copy (precompute off) and PPO's value and reward models count too.
+    # A kept reference copy (precompute off; RLOO's with beta > 0) counts too.
     from training.dpo import DPOStage
-    from training.ppo import PPOStage
+    from training.rloo import RLOOStage
 
     assert training_state_bytes(DPOStage, 10, False, "float32", keeps_reference=True) == 200
-    assert training_state_bytes(PPOStage, 10, False, "bfloat16", keeps_reference=True) == 10 * (8 + 2 + 8 + 2)
+    assert training_state_bytes(RLOOStage, 10, False, "bfloat16", keeps_reference=True) == 10 * (8 + 2)
+    assert RLOOStage.keeps_reference(parse("rloo"), False) and not RLOOStage.keeps_reference(
+        parse("rloo", "--beta", "0"), False)
 
 
 def test_sharding_over_gpus_divides_the_state_and_keeps_dpo_reference_forwards_in_step():
@@ -104,7 +109,7 @@ def test_installed_kernels_are_used_where_trl_supports_them():
     # Plain DPO takes Liger's loss, which TRL cannot combine with precomputed reference log-probs.
     plain = on(H100_KERNELS, parse("dpo", "--confidence", "none"))
     assert plain["use_liger_kernel"] is True and plain["precompute_ref_log_probs"] is False
-    assert on(H100_KERNELS, parse("ppo"))["use_liger_kernel"] is False  # TRL's PPOTrainer has no Liger path
+    assert on(H100_KERNELS, parse("rloo"))["use_liger_kernel"] is False  # its fused loss: the user's choice
     assert on(H100_KERNELS, parse("reward"))["use_liger_kernel"] is True
 
 
@@ -116,8 +121,12 @@ def test_a_gpu_without_bf16_keeps_float32_and_sdpa():
     assert on(H100, parse("sft", "--fp16", "true"))["bf16"] is False  # fp16 asked for: never both
 
 
+@pytest.mark.ppo
 def test_ppo_rollouts_get_trls_batch_on_a_gpu():
     assert on(H100, parse("ppo"))["local_rollout_forward_batch_size"] == 64
+    from training.ppo import PPOStage  # its value and reward models count in its training state
+
+    assert training_state_bytes(PPOStage, 10, False, "bfloat16", keeps_reference=True) == 10 * (8 + 2 + 8 + 2)
 
 
 # ---------------------------------------------------------------- what the user sets wins

@@ -98,7 +98,7 @@ def reward_accuracy(reward_model: str, pairs_path: str) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .data import load_preference_rows
+    from training.data import load_preference_rows
 
     rows = load_preference_rows(pairs_path)
     tokenizer = AutoTokenizer.from_pretrained(reward_model)
