@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
+from core.shards import part_files
 
 from .run_files import RunFiles, load_run, row_principles
 
