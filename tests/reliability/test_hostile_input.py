@@ -652,6 +652,12 @@ COMMAND_CASES = [
      [r"recipe\.yaml:\d+: seed: expected a whole number, got 'x'"], 1),
     ("run-generate-without-prompts", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
      _set("recipe.yaml", "run_dir: run\n"), [r"recipe\.yaml:1: generate: prompts is required; add prompts: \.\.\. there"], 1),
+    # --- cai label: the pairs it reads ------------------------------------------------------------------------------
+    ("label-pairs-lone-surrogate", lambda t, u: ["label", str(t), "--port", "0"],
+     _set("preferences.jsonl", '{"prompt": "hi", "chosen": "ok \\ud800", "rejected": "no"}\n'),
+     [r"preferences\.jsonl:1: contains an unpaired surrogate"], 1),
+    ("label-pairs-nested-deep", lambda t, u: ["label", str(t), "--port", "0"], _set("preferences.jsonl", _deep()),
+     [r"preferences\.jsonl:1: nested too deeply"], 1),
     # --- every file read is bounded before it is parsed: a device, a pipe, a runaway file ------------------------
     ("run-recipe-dev-zero", lambda t, u: ["run", "--recipe", "/dev/zero"], None,
      [r"/dev/zero: not a regular file \(a device such as /dev/zero, or a pipe\); save the recipe to a file"], 1),

@@ -359,3 +359,29 @@ def test_a_sharded_run_folder_with_a_part_missing_is_refused_naming_it(tmp_path,
     assert main(["label", str(run)]) == 1
     err = capsys.readouterr().err
     assert "part-00001-of-00002.jsonl" in err and "missing" in err and "Traceback" not in err
+
+
+def test_another_page_cannot_show_the_label_page_in_a_frame(browser, label_run, tmp_path):
+    """Clickjacking: a page framing the labelling UI would have clicks through it write labels."""
+    out = tmp_path / "labels.jsonl"
+    server = start(label_run, out)
+
+    def shows_the_label_ui(frame) -> bool:
+        try:
+            return frame.query_selector("#pick-1") is not None
+        except Exception:  # noqa: BLE001 - a frame the browser blocked or tore down shows nothing
+            return False
+
+    try:
+        page = browser.page
+        page.set_content(f'<p>Win a prize: click below!</p><iframe src="{server.url}" width="900" height="600"></iframe>')
+        page.wait_for_timeout(1500)
+        framed = [frame for frame in page.frames if frame != page.main_frame]
+        assert framed, "the page made no frame"
+        browser.screenshot("label-framed")
+        assert not any(shows_the_label_ui(frame) for frame in framed)
+        page.goto(server.url)  # opened directly, it works
+        page.wait_for_selector("#pick-1")
+    finally:
+        server.close()
+    assert not out.exists()
