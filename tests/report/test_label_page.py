@@ -209,6 +209,12 @@ def test_label_command_serves_until_interrupted(label_run, tmp_path):
         with urllib.request.urlopen(url + "api/state", timeout=10) as response:
             state = json.loads(response.read())
         assert state["total"] == len(PAIRS) and state["done"] == 0 and state["pair"]["prompt"][0]["role"] == "user"
+        # A second server on the same labels file stops at once: two would store a pair twice, labelled both ways.
+        second = subprocess.run([sys.executable, "-m", "cai", "label", str(label_run), "--port", "0", "--out", str(out)],
+                                cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                timeout=120)
+        assert second.returncode == 1 and "is being written by another run (pid" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
     finally:
         process.send_signal(signal.SIGINT)
         try:
