@@ -33,7 +33,7 @@ COMMANDS: Registry[Command] = Registry("command", {
     "judge": Command("judging.cli:judge", "Judge responses into preference pairs."),
     "judge agreement": Command("judging.cli:agreement", "Score the judge against human-labelled pairs."),
     "train": Command("training.cli:train", "Train with TRL (`cai train --help` lists the methods)."),
-    "eval": Command("training.cli:evaluate", "Win rate of a trained model against its base."),
+    "eval": Command("evaluation.cli:evaluate", "Win rate of a trained model against its base."),
     "run": Command("cai.pipeline:run_command", "Run generate, judge, train and eval from a recipe."),
     "status": Command("cai.status:status_command", "Progress of an output: a file, or a folder's shard parts summed."),
     "report": Command("cai.report:report_command", "Write a run folder's HTML report: plots and a row browser."),

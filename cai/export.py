@@ -25,15 +25,9 @@ from pathlib import Path
 from core.errors import UserError
 from core.log import get_logger
 
-logger = get_logger(__name__)
+from .card import CONFIGS, DATA_FILE, model_name
 
-#: config name -> (the run folder's output, what it is)
-CONFIGS = {
-    "preferences": ("preferences", "preference pairs (prompt, chosen, rejected), TRL's conversational format"),
-    "sft": ("sft", "SFT rows (messages): each prompt with the response the judge preferred"),
-    "generations": ("revisions", "the raw critique-revise rows: draft, critiques, revisions, calls, flags"),
-}
-DATA_FILE = "train-00000-of-00001.parquet"
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -180,7 +174,7 @@ def preference_record(row: dict) -> dict:
     return {"prompt": _messages(row.get("prompt")), "chosen": _messages(row.get("chosen")),
             "rejected": _messages(row.get("rejected")), "chosen_probability": row.get("chosen_probability"),
             "margin": row.get("margin"), "principle_ids": [str(p) for p in row.get("principle_ids") or []],
-            "principle_scores": _json_text(row.get("principle_scores") or {}), "judge_model": row.get("judge_model"),
+            "principle_scores": _json_text(row.get("principle_scores") or {}), "judge_model": model_name(row.get("judge_model")),
             "orders_agree": row.get("orders_agree"), "id": str(row.get("id")),
             "chosen_from": source.get("chosen"), "rejected_from": source.get("rejected"),
             "judge_method": source.get("method")}
@@ -200,7 +194,7 @@ def generation_record(row: dict) -> dict:
                                            "revision")} for r in row.get("rounds") or [] if isinstance(r, dict)]
     return {"id": str(row.get("id")), "tag": row.get("tag"), "prompt": _messages(row.get("prompt")),
             "initial_response": row.get("initial_response"), "rounds": rounds,
-            "final_response": row.get("final_response"), "model": row.get("model"),
+            "final_response": row.get("final_response"), "model": model_name(row.get("model")),
             "sampling": _json_text(row.get("sampling") or {}), "seed": row.get("seed"), "calls": calls,
             "flags": [{"check": str(f.get("check")), "reason": str(f.get("reason"))}
                       for f in row.get("flags") or [] if isinstance(f, dict)],
@@ -331,7 +325,7 @@ def format_result(result: dict) -> str:
     left = {name: n for name, n in result["left_out"].items() if n}
     if left:
         lines.append("left out (see README.md): " + ", ".join(f"{name} {n}" for name, n in left.items()))
-    lines.append(f"load it: datasets.load_dataset({result['out']!r}, \"preferences\")")
+    lines.append(f"load it: datasets.load_dataset({result['out']!r}, {next(iter(result['configs']))!r})")
     if result.get("pushed"):
         lines.append(f"pushed to https://huggingface.co/datasets/{result['pushed']['repo']}"
                      + (f" (kept the card's metadata: {', '.join(result['pushed']['kept_metadata'])}; --overwrite "

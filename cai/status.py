@@ -4,7 +4,8 @@ Per part: rows on file (counted from the file, so a running shard's progress sho
 and the failures of its last run (from its manifest and errors file), and its state: finished (its manifest
 says the run ended with nothing failed), running (its lock is held), stopped, failed rows to retry, or not
 started (a part of the split that is not there yet).  For ``cai judge``'s output, the judge report too: a
-folder's parts' reports merged into one (``judging.report.merged_report``), saying which parts it leaves out.
+folder's parts' reports merged into one (``judging.report.merged_report``), saying which parts it leaves out.  And
+the output's cost ledger (tokens per step, wall and device time; ``core.ledger``), its parts' summed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
+from core.ledger import format_ledger, output_ledger
 from core.shards import Shard, folder_count, part_files, part_of
 from core.store import count_lines, errors_path, is_being_written, read_manifest
 
@@ -85,6 +87,7 @@ def status(out: str | Path) -> dict:
         "finished": sum(e["finished"] for e in entries),
         "all_finished": all(e["finished"] for e in entries),
         "judge_report": judge_report,
+        "ledger": output_ledger(out),
     }
 
 
@@ -102,6 +105,9 @@ def format_status(result: dict) -> str:
                      f"{e['state']}")
     lines.append(f"  {'total':<11} {result['rows']:>9} {number(result['total']):>9} {result['failed']:>7}  "
                  f"{result['finished']} of {len(entries)} finished")
+    if result.get("ledger"):
+        lines += ["", "what it cost (core/ledger.py; wall and device time summed over the runs that wrote it):",
+                  format_ledger(result["ledger"])]
     if result.get("judge_report"):
         from judging.report import format_judge_report
 

@@ -20,6 +20,7 @@ server's time is not known here.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,10 +38,10 @@ def empty_entry() -> dict:
 
 def add_call(entry: dict, call: dict) -> None:
     entry["calls"] += 1
-    entry["prompt_tokens"] += int(call.get("prompt_tokens") or 0)
-    entry["completion_tokens"] += int(call.get("completion_tokens") or 0)
-    cached = call.get("cached_tokens")
-    if isinstance(cached, int):
+    entry["prompt_tokens"] += _count(call.get("prompt_tokens")) or 0
+    entry["completion_tokens"] += _count(call.get("completion_tokens")) or 0
+    cached = _count(call.get("cached_tokens"))
+    if cached is not None:
         entry["cached_tokens"] = (entry["cached_tokens"] or 0) + cached
 
 
@@ -69,19 +70,16 @@ class StageClock:
         """The manifest's ledger: ``stages`` (plus the earlier runs' entries with ``add_previous``: counts kept
         per run, not recomputable from the rows), wall and device time of this run plus the earlier runs'."""
         wall = time.monotonic() - self.started
-        before = (previous_manifest or {}).get("ledger") if isinstance(previous_manifest, dict) else None
-        before = before if isinstance(before, dict) else {}
-        if add_previous and isinstance(before.get("stages"), dict):
-            stages = {name: sum_entries([entry, before["stages"].get(name) or {}]) for name, entry in stages.items()}
-        device_s = None if self.devices is None else wall * self.devices
-        if isinstance(before.get("device_s"), (int, float)) and device_s is not None:
-            device_s += before["device_s"]
+        before = _mapping(_mapping(previous_manifest).get("ledger"))
+        if add_previous:
+            stages = {name: sum_entries([entry, _mapping(before.get("stages")).get(name)])
+                      for name, entry in stages.items()}
+        device_s = None if self.devices is None else wall * self.devices + (_seconds(before.get("device_s")) or 0)
         return {"stages": stages,
-                "wall_s": round(wall + (before.get("wall_s") if isinstance(before.get("wall_s"), (int, float)) else 0),
-                                2),
+                "wall_s": round(wall + (_seconds(before.get("wall_s")) or 0), 2),
                 "device_s": None if device_s is None else round(device_s, 2),
-                "device": self.device or before.get("device"),
-                "runs": int(before.get("runs") or 0) + 1}
+                "device": self.device,
+                "runs": (_count(before.get("runs")) or 0) + 1}
 
 
 def engine_device(options) -> tuple[str, int | None]:
@@ -117,11 +115,26 @@ def _manifests(output: Path) -> list[dict]:
     return [m for m in (read_manifest(p) for p in paths) if m is not None]
 
 
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _seconds(value) -> float | None:
+    """A duration from a file written by hand or damaged: a finite number >= 0, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def sum_entries(entries: list[dict]) -> dict:
     """Entries added key by key; a key no entry has a number for stays None (not recorded, not zero)."""
     total = {}
     for key in TOKEN_KEYS:
-        values = [entry[key] for entry in entries if isinstance(entry.get(key), int)]
+        values = [n for n in (_count(_mapping(entry).get(key)) for entry in entries) if n is not None]
         total[key] = sum(values) if values else None
     return total
 
@@ -130,54 +143,77 @@ def _stage_from_manifests(manifests: list[dict], names: tuple[str, ...]) -> tupl
     ledgers = [m["ledger"] for m in manifests if isinstance(m.get("ledger"), dict)]
     if not ledgers:
         return None
-    stages = {name: sum_entries([(l.get("stages") or {}).get(name) or {} for l in ledgers]) for name in names}
-    times = {"wall_s": sum(l.get("wall_s") or 0 for l in ledgers),
-             "device_s": (None if any(l.get("device_s") is None for l in ledgers)
-                          else sum(l["device_s"] for l in ledgers)),
-             "device": next((l.get("device") for l in ledgers if l.get("device")), None)}
+    stages = {name: sum_entries([_mapping(l.get("stages")).get(name) for l in ledgers]) for name in names}
+    walls = [_seconds(l.get("wall_s")) for l in ledgers]
+    devices = [_seconds(l.get("device_s")) for l in ledgers]
+    times = {"wall_s": round(sum(w for w in walls if w is not None), 2),
+             "device_s": None if None in devices else round(sum(devices), 2),
+             "device": next((str(l["device"]) for l in ledgers if isinstance(l.get("device"), str)), None)}
     return stages, times
 
 
-def run_ledger(run_dir: str | Path, revisions: list[dict] | None = None) -> dict:
+def _generation_stages(steps: dict[str, dict], times: dict) -> dict[str, dict]:
+    """A row per step (its tokens: the steps run interleaved, so time is not theirs) and one for generation."""
+    stages = {step: {**steps[step], "wall_s": None, "device_s": None} for step in GENERATION_STEPS}
+    stages["generation"] = {**sum_entries(list(steps.values())), **times}
+    return stages
+
+
+def _table(stages: dict[str, dict], notes: list[str]) -> dict:
+    counted = [entry for name, entry in stages.items() if name not in GENERATION_STEPS]
+    total = {}
+    for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "wall_s"):
+        values = [e[key] for e in counted if isinstance(e.get(key), (int, float))]
+        total[key] = round(sum(values), 2) if values else None
+    return {"stages": stages, "total": total, "notes": notes}
+
+
+def output_ledger(output: str | Path) -> dict | None:
+    """The ledger of one stage's output (a file, or a folder's parts summed), as ``run_ledger`` shapes it; None
+    when its manifests have none."""
+    manifests = _manifests(Path(output))
+    generate = any(m.get("stage") == "generate" for m in manifests)
+    found = _stage_from_manifests(manifests, GENERATION_STEPS if generate else ("judge",))
+    if found is None:
+        return None
+    entries, times = found
+    return _table(_generation_stages(entries, times) if generate else {"judge": {**entries["judge"], **times}}, [])
+
+
+def run_ledger(run_dir: str | Path, revisions: list[dict] | None = None, timings: dict | None = None) -> dict:
     """The ledger of a run folder: ``{"stages": {stage: entry + wall_s, device_s}, "total": ..., "notes": [...]}``.
 
     Generation's tokens come from its manifest, or from the rows' calls (``revisions``) when the manifest has no
-    ledger (written before ledgers); its wall and device time are one figure for its three steps, put on the
-    draft row's ``group``."""
+    ledger (written before ledgers); its wall and device time are one figure for its three steps.  ``timings``:
+    ``cai run``'s stage times (default: those its manifest, ``run.json.manifest.json``, recorded)."""
     from core.shards import stage_output
 
     run_dir = Path(run_dir)
-    run = _read_json(run_dir / "run.json.manifest.json") or {}
-    timings = (run.get("counts") or {}).get("timings") or {}
+    if timings is None:
+        timings = _mapping(_mapping((_read_json(run_dir / "run.json.manifest.json") or {}).get("counts")).get("timings"))
     stages: dict[str, dict] = {}
     notes: list[str] = []
     generation = _stage_from_manifests(_manifests(stage_output(run_dir, "revisions")), GENERATION_STEPS)
     if generation is None and revisions:
-        generation = calls_ledger(revisions), {"wall_s": timings.get("generate_s"), "device_s": None, "device": None}
+        generation = calls_ledger(revisions), {"wall_s": _seconds(timings.get("generate_s")), "device_s": None,
+                                               "device": None}
         notes.append("generation: tokens summed from the rows' calls (its manifest predates ledgers)")
     if generation is not None:
-        steps, times = generation
-        for step in GENERATION_STEPS:
-            stages[step] = {**steps[step], "wall_s": None, "device_s": None}
-        stages["generation"] = {**sum_entries(list(steps.values())), **times}
+        stages.update(_generation_stages(*generation))
     judge = _stage_from_manifests(_manifests(stage_output(run_dir, "preferences")), ("judge",))
     if judge is not None:
         entries, times = judge
         stages["judge"] = {**entries["judge"], **times}
-    elif timings.get("judge_s") is not None:
-        stages["judge"] = {**empty_entry(), "calls": None, "prompt_tokens": None, "completion_tokens": None,
-                           "wall_s": timings.get("judge_s"), "device_s": None, "device": None}
+    elif _seconds(timings.get("judge_s")) is not None:
+        stages["judge"] = {**dict.fromkeys(TOKEN_KEYS), "wall_s": _seconds(timings["judge_s"]), "device_s": None,
+                           "device": None}
     training = _training_entry(run_dir, timings)
     if training is not None:
         stages["training"] = training
-    if timings.get("eval_s") is not None:
-        stages["eval"] = {"calls": None, "prompt_tokens": None, "completion_tokens": None, "cached_tokens": None,
-                          "wall_s": round(timings["eval_s"], 2), "device_s": None, "device": None}
-    counted = [stages[name] for name in ("generation", "judge", "training", "eval") if name in stages]
-    total = {key: sum(e.get(key) or 0 for e in counted) for key in ("prompt_tokens", "completion_tokens", "wall_s")}
-    cached = [e.get("cached_tokens") for e in counted if isinstance(e.get("cached_tokens"), int)]
-    total["cached_tokens"] = sum(cached) if cached else None
-    return {"stages": stages, "total": total, "notes": notes}
+    if _seconds(timings.get("eval_s")) is not None:
+        stages["eval"] = {**dict.fromkeys(TOKEN_KEYS), "wall_s": round(_seconds(timings["eval_s"]), 2), "device_s": None,
+                          "device": None}
+    return _table(stages, notes)
 
 
 def _training_entry(run_dir: Path, timings: dict) -> dict | None:
@@ -186,13 +222,16 @@ def _training_entry(run_dir: Path, timings: dict) -> dict | None:
                  if s is not None]
     if not summaries:
         return None
-    tokens = [max((e.get("num_tokens") or 0 for e in s.get("log_history") or [] if isinstance(e, dict)), default=0)
-              for s in summaries]
-    wall = sum(s.get("train_seconds") or 0 for s in summaries)
-    devices = [str((s.get("device_settings") or {}).get("device") or "") for s in summaries]
-    return {"calls": None, "prompt_tokens": int(sum(tokens)) or None, "completion_tokens": None, "cached_tokens": None,
-            "wall_s": round(wall, 2), "device_s": round(wall, 2), "device": next((d for d in devices if d), None),
-            "steps": sum(s.get("global_step") or 0 for s in summaries)}
+    def tokens(summary: dict) -> int:
+        history = summary.get("log_history") if isinstance(summary.get("log_history"), list) else []
+        return max((_seconds(e.get("num_tokens")) or 0 for e in history if isinstance(e, dict)), default=0)
+
+    wall = sum(_seconds(s.get("train_seconds")) or 0 for s in summaries)
+    devices = [_mapping(s.get("device_settings")).get("device") for s in summaries]
+    return {**dict.fromkeys(TOKEN_KEYS), "prompt_tokens": int(sum(tokens(s) for s in summaries)) or None,
+            "wall_s": round(wall, 2), "device_s": round(wall, 2),
+            "device": next((d for d in devices if isinstance(d, str) and d), None),
+            "steps": sum(_count(s.get("global_step")) or 0 for s in summaries)}
 
 
 def format_ledger(ledger: dict, markdown: bool = False) -> str:

@@ -20,6 +20,7 @@ import threading
 import time
 
 from .log import get_logger
+from .text import shorten
 
 logger = get_logger(__name__)
 
@@ -172,7 +173,7 @@ class _CountedBackend:
         return result
 
 
-def shorten(text: str, width: int = 300) -> str:
+def printable_line(text: str, width: int = 300) -> str:
     """One line of at most ``width`` characters, for examples printed at the end of a run.
 
     Model and user text is data: control characters (an ANSI escape that would recolour, move the cursor
@@ -180,7 +181,7 @@ def shorten(text: str, width: int = 300) -> str:
     """
     text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
                         " ".join(str(text).split()))
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return shorten(text, width)
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")

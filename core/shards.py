@@ -9,13 +9,12 @@ judge --in``, ``cai train --data``, ``cai run``, ``datasets.load_dataset("json",
 takes the folder as it takes a file.  A part written with another N, or another model, sampling or seed,
 is refused: the parts of one folder must add up to one run.
 
-Only naming and parsing live at the top of this module (``core.store`` uses them); reading folders
-imports ``core.store`` where it is needed.
+This module names and parses parts (``core.store`` uses it); ``core.shard_folders`` checks a part against
+the others of its folder.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,63 +138,6 @@ def record(shard: Shard, identity: dict) -> dict:
     """What a part's manifest records about its shard (``config.shard``): the split and what every part of the
     folder must share (model, sampling, seed, ...)."""
     return {"index": shard.index, "count": shard.count, "identity": identity}
-
-
-def _first_row(path: Path) -> dict:
-    """The first complete row of a part (a part killed before its first manifest), or {}."""
-    from core.store import MAX_LINE_BYTES, parse_json_line
-
-    with open(path, "rb") as handle:
-        line = handle.readline(MAX_LINE_BYTES)
-    try:
-        row = parse_json_line(line) if line.endswith(b"\n") else None
-    except ValueError:
-        row = None
-    return row if isinstance(row, dict) else {}
-
-
-def check_siblings(part: Path, shard: Shard, stage: str, identity: dict) -> None:
-    """Refuse to add a part to a folder whose other parts were written with another model, sampling or seed:
-    by their manifests, or by the first row of a part that has none yet (each part's own rows are checked
-    by its stage as it resumes)."""
-    from core.store import read_manifest
-
-    if shard.whole or not part.parent.is_dir():
-        return
-    for other in part_files(part.parent):
-        if other == part:
-            continue
-        manifest = read_manifest(other)
-        if manifest is None:
-            theirs = _first_row(other)  # rows record what wrote them (generate: model, sampling, seed)
-        elif manifest.get("stage") != stage:
-            continue
-        else:
-            recorded = (manifest.get("config") or {}).get("shard")
-            theirs = recorded.get("identity") if isinstance(recorded, dict) else None
-        if not isinstance(theirs, dict):
-            continue
-        changed = [key for key in identity if key in theirs and theirs[key] != identity[key]]
-        if changed:
-            detail = "; ".join(f"{key}: {json.dumps(theirs[key])} there, {json.dumps(identity[key])} now"
-                               for key in changed)
-            raise UserError(f"{other} was written with another configuration ({detail}); the parts of "
-                            f"{part.parent} must add up to one run: use the same settings, or choose another --out")
-
-
-def sibling_dtypes(part: Path, shard: Shard, stage: str) -> dict[str, int]:
-    """The dtypes the other parts of a folder were made in (their manifests' ``dtype``) -> rows."""
-    from core.store import read_manifest
-
-    found: dict[str, int] = {}
-    if shard.whole or not part.parent.is_dir():
-        return found
-    for other in part_files(part.parent):
-        manifest = read_manifest(other) if other != part else None
-        if manifest and manifest.get("stage") == stage and isinstance((manifest.get("config") or {}).get("dtype"), str):
-            rows = (manifest.get("counts") or {}).get("rows") or (manifest.get("counts") or {}).get("pairs") or 0
-            found[manifest["config"]["dtype"]] = found.get(manifest["config"]["dtype"], 0) + rows
-    return found
 
 
 def data_files(path: str | Path, flag: str, shard: Shard | None = None) -> list[Path]:

@@ -413,15 +413,18 @@ def versions() -> dict[str, str]:
     return found
 
 
-def read_manifest(out: Path) -> dict | None:
-    path = manifest_path(out)
-    if not path.exists():
-        return None
+def read_json_object(path: str | Path, limit: int = MAX_LINE_BYTES) -> dict | None:
+    """A JSON object file a command wrote (a manifest, a report, a stamp), or None when it is missing, unreadable,
+    larger than ``limit``, nested too deeply or not an object: such a file is redone or ignored, never fatal."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        value = parse_json_line(read_whole_file(path, "JSON file", limit))
+    except (OSError, ValueError, UserError):
         return None
-    return manifest if isinstance(manifest, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def read_manifest(out: Path) -> dict | None:
+    return read_json_object(manifest_path(out))
 
 
 def write_manifest(out: Path, stage: str, config: dict, counts: dict, **extra) -> dict:

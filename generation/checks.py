@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from constitution.schema import Constitution
 from core.registry import Registry
+from core.text import shorten
 
 COPY_RUN_WORDS = 7
 CRITIQUE_NGRAM = 4
@@ -49,8 +50,7 @@ def ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
 
 
 def _quote(text: str, limit: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+    return shorten(text, limit)
 
 
 @dataclass(frozen=True)

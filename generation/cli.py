@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from core.config import parse_config
-from core.progress import shorten
+from core.progress import printable_line
 from core.shards import Shard, part_path
 from core.store import manifest_path
 
@@ -24,9 +24,9 @@ def generate(argv: list[str]) -> int:
         f"{counts['already_done']} already done, {counts['failed']} failed); manifest {manifest_path(out)}"
     )
     for row in result["examples"]:
-        print(f"\n--- {shorten(row['id'], 80)} ({shorten(row['tag'] or 'untagged', 80)}) principle "
+        print(f"\n--- {printable_line(row['id'], 80)} ({printable_line(row['tag'] or 'untagged', 80)}) principle "
               f"{', '.join(r['principle_id'] for r in row['rounds'])}")
-        print(textwrap.indent("prompt:  " + shorten(row["prompt"][-1]["content"]), "  "))
-        print(textwrap.indent("before:  " + shorten(row["initial_response"]), "  "))
-        print(textwrap.indent("after:   " + shorten(row["final_response"]), "  "))
+        print(textwrap.indent("prompt:  " + printable_line(row["prompt"][-1]["content"]), "  "))
+        print(textwrap.indent("before:  " + printable_line(row["initial_response"]), "  "))
+        print(textwrap.indent("after:   " + printable_line(row["final_response"]), "  "))
     return 1 if counts["failed"] else 0

@@ -21,7 +21,8 @@ from core.progress import Progress
 from .prompts import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
 from core.hardware import dtype_change_note
-from core.shards import Shard, check_siblings, part_path, sibling_dtypes
+from core.shard_folders import check_siblings, sibling_dtypes
+from core.shards import Shard, part_path
 from core.shards import record as shard_record
 from core.signals import Terminated, hold_interrupts
 from core.aio import stream

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from core.config import parse_config
-from core.progress import shorten as _short
+from core.progress import printable_line
 from core.shards import Shard
 
 from .config import AgreementConfig, JudgeConfig
@@ -22,6 +22,7 @@ def judge(argv: list[str]) -> int:
         f"{result['out']}: {counts['pairs']} pairs ({counts['new_pairs']} new, {counts['dropped']} rows dropped; "
         f"{counts['judgements_run']} judgements run, {counts['judgements_cached']} cached); "
         f"SFT rows {result['sft_path']} ({counts['sft_rows']}); report {result['report_path']}"
+        + (f"; judge card {result['card_path']}" if result.get("card_path") else "")
     )
     shard = Shard.parse(config.shard)
     if not shard.whole:  # where the folder of parts stands
@@ -32,9 +33,9 @@ def judge(argv: list[str]) -> int:
               "report, merged")
     for pair in result["pairs"][:1]:
         print(f"\n--- {pair['id']}: chosen ({pair['source']['chosen']}) with P = {pair['chosen_probability']:.3f}")
-        print(textwrap.indent("prompt:   " + _short(pair["prompt"][-1]["content"]), "  "))
-        print(textwrap.indent("chosen:   " + _short(pair["chosen"][0]["content"]), "  "))
-        print(textwrap.indent("rejected: " + _short(pair["rejected"][0]["content"]), "  "))
+        print(textwrap.indent("prompt:   " + printable_line(pair["prompt"][-1]["content"]), "  "))
+        print(textwrap.indent("chosen:   " + printable_line(pair["chosen"][0]["content"]), "  "))
+        print(textwrap.indent("rejected: " + printable_line(pair["rejected"][0]["content"]), "  "))
     return 1 if result["report"]["failures"] and not counts["pairs"] else 0
 
 

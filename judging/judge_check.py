@@ -18,7 +18,7 @@ from core.log import get_logger
 from core.config import build_config, check_rules
 from core.errors import UserError
 from core.hashing import stable_hash
-from core.store import atomic_write_text, read_whole_file
+from core.store import atomic_write_text, read_json_object, read_whole_file
 
 from .config import AgreementConfig, JudgeModelConfig
 
@@ -69,11 +69,8 @@ def figures_dir() -> Path:
 
 
 def _saved_figure(path: Path) -> dict:
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # none yet, or damaged: measured again
-    return saved if isinstance(saved, dict) and isinstance(saved.get("result"), dict) else {}
+    saved = read_json_object(path) or {}  # none yet, or damaged (torn, nested too deeply): measured again
+    return saved if isinstance(saved.get("result"), dict) else {}
 
 
 def _verdict(result: dict, check: JudgeCheckConfig) -> str | None:
@@ -108,7 +105,8 @@ def check_judge(check: JudgeCheckConfig, judge: JudgeModelConfig, out: Path, bac
     options = {name: getattr(judge, name) for name in (
         "constitution", "judge_model", "judge_backend", "judge_base_url", "model", "backend", "base_url", "method",
         "likelihood_scale", "principles_per_pair", "principle_ids", "seed", "cot", "cot_clamp", "cot_max_tokens",
-        "constrained_verdict", "api_key_env", "concurrency", "request_timeout", "max_model_len",
+        "constrained_verdict", "extra_judge_models", "combine_judges", "fallback_judge_model", "fallback_judge_backend",
+        "fallback_judge_base_url", "fallback_limit", "api_key_env", "concurrency", "request_timeout", "max_model_len",
         "gpu_memory_utilization", "tensor_parallel_size")}
     key = stable_hash({"pairs": pairs_hash, "limit": check.limit, "judge": options})
     shared = figures_dir() / f"{key}.json"

@@ -9,7 +9,7 @@ import pytest
 
 from cai.cli import main as cai_main
 from judging.scoring import wilson_interval
-from training.evaluate import EvalConfig, evaluate, format_eval
+from evaluation.run import EvalConfig, evaluate, format_eval
 
 REPO = Path(__file__).parent.parent
 

@@ -146,7 +146,7 @@ def record_builds(monkeypatch) -> list[tuple[str, float | None]]:
 def test_cai_eval_loads_a_judge_of_another_model_beside_the_base_in_shares_that_fit(tmp_path, monkeypatch):
     """`cai eval --judge-model J`: the trained model answers alone, then the base and J load side by side (the
     base answers, J judges): on a (pretend) 16 GiB GPU a UserError before any model loads, on an H100 shares."""
-    from training.evaluate import EvalConfig, eval_memory_shares, evaluate
+    from evaluation.run import EvalConfig, eval_memory_shares, evaluate
 
     trained, base = fake_model(tmp_path / "trained", 3.4), fake_model(tmp_path / "base", 3.4)
     judge = fake_model(tmp_path / "judge", 13.5)

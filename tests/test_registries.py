@@ -21,8 +21,11 @@ def _is_training_method(method) -> bool:
 
     if isinstance(method, TrainingMethod) and not method.installed:
         return True  # it needs an optional extra (ppo); tests/training/test_rl.py checks what it says without
-    return isinstance(method, TrainingMethod) and issubclass(method.stage_class, TrainingStage) \
-        and hasattr(method.config_class, "__dataclass_fields__")
+    if not method.installed:  # its library is another version (PPO's TRL): checked where that one is installed
+        return isinstance(method, TrainingMethod)
+    stage = method.stage_class
+    return isinstance(method, TrainingMethod) and issubclass(stage, TrainingStage) \
+        and isinstance(stage.gpu_train_batch, int) and hasattr(method.config_class, "__dataclass_fields__")
 
 
 #: each registry and what every entry of it must be

@@ -1,4 +1,4 @@
-"""``cai train METHOD`` and ``cai eval``: the command lines of ``training.api`` and ``training.evaluate``.
+"""``cai train METHOD``: the command line of ``training.api``.
 
 Options come from the method's config dataclass (its defaults), then ``--config FILE``, then flags
 (``core.config.parse_config``); every TRL and ``TrainingArguments`` field is a flag. Heavy imports
@@ -26,7 +26,8 @@ def usage() -> str:
 
 
 def _check_output_dir(prog: str, config) -> None:
-    """The model folder to write is a folder, and not one of the command's inputs (the base model, the data)."""
+    """The model folder to write is a folder, not one of the command's inputs (the base model, the data), and not
+    a folder of files ``cai train`` did not write (unless --overwrite)."""
     from core.store import same_file
 
     output_dir = Path(config.output_dir)
@@ -37,6 +38,12 @@ def _check_output_dir(prog: str, config) -> None:
         if source and Path(source).exists() and same_file(output_dir, source):
             raise UserError(f"{prog}: --output-dir {output_dir} is --{flag.replace('_', '-')}, an input; "
                             "writing it would replace the input: choose another --output-dir")
+    from training.models import check_model_folder
+
+    try:
+        check_model_folder(output_dir, overwrite=config.overwrite)
+    except UserError as exc:
+        raise UserError(f"{prog}: {exc}") from None
 
 
 def train(argv: list[str]) -> int:
@@ -57,13 +64,4 @@ def train(argv: list[str]) -> int:
     print(f"{prog}: wrote the model folder {config.output_dir} ({summary['global_step']} steps)")
     if summary.get("held_out_accuracy") is not None:
         print(f"{prog}: held-out accuracy {summary['held_out_accuracy']:.3f} on {summary['held_out_rows']} held-out pairs")
-    return 0
-
-
-def evaluate(argv: list[str]) -> int:
-    """Entry point of ``cai eval``."""
-    from .evaluate import EvalConfig, evaluate as run_evaluate, format_eval
-
-    config = parse_config(EvalConfig, argv, "cai eval")
-    print(format_eval(run_evaluate(config)))
     return 0

@@ -28,6 +28,7 @@ from core import aio
 from core.errors import UserError
 from core.log import get_logger
 from core.redact import redact_text, redact_url
+from core.text import shorten
 
 from .base import (
     Backend, BackendOptions, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant,
@@ -153,7 +154,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _brief(value: object) -> str:
     text = json.dumps(value, ensure_ascii=True, default=repr)
-    return text if len(text) <= 200 else text[:197] + "..."
+    return shorten(text, 200)
 
 
 def _count(value: object) -> int:

@@ -18,14 +18,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from constitution.schema import Principle
 from core.backends.base import Backend, Completion, LabelLogprobs, Sampling, SequenceLogprob
 from core.hashing import stable_hash
-
-if TYPE_CHECKING:
-    from judging.judge import JudgeSettings
 
 
 class Judgement(NamedTuple):
@@ -62,13 +59,24 @@ class Verdict:
     bounded: bool = False  # a label was outside the top-k tokens: a bound was used
     order_free: bool = False
     parse_failures: int = 0
+    refused: bool = False  # the judge declined (judging/refusal.py): left out, never a 0.5
     error: str | None = None
+    judge: str | None = None  # which judge gave it (set by a panel or a fallback; None: the only judge)
+    fallback: bool = False  # the fallback judge's, for a comparison the first judge left without a verdict
+    by_judge: dict[str, Verdict] = field(default_factory=dict)  # each judge's own verdict (several judges)
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "p": self.p, "p_x_first": self.p_x_first, "p_x_second": self.p_x_second,
             "orders_agree": self.orders_agree, "bounded": self.bounded, "error": self.error,
         }
+        if self.refused:
+            out["refused"] = True
+        if self.fallback:
+            out["fallback"] = self.judge
+        if self.by_judge:
+            out["judges"] = {name: v.p for name, v in self.by_judge.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,8 @@ class JudgeMethod(ABC):
     #: shared with the methods that write the same records: a cached record it does not validate is redone.
     record_model: ClassVar[type]
 
-    def __init__(self, settings: JudgeSettings):
+    def __init__(self, settings: Any):
+        """``settings``: the judge's ``judging.judge.JudgeSettings`` (model, method and the methods' options)."""
         self.settings = settings
 
     # -- keys ----------------------------------------------------------------

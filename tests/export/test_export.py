@@ -64,6 +64,7 @@ def test_card_validates_and_says_where_the_data_came_from(exported, run_folder):
     # the judge's figures: agreement with human labels, and on this run's pairs
     assert "| `judge_check.json` | `served-judge` | 100 | 0.530 | [0.430, 0.630] | False |" in card
     assert "not distinguishable from chance" in card
+    assert "The judge card (`judging.card`, version 1)" in card and '"model": "served-judge"' in card
     report = json.loads((run_folder / "preferences.jsonl.report.json").read_text())
     assert f"| pairs made | {report['pairs_made']} |" in card and "| duplicate rows left out | 2 |" in card
     # what was left out, and why
@@ -213,3 +214,47 @@ def test_push_needs_the_hub(exported, monkeypatch, tmp_path):
     assert api.calls == [] and api.commits == []
     assert card_to_push("ours", None, False) == ("ours", [])
     assert yaml.safe_load((exported / "README.md").read_text().split("---")[1])["pretty_name"]
+
+
+def test_status_and_the_report_page_show_the_ledger_and_the_duplicates(run_folder, tmp_path):
+    from cai.report import build_report, load_run
+    from cai.status import format_status, status
+
+    steps = calls_ledger(rows_of(run_folder / "revisions.jsonl"))
+    result = status(run_folder / "revisions.jsonl")
+    assert {step: result["ledger"]["stages"][step]["prompt_tokens"] for step in steps} == {
+        step: entry["prompt_tokens"] for step, entry in steps.items()}
+    text = format_status(result)
+    assert re.search(rf"draft +7 +{steps['draft']['prompt_tokens']} +{steps['draft']['completion_tokens']} ", text)
+    judge = format_status(status(run_folder / "preferences.jsonl"))
+    assert re.search(r"\njudge +\d+ +- ", judge) and "2 duplicate rows left out" in judge
+
+    page = build_report(load_run(run_folder))
+    assert '<section id="cost">' in page and '<section id="duplicates">' in page
+    assert "<td>vaccine-copy</td><td>vaccine</td><td>prompt</td><td>exact</td>" in page
+    assert f'<td>draft</td><td class="num">7</td><td class="num">{steps["draft"]["prompt_tokens"]:,}</td>' in page
+
+
+@pytest.mark.parametrize("ledger", [5, {"stages": 5, "wall_s": "x"}, {"stages": {"draft": {"calls": "7"}},
+                                                                      "wall_s": float("nan"), "runs": "a"}])
+def test_a_damaged_ledger_is_read_as_missing_parts(run_folder, tmp_path, ledger):
+    from cai.status import format_status, status
+    from export_run import make_run_folder
+
+    run = make_run_folder(tmp_path)
+    path = run / "revisions.jsonl.manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "ledger": ledger}))
+    table = run_ledger(run)
+    assert table["stages"].get("generation", {}).get("wall_s") in (0, None)  # nothing usable: no time, no error
+    format_status(status(run / "revisions.jsonl"))
+    assert export_run(ExportConfig(run_dir=str(run), out=str(tmp_path / "x")))["configs"]["preferences"] == 4
+
+
+def test_a_local_model_folder_is_named_by_its_name_not_its_path():
+    from cai.export import generation_record, model_name
+
+    assert model_name("/home/me/.cache/cai/models/SmolLM2-135M-Instruct") == "SmolLM2-135M-Instruct"
+    assert model_name("./runs/demo/dpo") == "dpo" and model_name("HuggingFaceTB/SmolLM2-135M-Instruct") == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert model_name("served-policy") == "served-policy" and model_name(None) is None
+    assert generation_record({"model": "/root/models/m", "calls": []})["model"] == "m"

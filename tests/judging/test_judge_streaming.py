@@ -170,7 +170,7 @@ class Answers(Backend):
 
 
 def test_eval_streams_answers_and_judgements_and_keeps_prompt_order(tmp_path, monkeypatch):
-    from training.evaluate import EvalConfig, evaluate
+    from evaluation.run import EvalConfig, evaluate
 
     prompts = tmp_path / "heldout.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"e{i}", "prompt": f"Question {i}?", "tag": "ab"[i % 2]}) + "\n"
@@ -182,7 +182,7 @@ def test_eval_streams_answers_and_judgements_and_keeps_prompt_order(tmp_path, mo
         return policies[-1]
 
     monkeypatch.setattr(EvalConfig, "build_backend", build_backend)
-    monkeypatch.setattr("training.evaluate.resolve_model", lambda name, flag: name)  # stand-ins, not folders
+    monkeypatch.setattr("evaluation.run.resolve_model", lambda name, flag: name)  # stand-ins, not folders
     judge = Recording()
     result = evaluate(EvalConfig(trained_model="trained", prompts=str(prompts), out=str(tmp_path / "eval.json"),
                                  constitution=CONSTITUTION, method="pairwise", principles_per_pair=2, concurrency=4 * N),

@@ -142,6 +142,11 @@ def test_ctrl_c_twice_during_start_up_the_second_while_the_engine_is_ended(tmp_p
     assert_manifest_matches(out, "interrupted")
 
 
+def lines_in(path: Path) -> int:
+    """Whole lines written so far (0 before the file exists)."""
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
 def _revisions(tmp_path: Path, server: StandinServer) -> Path:
     revisions = tmp_path / "r.jsonl"
     assert cai_main(generate_args(write_prompts(tmp_path / "p.jsonl", 8), revisions, server.base_url)) == 0
@@ -168,7 +173,7 @@ def test_sigterm_then_a_slow_engine_close_still_writes_the_manifest(tmp_path, co
         with Run(tmp_path, args, ("close",)) as run:
             try:
                 assert wait_for(lambda: server.held >= 1 or run.process.poll() is not None, 60), run.text()[-3000:]
-                time.sleep(0.3)  # the rows whose replies came back are written
+                assert wait_for(lambda: lines_in(out) >= rows_before, 60)  # the rows whose replies came back
                 run.send(signal.SIGTERM)
                 run.reach("close")
                 time.sleep(2.5)  # a slow shutdown: the signal watcher looks at the main thread once a second
@@ -190,7 +195,7 @@ def test_ctrl_c_then_sigterm_while_the_engine_closes(tmp_path):
         with Run(tmp_path, generate_args(prompts, out, server.base_url, concurrency=1), ("close",)) as run:
             try:
                 assert wait_for(lambda: server.held >= 1 or run.process.poll() is not None, 60), run.text()[-3000:]
-                time.sleep(0.3)
+                assert wait_for(lambda: lines_in(out) >= 2, 60)  # the two rows whose replies came back
                 run.send(signal.SIGINT)
                 run.reach("close")
                 run.send(signal.SIGTERM)  # held until the manifest is written; it ends the engine at once
