@@ -28,6 +28,16 @@ TASK_CATEGORIES = ["text-generation"]
 TAGS = ["constitutional-ai", "rlaif", "synthetic", "preference", "dpo", "cai-engine"]
 
 
+def model_name(value) -> str | None:
+    """A model as a published dataset names it: a local folder by its name (``/home/me/models/x`` -> ``x``: the
+    path is the exporter's machine, not the model), anything else (a hub id, a served name) as it is."""
+    if not isinstance(value, str):
+        return None
+    if value.startswith(("/", "./", "../", "~")) or "\\" in value:
+        return Path(value.replace("\\", "/")).name
+    return value
+
+
 def size_category(rows: int) -> str:
     """The Hub's size category of a dataset of ``rows`` rows (datasets' ``size_categories.json``)."""
     for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -106,17 +116,19 @@ def _models(manifests: dict, data) -> list[list]:
     rows = []
     settings = generate.get("settings") or {}
     if settings:
-        rows.append(["generation (draft, critique, revision)", _code(settings.get("model")), generate.get("backend"),
+        rows.append(["generation (draft, critique, revision)", _code(model_name(settings.get("model"))),
+                     generate.get("backend"),
                      _code(json.dumps(settings.get("sampling"), sort_keys=True)), settings.get("seed")])
     judge_settings = judge.get("judge") or {}
     if judge_settings:
-        rows.append([f"judge ({judge_settings.get('method')})", _code(judge_settings.get("model")), judge.get("backend"),
+        rows.append([f"judge ({judge_settings.get('method')})", _code(model_name(judge_settings.get("model"))),
+                     judge.get("backend"),
                      _code(json.dumps({k: v for k, v in judge_settings.items() if k not in ("model", "method")},
                                       sort_keys=True)), judge.get("seed")])
     for name in ("sft", "reward", "ppo", "dpo"):
         summary = _read_json(data.run_dir / name / "cai_training.json")
         if summary:
-            rows.append([f"training ({name})", _code(Path(str(summary.get("base_model"))).name), "TRL",
+            rows.append([f"training ({name})", _code(model_name(summary.get("base_model"))), "TRL",
                          f"{summary.get('global_step')} steps", "-"])
     return rows
 
@@ -138,10 +150,10 @@ def _provenance(data) -> list[str]:
     versions = next((m.get("versions") for m in manifests.values() if isinstance(m, dict) and m.get("versions")), {})
     if versions:
         lines += ["Package versions: " + ", ".join(f"{name} {_code(v)}" for name, v in sorted(versions.items())), ""]
-    commands = [(stage, m.get("command")) for stage, m in manifests.items() if isinstance(m, dict) and m.get("command")]
+    commands = dict.fromkeys(" ".join(map(str, m["command"])) for m in manifests.values()
+                             if isinstance(m, dict) and isinstance(m.get("command"), list))
     if commands:
-        lines += ["Commands:", "", _block("\n".join(" ".join(str(part) for part in command) for _, command in commands),
-                                          "bash"), ""]
+        lines += ["Commands:", "", _block("\n".join(commands), "bash"), ""]
     recipe = (manifests.get("run") or {}).get("config")
     if recipe:
         lines += ["The recipe (`cai run --recipe`):", "", _block(yaml.safe_dump(recipe, sort_keys=False,
@@ -153,15 +165,56 @@ def _agreements(run_dir: Path) -> list[tuple[str, dict]]:
     found = []
     for path in sorted(run_dir.glob("*.json")):
         report = _read_json(path)
-        if report is not None and "agreement_ci95" in report:
+        interval = (report or {}).get("agreement_ci95")
+        if (isinstance(interval, list) and len(interval) == 2
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in interval)):
             found.append((path.name, report))
     return found
 
 
-def _judge(data) -> list[str]:
-    from judging.report import merged_report
+def _share(figure) -> str:
+    """``{"agreement", "agreed", "pairs", "ci95"}`` in words."""
+    if not isinstance(figure, dict) or figure.get("agreement") is None:
+        return "-"
+    interval = figure.get("ci95") if isinstance(figure.get("ci95"), list) else [None, None]
+    return (f"{_fmt(figure['agreement'])} ({figure.get('agreed')} of {figure.get('pairs')}; 95% interval "
+            f"[{_fmt(interval[0])}, {_fmt(interval[-1])}])")
 
+
+def _judge_card(run_dir: Path) -> list[str]:
+    """The judge card (``judging.card``): agreement with people, per principle, its warnings, and the card."""
+    from judging.card import load_card
+
+    card = load_card(run_dir)
+    if not card:
+        return []
+    lines = [f"The judge card (`judging.card`, version {card.get('card_version')}):", ""]
+    people = card.get("people")
+    if isinstance(people, dict):
+        lines += [f"- agreement with people ({_code(Path(str(people.get('file'))).name)}, {people.get('pairs')} pairs): "
+                  f"counting ties {_share(people.get('counting_ties'))}, excluding ties "
+                  f"{_share(people.get('excluding_ties'))}"
+                  + ("" if people.get("judge_matches") else " (measured on another judge)")]
+    principles = [p for p in card.get("principles") or [] if isinstance(p, dict)]
+    if principles:
+        lines += ["", _table(["principle", "rows", "flagged", "comparisons", "order consistency", "mean confidence",
+                              "revision preferred"],
+                             [[_code(p.get("id")), p.get("rows"), p.get("flagged"), p.get("comparisons"),
+                               p.get("order_consistency"), p.get("mean_confidence"), p.get("revision_preferred")]
+                              for p in principles])]
+    lines += [""] + [f"- warning: {redact_text(str(w))}" for w in card.get("warnings") or []]
+    judge = card.get("judge") if isinstance(card.get("judge"), dict) else {}
+    shown = {**card, "judge": {**judge, "model": model_name(judge.get("model"))},
+             "source": {key: Path(str(value)).name if value else value
+                        for key, value in (card.get("source") or {}).items()}}
+    lines += ["", "<details><summary>The judge card (JSON)</summary>", "",
+              _block(json.dumps(redact_values(shown), indent=2, ensure_ascii=False), "json"), "", "</details>", ""]
+    return lines
+
+
+def _judge(data) -> list[str]:
     from core.shards import stage_output
+    from judging.report import merged_report
 
     lines = ["## The judge", ""]
     report = merged_report(stage_output(data.run_dir, "preferences"))
@@ -169,7 +222,7 @@ def _judge(data) -> list[str]:
     if agreements:
         lines += ["Agreement with human labels (measured before its labels were used):", "",
                   _table(["report", "judge", "labelled pairs", "agreement", "95% interval", "passed"],
-                         [[_code(name), _code((r.get("judge") or {}).get("model")), r.get("human_pairs"),
+                         [[_code(name), _code(model_name((r.get("judge") or {}).get("model"))), r.get("human_pairs"),
                            r.get("agreement"), f"[{_fmt(r['agreement_ci95'][0])}, {_fmt(r['agreement_ci95'][1])}]",
                            _fmt(r.get("passed", "-"))] for name, r in agreements]), ""]
         if any(r["agreement_ci95"][0] <= 0.5 <= r["agreement_ci95"][1] for _, r in agreements):
@@ -183,7 +236,11 @@ def _judge(data) -> list[str]:
                       "rows", "pairs_made", "pairs_dropped", "flagged_rows_left_out", "duplicate_rows_left_out",
                       "comparisons", "failures", "order_consistency",
                       "first_option_wins", "mean_confidence", "longer_response_wins", "chosen_is_revision")]), ""]
-        lines += [f"- warning: {redact_text(w)}" for w in report.get("warnings") or []]
+    card = _judge_card(data.run_dir)
+    if card:
+        lines += card
+    elif report:
+        lines += [f"- warning: {redact_text(str(w))}" for w in report.get("warnings") or []]
     return lines
 
 

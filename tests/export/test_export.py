@@ -64,6 +64,7 @@ def test_card_validates_and_says_where_the_data_came_from(exported, run_folder):
     # the judge's figures: agreement with human labels, and on this run's pairs
     assert "| `judge_check.json` | `served-judge` | 100 | 0.530 | [0.430, 0.630] | False |" in card
     assert "not distinguishable from chance" in card
+    assert "The judge card (`judging.card`, version 1)" in card and '"model": "served-judge"' in card
     report = json.loads((run_folder / "preferences.jsonl.report.json").read_text())
     assert f"| pairs made | {report['pairs_made']} |" in card and "| duplicate rows left out | 2 |" in card
     # what was left out, and why
@@ -247,3 +248,13 @@ def test_a_damaged_ledger_is_read_as_missing_parts(run_folder, tmp_path, ledger)
     assert table["stages"].get("generation", {}).get("wall_s") in (0, None)  # nothing usable: no time, no error
     format_status(status(run / "revisions.jsonl"))
     assert export_run(ExportConfig(run_dir=str(run), out=str(tmp_path / "x")))["configs"]["preferences"] == 4
+
+
+def test_a_local_model_folder_is_named_by_its_name_not_its_path():
+    from cai.export import generation_record, model_name
+
+    assert model_name("/home/me/.cache/cai/models/SmolLM2-135M-Instruct") == "SmolLM2-135M-Instruct"
+    assert model_name("./runs/demo/dpo") == "dpo" and model_name("HuggingFaceTB/SmolLM2-135M-Instruct") == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert model_name("served-policy") == "served-policy" and model_name(None) is None
+    assert generation_record({"model": "/root/models/m", "calls": []})["model"] == "m"
