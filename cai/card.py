@@ -159,7 +159,7 @@ def _agreements(run_dir: Path) -> list[tuple[str, dict]]:
 
 
 def _judge(data) -> list[str]:
-    from judging.report import merged_report
+    from judging.judge_report import merged_report
 
     from core.shards import stage_output
 

@@ -26,8 +26,8 @@ from core.store import atomic_write_text, check_outputs
 from .config import AgreementConfig
 from .engines import Engines, judge_settings
 from .judge import Comparison, Judge
-from .pairs import read_jsonl, select_principles
-from .report import ComparisonStats, principle_table
+from .run import read_jsonl, select_principles
+from .judge_report import ComparisonStats, principle_table
 from .scoring import ensemble
 
 logger = get_logger(__name__)

@@ -70,7 +70,7 @@ from core.store import (
 from .config import JudgeConfig, JudgeModelConfig
 from .engines import Engines, judge_settings
 from .judge import Comparison, Judge, Verdict, is_valid_judgement
-from .report import JudgeReport, format_judge_report, report_path
+from .judge_report import JudgeReport, format_judge_report, report_path
 from .scoring import ensemble
 
 logger = get_logger(__name__)
