@@ -28,6 +28,16 @@ TASK_CATEGORIES = ["text-generation"]
 TAGS = ["constitutional-ai", "rlaif", "synthetic", "preference", "dpo", "cai-engine"]
 
 
+def model_name(value) -> str | None:
+    """A model as a published dataset names it: a local folder by its name (``/home/me/models/x`` -> ``x``: the
+    path is the exporter's machine, not the model), anything else (a hub id, a served name) as it is."""
+    if not isinstance(value, str):
+        return None
+    if value.startswith(("/", "./", "../", "~")) or "\\" in value:
+        return Path(value.replace("\\", "/")).name
+    return value
+
+
 def size_category(rows: int) -> str:
     """The Hub's size category of a dataset of ``rows`` rows (datasets' ``size_categories.json``)."""
     for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -106,17 +116,19 @@ def _models(manifests: dict, data) -> list[list]:
     rows = []
     settings = generate.get("settings") or {}
     if settings:
-        rows.append(["generation (draft, critique, revision)", _code(settings.get("model")), generate.get("backend"),
+        rows.append(["generation (draft, critique, revision)", _code(model_name(settings.get("model"))),
+                     generate.get("backend"),
                      _code(json.dumps(settings.get("sampling"), sort_keys=True)), settings.get("seed")])
     judge_settings = judge.get("judge") or {}
     if judge_settings:
-        rows.append([f"judge ({judge_settings.get('method')})", _code(judge_settings.get("model")), judge.get("backend"),
+        rows.append([f"judge ({judge_settings.get('method')})", _code(model_name(judge_settings.get("model"))),
+                     judge.get("backend"),
                      _code(json.dumps({k: v for k, v in judge_settings.items() if k not in ("model", "method")},
                                       sort_keys=True)), judge.get("seed")])
     for name in ("sft", "reward", "ppo", "dpo"):
         summary = _read_json(data.run_dir / name / "cai_training.json")
         if summary:
-            rows.append([f"training ({name})", _code(Path(str(summary.get("base_model"))).name), "TRL",
+            rows.append([f"training ({name})", _code(model_name(summary.get("base_model"))), "TRL",
                          f"{summary.get('global_step')} steps", "-"])
     return rows
 
@@ -138,10 +150,10 @@ def _provenance(data) -> list[str]:
     versions = next((m.get("versions") for m in manifests.values() if isinstance(m, dict) and m.get("versions")), {})
     if versions:
         lines += ["Package versions: " + ", ".join(f"{name} {_code(v)}" for name, v in sorted(versions.items())), ""]
-    commands = [(stage, m.get("command")) for stage, m in manifests.items() if isinstance(m, dict) and m.get("command")]
+    commands = dict.fromkeys(" ".join(map(str, m["command"])) for m in manifests.values()
+                             if isinstance(m, dict) and isinstance(m.get("command"), list))
     if commands:
-        lines += ["Commands:", "", _block("\n".join(" ".join(str(part) for part in command) for _, command in commands),
-                                          "bash"), ""]
+        lines += ["Commands:", "", _block("\n".join(commands), "bash"), ""]
     recipe = (manifests.get("run") or {}).get("config")
     if recipe:
         lines += ["The recipe (`cai run --recipe`):", "", _block(yaml.safe_dump(recipe, sort_keys=False,
@@ -159,9 +171,8 @@ def _agreements(run_dir: Path) -> list[tuple[str, dict]]:
 
 
 def _judge(data) -> list[str]:
-    from judging.judge_report import merged_report
-
     from core.shards import stage_output
+    from judging.judge_report import merged_report
 
     lines = ["## The judge", ""]
     report = merged_report(stage_output(data.run_dir, "preferences"))
@@ -169,7 +180,7 @@ def _judge(data) -> list[str]:
     if agreements:
         lines += ["Agreement with human labels (measured before its labels were used):", "",
                   _table(["report", "judge", "labelled pairs", "agreement", "95% interval", "passed"],
-                         [[_code(name), _code((r.get("judge") or {}).get("model")), r.get("human_pairs"),
+                         [[_code(name), _code(model_name((r.get("judge") or {}).get("model"))), r.get("human_pairs"),
                            r.get("agreement"), f"[{_fmt(r['agreement_ci95'][0])}, {_fmt(r['agreement_ci95'][1])}]",
                            _fmt(r.get("passed", "-"))] for name, r in agreements]), ""]
         if any(r["agreement_ci95"][0] <= 0.5 <= r["agreement_ci95"][1] for _, r in agreements):

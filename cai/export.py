@@ -25,7 +25,7 @@ from pathlib import Path
 from core.errors import UserError
 from core.log import get_logger
 
-from .card import CONFIGS, DATA_FILE
+from .card import CONFIGS, DATA_FILE, model_name
 
 logger = get_logger(__name__)
 
@@ -174,7 +174,7 @@ def preference_record(row: dict) -> dict:
     return {"prompt": _messages(row.get("prompt")), "chosen": _messages(row.get("chosen")),
             "rejected": _messages(row.get("rejected")), "chosen_probability": row.get("chosen_probability"),
             "margin": row.get("margin"), "principle_ids": [str(p) for p in row.get("principle_ids") or []],
-            "principle_scores": _json_text(row.get("principle_scores") or {}), "judge_model": row.get("judge_model"),
+            "principle_scores": _json_text(row.get("principle_scores") or {}), "judge_model": model_name(row.get("judge_model")),
             "orders_agree": row.get("orders_agree"), "id": str(row.get("id")),
             "chosen_from": source.get("chosen"), "rejected_from": source.get("rejected"),
             "judge_method": source.get("method")}
@@ -194,7 +194,7 @@ def generation_record(row: dict) -> dict:
                                            "revision")} for r in row.get("rounds") or [] if isinstance(r, dict)]
     return {"id": str(row.get("id")), "tag": row.get("tag"), "prompt": _messages(row.get("prompt")),
             "initial_response": row.get("initial_response"), "rounds": rounds,
-            "final_response": row.get("final_response"), "model": row.get("model"),
+            "final_response": row.get("final_response"), "model": model_name(row.get("model")),
             "sampling": _json_text(row.get("sampling") or {}), "seed": row.get("seed"), "calls": calls,
             "flags": [{"check": str(f.get("check")), "reason": str(f.get("reason"))}
                       for f in row.get("flags") or [] if isinstance(f, dict)],

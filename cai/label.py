@@ -7,6 +7,8 @@ nothing away), and records the pick: ``1``/``2`` for the better response, ``t`` 
 ``cai judge agreement --pairs OUT`` reads (``{"prompt", "chosen", "rejected"}`` and the pair's
 ``id``); ties go to ``OUT.ties.jsonl`` beside it, since a tie has no chosen response.  A pair
 already in either file is not asked again, so a session stops and resumes at will.
+``--order doubt`` asks the judge's most doubtful pairs first (``judge_doubt``), and every row
+records how it was picked (``sampling``), so the agreement measured on them says so.
 
 The server answers only requests addressed to 127.0.0.1/localhost on its port (no DNS
 rebinding) and a label only with the page's per-session token (no cross-site posts); no
@@ -34,6 +36,7 @@ from core.log import get_logger
 from core.store import JsonlStore, parse_json_line
 
 SOURCES = ("preferences", "revisions")
+ORDERS = ("file", "doubt")
 CHOICES = ("1", "2", "tie", "skip")
 HOST = "127.0.0.1"
 MAX_BODY = 4096
@@ -59,9 +62,18 @@ class LabelConfig:
     )
     port: int = field(default=8765, metadata={"help": "Port on 127.0.0.1 to serve the page on (0: any free port)."})
     seed: int = field(default=0, metadata={"help": "Seed of the order in which each pair's two responses are shown."})
+    order: str = field(
+        default="file",
+        metadata={"help": "Which pairs come first: 'file' (as they are in the file: the agreement measured on them "
+                          "estimates the judge on all its pairs) or 'doubt' (the judge's most doubtful first: orders "
+                          "disagreeing, several judges disagreeing, then the lowest margin; labels go where the judge "
+                          "is weakest, and each row records how it was picked, so `cai judge agreement` says the "
+                          "figure is of doubtful pairs)."},
+    )
 
     def __post_init__(self):
         check_choice("--source", self.source, SOURCES)
+        check_choice("--order", self.order, ORDERS)
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port {self.port!r} must be between 0 and 65535")
 
@@ -86,6 +98,8 @@ class LabelPair:
     responses: tuple[str, str]
     origins: tuple[str, str]  # "chosen"/"rejected" (the judge's) or "draft"/"revision"
     file: str = ""  # the file of the run folder the pair was read from (a part, for a sharded stage)
+    doubt: float | None = None  # how doubtful the judge was (``judge_doubt``); None: the judge made no pair of it
+    doubt_reasons: tuple[str, ...] = ()
 
     def as_shown(self) -> dict:
         return {"key": self.key, "id": self.id, "prompt": self.prompt, "responses": list(self.responses)}
@@ -118,8 +132,45 @@ def make_pair(row_id: str, line: int, prompt: list[dict], first: tuple[str, str]
     return LabelPair(key, row_id, line, prompt, (first[0], second[0]), (first[1], second[1]), file)
 
 
-def load_pairs(run_dir: str | Path, source: str = "preferences", seed: int = 0) -> list[LabelPair]:
-    """The pairs of a run folder that can be labelled (two different, non-empty responses to a user turn)."""
+def judge_doubt(pair_row: dict) -> tuple[float, tuple[str, ...]]:
+    """How doubtful the judge was of one of its pairs (``cai judge``'s row), in [0, 3], and why: one point when its
+    winner changes with the order of the options, one when several judges disagree, and 1 - the margin."""
+    reasons, doubt = [], 0.0
+    if pair_row.get("orders_agree") is False:
+        doubt += 1
+        reasons.append("order-inconsistent")
+    sides = set()
+    for score in (pair_row.get("principle_scores") or {}).values():
+        for p in ((score or {}).get("judges") or {}).values() if isinstance(score, dict) else ():
+            if isinstance(p, (int, float)):
+                sides.add((p > 0.5) - (p < 0.5))
+    if len(sides) > 1:
+        doubt += 1
+        reasons.append("judges disagree")
+    margin = pair_row.get("margin")
+    if isinstance(margin, (int, float)) and 0 <= margin <= 1:
+        doubt += 1 - margin
+        reasons.append(f"margin {margin:.2f}")
+    return round(doubt, 6), tuple(reasons)
+
+
+def _judge_rows(run_dir: Path) -> dict[str, dict]:
+    """The judge's pairs of a run folder by row id (for ordering revisions by the judge's doubt)."""
+    from core.shards import data_files, stage_output
+    from core.store import read_json_objects
+
+    path = stage_output(run_dir, "preferences")
+    if not path.exists():
+        raise UserError(f"{path}: not found; --order doubt needs the judge's pairs: run `cai judge` (or `cai run`) "
+                        "first, or label in --order file")
+    return {str(row.get("id")): row for file in data_files(path, "RUN_DIR")
+            for _, row in read_json_objects(file, "preferences (run folder)", "RUN_DIR")}
+
+
+def load_pairs(run_dir: str | Path, source: str = "preferences", seed: int = 0, order: str = "file") -> list[LabelPair]:
+    """The pairs of a run folder that can be labelled (two different, non-empty responses to a user turn), in
+    ``order``: the file's, or the judge's most doubtful first (``judge_doubt``; pairs the judge made none of
+    come last, in file order)."""
     from core.shards import data_files, stage_output
     from core.store import read_json_objects
 
@@ -134,8 +185,17 @@ def load_pairs(run_dir: str | Path, source: str = "preferences", seed: int = 0) 
             if pair is not None and pair.key not in seen:
                 seen.add(pair.key)
                 pairs.append(pair)
+                if source == "preferences":
+                    pair.doubt, pair.doubt_reasons = judge_doubt(row)
     if not pairs:
         raise UserError(f"{path}: no pair to label (every row lacks two different responses)")
+    if order == "doubt":
+        if source == "revisions":
+            judged = _judge_rows(Path(run_dir))
+            for pair in pairs:
+                if pair.id in judged:
+                    pair.doubt, pair.doubt_reasons = judge_doubt(judged[pair.id])
+        pairs.sort(key=lambda pair: -1.0 if pair.doubt is None else -pair.doubt)  # stable: file order breaks ties
     return pairs
 
 
@@ -155,10 +215,12 @@ def _pair_of(row: dict, line: int, source: str, seed: int, file: str) -> LabelPa
 class LabelSession:
     """The pairs, which are labelled (from the files, so a restart resumes), and the appends."""
 
-    def __init__(self, pairs: list[LabelPair], out: str | Path, source: str = "preferences"):
+    def __init__(self, pairs: list[LabelPair], out: str | Path, source: str = "preferences", order: str = "file"):
         self.pairs = pairs
         self.by_key = {pair.key: pair for pair in pairs}
+        self.rank = {pair.key: rank for rank, pair in enumerate(pairs)}
         self.source = source
+        self.order = order
         self.labels, self.ties = JsonlStore(out), JsonlStore(ties_path(out))
         self.done: set[str] = set()
         for store in (self.labels, self.ties):
@@ -196,7 +258,9 @@ class LabelSession:
             if choice == "skip":
                 self.skipped.add(key)
             elif key not in self.done:
-                row = {"id": pair.id, "key": key, "prompt": pair.prompt, "labelled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                row = {"id": pair.id, "key": key, "prompt": pair.prompt, "labelled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "sampling": {"order": self.order, "rank": self.rank[key], "of": len(self.pairs),
+                                    "doubt": pair.doubt, "reasons": list(pair.doubt_reasons)}}
                 if choice == "tie":
                     self.ties.append([{**row, "responses": list(pair.responses), "label": "tie",
                                        "source": {"file": pair.file or self._file(), "line": pair.line, "origins": list(pair.origins)}}])
@@ -354,7 +418,8 @@ def label_command(argv: list[str]) -> int:
     if not Path(config.run_dir).is_dir():
         raise UserError(f"{config.run_dir}: no such run folder; pass the folder `cai run` wrote")
     out = config.out_path()
-    session = LabelSession(load_pairs(config.run_dir, config.source, config.seed), out, config.source)
+    session = LabelSession(load_pairs(config.run_dir, config.source, config.seed, config.order), out, config.source,
+                           config.order)
     server = LabelServer(session, config.port, title=f"cai label: {config.run_dir}")
     state = session.state()
     print(f"labelling {state['total']} pairs from {config.run_dir} ({session.already_done} already labelled) at "
@@ -368,5 +433,7 @@ def label_command(argv: list[str]) -> int:
         server.close()
     done = session.state()["done"]
     print(f"\n{done} of {len(session.pairs)} pairs labelled in {out}. Measure the judge on them:\n"
-          f"  cai judge agreement --pairs {out}", file=sys.stderr)
+          f"  cai judge agreement --pairs {out}"
+          + (f" --ties {ties_path(out)}" if ties_path(out).exists() else "") + f" --out {Path(config.run_dir) / 'agreement.json'}",
+          file=sys.stderr)
     return 0

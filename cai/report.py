@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
-from core.shards import part_files
 
 from .run_files import RunFiles, load_run, row_principles
 
@@ -231,6 +230,64 @@ def _warnings(run: RunFiles) -> list[str]:
     return found
 
 
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _agreement_cell(figure: dict | None) -> str:
+    """An agreement with people as "0.62 [0.51, 0.72] (n=80)", or "-" without pairs."""
+    if not figure or not figure.get("pairs"):
+        return "-"
+    low, high = figure["ci95"]
+    return f"{figure['agreement']:.2f} [{low:.2f}, {high:.2f}] (n={figure['pairs']})"
+
+
+def card_view(run: RunFiles) -> dict | None:
+    """The judge card as the page shows it: headline figures, the per-principle table and its notes."""
+    from .report_plots import reliability_figure, to_svg
+
+    card = run.card
+    if card is None:
+        return None
+    stats, people = card["statistics"], card.get("people") or {}
+    figures = [
+        ("comparisons judged", str(stats.get("comparisons") or 0),
+         f"{stats.get('failures') or 0} failed, {stats.get('parse_failures') or 0} parse failures"),
+        ("refusals", str(stats.get("refusals") or 0), f"{_pct(stats.get('refusal_rate'))} of the comparisons"),
+    ]
+    if card.get("fallback"):
+        fallback = card["fallback"]
+        figures.append(("fallback judge", str(fallback["answered"]),
+                        f"answered by {fallback['model']}; {fallback['beyond_limit']} beyond its limit"))
+    if people:
+        figures += [("agreement excluding ties", _agreement_cell(people.get("excluding_ties")), "with people"),
+                    ("agreement counting ties", _agreement_cell(people.get("counting_ties")),
+                     f"{people.get('judge_ties') or 0} judge ties, {people.get('human_ties') or 0} human ties")]
+        if people.get("ece") is not None:
+            figures.append(("calibration error", f"{people['ece']:.3f}", "mean gap from the diagonal (ECE)"))
+    for pair, figure in (card.get("judges_agree") or {}).items():
+        figures.append((f"judges agree: {pair}", _pct(figure.get("agreement")), f"of {figure['comparisons']} comparisons"))
+    rows = [{
+        "id": row["id"], "rows": row["rows"], "flagged": row["flagged"],
+        "flags": ", ".join(f"{name} {n}" for name, n in row["flags_by_check"].items()),
+        "change": _pct(row["revision_change"]), "preferred": _pct(row["revision_preferred"]),
+        "comparisons": row["comparisons"], "refusals": row["refusals"], "refusal_rate": _pct(row["refusal_rate"]),
+        "failures": row["failures"], "confidence": "-" if row["mean_confidence"] is None else f"{row['mean_confidence']:.2f}",
+        "agreement": _agreement_cell(row["agreement_excluding_ties"]),
+        "agreement_ties": _agreement_cell(row["agreement_counting_ties"]),
+    } for row in card["principles"]]
+    diagram = reliability_figure(people.get("reliability") or [])
+    judges = [{"name": name, **{key: figures_of.get(key) for key in ("comparisons", "refusals", "failures",
+                                                                     "order_consistency", "mean_confidence")}}
+              for name, figures_of in (card.get("judges") or {}).items()]
+    return {"figures": [{"label": label, "value": value, "note": note} for label, value, note in figures],
+            "rows": rows, "reliability": to_svg(diagram, "plot-reliability") if diagram is not None else None,
+            "sampling": ((people.get("sampling") or {}).get("statement")), "people_file": people.get("file"),
+            "judge": (card.get("judge") or {}).get("model"), "method": (card.get("judge") or {}).get("method"),
+            "judges": judges, "combine": card.get("combine"),
+            "notes": [w for w in card.get("warnings") or [] if w.startswith("principle ")]}
+
+
 LEDGER_COLUMNS = (("calls", "calls"), ("prompt_tokens", "prompt tokens"), ("completion_tokens", "output tokens"),
                   ("cached_tokens", "cached tokens"), ("wall_s", "wall s"), ("device_s", "device s"))
 
@@ -238,6 +295,7 @@ LEDGER_COLUMNS = (("calls", "calls"), ("prompt_tokens", "prompt tokens"), ("comp
 def _ledger(run: RunFiles) -> dict | None:
     """The cost ledger's table (core/ledger.py): a run folder's, or a stage's folder of parts'."""
     from core.ledger import output_ledger, run_ledger
+    from core.shards import part_files
 
     ledger = output_ledger(run.run_dir) if part_files(run.run_dir) else run_ledger(run.run_dir, run.revisions)
     if ledger is None or not ledger["stages"]:
@@ -286,6 +344,7 @@ def build_report(run: RunFiles) -> str:
         tiles=_tiles(run),
         warnings=_warnings(run),
         sections=all_figures(run),
+        card=card_view(run),
         rows=rows,
         principles=principles,
         checks=checks,

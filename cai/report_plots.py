@@ -279,6 +279,34 @@ def agreement_figure(report: dict):
     return interval_figure(entries, "share of pairs where the judge prefers the human's choice (grey: includes chance)")
 
 
+def reliability_figure(bins: list[dict]):
+    """The reliability diagram: per bin of the judge's stated confidence, how often people agreed (with its 95%
+    interval), against the diagonal of a calibrated judge; the point's size grows with its pairs."""
+    if not bins:
+        return None
+
+    def build():
+        fig = _figure(4.6, 3.6)
+        ax = fig.add_subplot()
+        ax.plot([0.5, 1.0], [0.5, 1.0], color=GREY, linestyle="--", linewidth=0.8, label="calibrated")
+        xs = [b["mean_confidence"] for b in bins]
+        ys = [b["agreement"] for b in bins]
+        lows = [y - b["ci95"][0] for y, b in zip(ys, bins)]
+        highs = [b["ci95"][1] - y for y, b in zip(ys, bins)]
+        ax.errorbar(xs, ys, yerr=[lows, highs], fmt="none", ecolor=BLUE, elinewidth=0.8, capsize=2)
+        ax.scatter(xs, ys, s=[18 + 4 * min(b["pairs"], 60) for b in bins], color=BLUE, zorder=3, label="judge")
+        for x, y, b in zip(xs, ys, bins):
+            ax.annotate(f"n={b['pairs']}", (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7)
+        ax.set_xlim(0.48, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("judge's stated confidence, max(p, 1 - p)")
+        ax.set_ylabel("how often people agreed")
+        ax.legend(loc="lower right", frameon=False, fontsize=8)
+        return fig
+
+    return _styled(build)
+
+
 def win_rate_figure(run: RunFiles):
     rates = (run.evaluation or {}).get("win_rate") or {}
     entries = [(tag, s["win_rate"], s["ci95"], s.get("n", 0)) for tag, s in rates.items()

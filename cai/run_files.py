@@ -174,6 +174,7 @@ class RunFiles:
     agreements: list[tuple[str, dict]] = field(default_factory=list)
     training: list[tuple[str, dict]] = field(default_factory=list)  # (folder name, cai_training.json)
     evaluation: dict | None = None
+    card: dict | None = None  # the judge card (judging/card.py)
     skipped_lines: dict[str, int] = field(default_factory=dict)  # file -> unreadable lines left out
     damaged_rows: dict[str, tuple[int, str]] = field(default_factory=dict)  # file -> (rows left out, the first problem)
     damaged_files: list[str] = field(default_factory=list)  # "file: problem", each file left out
@@ -330,6 +331,13 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
                 summary = {**summary, "log_history": _trainer_state_history(run_dir / name)}
             run.training.append((name, summary))
     run.evaluation = _read_json(run_dir / "eval.json", EvalView, run.damaged_files)
+    if run.judge_report is not None:
+        from judging.card import load_card
+
+        try:  # the card is built from the same files; a damaged one is said, not a traceback
+            run.card = load_card(preferences if preferences is not None else run_dir)
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:
+            run.damaged_files.append(f"the judge card of {run_dir.name}: cannot be built ({type(exc).__name__}: {exc})")
     if not (run.revisions or run.pairs or run.judge_report or run.training or run.evaluation or run.damaged_rows
             or run.damaged_files):
         raise UserError(f"{run_dir}: no run outputs found (revisions.jsonl, preferences.jsonl, eval.json, "

@@ -196,6 +196,11 @@ class PrincipleScore(_Row):
     orders_agree: bool | None = None
     bounded: bool | None = Field(default=None, description="Present (true) when a label was outside the top-k.")
     error: str | None = Field(default=None, description="Present when this principle's judgement failed.")
+    refused: bool | None = Field(default=None, description="Present (true) when the judge declined to judge.")
+    judges: dict[str, Probability | None] | None = Field(
+        default=None, description="Several judges: each one's P(chosen better), combined into chosen_probability.")
+    fallback_judge: str | None = Field(default=None, description="Present when the fallback judge gave it (the "
+                                                                 "judges refused or could not answer).")
 
 
 class PairSource(_Row):
@@ -264,6 +269,11 @@ class OrderJudgement(_Row):
     reply: str | None = None
     parse_failure: bool | None = None
     reasoning: str | None = None
+    outcome: Literal["judged", "refused", "parse_failure", "error"] | None = Field(
+        default=None, description="What happened (judging/refusal.py); absent in records written before it, which "
+                                  "read from their other fields as before.")
+    judge: str | None = Field(default=None, description="The judge model that gave it (its key holds it too); absent "
+                                                        "in older records.")
 
 
 class LikelihoodJudgement(_Row):
@@ -275,6 +285,7 @@ class LikelihoodJudgement(_Row):
     tokens: int | None
     error: str | None
     transient: bool
+    judge: str | None = Field(default=None, description="The judge model that gave it; absent in older records.")
 
 
 JudgementRecord = Annotated[Union[OrderJudgement, LikelihoodJudgement], Field(discriminator="kind")]

@@ -50,6 +50,9 @@ class EvalConfig(JudgeModelConfig):
     def __post_init__(self):
         if not self.trained_model:
             raise UserError("cai eval needs --trained-model DIR (a folder written by `cai train`)")
+        if self.extra_judge_models or self.fallback_judge_model:
+            raise UserError("cai eval judges with one judge: --extra-judge-models and --fallback-judge-model are for "
+                            "`cai judge` and `cai judge agreement`; drop them here")
         if self.judge_model is None:
             # The trained model must not judge itself: by default the base model judges.
             self.judge_model = self.base_model

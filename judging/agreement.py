@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,10 @@ from .config import AgreementConfig
 from .engines import Engines, judge_settings
 from .judge import Comparison, Judge
 from .run import read_jsonl, select_principles
-from .judge_report import ComparisonStats, principle_table
+from .card import refresh_cards
+from .calibration import Labelled, calibration, calibration_lines
+from .ensemble import build_panel
+from .judge_report import ComparisonStats, JudgeReport, judges_lines, principle_table
 from .scoring import ensemble
 
 logger = get_logger(__name__)
@@ -42,8 +46,10 @@ class HumanPair:
     id: str
     line: int
     prompt: list[dict]
-    chosen: str
+    chosen: str  # for a tie: the first response
     rejected: str
+    tie: bool = False  # the person found neither better (``--ties``)
+    sampling: str = "file"  # how the pair was picked for labelling (``cai label --order``; "file" when not said)
 
 
 def parse_transcript(text: str) -> list[dict]:
@@ -95,14 +101,38 @@ def human_pair(line: int, row: dict) -> HumanPair:
     if prompt[-1]["role"] != "user":
         raise ValueError("the conversation before the responses must end with a user turn")
     row_id = str(row["id"]) if row.get("id") is not None else stable_hash([prompt, chosen_text, rejected_text])
-    return HumanPair(row_id, line, prompt, chosen_text, rejected_text)
+    return HumanPair(row_id, line, prompt, chosen_text, rejected_text, sampling=_sampling(row))
 
 
-def read_human_pairs(path: str | Path, limit: int | None = None) -> list[HumanPair]:
+def _sampling(row: dict) -> str:
+    """How a labelled row was picked (``cai label`` records its ``--order``); "file" when the row does not say."""
+    sampling = row.get("sampling")
+    order = sampling.get("order") if isinstance(sampling, dict) else None
+    if order is not None and not isinstance(order, str):
+        raise ValueError("'sampling.order' must be text, e.g. \"doubt\" or \"file\" (as `cai label` writes it)")
+    return order or "file"
+
+
+def tie_pair(line: int, row: dict) -> HumanPair:
+    """A tie as `cai label` writes it: ``{"prompt", "responses": [a, b], "label": "tie"}``."""
+    responses = row.get("responses")
+    if row.get("label") != "tie" or not (isinstance(responses, list) and len(responses) == 2
+                                         and all(isinstance(r, str) and r.strip() for r in responses)):
+        raise ValueError('not a tie row: needs "label": "tie" and "responses": [two texts] (as `cai label` writes '
+                         "OUT.ties.jsonl)")
+    prompt = _as_messages(row.get("prompt"), "prompt")
+    if prompt[-1]["role"] != "user":
+        raise ValueError("the conversation before the responses must end with a user turn")
+    row_id = str(row["id"]) if row.get("id") is not None else stable_hash([prompt, *responses])
+    return HumanPair(row_id, line, prompt, responses[0], responses[1], tie=True, sampling=_sampling(row))
+
+
+def read_human_pairs(path: str | Path, limit: int | None = None, ties: bool = False) -> list[HumanPair]:
     pairs, problems = [], []
-    for line, row in read_jsonl(path, limit, what="human-labelled pairs", flag="--pairs"):
+    flag = "--ties" if ties else "--pairs"
+    for line, row in read_jsonl(path, limit, what="human ties" if ties else "human-labelled pairs", flag=flag):
         try:
-            pairs.append(human_pair(line, row))
+            pairs.append(tie_pair(line, row) if ties else human_pair(line, row))
         except ValueError as exc:
             problems.append(f"{path}:{line}: {exc}")
     if problems:
@@ -110,22 +140,29 @@ def read_human_pairs(path: str | Path, limit: int | None = None) -> list[HumanPa
     return pairs
 
 
-def run_agreement(config: AgreementConfig, backend: Backend | None = None) -> dict:
+def run_agreement(config: AgreementConfig, backend: Backend | None = None,
+                  judge_backends: dict[str, Backend] | None = None) -> dict:
+    """Judge the labelled pairs; the agreement report.  ``backend``: the judge's engine, already built;
+    ``judge_backends``: engines for the extra and fallback judges, by model name."""
     check_outputs("judge agreement", {"--out": config.out, "--details": config.details},
-                  {"--pairs": config.pairs, "--constitution": config.constitution})
+                  {"--pairs": config.pairs, "--ties": config.ties, "--constitution": config.constitution})
     constitution = load_constitution(config.constitution)
     pairs = read_human_pairs(config.pairs, config.limit)
+    if config.ties:
+        pairs += read_human_pairs(config.ties, config.limit, ties=True)
     settings = judge_settings(config)
     plans = [(index, pair, select_principles(constitution, config, pair.id)) for index, pair in enumerate(pairs)]
     engines = Engines(config, judge=backend)
-    judge = Judge(settings, backend_factory=engines.judge, concurrency=config.concurrency)
+    judge = build_panel(config, Judge(settings, backend_factory=engines.judge, concurrency=config.concurrency),
+                        judge_backends)
     verdicts: list[list | None] = [None] * len(pairs)
     progress = None
     try:
         in_flight = 1
-        if pairs:  # the engine starts here, before any pair (nothing is cached), and not for an empty file
-            backend = judge.backend
-            in_flight = config.concurrency or backend.concurrency
+        if pairs:  # the engines start here, before any pair (nothing is cached), and not for an empty file
+            judge.start()
+            in_flight = config.concurrency or judge.members[0].backend.concurrency
+
         def comparisons_of(plan) -> list[Comparison]:
             _, pair, principles = plan
             return [Comparison.of(pair.prompt, pair.chosen, pair.rejected, p) for p in principles]
@@ -146,36 +183,83 @@ def run_agreement(config: AgreementConfig, backend: Backend | None = None) -> di
     finally:
         if progress is not None:
             progress.close()
+        judge.close()
         engines.close()
-    overall, per_principle = ComparisonStats(), {}
+    report = JudgeReport()  # the judge's own figures (each judge's, when there are several)
+    overall, per_principle = report.overall, defaultdict(ComparisonStats)
+    labelled: dict[str, list[Labelled]] = defaultdict(list)  # "all", "principle:ID", "judge:NAME", "sampling:ORDER"
     details = []
     for pair, vs in zip(pairs, verdicts):
         for v in vs:
-            overall.add(v, len(pair.chosen), len(pair.rejected))
-            stats = per_principle.setdefault(v.principle_id, ComparisonStats())
+            report.add(v, len(pair.chosen), len(pair.rejected))
+            stats = per_principle[v.principle_id]
             stats.add(v, len(pair.chosen), len(pair.rejected))
-            stats.add_human(v.p)
+            if not pair.tie:
+                stats.add_human(v.p)
+            labelled[f"principle:{v.principle_id}"].append(Labelled(v.p, pair.tie))
         p = ensemble([v.p for v in vs])
-        overall.add_human(p)
-        details.append({"id": pair.id, "line": pair.line, "p_human_choice": p,
+        if not pair.tie:
+            overall.add_human(p)
+        labelled["all"].append(Labelled(p, pair.tie))
+        labelled[f"sampling:{pair.sampling}"].append(Labelled(p, pair.tie))
+        for name in judge.names if len(judge.members) > 1 else []:
+            own = ensemble([v.by_judge[name].p for v in vs if name in v.by_judge])
+            report.judges[name].add_human(None if pair.tie else own)
+            labelled[f"judge:{name}"].append(Labelled(own, pair.tie))
+        details.append({"id": pair.id, "line": pair.line, "p_human_choice": None if pair.tie else p,
+                        **({"human_tie": True, "p_first": p} if pair.tie else {}), "sampling": pair.sampling,
                         "principles": {v.principle_id: v.as_dict() for v in vs}})
+    report.handed_to_fallback, report.beyond_fallback_limit = judge.handed_to_fallback, judge.beyond_fallback_limit
     result = overall.as_dict()
+    judges = report.as_dict()
     result.update(
         pairs=len(pairs),
         judged_pairs=overall.human_pairs,
-        failed_pairs=len(pairs) - overall.human_pairs,
-        judge=settings.as_dict(),
+        failed_pairs=sum(1 for pair, vs in zip(pairs, verdicts) if not pair.tie
+                         and ensemble([v.p for v in vs]) is None),
+        judge=judge.identity(),
         principles_per_pair=config.principles_per_pair,
         principle_ids=config.principle_id_list(),
         file=str(config.pairs),
-        per_principle={pid: s.as_dict() for pid, s in sorted(per_principle.items())},
+        ties_file=config.ties,
+        per_principle={pid: {**s.as_dict(), "calibration": calibration(labelled[f"principle:{pid}"])}
+                       for pid, s in sorted(per_principle.items())},
+        calibration=calibration(labelled["all"]),
+        sampling=sampling_statement(labelled),
+        handed_to_fallback=judge.handed_to_fallback,
+        beyond_fallback_limit=judge.beyond_fallback_limit,
     )
+    if len(judge.members) > 1:
+        result["judges"] = {name: {**judges["judges"][name], "calibration": calibration(labelled[f"judge:{name}"])}
+                            for name in judge.names}
+        result["judges_agree"] = judges["judges_agree"]
+        result["combine"] = config.combine_judges
     result["text"] = format_agreement(result)
     if config.out:
         atomic_write_text(Path(config.out), json.dumps({k: v for k, v in result.items() if k != "text"}, indent=2) + "\n")
+        refresh_cards(Path(config.out).parent)  # the judge cards beside it now show the agreement with people
     if config.details:
         atomic_write_text(Path(config.details), "".join(json.dumps(d) + "\n" for d in details))
     return result
+
+
+def sampling_statement(labelled: dict[str, list[Labelled]]) -> dict:
+    """How the labelled pairs were picked, with the agreement within each way, and what that means for the figure.
+
+    Pairs labelled doubtful-first (``cai label --order doubt``) are the ones the judge was least sure of, so the
+    agreement on them understates the judge on all its pairs; the statement says so, and gives the agreement on
+    the pairs labelled in file order apart when there are some."""
+    orders = {key.split(":", 1)[1]: calibration(entries) for key, entries in sorted(labelled.items())
+              if key.startswith("sampling:")}
+    counts = {order: figures["pairs"] for order, figures in orders.items()}
+    if set(orders) <= {"file"}:
+        statement = "pairs taken as they come in the file: the agreement is an estimate for pairs like them"
+    else:
+        statement = (f"{counts.get('doubt', 0)} of {sum(counts.values())} pairs were labelled doubtful-first "
+                     "(`cai label --order doubt`: order-inconsistent, low-margin or disputed pairs first), so the "
+                     "agreement on them understates the judge on all its pairs; the pairs labelled in file order "
+                     "give the unbiased figure" + (" (none here)" if "file" not in counts else ""))
+    return {"orders": counts, "by_order": orders, "statement": statement}
 
 
 def _pct(value) -> str:
@@ -200,11 +284,24 @@ def format_agreement(result: dict) -> str:
         f"  mean confidence:        {_pct(result['mean_confidence'])}",
         f"  longer response wins:   {_pct(result['longer_response_wins'])}",
     ]
-    table = principle_table(result["per_principle"], [
-        ("pairs", "human_pairs"), ("agreement", "agreement"), ("order-cons.", "order_consistency"),
-        ("first-wins", "first_option_wins"), ("confidence", "mean_confidence")])
+    lines += calibration_lines(result["calibration"])
+    lines.append(f"  sampling: {result['sampling']['statement']}")
+    if result.get("refusals") or result.get("handed_to_fallback"):
+        lines.append(f"  refusals:               {result['refusals']} of {result['comparisons'] + result['failures'] + result['refusals'] - result['by_fallback_judge']} comparisons"
+                     f" ({result['by_fallback_judge']} answered by the fallback judge, "
+                     f"{result['beyond_fallback_limit']} beyond --fallback-limit)")
+    rows = {pid: {**stats, "excl_ties": stats["calibration"]["excluding_ties"]["agreement"],
+                  "ci_low": (stats["calibration"]["excluding_ties"]["ci95"] or [None])[0]}
+            for pid, stats in result["per_principle"].items()}
+    table = principle_table(rows, [
+        ("pairs", "human_pairs"), ("agreement", "agreement"), ("excl. ties", "excl_ties"), ("CI low", "ci_low"),
+        ("order-cons.", "order_consistency"), ("first-wins", "first_option_wins"), ("confidence", "mean_confidence"),
+        ("refusals", "refusals")])
     if table:
         lines += ["  per principle:", table]
+    if result.get("judges"):
+        lines += judges_lines(result)
+        lines.append(f"  combined by {result['combine']} (judging/ensemble.py)")
     if low <= 0.5 <= high:
         lines.append("warning: the interval includes 0.5: at this sample size the judge is not distinguishable from "
                      "chance; do not trust its labels (try --judge-model or more labelled pairs).")

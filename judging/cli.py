@@ -22,6 +22,7 @@ def judge(argv: list[str]) -> int:
         f"{result['out']}: {counts['pairs']} pairs ({counts['new_pairs']} new, {counts['dropped']} rows dropped; "
         f"{counts['judgements_run']} judgements run, {counts['judgements_cached']} cached); "
         f"SFT rows {result['sft_path']} ({counts['sft_rows']}); report {result['report_path']}"
+        + (f"; judge card {result['card_path']}" if result.get("card_path") else "")
     )
     shard = Shard.parse(config.shard)
     if not shard.whole:  # where the folder of parts stands

@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.backends.base import BackendOptions
-from core.backends.registry import BACKEND_HELP, DEFAULT_BACKEND, EngineOptions, backend_options
+from core.backends.registry import BACKEND_HELP, DEFAULT_BACKEND, EngineOptions, backend_identity, backend_options
 from core.config import check_choice, check_rules
 from core.errors import UserError
 from core.shards import Shard
 
 from .methods import JUDGE_METHODS, method_class, method_options
+from .scoring import COMBINATIONS
 
 
 def _cot_methods() -> list[str]:
@@ -36,6 +37,19 @@ class JudgeModelConfig(EngineOptions):
             The judge's backend (see `backend`); `None`: the same as `backend`.
         judge_base_url (`str` or `None`, *optional*, defaults to `None`):
             The judge endpoint's OpenAI-compatible URL; `None`: `base_url` when the backends are the same.
+        extra_judge_models (`str` or `None`, *optional*, defaults to `None`):
+            More judges, comma-separated, on the judge's backend and endpoint; every judge judges every comparison
+            and the verdicts are combined by `combine_judges` (judging/ensemble.py).
+        combine_judges (`str`, *optional*, defaults to `"mean"`):
+            `"mean"`: the mean of the judges' probabilities; `"majority"`: the share of the judges' votes.
+        fallback_judge_model (`str` or `None`, *optional*, defaults to `None`):
+            A judge for the comparisons the judges refused or could not answer (any backend).
+        fallback_judge_backend (`str` or `None`, *optional*, defaults to `None`):
+            The fallback judge's backend; `None`: the judge's.
+        fallback_judge_base_url (`str` or `None`, *optional*, defaults to `None`):
+            The fallback judge's endpoint; `None`: the judge's when the backends are the same.
+        fallback_limit (`int` or `None`, *optional*, defaults to `None`):
+            At most this many comparisons go to the fallback judge; `None`: every one left without a verdict.
 
         > Parameters that control the policy model
 
@@ -96,6 +110,34 @@ class JudgeModelConfig(EngineOptions):
     judge_base_url: str | None = field(
         default=None, metadata={"help": "Judge's OpenAI-compatible base URL. Default: --base-url."}
     )
+    extra_judge_models: str | None = field(
+        default=None,
+        metadata={"help": "More judges, comma-separated (on --judge-backend at --judge-base-url): every judge judges "
+                          "every comparison and their verdicts are combined by --combine-judges; the report gives "
+                          "each judge's figures and how often they agree. Each judge's judgements are cached apart, "
+                          "so adding one reuses the others'."},
+    )
+    combine_judges: str = field(
+        default="mean",
+        metadata={"help": "How several judges combine: 'mean' (the mean of their probabilities) or 'majority' (the "
+                          "share of their votes; a judge at exactly 0.5 abstains)."},
+    )
+    fallback_judge_model: str | None = field(
+        default=None,
+        metadata={"help": "A judge for the comparisons the judge refused or could not answer (another model or "
+                          "endpoint). Without one they are left out and counted, never scored 0.5."},
+    )
+    fallback_judge_backend: str | None = field(
+        default=None, metadata={"help": "The fallback judge's backend, as --backend. Default: --judge-backend."}
+    )
+    fallback_judge_base_url: str | None = field(
+        default=None, metadata={"help": "The fallback judge's OpenAI-compatible base URL. Default: --judge-base-url "
+                                        "when the backends are the same."}
+    )
+    fallback_limit: int | None = field(
+        default=None, metadata={"help": "At most this many comparisons go to the fallback judge (the rest are left "
+                                        "out and counted). Default: every one."}
+    )
     model: str = field(
         default="default",
         metadata={"help": "Policy model (samples mode samples from it; the judge defaults to it): 'default', a folder or a hub id."},
@@ -144,6 +186,18 @@ class JudgeModelConfig(EngineOptions):
         self.judge_options()
         method = method_class(self.method)  # an unknown name is a UserError with "did you mean"
         method_options(self.method, self)  # its options, checked by its rules
+        check_choice("--combine-judges", self.combine_judges, COMBINATIONS)
+        check_rules(self, [("fallback_limit", self.fallback_limit is None or self.fallback_limit >= 0, "must be >= 0")])
+        judges = [judge_identity for _, _, judge_identity, _ in self.extra_judges()]
+        first = backend_identity(self.resolved_judge_backend, self.resolved_judge_model)
+        if first in judges or len(set(judges)) < len(judges):
+            raise UserError(f"--extra-judge-models {self.extra_judge_models!r} names a judge twice (the first judge is "
+                            f"--judge-model {self.resolved_judge_model!r}); name each judge once")
+        if self.fallback_judge_model:
+            fallback = self.fallback_judge()[2]
+            if fallback == first or fallback in judges:
+                raise UserError(f"--fallback-judge-model {self.fallback_judge_model!r} is one of the judges; a "
+                                "fallback is another model or endpoint")
         if self.cot and not method.supports_cot:
             raise UserError(f"--cot needs --method {' or '.join(_cot_methods())} (the {self.method} method has no verdict "
                             "to reason towards)")
@@ -175,6 +229,21 @@ class JudgeModelConfig(EngineOptions):
     @property
     def resolved_judge_model(self) -> str:
         return self.judge_model or self.model
+
+    def extra_judges(self) -> list[tuple[str, str, str, BackendOptions]]:
+        """``--extra-judge-models``: (backend, model, identity, options) of each, on the judge's backend."""
+        models = [m.strip() for m in (self.extra_judge_models or "").split(",") if m.strip()]
+        backend = self.resolved_judge_backend
+        return [(backend, model, backend_identity(backend, model), self.judge_options()) for model in models]
+
+    def fallback_judge(self) -> tuple[str, str, str, BackendOptions]:
+        """``--fallback-judge-model``'s (backend, model, identity, options)."""
+        backend = self.fallback_judge_backend or self.resolved_judge_backend
+        base_url = self.fallback_judge_base_url or (
+            self.resolved_judge_base_url if backend == self.resolved_judge_backend else None)
+        options = backend_options(backend, self, flag="--fallback-judge-backend",
+                                  flags={"base_url": "--fallback-judge-base-url"}, base_url=base_url)
+        return backend, self.fallback_judge_model, backend_identity(backend, self.fallback_judge_model), options
 
     def judge_is_policy(self) -> bool:
         return (self.resolved_judge_model, self.resolved_judge_backend, self.resolved_judge_base_url) == (
@@ -314,6 +383,8 @@ class AgreementConfig(JudgeModelConfig):
             Also save the agreement report (JSON) here.
         details (`str` or `None`, *optional*, defaults to `None`):
             Also save each pair's judgement (JSON Lines) here.
+        ties (`str` or `None`, *optional*, defaults to `None`):
+            Pairs people found equally good (`cai label`'s OUT.ties.jsonl), counted in the agreement with ties.
     """
 
     pairs: str | None = field(
@@ -323,6 +394,11 @@ class AgreementConfig(JudgeModelConfig):
     )
     out: str | None = field(default=None, metadata={"help": "Also save the agreement report (JSON) here."})
     details: str | None = field(default=None, metadata={"help": "Also save each pair's judgement (JSON Lines) here."})
+    ties: str | None = field(
+        default=None,
+        metadata={"help": "Pairs people found equally good (JSON Lines, as `cai label` writes them to OUT.ties.jsonl: "
+                          "{'prompt', 'responses': [a, b], 'label': 'tie'}): counted in the agreement with ties."},
+    )
 
     def __post_init__(self):
         super().__post_init__()

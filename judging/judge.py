@@ -168,6 +168,7 @@ class Judge:
             self._slots = asyncio.Semaphore(self.concurrency or self._backend.concurrency)
         async with self._slots:
             judgement = await self.method.judge(key, request, self._backend, session)
+        judgement.record.setdefault("judge", self.settings.model)  # whose it is (its key holds the model too)
         self.cache[key] = judgement.record
         self.calls += 1
         if self.progress is not None:

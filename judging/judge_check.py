@@ -105,7 +105,8 @@ def check_judge(check: JudgeCheckConfig, judge: JudgeModelConfig, out: Path, bac
     options = {name: getattr(judge, name) for name in (
         "constitution", "judge_model", "judge_backend", "judge_base_url", "model", "backend", "base_url", "method",
         "likelihood_scale", "principles_per_pair", "principle_ids", "seed", "cot", "cot_clamp", "cot_max_tokens",
-        "constrained_verdict", "api_key_env", "concurrency", "request_timeout", "max_model_len",
+        "constrained_verdict", "extra_judge_models", "combine_judges", "fallback_judge_model", "fallback_judge_backend",
+        "fallback_judge_base_url", "fallback_limit", "api_key_env", "concurrency", "request_timeout", "max_model_len",
         "gpu_memory_utilization", "tensor_parallel_size")}
     key = stable_hash({"pairs": pairs_hash, "limit": check.limit, "judge": options})
     shared = figures_dir() / f"{key}.json"

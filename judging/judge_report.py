@@ -53,13 +53,19 @@ class ComparisonStats:
     human_pairs: int = 0
     human_agree: float = 0.0
     human_ties: int = 0
+    asked: int = 0  # comparisons judged, whatever came of them
+    refusals: int = 0  # comparisons the judge declined (judging/refusal.py); not failures, not parse failures
+    fallback: int = 0  # comparisons with a probability from the fallback judge
 
     def add(self, verdict: Verdict, x_len: int | None = None, y_len: int | None = None) -> None:
         self.parse_failures += verdict.parse_failures
+        self.asked += 1
+        self.refusals += int(verdict.refused)  # the first judge's refusal, whether or not the fallback answered
         if verdict.p is None:
-            self.failures += 1
+            self.failures += int(not verdict.refused)
             return
         self.comparisons += 1
+        self.fallback += int(verdict.fallback)
         self.bounded += int(verdict.bounded)
         self.orders_agree += int(bool(verdict.orders_agree))
         self.order_free += int(verdict.order_free)
@@ -101,6 +107,9 @@ class ComparisonStats:
             "comparisons": self.comparisons,
             "failures": self.failures,
             "parse_failures": self.parse_failures,
+            "refusals": self.refusals,
+            "refusal_rate": _share(self.refusals, self.asked),
+            "by_fallback_judge": self.fallback,
             "label_outside_top_k": self.bounded,
             "order_consistency": _share(self.orders_agree - self.order_free, ordered) if ordered else (
                 1.0 if self.comparisons else None),
@@ -123,6 +132,44 @@ class ComparisonStats:
 
 
 @dataclass
+class RevisedRows:
+    """What became of the rows revised under one principle (revision mode): does the principle do anything?"""
+
+    rows: int = 0
+    flagged: int = 0
+    flags_by_check: dict[str, int] = field(default_factory=dict)
+    change_sum: float = 0.0  # share of the draft's words the revision changed, summed over rows
+    pairs: int = 0
+    revision_chosen: int = 0
+
+    def add_row(self, flags: list[dict], change: float) -> None:
+        self.rows += 1
+        self.change_sum += change
+        self.flagged += int(bool(flags))
+        for name in dict.fromkeys(str(f.get("check")) for f in flags):
+            self.flags_by_check[name] = self.flags_by_check.get(name, 0) + 1
+
+    def merge(self, other: RevisedRows) -> None:
+        for name in ("rows", "flagged", "change_sum", "pairs", "revision_chosen"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name, n in other.flags_by_check.items():
+            self.flags_by_check[name] = self.flags_by_check.get(name, 0) + n
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "flagged": self.flagged,
+                "flags_by_check": dict(sorted(self.flags_by_check.items(), key=lambda kv: (-kv[1], kv[0]))),
+                "revision_change": _share(self.change_sum, self.rows), "pairs": self.pairs,
+                "revision_preferred": _share(self.revision_chosen, self.pairs)}
+
+
+def revision_change(draft: str, revision: str) -> float:
+    """How much of the draft the revision changed: 1 - the similarity of their words (0: the same, 1: all new)."""
+    import difflib
+
+    return 1.0 - difflib.SequenceMatcher(None, draft.split(), revision.split(), autojunk=False).ratio()
+
+
+@dataclass
 class JudgeReport:
     overall: ComparisonStats = field(default_factory=ComparisonStats)
     per_principle: dict[str, ComparisonStats] = field(default_factory=lambda: defaultdict(ComparisonStats))
@@ -135,6 +182,11 @@ class JudgeReport:
     flagged_rows: int = 0
     flagged_left_out: int = 0
     flagged_by_check: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    judges: dict[str, ComparisonStats] = field(default_factory=lambda: defaultdict(ComparisonStats))  # several judges
+    judges_agree: dict[str, list[int]] = field(default_factory=dict)  # "a | b" -> [both answered, agreed]
+    handed_to_fallback: int = 0  # comparisons given to the fallback judge
+    beyond_fallback_limit: int = 0  # comparisons left without a verdict because --fallback-limit was reached
+    revised: dict[str, RevisedRows] = field(default_factory=lambda: defaultdict(RevisedRows))  # by revision principle
     duplicate_rows: int = 0
     duplicate_left_out: int = 0
     duplicates_by_kind: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -142,9 +194,9 @@ class JudgeReport:
 
     #: the plain counts of a report (besides its stats and its counts by reason or check)
     COUNTS = ("rows", "pairs_made", "chosen_longer", "chosen_is_revision", "orders_agree_pairs", "flagged_rows",
-              "flagged_left_out", "duplicate_rows", "duplicate_left_out")
+              "flagged_left_out", "duplicate_rows", "duplicate_left_out", "handed_to_fallback", "beyond_fallback_limit")
     #: counts added later: a report written before them reads them as 0
-    LATER_COUNTS = ("duplicate_rows", "duplicate_left_out")
+    LATER_COUNTS = ("duplicate_rows", "duplicate_left_out", "handed_to_fallback", "beyond_fallback_limit")
     EXAMPLES = 5
 
     def add_duplicate(self, duplicate: dict, kept: bool) -> None:
@@ -169,9 +221,31 @@ class JudgeReport:
             self.rows += 1
             self.flagged_left_out += 1
 
+    def add_revised(self, principle_ids: list[str], flags: list[dict], change: float) -> None:
+        """One revision-mode row: the principles it was revised under, its flags and how much it changed."""
+        for pid in dict.fromkeys(p for p in principle_ids if p):
+            self.revised[pid].add_row(flags, change)
+
+    def add_revision_pair(self, principle_ids: list[str], pair: dict | None) -> None:
+        """The pair a revised row made (None: none): did the judge prefer the revision?"""
+        if pair is None:
+            return
+        for pid in dict.fromkeys(p for p in principle_ids if p):
+            self.revised[pid].pairs += 1
+            self.revised[pid].revision_chosen += int(pair.get("source", {}).get("chosen") == "final_response")
+
     def add(self, verdict: Verdict, x_len: int | None = None, y_len: int | None = None) -> None:
         self.overall.add(verdict, x_len, y_len)
         self.per_principle[verdict.principle_id].add(verdict, x_len, y_len)
+        if verdict.by_judge:
+            from .ensemble import mutual_agreement
+
+            for name, own in verdict.by_judge.items():
+                self.judges[name].add(own, x_len, y_len)
+            for pair, agreed in mutual_agreement(verdict.by_judge):
+                counts = self.judges_agree.setdefault(pair, [0, 0])
+                counts[0] += 1
+                counts[1] += int(agreed)
 
     def add_pair(self, pair: dict | None, reason: str | None = None) -> None:
         self.rows += 1
@@ -200,6 +274,14 @@ class JudgeReport:
                                          key=lambda e: e.get("line") or 0)[:self.EXAMPLES]
         for name in self.COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name, stats in other.judges.items():
+            self.judges[name].merge(stats)
+        for pid, rows in other.revised.items():
+            self.revised[pid].merge(rows)
+        for pair, (both, agreed) in other.judges_agree.items():
+            counts = self.judges_agree.setdefault(pair, [0, 0])
+            counts[0] += both
+            counts[1] += agreed
 
     def sums(self) -> dict:
         """The counts every figure of the report is computed from (kept in the report, for ``merge``)."""
@@ -209,6 +291,10 @@ class JudgeReport:
                 "flagged_by_check": dict(sorted(self.flagged_by_check.items())),
                 "duplicates_by_kind": dict(sorted(self.duplicates_by_kind.items())),
                 "duplicate_examples": list(self.duplicate_examples),
+                **({"revised": {pid: asdict(rows) for pid, rows in sorted(self.revised.items())}}
+                   if self.revised else {}),
+                **({"judges": {name: asdict(stats) for name, stats in sorted(self.judges.items())},
+                    "judges_agree": dict(sorted(self.judges_agree.items()))} if self.judges else {}),
                 **{name: getattr(self, name) for name in self.COUNTS}}
 
     @classmethod
@@ -231,6 +317,17 @@ class JudgeReport:
             if not isinstance(counts, dict) or not all(type(n) is int for n in counts.values()):
                 raise ValueError(f"a report's sums have {name}: counts by name")
             getattr(report, name).update(counts)
+        for pid, rows in (sums.get("revised") or {}).items():  # absent in older reports
+            try:
+                report.revised[pid] = RevisedRows(**rows)
+            except TypeError:
+                raise ValueError("a report's sums have revised: counts by principle") from None
+        for name, stats in (sums.get("judges") or {}).items():  # absent in reports of one judge
+            report.judges[name] = ComparisonStats.from_sums(stats)
+        for pair, counts in (sums.get("judges_agree") or {}).items():
+            if not (isinstance(counts, list) and len(counts) == 2 and all(type(n) is int for n in counts)):
+                raise ValueError("a report's sums have judges_agree: [both, agreed] by pair of judges")
+            report.judges_agree[pair] = list(counts)
         for name in cls.COUNTS:
             if type(sums.get(name)) is not int:
                 raise ValueError(f"a report's sums have {name}: a count")
@@ -255,6 +352,15 @@ class JudgeReport:
             found.append(f"mean confidence is {stats['mean_confidence']:.2f}: the judge barely prefers either response.")
         if stats["failures"]:
             found.append(f"{stats['failures']} comparison(s) failed (see the errors file); they made no pairs.")
+        if stats["refusals"]:
+            refusing = [pid for pid, s in sorted(self.per_principle.items()) if s.refusals]
+            found.append(f"the judge refused {stats['refusals']} comparison(s) ({stats['refusal_rate']:.0%}; under "
+                         f"{', '.join(refusing[:6])}{', ...' if len(refusing) > 6 else ''})"
+                         + (f"; the fallback judge answered {stats['by_fallback_judge']} comparison(s)"
+                            if stats["by_fallback_judge"] else "")
+                         + f"; {self.overall.asked - self.overall.comparisons} comparison(s) are left out without "
+                         "a verdict, never scored 0.5"
+                         + ("" if stats["by_fallback_judge"] else " (--fallback-judge-model gives them to another judge)"))
         return found
 
     def as_dict(self) -> dict:
@@ -273,11 +379,45 @@ class JudgeReport:
             "pairs_with_orders_agreeing": self.orders_agree_pairs,
             "chosen_is_longer": _share(self.chosen_longer, self.pairs_made),
             "chosen_is_revision": _share(self.chosen_is_revision, self.pairs_made),
+            "handed_to_fallback": self.handed_to_fallback,
+            "beyond_fallback_limit": self.beyond_fallback_limit,
             **self.overall.as_dict(),
             "per_principle": {pid: stats.as_dict() for pid, stats in sorted(self.per_principle.items())},
+            **({"revised_per_principle": {pid: rows.as_dict() for pid, rows in sorted(self.revised.items())}}
+               if self.revised else {}),
+            **({"judges": {name: stats.as_dict() for name, stats in sorted(self.judges.items())},
+                "judges_agree": judges_agreement(self.judges_agree)} if self.judges else {}),
             "warnings": self.warnings(),
             "sums": self.sums(),
         }
+
+
+def judges_agreement(counts: dict[str, list[int]]) -> dict[str, dict]:
+    """How often every two judges pick the same response, of the comparisons both answered, with its interval."""
+    from .scoring import wilson_interval
+
+    out = {}
+    for pair, (both, agreed) in sorted(counts.items()):
+        low, high = wilson_interval(agreed, both)
+        out[pair] = {"comparisons": both, "agreement": _share(agreed, both),
+                     "agreement_ci95": [round(low, 4), round(high, 4)] if both else None}
+    return out
+
+
+def judges_lines(report: dict) -> list[str]:
+    """Each judge's figures and their mutual agreement, when there are several."""
+    if not report.get("judges"):
+        return []
+    lines = ["  each judge:"]
+    table = principle_table(report["judges"], [
+        ("comparisons", "comparisons"), ("refusals", "refusals"), ("failures", "failures"),
+        ("order-cons.", "order_consistency"), ("confidence", "mean_confidence"), ("agreement", "agreement")])
+    lines.append(table.replace("principle", "judge    ", 1))
+    for pair, figure in report.get("judges_agree", {}).items():
+        ci = figure["agreement_ci95"]
+        lines.append(f"  judges {pair} agree on {_fmt(figure['agreement'])} of {figure['comparisons']} comparisons"
+                     + (f" (95% CI [{ci[0]:.3f}, {ci[1]:.3f}])" if ci else ""))
+    return lines
 
 
 def _fmt(value) -> str:
@@ -340,7 +480,9 @@ def format_judge_report(report: dict) -> str:
         *_flag_lines(report),
         *_duplicate_lines(report),
         f"  comparisons judged:      {report['comparisons']} ({report['failures']} failed, "
-        f"{report['parse_failures']} parse failures, {report['label_outside_top_k']} with a label outside the top tokens)",
+        f"{report.get('refusals', 0)} refused, "
+        f"{report['parse_failures']} parse failures, {report['label_outside_top_k']} with a label outside the top tokens"
+        + (f"; {report['by_fallback_judge']} by the fallback judge" if report.get("by_fallback_judge") else "") + ")",
         f"  order consistency:       {_fmt(report['order_consistency'])}"
         + ("  (order-free method: by construction)" if report["order_free_comparisons"] else ""),
         f"  first option wins:       {_fmt(report['first_option_wins'])}",
@@ -350,9 +492,11 @@ def format_judge_report(report: dict) -> str:
     ]
     table = principle_table(report["per_principle"], [
         ("comparisons", "comparisons"), ("order-cons.", "order_consistency"), ("first-wins", "first_option_wins"),
-        ("confidence", "mean_confidence"), ("longer-wins", "longer_response_wins"), ("failures", "failures")])
+        ("confidence", "mean_confidence"), ("longer-wins", "longer_response_wins"), ("failures", "failures"),
+        ("refusals", "refusals")])
     if table:
         lines += ["  per principle:", table]
+    lines += judges_lines(report)
     lines += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(lines)
 

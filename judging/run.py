@@ -69,8 +69,10 @@ from core.store import (
 
 from .config import JudgeConfig, JudgeModelConfig
 from .engines import Engines, judge_settings
+from .card import write_card
+from .ensemble import JudgePanel, build_panel
 from .judge import Comparison, Judge, Verdict, is_valid_judgement
-from .judge_report import JudgeReport, format_judge_report, report_path
+from .judge_report import JudgeReport, format_judge_report, report_path, revision_change
 from .scoring import ensemble
 
 logger = get_logger(__name__)
@@ -297,6 +299,8 @@ def build_pair(item: Item, principles: list[Principle], verdicts: dict[tuple[int
         return (None if p is None else 1 - p), vs, True
 
     if all(all(v.p is None for v in vs) for vs in verdicts.values()):
+        if all(v.refused for vs in verdicts.values() for v in vs):
+            return None, "judge refused"
         first_error = next((v.error for vs in verdicts.values() for v in vs if v.error), "no verdict")
         return None, "judge failed" if "parse" not in first_error else "verdict did not parse"
 
@@ -327,13 +331,20 @@ def build_pair(item: Item, principles: list[Principle], verdicts: dict[tuple[int
 
     def oriented(v: Verdict) -> dict:
         if v.p is None:
-            return {"chosen_probability": None, "error": v.error}
+            return {"chosen_probability": None, "error": v.error, **({"refused": True} if v.refused else {})}
         first, second = (v.p_x_first, v.p_x_second) if not flipped else (1 - v.p_x_second, 1 - v.p_x_first)
         entry = {"chosen_probability": round(v.p if not flipped else 1 - v.p, 6),
                  "orders": [round(first, 6), round(second, 6)],  # P(chosen better) with chosen as (A), as (B)
                  "orders_agree": v.orders_agree}
         if v.bounded:
             entry["bounded"] = True
+        if v.by_judge:  # several judges: each one's P(chosen better)
+            entry["judges"] = {name: None if own.p is None else round(own.p if not flipped else 1 - own.p, 6)
+                               for name, own in v.by_judge.items()}
+        if v.fallback:
+            entry["fallback_judge"] = v.judge
+            if v.refused:
+                entry["refused"] = True  # by the judges; the fallback answered
         return entry
 
     scores = {v.principle_id: oriented(v) for v in vs}
@@ -440,7 +451,7 @@ def _needs_sampling(plans: list[_Plan], config: JudgeConfig, samples: dict[str, 
     return needed
 
 
-def _needs_judging(plans: list[_Plan], judge: Judge) -> bool:
+def _needs_judging(plans: list[_Plan], judge: JudgePanel) -> bool:
     """Whether a judgement of a row with its candidates is not in the cache (the judge's engine is needed)."""
     return any(judge.missing([c for cs in comparisons_for(plan.item, plan.principles).values() for c in cs])
                for plan in plans if plan.item.candidates)
@@ -471,15 +482,18 @@ def _ledger(clock: StageClock, judgements: int, output_tokens: int, previous_man
 
 def shard_identity(config: JudgeConfig) -> dict:
     """What every shard's part of one folder of pairs must share."""
-    return {"judge": judge_settings(config).as_dict(), "mode": config.mode, "seed": config.seed}
+    return {"judge": build_panel(config, Judge(judge_settings(config))).identity(), "mode": config.mode,
+            "seed": config.seed}
 
 
 def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backend: Backend | None = None,
-              policy_factory: Callable[[], Backend] | None = None) -> dict:
+              policy_factory: Callable[[], Backend] | None = None,
+              judge_backends: dict[str, Backend] | None = None) -> dict:
     """Run (or resume) ``cai judge``; returns counts, the report and the pairs.
 
     ``backend``, ``policy_backend``: engines already loaded (the judge's, the policy's); ``policy_factory``: the
-    caller's policy engine, loaded on first use (only if rows are left to do) and closed by the caller."""
+    caller's policy engine, loaded on first use (only if rows are left to do) and closed by the caller;
+    ``judge_backends``: engines already loaded for the extra and fallback judges, by model name."""
     shard = Shard.parse(config.shard)
     out = part_path(config.out, shard)  # the file, or this shard's part in the folder --out
     outputs = {"--out": out, "--sft-out": sft_path(config), "its manifest": manifest_path(out),
@@ -498,10 +512,11 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     with exclusive_output(out), contextlib.ExitStack() as saving:
         return _run_judge(config, out, Engines(config, judge=backend, policy=policy_backend,
                                                policy_loads=config.mode == "samples", policy_factory=policy_factory),
-                          saving)
+                          saving, judge_backends)
 
 
-def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: contextlib.ExitStack) -> dict:
+def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: contextlib.ExitStack,
+               judge_backends: dict[str, Backend] | None) -> dict:
     log = logger.info
     clock = StageClock(*engine_device(config.judge_options()))
     constitution = load_constitution(config.constitution)
@@ -540,7 +555,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
 
     errors = JsonlStore(errors_path(out))
     errors.remove()
-    judge = Judge(settings, backend_factory=engines.judge, cache=cache)
+    judge = build_panel(config, Judge(settings, backend_factory=engines.judge, cache=cache), judge_backends)
+    identity = judge.identity()  # the judge's settings, and every other judge's when there are several
     report = JudgeReport()
     checker = RowChecker(constitution)
     # Rows that make no pair are counted now; the others are judged, each on its own.
@@ -552,6 +568,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         if config.mode == "revision":
             flags = checker.row_flags(row)
             report.add_flags(flags, kept=config.keep_flagged)
+            report.add_revised(item.principle_ids, flags,
+                               revision_change(item.candidates[1].text, item.candidates[0].text))
             if flags and not config.keep_flagged:
                 continue
         if index in duplicates:
@@ -562,7 +580,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
     pairs, sft_rows, current, appended, new_pairs, output_tokens = [], [], set(), [], 0, 0
     judged_before = len(cache)
     config_record = {
-        "input": str(config.input), "mode": config.mode, "judge": settings.as_dict(),
+        "input": str(config.input), "mode": config.mode, "judge": identity,
         "backend": config.resolved_judge_backend,
         "principles_per_pair": config.principles_per_pair, "principle_ids": config.principle_id_list(),
         "min_margin": config.min_margin, "require_orders_agree": config.require_orders_agree, "seed": config.seed,
@@ -581,7 +599,10 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         # start-up still writes the manifest); a finished run starts none.
         policy = engines.policy() if _needs_sampling(plans, config, samples) else None
         # New samples make new comparisons: the judge is needed too.
-        judge_engine = judge.backend if policy is not None or _needs_judging(plans, judge) else None
+        judge_engine = None
+        if policy is not None or _needs_judging(plans, judge):
+            judge.start()
+            judge_engine = judge.members[0].backend
         started = judge_engine or policy
         # The judge engine's dtype, on each new pair (provenance); without an engine (all cached) the one recorded.
         judge_dtype = judge_engine.dtype if judge_engine is not None else (
@@ -626,7 +647,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
                         if v.error:
                             errors_out.write(redact_values({"id": item.id, "line": item.line,
                                                             "principle_id": v.principle_id, "error": v.error}))
-                fingerprint = stable_hash({"input": item.input_fingerprint, "judge": settings.as_dict(),
+                fingerprint = stable_hash({"input": item.input_fingerprint, "judge": identity,
                                            "principles": [(p.id, p.comparison_question) for p in principles],
                                            "mode": config.mode, "min_margin": config.min_margin,
                                            "require_orders_agree": config.require_orders_agree})
@@ -634,6 +655,8 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
                 if pair is not None:
                     pair["judge_dtype"] = judge_dtype
                 report.add_pair(pair, reason)
+                if config.mode == "revision":
+                    report.add_revision_pair(item.principle_ids, pair)
                 sft = sft_row(item, pair, config.mode)
                 if sft is not None:
                     sft_rows.append((index, sft))
@@ -658,6 +681,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
             stopped = stopped or exc
         if progress is not None:
             progress.close()
+        judge.close()
         engines.close()
     if stopped is not None:
         # Finished rows stay; nothing is rewritten (pairs not reached yet are not stale), the manifest
@@ -686,8 +710,9 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
     atomic_write_text(sft_out, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                        for _, r in sorted(sft_rows, key=lambda entry: entry[0])))
 
+    report.handed_to_fallback, report.beyond_fallback_limit = judge.handed_to_fallback, judge.beyond_fallback_limit
     report_dict = report.as_dict()
-    report_dict["judge"] = settings.as_dict()
+    report_dict["judge"] = identity
     report_dict = redact_values(report_dict)
     atomic_write_text(report_path(out), json.dumps(report_dict, indent=2, ensure_ascii=False) + "\n")
     counts = {
@@ -703,7 +728,9 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
     }
     write_manifest(out, "judge", config_record, counts, constitution=constitution_record, report=report_dict,
                    sft=str(sft_out), ledger=_ledger(clock, counts["judgements_run"], output_tokens, previous_manifest))
+    card = write_card(out)
     return {"out": str(out), "counts": counts, "report": report_dict, "pairs": final,
             "sft": [r for _, r in sorted(sft_rows, key=lambda entry: entry[0])],
             "sft_path": str(sft_out),
-            "report_path": str(report_path(out)), "text": format_judge_report(report_dict)}
+            "report_path": str(report_path(out)), "card_path": str(card) if card else None,
+            "text": format_judge_report(report_dict)}

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 COT_CLAMP = (0.4, 0.6)
+#: How several judges' verdicts combine (judging/ensemble.py).
+COMBINATIONS = ("mean", "majority")
 
 
 @dataclass(frozen=True)

@@ -59,13 +59,24 @@ class Verdict:
     bounded: bool = False  # a label was outside the top-k tokens: a bound was used
     order_free: bool = False
     parse_failures: int = 0
+    refused: bool = False  # the judge declined (judging/refusal.py): left out, never a 0.5
     error: str | None = None
+    judge: str | None = None  # which judge gave it (set by a panel or a fallback; None: the only judge)
+    fallback: bool = False  # the fallback judge's, for a comparison the first judge left without a verdict
+    by_judge: dict[str, Verdict] = field(default_factory=dict)  # each judge's own verdict (several judges)
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "p": self.p, "p_x_first": self.p_x_first, "p_x_second": self.p_x_second,
             "orders_agree": self.orders_agree, "bounded": self.bounded, "error": self.error,
         }
+        if self.refused:
+            out["refused"] = True
+        if self.fallback:
+            out["fallback"] = self.judge
+        if self.by_judge:
+            out["judges"] = {name: v.p for name, v in self.by_judge.items()}
+        return out
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from core.backends.base import Backend, Sampling
 from core.schema import OrderJudgement
 
+from ..refusal import outcome
 from ..scoring import clamp, combine_orders
 from .base import Comparison, JudgeMethod, Judgement, MethodOptions, Verdict
 
@@ -86,6 +87,7 @@ class BothOrders(JudgeMethod):
             verdict.error = "not judged"
             return verdict
         verdict.parse_failures = sum(1 for r in (xy, yx) if r.get("parse_failure"))
+        verdict.refused = any(outcome(r) == "refused" for r in (xy, yx))
         verdict.bounded = bool(xy.get("bounded") or yx.get("bounded"))
         p1, p2 = xy.get("p_first"), yx.get("p_first")
         if p1 is None or p2 is None:
@@ -102,4 +104,4 @@ class BothOrders(JudgeMethod):
 
 def failed_record(key: str, error: str) -> dict:
     """A request that failed for good this run: not a judgement, so it is redone on the next."""
-    return {"key": key, "kind": "order", "p_first": None, "error": error, "transient": True}
+    return {"key": key, "kind": "order", "p_first": None, "error": error, "transient": True, "outcome": "error"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 from core.backends.base import Backend
 
 from .. import judge_prompts
+from ..refusal import REFUSAL_LABEL_MASS, label_mass
 from ..scoring import normalise_labels
 from .base import Judgement
 from .orders import BothOrders, Order, failed_record
@@ -37,7 +38,13 @@ class Pairwise(BothOrders):
         a, b = (result.logprobs.get(label) for label in judge_prompts.LABELS)
         normalised = normalise_labels(a, b, result.floor)
         record = {"key": key, "kind": "order", "p_first": normalised.p, "bounded": normalised.bounded,
-                  "logprob_a": a, "logprob_b": b, "floor": result.floor, "error": normalised.error, "transient": False}
+                  "logprob_a": a, "logprob_b": b, "floor": result.floor, "error": normalised.error, "transient": False,
+                  "outcome": "error" if normalised.error else "judged"}
+        mass = label_mass(a, b, result.floor)
+        if mass is not None and mass < REFUSAL_LABEL_MASS:
+            # The judge meant to say something other than a label: a refusal, not a verdict near 0.5.
+            record.update(p_first=None, outcome="refused",
+                          error=f"refused: the labels hold {mass:.2g} of the probability (< {REFUSAL_LABEL_MASS})")
         if reasoning is not None:
             record["reasoning"] = reasoning
         return Judgement(record)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from core.backends.base import Backend, Sampling
 
 from .. import judge_prompts
+from ..refusal import declines
 from ..scoring import parse_verdict
 from .base import Judgement
 from .orders import BothOrders, CotOptions, Order, failed_record
@@ -61,8 +62,12 @@ class Text(BothOrders):
 def text_record(key: str, reply: str, last_line: bool) -> dict:
     label = parse_verdict(reply, last_line=last_line)
     record = {"key": key, "kind": "order", "reply": reply, "transient": False}
-    if label is None:
-        record.update(p_first=None, parse_failure=True, error="verdict did not parse: " + repr(reply[-120:]))
+    if label is None and declines(reply):
+        record.update(p_first=None, parse_failure=False, outcome="refused",
+                      error="refused: " + repr(reply[-120:]))
+    elif label is None:
+        record.update(p_first=None, parse_failure=True, outcome="parse_failure",
+                      error="verdict did not parse: " + repr(reply[-120:]))
     else:
-        record.update(p_first=1.0 if label == "A" else 0.0, parse_failure=False, error=None)
+        record.update(p_first=1.0 if label == "A" else 0.0, parse_failure=False, outcome="judged", error=None)
     return record

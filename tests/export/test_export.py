@@ -247,3 +247,13 @@ def test_a_damaged_ledger_is_read_as_missing_parts(run_folder, tmp_path, ledger)
     assert table["stages"].get("generation", {}).get("wall_s") in (0, None)  # nothing usable: no time, no error
     format_status(status(run / "revisions.jsonl"))
     assert export_run(ExportConfig(run_dir=str(run), out=str(tmp_path / "x")))["configs"]["preferences"] == 4
+
+
+def test_a_local_model_folder_is_named_by_its_name_not_its_path():
+    from cai.export import generation_record, model_name
+
+    assert model_name("/home/me/.cache/cai/models/SmolLM2-135M-Instruct") == "SmolLM2-135M-Instruct"
+    assert model_name("./runs/demo/dpo") == "dpo" and model_name("HuggingFaceTB/SmolLM2-135M-Instruct") == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert model_name("served-policy") == "served-policy" and model_name(None) is None
+    assert generation_record({"model": "/root/models/m", "calls": []})["model"] == "m"

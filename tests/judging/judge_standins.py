@@ -147,3 +147,62 @@ class ShorterWins(JudgeMethod):
         x, y = (r["length"] for r in records)
         verdict.p = verdict.p_x_first = verdict.p_x_second = 0.5 if x == y else float(x < y)
         return verdict
+
+
+REFUSAL = "I'm sorry, but I can't help compare responses about this."
+
+
+class RefusingBackend(PreferenceBackend):
+    """A judge that declines the comparisons ``refuse_when(conversation)`` picks, in the form of its method:
+    a declining reply for the text method (unconstrained: structured outputs would force a label), or label
+    log-probabilities with almost no mass on (A) and (B) for the pairwise method (a model that meant to say
+    something else).  It judges the others as ``PreferenceBackend`` does."""
+
+    name = "refusing"
+
+    def __init__(self, refuse_when, **kwargs):
+        super().__init__(**kwargs)
+        self.refuse_when = refuse_when
+        self.refused = 0
+
+    def label_logprobs(self, conversations, labels):
+        out = []
+        for conversation in conversations:
+            if self.refuse_when(conversation):
+                self.label_calls += 1
+                self.refused += 1
+                out.append(LabelLogprobs({"A": -8.0, "B": -8.5}, floor=-9.0))  # P(A) + P(B) = 5e-4
+            else:
+                out.extend(super().label_logprobs([conversation], labels))
+        return out
+
+    def chat(self, conversations, sampling, seeds=None):
+        out = []
+        for i, conversation in enumerate(conversations):
+            if "<response A>" not in conversation[0]["content"] or sampling.choices:
+                out.extend(super().chat([conversation], sampling, [(seeds or [None] * len(conversations))[i]]))
+                continue
+            self.chat_calls += 1
+            if self.refuse_when(conversation):
+                self.refused += 1
+                out.append(Completion(text=REFUSAL, finish_reason="stop", prompt_tokens=10, completion_tokens=12))
+            else:  # the verdict alone, as the text method asks
+                shown = options(conversation)
+                better = "A" if quality(shown["A"]) >= quality(shown["B"]) else "B"
+                out.append(Completion(text=f"({better})", finish_reason="stop", prompt_tokens=10, completion_tokens=3))
+        return out
+
+
+class FixedBackend(PreferenceBackend):
+    """A judge whose P(A) for each conversation is ``p_first(conversation)`` (for combining judges by hand)."""
+
+    name = "fixed"
+
+    def __init__(self, p_first, **kwargs):
+        super().__init__(**kwargs)
+        self.p_first = p_first
+
+    def label_logprobs(self, conversations, labels):
+        self.label_calls += len(conversations)
+        return [LabelLogprobs({"A": math.log(p), "B": math.log(1 - p)}, floor=-20.0)
+                for p in (self.p_first(c) for c in conversations)]

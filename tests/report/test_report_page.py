@@ -111,6 +111,31 @@ def test_model_text_is_shown_as_text_never_run(browser, run_folder):
     browser.screenshot("report-hostile-row")
 
 
+def test_duplicates_and_the_cost_ledger_are_tables_on_the_page(browser, run_folder):
+    report_file = run_folder / "preferences.jsonl.report.json"
+    report = json.loads(report_file.read_text())
+    report.update(duplicate_rows=2, duplicate_rows_left_out=2, duplicates_by_kind={"prompt_exact": 1, "prompt_near": 1},
+                  duplicate_examples=[{"id": "copy-01", "of_id": "hostile-01", "field": "prompt", "kind": "near",
+                                       "similarity": 0.83, "text": HOSTILE, "of_text": "the earlier prompt"}])
+    report_file.write_text(json.dumps(report))
+    open_report(browser, run_folder)
+    page = browser.page
+    duplicates = page.locator("section#duplicates")
+    assert duplicates.is_visible() and "2 input rows repeat an earlier row (1 prompt exact, 1 prompt near)" in (
+        duplicates.text_content())
+    assert duplicates.locator("td.text").first.text_content() == HOSTILE and page.evaluate("window.__pwned") is None
+    # No manifest here: the ledger sums the rows' calls (8 rows: draft 40 + 30 tokens, critique 90 + 20, revision
+    # 130 + 35 each) and says so.
+    cost = page.locator("section#cost")
+    assert cost.is_visible() and "summed from the rows' calls" in cost.text_content()
+    cells = [row.locator("td").all_text_contents() for row in cost.locator("tbody tr").all()]
+    assert cells[:4] == [["draft", "8", "320", "240", "-", "-", "-"], ["critique", "8", "720", "160", "-", "-", "-"],
+                         ["revision", "8", "1,040", "280", "-", "-", "-"],
+                         ["generation", "24", "2,080", "680", "-", "-", "-"]]
+    assert browser.errors == []
+    browser.screenshot("report-duplicates-and-cost")
+
+
 # -- without a browser ------------------------------------------------------------------
 def test_cli_writes_one_self_contained_page(run_folder, tmp_path, capsys):
     out = tmp_path / "page" / "r.html"
