@@ -165,9 +165,51 @@ def _agreements(run_dir: Path) -> list[tuple[str, dict]]:
     found = []
     for path in sorted(run_dir.glob("*.json")):
         report = _read_json(path)
-        if report is not None and "agreement_ci95" in report:
+        interval = (report or {}).get("agreement_ci95")
+        if (isinstance(interval, list) and len(interval) == 2
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in interval)):
             found.append((path.name, report))
     return found
+
+
+def _share(figure) -> str:
+    """``{"agreement", "agreed", "pairs", "ci95"}`` in words."""
+    if not isinstance(figure, dict) or figure.get("agreement") is None:
+        return "-"
+    interval = figure.get("ci95") if isinstance(figure.get("ci95"), list) else [None, None]
+    return (f"{_fmt(figure['agreement'])} ({figure.get('agreed')} of {figure.get('pairs')}; 95% interval "
+            f"[{_fmt(interval[0])}, {_fmt(interval[-1])}])")
+
+
+def _judge_card(run_dir: Path) -> list[str]:
+    """The judge card (``judging.card``): agreement with people, per principle, its warnings, and the card."""
+    from judging.card import load_card
+
+    card = load_card(run_dir)
+    if not card:
+        return []
+    lines = [f"The judge card (`judging.card`, version {card.get('card_version')}):", ""]
+    people = card.get("people")
+    if isinstance(people, dict):
+        lines += [f"- agreement with people ({_code(Path(str(people.get('file'))).name)}, {people.get('pairs')} pairs): "
+                  f"counting ties {_share(people.get('counting_ties'))}, excluding ties "
+                  f"{_share(people.get('excluding_ties'))}"
+                  + ("" if people.get("judge_matches") else " (measured on another judge)")]
+    principles = [p for p in card.get("principles") or [] if isinstance(p, dict)]
+    if principles:
+        lines += ["", _table(["principle", "rows", "flagged", "comparisons", "order consistency", "mean confidence",
+                              "revision preferred"],
+                             [[_code(p.get("id")), p.get("rows"), p.get("flagged"), p.get("comparisons"),
+                               p.get("order_consistency"), p.get("mean_confidence"), p.get("revision_preferred")]
+                              for p in principles])]
+    lines += [""] + [f"- warning: {redact_text(str(w))}" for w in card.get("warnings") or []]
+    judge = card.get("judge") if isinstance(card.get("judge"), dict) else {}
+    shown = {**card, "judge": {**judge, "model": model_name(judge.get("model"))},
+             "source": {key: Path(str(value)).name if value else value
+                        for key, value in (card.get("source") or {}).items()}}
+    lines += ["", "<details><summary>The judge card (JSON)</summary>", "",
+              _block(json.dumps(redact_values(shown), indent=2, ensure_ascii=False), "json"), "", "</details>", ""]
+    return lines
 
 
 def _judge(data) -> list[str]:
@@ -194,7 +236,11 @@ def _judge(data) -> list[str]:
                       "rows", "pairs_made", "pairs_dropped", "flagged_rows_left_out", "duplicate_rows_left_out",
                       "comparisons", "failures", "order_consistency",
                       "first_option_wins", "mean_confidence", "longer_response_wins", "chosen_is_revision")]), ""]
-        lines += [f"- warning: {redact_text(w)}" for w in report.get("warnings") or []]
+    card = _judge_card(data.run_dir)
+    if card:
+        lines += card
+    elif report:
+        lines += [f"- warning: {redact_text(str(w))}" for w in report.get("warnings") or []]
     return lines
 
 

@@ -33,7 +33,7 @@ from core.config import check_choice
 from core.errors import UserError
 from core.hashing import stable_hash
 from core.log import get_logger
-from core.store import JsonlStore, parse_json_line
+from core.store import JsonlStore, check_outputs, check_own_output, exclusive_output, parse_json_line
 
 SOURCES = ("preferences", "revisions")
 ORDERS = ("file", "doubt")
@@ -418,6 +418,25 @@ def label_command(argv: list[str]) -> int:
     if not Path(config.run_dir).is_dir():
         raise UserError(f"{config.run_dir}: no such run folder; pass the folder `cai run` wrote")
     out = config.out_path()
+    check_labels_out(out, config.run_dir, config.source)
+    # One server writes a labels file at a time: a second on the same run folder stops here (two would
+    # store the same pair twice, with opposite labels).
+    with exclusive_output(out):
+        return _serve(config, out)
+
+
+def check_labels_out(out: Path, run_dir: str | Path, source: str) -> None:
+    """Refuse labels files that are the pairs' source, another stage's file (the run's rows, pairs, SFT rows, a
+    report) or anything but labels."""
+    from core.shards import stage_output
+
+    outputs = {"--out": out, "its ties file": ties_path(out)}
+    check_outputs("label", outputs, {f"the run's {source}": stage_output(run_dir, source)})
+    for flag, path in outputs.items():
+        check_own_output(path, "label", lambda row: "key" in row and "labelled_at" in row, flag)
+
+
+def _serve(config: LabelConfig, out: Path) -> int:
     session = LabelSession(load_pairs(config.run_dir, config.source, config.seed, config.order), out, config.source,
                            config.order)
     server = LabelServer(session, config.port, title=f"cai label: {config.run_dir}")

@@ -286,9 +286,35 @@ def _train(step: TrainStep, keys: dict[str, str]) -> str:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
+def _check_user_files(plan: RunPlan, overwrite: bool) -> None:
+    """Before any work: the run folder's report, eval file and model folders are absent or an earlier ``cai run``'s;
+    a user's file or another model there is replaced only with ``--overwrite``."""
+    if overwrite:
+        return
+    from cai.report import check_report_out
+    from training.models import check_model_folder
+
+    fix = "move it, choose another run_dir, or pass --overwrite to replace it"
+    try:
+        check_report_out(plan.run_dir / "report.html", "the run's report", fix)
+        eval_out = Path(plan.eval.out)
+        if eval_out.exists() and not _eval_stamp(eval_out).exists():
+            raise UserError(f"the run's eval file {eval_out} exists and was not written by `cai run` (it has no "
+                            f"{_eval_stamp(eval_out).name}); it was left as it is: {fix}")
+        for step in plan.train:
+            check_model_folder(step.folder, f"the run's {step.method.name} folder")
+    except UserError as exc:
+        raise UserError(f"{plan.recipe.path}: {exc}") from None
+
+
+def _eval_stamp(out: Path) -> Path:
+    return out.with_name(out.name + ".stage.json")
+
+
+def run_pipeline_from_recipe(recipe_path: str | Path, overwrite: bool = False) -> dict:
     log = logger.info
     plan = plan_run(recipe_path)
+    _check_user_files(plan, overwrite)
     judge_check = judge_check_config(plan.recipe.data.get("judge_check"), str(plan.recipe.path))
     run_dir = plan.run_dir
     # A judge of another model loads beside the policy (kept for the judge and eval): on one GPU each gets a
@@ -355,7 +381,7 @@ def run_pipeline_from_recipe(recipe_path: str | Path) -> dict:
     print(f"\nrun folder: {run_dir} (revisions.jsonl, preferences.jsonl, sft.jsonl, {trained.name}/, eval.json)")
     from cai.report import write_report
 
-    summary["report"] = str(write_report(run_dir))
+    summary["report"] = str(write_report(run_dir, overwrite=overwrite))
     print(f"report: {summary['report']} (open it in a browser; `cai label {run_dir}` to label pairs by hand)")
     return summary
 
@@ -413,7 +439,7 @@ def _eval(plan: RunPlan, policy: PolicyEngine) -> dict:
              "settings": dataclasses.asdict(config),
              "files": {name: _file_hash(getattr(config, name)) for name in ("prompts", "constitution", "pairs")}}
     key = stable_hash(stamp)
-    stamp_path = out.with_name(out.name + ".stage.json")
+    stamp_path = _eval_stamp(out)
     if _current(stamp_path, key):
         evaluation = read_json_object(out)
         if evaluation is not None:  # else the result is gone or torn: evaluate again
@@ -440,6 +466,9 @@ def run_command(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="cai run", description="Generate, judge, train and eval from a recipe.")
     parser.add_argument("--recipe", default="recipes/demo.yaml", help="Recipe YAML (default: %(default)s).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace files in run_dir that `cai run` did not write (a report.html, an eval.json, a "
+                             "model folder of the train stage's name); without it they stop the run before any work.")
     args = parser.parse_args(argv)
-    run_pipeline_from_recipe(args.recipe)
+    run_pipeline_from_recipe(args.recipe, overwrite=args.overwrite)
     return 0

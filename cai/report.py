@@ -339,6 +339,7 @@ def build_report(run: RunFiles) -> str:
     tags = sorted({row["tag"] for row in rows if row["tag"]})
     return render_template(
         "report.html.j2",
+        generator=GENERATOR,
         title=f"cai report: {run.run_dir}",
         run_dir=str(run.run_dir),
         tiles=_tiles(run),
@@ -355,12 +356,40 @@ def build_report(run: RunFiles) -> str:
     )
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, agreement: str | None = None) -> Path:
-    """Write the page for ``run_dir`` (default ``RUN_DIR/report.html``) and return its path."""
+#: the page's ``<meta name="generator">``: how ``cai report`` knows a file it may replace
+GENERATOR = "cai report"
+
+
+def is_report_page(path: Path) -> bool:
+    """Whether ``path`` is a page ``cai report`` wrote (its generator tag is near the top)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    # (pages written before the generator tag: by their title)
+    return f'<meta name="generator" content="{GENERATOR}">'.encode() in head or b"<title>cai report: " in head
+
+
+def check_report_out(out: Path, flag: str = "--out", fix: str = "choose another --out") -> None:
+    """Refuse to write the page over a folder, or over a file that is not a page ``cai report`` wrote (a run's
+    rows, a manifest, the judge report, a user's own page)."""
+    if out.is_dir():
+        raise UserError(f"{flag} {out}: is a folder; pass a file path for the page")
+    if out.exists() and out.stat().st_size and not is_report_page(out):
+        raise UserError(f"{flag} {out} exists and is not a page written by `cai report`; it was left as it is: {fix}")
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, agreement: str | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write the page for ``run_dir`` (default ``RUN_DIR/report.html``) and return its path; a file there that
+    is not such a page is refused unless ``overwrite`` (``cai run --overwrite``)."""
     from core.store import atomic_write_text
 
-    run = load_run(run_dir, agreement)
     out = Path(out) if out else Path(run_dir) / "report.html"
+    if not overwrite:
+        check_report_out(out)
+    run = load_run(run_dir, agreement)
     atomic_write_text(out, build_report(run))
     return out
 

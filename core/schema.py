@@ -340,6 +340,8 @@ def describe_error(error: dict, name: str | None = None, hint: str = "") -> str:
     if kind == "list_type":
         return f"{where} must be a list, got {_short(value)}"
     if kind == "too_short":
+        if error.get("ctx", {}).get("actual_length"):
+            return f"{where} must have at least {error['ctx']['min_length']} items, got {_short(value)}"
         return f"{where} must not be empty"
     if kind == "string_type":
         return f"{where} must be text, got {_short(value)}"

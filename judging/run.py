@@ -64,6 +64,7 @@ from core.store import (
     read_json_objects,
     read_json_rows,
     read_manifest,
+    same_file,
     write_manifest,
 )
 
@@ -97,6 +98,22 @@ def sft_path(config: JudgeConfig) -> Path:
         return Path(config.sft_out) if config.sft_out else Path(config.out).with_name("sft.jsonl")
     folder = Path(config.sft_out) if config.sft_out else Path(config.out).with_name("sft")
     return part_path(folder, shard, "--sft-out")
+
+
+def check_sft_owner(sft: Path, out: Path) -> None:
+    """Refuse SFT rows that another judge output of the folder wrote (its manifest names them): a second
+    ``--out`` beside the first would otherwise replace the first one's ``sft.jsonl``."""
+    if not sft.is_file():
+        return
+    for manifest_file in sft.parent.glob("*.manifest.json"):
+        owner = manifest_file.with_name(manifest_file.name.removesuffix(".manifest.json"))
+        manifest = read_manifest(owner)
+        recorded = manifest.get("sft") if manifest and manifest.get("stage") == "judge" else None
+        if not isinstance(recorded, str) or same_file(owner, out):
+            continue
+        if same_file(recorded, sft) or Path(recorded).name == sft.name:  # (by name: the folder may have moved)
+            raise UserError(f"{sft} holds the SFT rows of {owner} (see {manifest_file}); this run would replace "
+                            f"them: pass --sft-out FILE for this run's SFT rows (e.g. {out.with_suffix('')}.sft.jsonl)")
 
 
 # -- principles ---------------------------------------------------------------
@@ -502,6 +519,7 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     check_outputs("judge", outputs, {"--in": config.input, "--constitution": config.constitution})
     check_own_output(out, "judge", is_pair_row)
     check_own_output(sft_path(config), "judge", lambda row: "messages" in row, "--sft-out")
+    check_sft_owner(sft_path(config), out)
     models = [("--judge-model", config.resolved_judge_model, config.resolved_judge_backend)]
     if config.mode == "samples":
         models.append(("--model", config.model, config.backend))

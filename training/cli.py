@@ -26,7 +26,8 @@ def usage() -> str:
 
 
 def _check_output_dir(prog: str, config) -> None:
-    """The model folder to write is a folder, and not one of the command's inputs (the base model, the data)."""
+    """The model folder to write is a folder, not one of the command's inputs (the base model, the data), and not
+    a folder of files ``cai train`` did not write (unless --overwrite)."""
     from core.store import same_file
 
     output_dir = Path(config.output_dir)
@@ -37,6 +38,12 @@ def _check_output_dir(prog: str, config) -> None:
         if source and Path(source).exists() and same_file(output_dir, source):
             raise UserError(f"{prog}: --output-dir {output_dir} is --{flag.replace('_', '-')}, an input; "
                             "writing it would replace the input: choose another --output-dir")
+    from training.models import check_model_folder
+
+    try:
+        check_model_folder(output_dir, overwrite=config.overwrite)
+    except UserError as exc:
+        raise UserError(f"{prog}: {exc}") from None
 
 
 def train(argv: list[str]) -> int:

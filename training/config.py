@@ -149,6 +149,11 @@ class StageFields:
     output_dir: str | None = field(
         default=None, metadata={"help": "The model folder to write (required)."}
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Write into --output-dir even when it holds files `cai train` did not write (another "
+                  "model's weights): they are replaced. A folder `cai train` wrote (its own checkpoints) needs no flag."},
+    )
     num_train_epochs: float = field(default=1.0, metadata={"help": "Total number of training epochs."})
     logging_steps: float = field(default=1, metadata={"help": "Log every this many steps (short runs: every step)."})
     save_strategy: SaveStrategy | str = field(

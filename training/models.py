@@ -138,6 +138,23 @@ def load_into_empty_copy(model, state_dict: dict):
     return copy
 
 
+def is_own_model_folder(folder: Path) -> bool:
+    """Whether ``cai train`` wrote ``folder``: its summary, a run's stamp, a save or checkpoints to resume."""
+    return any((folder / name).exists() for name in ("cai_training.json", "cai_stage.json", ".saving")) or \
+        any(folder.glob("checkpoint-*"))
+
+
+def check_model_folder(folder: str | Path, flag: str = "--output-dir", overwrite: bool = False,
+                       overwrite_flag: str = "--overwrite") -> None:
+    """Refuse to train into a folder that holds files ``cai train`` did not write (another model's weights, a
+    user's files) unless ``overwrite``; an empty or missing folder, or one of its own, is fine."""
+    folder = Path(folder)
+    if overwrite or not folder.is_dir() or is_own_model_folder(folder) or not any(folder.iterdir()):
+        return
+    raise UserError(f"{flag} {folder} holds files `cai train` did not write (another model's weights?); they were "
+                    f"left as they are: choose another {flag}, or pass {overwrite_flag} to replace them")
+
+
 def save_model_folder(model, tokenizer, output_dir: str | Path, dtype, extra: dict | None = None) -> Path:
     """Write ``model`` (LoRA merged) with its tokenizer as a safetensors folder; return the folder.
 

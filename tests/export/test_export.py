@@ -64,6 +64,7 @@ def test_card_validates_and_says_where_the_data_came_from(exported, run_folder):
     # the judge's figures: agreement with human labels, and on this run's pairs
     assert "| `judge_check.json` | `served-judge` | 100 | 0.530 | [0.430, 0.630] | False |" in card
     assert "not distinguishable from chance" in card
+    assert "The judge card (`judging.card`, version 1)" in card and '"model": "served-judge"' in card
     report = json.loads((run_folder / "preferences.jsonl.report.json").read_text())
     assert f"| pairs made | {report['pairs_made']} |" in card and "| duplicate rows left out | 2 |" in card
     # what was left out, and why

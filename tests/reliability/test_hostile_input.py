@@ -602,6 +602,45 @@ COMMAND_CASES = [
      [r"recipe\.yaml:\d+: the YAML expands to more than 200,000 values"], 1),
     ("run-recipe-missing", lambda t, u: ["run", "--recipe", str(t / "nowhere.yaml")], None,
      [r"nowhere\.yaml: cannot read the recipe"], 1),
+    # --- no command writes over a file it did not create for this output ------------------------------------------
+    ("report-out-is-generate-output", lambda t, u: ["report", str(t), "--out", str(t / "r.jsonl")], None,
+     [r"--out .*r\.jsonl exists and is not a page written by `cai report`; it was left as it is: choose another --out"],
+     1),
+    ("report-out-is-a-manifest", lambda t, u: ["report", str(t), "--out", str(t / "r.jsonl.manifest.json")], None,
+     [r"r\.jsonl\.manifest\.json exists and is not a page written by `cai report`"], 1),
+    ("report-out-is-judge-report", lambda t, u: ["report", str(t), "--out", str(t / "prefs.jsonl.report.json")], None,
+     [r"prefs\.jsonl\.report\.json exists and is not a page written by `cai report`"], 1),
+    ("label-out-is-generate-output", lambda t, u: ["label", str(t), "--out", str(t / "r.jsonl")], None,
+     [r"--out .*r\.jsonl was written by `cai generate`"], 1),
+    ("label-out-is-judge-output", lambda t, u: ["label", str(t), "--out", str(t / "prefs.jsonl")], None,
+     [r"--out .*prefs\.jsonl was written by `cai judge`"], 1),
+    ("label-out-is-sft-rows", lambda t, u: ["label", str(t), "--out", str(t / "sft.jsonl")], None,
+     [r"--out .*sft\.jsonl exists and is not an output of `cai label`"], 1),
+    ("judge-second-out-would-replace-the-first-sft", lambda t, u: _judge_args(t, u, "--out", str(t / "other.jsonl")),
+     None, [r"sft\.jsonl holds the SFT rows of .*prefs\.jsonl .*pass --sft-out FILE for this run's SFT rows"], 1),
+    ("agreement-out-is-sft-rows", lambda t, u: ["judge", "agreement", "--pairs", str(t / "human.jsonl"), "--backend",
+                                                "openai", "--base-url", u, "--model", "standin", "--method",
+                                                "pairwise", "--out", str(t / "sft.jsonl")], None,
+     [r"--out .*sft\.jsonl exists and is not an output of `cai judge agreement`"], 1),
+    ("agreement-details-is-sft-rows", lambda t, u: ["judge", "agreement", "--pairs", str(t / "human.jsonl"),
+                                                    "--backend", "openai", "--base-url", u, "--model", "standin",
+                                                    "--method", "pairwise", "--details", str(t / "sft.jsonl")], None,
+     [r"--details .*sft\.jsonl exists and is not an output of `cai judge agreement`"], 1),
+    ("train-output-dir-holds-another-model-needs-overwrite",
+     lambda t, u: ["train", "sft", "--data", str(t / "train.jsonl"), "--output-dir", str(t / "model")],
+     lambda t: (_pairs_row("margin", "0.5")(t), _model_folder_without_config(t)),
+     [r"--output-dir .*model holds files `cai train` did not write .*choose another --output-dir, or pass "
+      r"--overwrite to replace them"], 1),
+    ("run-over-a-users-report-needs-overwrite", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
+     lambda t: (_recipe()(t), (t / "run").mkdir(), (t / "run" / "report.html").write_text("<p>my notes</p>")),
+     [r"recipe\.yaml: the run's report .*report\.html exists and is not a page written by `cai report`; it was left "
+      r"as it is: move it, choose another run_dir, or pass --overwrite"], 1),
+    ("run-over-a-users-eval-needs-overwrite", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
+     lambda t: (_recipe()(t), (t / "run").mkdir(), (t / "run" / "eval.json").write_text('{"mine": 1}')),
+     [r"recipe\.yaml: the run's eval file .*eval\.json exists and was not written by `cai run`"], 1),
+    ("run-over-another-model-needs-overwrite", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
+     lambda t: (_recipe()(t), (t / "run" / "dpo").mkdir(parents=True), (t / "run" / "dpo" / "model.bin").write_bytes(b"w")),
+     [r"recipe\.yaml: the run's dpo folder .*dpo holds files `cai train` did not write"], 1),
     # --- cai run: a recipe's values of the wrong type name the file and the line ---------------------------------
     ("run-run-dir-a-number", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")], _recipe(run_dir=5),
      [r"recipe\.yaml:\d+: run_dir: expected a string \(the run folder, e\.g\. run_dir: runs/demo\), got 5"], 1),
@@ -613,6 +652,12 @@ COMMAND_CASES = [
      [r"recipe\.yaml:\d+: seed: expected a whole number, got 'x'"], 1),
     ("run-generate-without-prompts", lambda t, u: ["run", "--recipe", str(t / "recipe.yaml")],
      _set("recipe.yaml", "run_dir: run\n"), [r"recipe\.yaml:1: generate: prompts is required; add prompts: \.\.\. there"], 1),
+    # --- cai label: the pairs it reads ------------------------------------------------------------------------------
+    ("label-pairs-lone-surrogate", lambda t, u: ["label", str(t), "--port", "0"],
+     _set("preferences.jsonl", '{"prompt": "hi", "chosen": "ok \\ud800", "rejected": "no"}\n'),
+     [r"preferences\.jsonl:1: contains an unpaired surrogate"], 1),
+    ("label-pairs-nested-deep", lambda t, u: ["label", str(t), "--port", "0"], _set("preferences.jsonl", _deep()),
+     [r"preferences\.jsonl:1: nested too deeply"], 1),
     # --- every file read is bounded before it is parsed: a device, a pipe, a runaway file ------------------------
     ("run-recipe-dev-zero", lambda t, u: ["run", "--recipe", "/dev/zero"], None,
      [r"/dev/zero: not a regular file \(a device such as /dev/zero, or a pipe\); save the recipe to a file"], 1),
@@ -673,7 +718,8 @@ def test_every_command_refuses_with_one_error_line_and_changes_no_input(case, st
         assert re.search(pattern, err), f"{name}: {pattern!r} not in:\n{err}"
     assert "Traceback" not in err and "Traceback" not in captured.out
     assert [line for line in err.splitlines() if line.startswith("error: ")], err
-    assert "--overwrite" not in err or name.startswith("generate-other-"), err  # never offered for a file not ours
+    # never offered for a file not ours, except where the user's own file or model is to be replaced
+    assert "--overwrite" not in err or name.startswith("generate-other-") or name.endswith("-needs-overwrite"), err
     assert standin.requests == requests_before, f"{name}: the server was called"
     assert _hashes(tmp_path) == before, f"{name}: files changed"
 

@@ -209,6 +209,12 @@ def test_label_command_serves_until_interrupted(label_run, tmp_path):
         with urllib.request.urlopen(url + "api/state", timeout=10) as response:
             state = json.loads(response.read())
         assert state["total"] == len(PAIRS) and state["done"] == 0 and state["pair"]["prompt"][0]["role"] == "user"
+        # A second server on the same labels file stops at once: two would store a pair twice, labelled both ways.
+        second = subprocess.run([sys.executable, "-m", "cai", "label", str(label_run), "--port", "0", "--out", str(out)],
+                                cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                timeout=120)
+        assert second.returncode == 1 and "is being written by another run (pid" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -353,3 +359,29 @@ def test_a_sharded_run_folder_with_a_part_missing_is_refused_naming_it(tmp_path,
     assert main(["label", str(run)]) == 1
     err = capsys.readouterr().err
     assert "part-00001-of-00002.jsonl" in err and "missing" in err and "Traceback" not in err
+
+
+def test_another_page_cannot_show_the_label_page_in_a_frame(browser, label_run, tmp_path):
+    """Clickjacking: a page framing the labelling UI would have clicks through it write labels."""
+    out = tmp_path / "labels.jsonl"
+    server = start(label_run, out)
+
+    def shows_the_label_ui(frame) -> bool:
+        try:
+            return frame.query_selector("#pick-1") is not None
+        except Exception:  # noqa: BLE001 - a frame the browser blocked or tore down shows nothing
+            return False
+
+    try:
+        page = browser.page
+        page.set_content(f'<p>Win a prize: click below!</p><iframe src="{server.url}" width="900" height="600"></iframe>')
+        page.wait_for_timeout(1500)
+        framed = [frame for frame in page.frames if frame != page.main_frame]
+        assert framed, "the page made no frame"
+        browser.screenshot("label-framed")
+        assert not any(shows_the_label_ui(frame) for frame in framed)
+        page.goto(server.url)  # opened directly, it works
+        page.wait_for_selector("#pick-1")
+    finally:
+        server.close()
+    assert not out.exists()

@@ -320,7 +320,7 @@ DAMAGE = [
     ("judge-report-nested-deep", _put("preferences.jsonl.report.json", DEEP),
      r"damaged, left out: preferences\.jsonl\.report\.json: not a readable JSON object"),
     ("agreement-one-bound", _edit_json("agreement.json", lambda r: {**r, "agreement_ci95": [0.4]}),
-     r"damaged, left out: agreement\.json: agreement_ci95 must not be empty|agreement_ci95: .*at least 2"),
+     r"damaged, left out: agreement\.json: agreement_ci95 must have at least 2 items, got \[0\.4\]"),
     ("agreement-text", _edit_json("agreement.json", lambda r: {**r, "agreement": "most"}),
      r"damaged, left out: agreement\.json: agreement must be a number"),
     ("eval-a-list", _put("eval.json", "[1, 2]"), r"damaged, left out: eval\.json: not a JSON object"),
