@@ -355,7 +355,7 @@ def reward_distribution_figure(summary: dict):
         for ax, (name, values) in zip(axes, sources):
             ax.hist(values, bins=min(20, max(5, len(values) // 4)), color=GREEN if name == "judge" else BLUE,
                     edgecolor="white")
-            ax.set_title(f"{name} rewards ({len(values)} completions)", fontsize=9)
+            ax.set_title(f"{name} ({len(values)} completions)", fontsize=9)
             ax.set_xlabel("reward")
         axes[0].set_ylabel("completions")
         return fig

@@ -285,7 +285,10 @@ def _pct(value) -> str:
 
 def format_agreement(result: dict) -> str:
     judge = result["judge"]
-    lines = [f"judge {judge['model']} (method {judge['method']}{', cot' if judge['cot'] else ''}) "
+    who = (f"judges {' + '.join(result['judges'])} combined by {result['combine']}" if result.get("judges")
+           else f"judge {judge['model']}")
+    fallback = f", fallback {judge['fallback']['model']}" if judge.get("fallback") else ""
+    lines = [f"{who} (method {judge['method']}{', cot' if judge['cot'] else ''}{fallback}) "
              f"on {result['file']}: {result['pairs']} human-labelled pairs"]
     if not result.get("human_pairs"):
         lines.append("no pair could be judged; see the failures above")

@@ -151,7 +151,9 @@ class TrainingStage:
             # stop.
             trainer.args.logging_nan_inf_filter = False
             trainer.add_callback(finite_loss_callback(self.method))
-            trainer.train(resume_from_checkpoint=resume_point(config))
+            point = resume_point(config)
+            # PPOTrainer's train() takes no checkpoint; the others resume when asked
+            trainer.train(**({} if point is None else {"resume_from_checkpoint": point}))
         finally:
             self.close()
         summary: dict[str, Any] = {

@@ -200,6 +200,7 @@ def test_two_judges_combined_with_their_mutual_agreement(tmp_path, how):
     assert result["judges_agree"]["length | quality"]["comparisons"] == 4
     assert result["combine"] == how
     assert "judges length | quality agree on 0.500 of 4" in result["text"]
+    assert result["text"].startswith(f"judges quality + length combined by {how}")
     if how == "majority":  # the two disagreements are even votes: ties, counted both ways
         assert result["calibration"]["judge_ties"] == 2
         assert result["calibration"]["counting_ties"]["agreement"] == 0.5

@@ -223,7 +223,7 @@ def test_rl_curves_show_reward_kl_beta_and_the_distribution_of_judge_rewards(run
     curves = curves[: curves.index("</svg>")]
     assert "mean reward" in curves and "KL to the reference" in curves and "KL coefficient" in curves
     histogram = html[html.index('id="plot-rewards-rloo"'):]
-    assert "judge rewards (8 completions)" in histogram[: histogram.index("</svg>")]
+    assert "judge (8 completions)" in histogram[: histogram.index("</svg>")]
 
 
 def test_word_diff_marks_changed_runs():

@@ -44,8 +44,9 @@ CPU_VALUES = {
     ("reward", {"per_device_eval_batch_size": 4}),
     ("dpo", {"precompute_ref_log_probs": False}),
     pytest.param("ppo", {"local_rollout_forward_batch_size": 2}, marks=pytest.mark.ppo),
-    ("rloo", {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}),  # one prompt's 4 completions
-    ("grpo", {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}),
+    pytest.param("rloo", {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4},  # 4 completions
+                 marks=pytest.mark.rl),
+    pytest.param("grpo", {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}, marks=pytest.mark.rl),
 ])
 def test_cpu_defaults_are_those_of_earlier_releases(method, extra):
     config = parse(method)
@@ -79,14 +80,20 @@ def test_gradient_checkpointing_follows_the_training_state_and_the_gpu_memory():
     assert on(V100, config)["gradient_checkpointing"] is True  # 27 GB of state on a 16 GB GPU
     lora = parse("dpo", "--use-peft")
     assert on(V100, lora)["gradient_checkpointing"] is False  # LoRA: 4 bytes a weight, 6.8 GB
-    # A kept reference copy (precompute off; RLOO's with beta > 0) counts too.
+    # A kept reference copy (precompute off) counts too.
     from training.dpo import DPOStage
-    from training.rloo import RLOOStage
 
     assert training_state_bytes(DPOStage, 10, False, "float32", keeps_reference=True) == 200
+
+
+@pytest.mark.rl
+def test_rl_keeps_a_reference_copy_at_beta_above_0_and_leaves_liger_to_the_user():
+    from training.rloo import RLOOStage
+
     assert training_state_bytes(RLOOStage, 10, False, "bfloat16", keeps_reference=True) == 10 * (8 + 2)
     assert RLOOStage.keeps_reference(parse("rloo"), False) and not RLOOStage.keeps_reference(
         parse("rloo", "--beta", "0"), False)
+    assert on(H100_KERNELS, parse("rloo"))["use_liger_kernel"] is False
 
 
 def test_sharding_over_gpus_divides_the_state_and_keeps_dpo_reference_forwards_in_step():
@@ -109,7 +116,6 @@ def test_installed_kernels_are_used_where_trl_supports_them():
     # Plain DPO takes Liger's loss, which TRL cannot combine with precomputed reference log-probs.
     plain = on(H100_KERNELS, parse("dpo", "--confidence", "none"))
     assert plain["use_liger_kernel"] is True and plain["precompute_ref_log_probs"] is False
-    assert on(H100_KERNELS, parse("rloo"))["use_liger_kernel"] is False  # its fused loss: the user's choice
     assert on(H100_KERNELS, parse("reward"))["use_liger_kernel"] is True
 
 

@@ -13,6 +13,7 @@ import pytest
 from cai.cli import main as cai_main
 from core.errors import UserError
 
+pytestmark = pytest.mark.rl
 REPO = Path(__file__).resolve().parents[2]
 QUIET = ["--disable-tqdm", "true"]
 

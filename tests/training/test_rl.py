@@ -17,6 +17,7 @@ from core.errors import UserError
 from training.cli import train
 from training.methods import get_method
 
+pytestmark = pytest.mark.rl
 QUIET = ["--disable-tqdm", "true"]
 SHORT = ["--max-completion-length", "8", "--learning-rate", "1e-3", *QUIET]
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +141,8 @@ def test_rl_options_are_checked_before_any_model_loads(tmp_path, preference_file
         return parse_config(get_method("rloo").config_class, ["--data", preference_file, "--output-dir",
                                                                 str(tmp_path / "o"), *argv], "cai train rloo")
 
+    with pytest.raises(UserError, match="--rewards model needs --reward-model DIR"):
+        parse()
     with pytest.raises(UserError, match="--rewards 'jugde' is unknown; did you mean 'judge'"):
         parse("--rewards", "jugde")
     with pytest.raises(UserError, match="2 weights for 1 reward sources"):

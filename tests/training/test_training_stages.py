@@ -81,8 +81,6 @@ def test_output_dir_and_data_are_required():
         parse("sft", ["--data", "x.jsonl"])
     with pytest.raises(UserError, match="--data FILE is required"):
         parse("dpo", ["--output-dir", "o"])
-    with pytest.raises(UserError, match="--rewards model needs --reward-model DIR"):
-        parse("rloo", ["--data", "x.jsonl", "--output-dir", "o"])
 
 
 def test_bad_row_names_file_and_line(tmp_path, preference_file):
@@ -153,9 +151,10 @@ def test_every_field_of_ours_has_help_text():
     from training.config import StageFields
 
     for _, method in TRAINING_METHODS.items():
-        if not method.installed:
-            continue  # ppo without its TRL: tests/training/test_rl.py checks what it says
-        config_class = method.config_class
+        try:
+            config_class = method.config_class
+        except UserError:
+            continue  # a method this TRL lacks (ppo after 1.12; rloo, grpo with 1.12 beside vLLM 0.28+)
         ours = [name for cls in config_class.__mro__ if cls.__module__.startswith("training.")
                 for name in cls.__dict__.get("__annotations__", {})]
         assert set(StageFields.__annotations__) <= set(ours)
