@@ -25,12 +25,12 @@ from core.backends.base import Backend, Sampling, session_key
 from core.progress import Progress
 from core.backends.registry import backend_class, backend_identity
 from core.model import DEFAULT_MODEL, resolve_model
-from generation.prompts import read_prompts
+from generation.prompt_files import read_prompts
 from core.store import atomic_write_text, check_outputs
 from judging.config import JudgeModelConfig
 from judging.engines import judge_settings, make_judge_backend, side_by_side_shares
 from judging.judge import Comparison, Judge
-from judging.pairs import select_principles
+from judging.run import select_principles
 from judging.scoring import ensemble, wilson_interval
 
 

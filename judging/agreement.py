@@ -27,11 +27,11 @@ from core.store import atomic_write_text, check_outputs, check_own_output
 from .config import AgreementConfig
 from .engines import Engines, judge_settings
 from .judge import Comparison, Judge
-from .pairs import read_jsonl, select_principles
+from .run import read_jsonl, select_principles
 from .card import refresh_cards
 from .calibration import Labelled, calibration, calibration_lines
 from .ensemble import build_panel
-from .report import ComparisonStats, JudgeReport, judges_lines, principle_table
+from .judge_report import ComparisonStats, JudgeReport, judges_lines, principle_table
 from .scoring import ensemble
 
 logger = get_logger(__name__)

@@ -14,7 +14,7 @@ from core.errors import UserError
 from core.store import manifest_path
 from generation.config import GenerateConfig
 from generation.critique_revise import ChainSettings, CritiqueReviseTask
-from generation.prompts import PromptRecord
+from generation.prompt_files import PromptRecord
 from generation.run import generate
 from standins import ScriptedBackend
 
