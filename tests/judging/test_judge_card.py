@@ -19,7 +19,7 @@ from judging.card import card_path, load_card
 from judging.config import AgreementConfig, JudgeConfig
 from judging.ensemble import combine
 from judging.judge import Verdict
-from judging.pairs import judgements_path, run_judge
+from judging.run import judgements_path, run_judge
 from judging.refusal import declines, label_mass_refusal
 from test_judge_quality import generate_row
 
