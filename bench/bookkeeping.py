@@ -66,7 +66,7 @@ def synthesize_done_output(prompts: Path, out: Path, count: int) -> None:
     """``count`` done rows for ``prompts``, keyed by the fingerprints generate will compute."""
     from constitution.loader import load_constitution
     from generation.critique_revise import CritiqueReviseTask
-    from generation.prompts import read_prompts
+    from generation.prompt_files import read_prompts
     from generation.run import chain_settings
     from core.store import write_manifest
 
@@ -175,7 +175,7 @@ def bench_resume(settings: dict, results: dict) -> None:
         # Phases without a profiler: reading the done rows, and keying the prompts.
         from constitution.loader import load_constitution
         from generation.critique_revise import CritiqueReviseTask
-        from generation.prompts import read_prompts
+        from generation.prompt_files import read_prompts
         from generation.run import chain_settings
         from core.store import JsonlStore
 

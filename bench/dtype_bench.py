@@ -39,7 +39,7 @@ def _child(args) -> None:
     from core.backends.base import Sampling
     from core.backends.vllm_backend import VLLMBackend
     from core.model import resolve_model
-    from generation.prompts import iter_prompts
+    from generation.prompt_files import iter_prompts
     from judging.agreement import read_human_pairs
 
     started = time.perf_counter()

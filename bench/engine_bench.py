@@ -292,7 +292,7 @@ def main(argv=None) -> None:
     from generation.config import GenerateConfig
     from generation.critique_revise import ChainSettings, CritiqueReviseTask
     from core.model import model_identity, resolve_model
-    from generation.prompts import read_prompts
+    from generation.prompt_files import read_prompts
 
     prefix_on = args.prefix_caching == "on"
     results: dict = {}

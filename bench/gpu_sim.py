@@ -509,7 +509,7 @@ def chain_bodies(prompts: Path, out: Path, reply: str = "Sure, here is a short r
     from constitution.loader import load_constitution
     from core.backends.base import Sampling
     from generation.critique_revise import ChainSettings, CritiqueReviseTask
-    from generation.prompts import iter_prompts
+    from generation.prompt_files import iter_prompts
 
     task = CritiqueReviseTask(load_constitution(REPO / "principles.yaml"),
                               ChainSettings("sim-7b", Sampling(256, 0.7, 0.9), 0, 1))

@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     from core.backends.base import Sampling
     from generation.critique_revise import ChainSettings, CritiqueReviseTask
     from core.model import model_identity, resolve_model
-    from generation.prompts import read_prompts
+    from generation.prompt_files import read_prompts
 
     folder = resolve_model(None)
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -95,7 +95,7 @@ def prepare(tmp: Path, prompts: int, max_tokens: int, base_url: str, distilabel:
     ours, seeded per row, would not.  A real server samples, so repeats share only the prompt there."""
     from constitution.assignment import assign_principles
     from constitution.loader import load_constitution
-    from generation.prompts import read_prompts
+    from generation.prompt_files import read_prompts
 
     constitution = load_constitution(REPO / "principles.yaml")
     demo = read_prompts(REPO / "prompts" / "demo.jsonl")

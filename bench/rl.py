@@ -89,7 +89,7 @@ def speed(steps: int, out: str) -> None:
 def quality(pairs: str, budget: int, out: str, work: str) -> None:
     from training.api import train
     from training.dpo import DPOStageConfig
-    from training.evaluate import EvalConfig, evaluate
+    from evaluation.run import EvalConfig, evaluate
     from training.reward import RewardStageConfig
     from training.rloo import RLOOStageConfig
 

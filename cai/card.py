@@ -214,7 +214,7 @@ def _judge_card(run_dir: Path) -> list[str]:
 
 def _judge(data) -> list[str]:
     from core.shards import stage_output
-    from judging.report import merged_report
+    from judging.judge_report import merged_report
 
     lines = ["## The judge", ""]
     report = merged_report(stage_output(data.run_dir, "preferences"))

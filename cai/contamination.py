@@ -83,7 +83,7 @@ def _dataset_prompts(folder: Path) -> Iterable[tuple[int, str | None]]:
 
 def load_eval_sets(paths: Sequence[str | Path]) -> EvalSets:
     """The evaluation prompts of every file or folder; a bad file is one UserError naming it (and its lines)."""
-    from generation.prompts import read_prompts
+    from generation.prompt_files import read_prompts
 
     sets = EvalSets()
     for path in map(Path, paths):

@@ -41,8 +41,8 @@ from judging.config import JudgeConfig
 from judging.engines import engine_memory_shares
 from judging.judge_check import check_judge, judge_check_config
 from judging.methods import method_options
-from judging.pairs import run_judge, sft_path
-from judging.report import format_yield, merged_report, yield_funnel
+from judging.run import run_judge, sft_path
+from judging.judge_report import format_yield, merged_report, yield_funnel
 from training.methods import TrainingMethod, get_method
 
 logger = get_logger(__name__)
@@ -180,7 +180,7 @@ def plan_run(recipe_path: str | Path) -> RunPlan:
 
 def _check_files(recipe_path: Path, run_dir: Path, generate_config, judge_config, eval_config) -> None:
     """Before any work: no stage writes another stage's file or one of the recipe's inputs."""
-    from judging.pairs import judgements_path, report_path, samples_path
+    from judging.run import judgements_path, report_path, samples_path
 
     revisions, preferences = Path(generate_config.out), Path(judge_config.out)
     if revisions.is_dir() or preferences.is_dir():

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
-from core.shards import part_files
 
 from .run_files import RunFiles, load_run, row_principles
 
@@ -187,7 +186,7 @@ def _tiles(run: RunFiles) -> list[dict]:
             notes.append(f"{report['duplicate_rows_left_out']} duplicate rows left out")
         tiles.append({"label": "preference pairs", "value": str(len(run.pairs)), "note": ", ".join(notes)})
     if report:
-        from judging.report import yield_funnel
+        from judging.judge_report import yield_funnel
 
         funnel = yield_funnel(report, run.prompts)
         if funnel["pairs_per_prompt"] is not None:

@@ -81,7 +81,7 @@ class _PrincipleStats(_View):
 
 
 class JudgeReportView(_View):
-    """A judge report (``OUT.report.json``, judging/report.py) as the page reads it."""
+    """A judge report (``OUT.report.json``, judging/judge_report.py) as the page reads it."""
 
     pairs_made: Count | None = None
     pairs_dropped: Count | None = None
@@ -291,7 +291,7 @@ def load_run(run_dir: str | Path, agreement: str | None = None) -> RunFiles:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder; pass the folder `cai run` wrote (the recipe's run_dir)")
     from generation.run import prompts_generated
-    from judging.report import merged_report, report_path
+    from judging.judge_report import merged_report, report_path
 
     run = RunFiles(run_dir)
     if part_files(run_dir):  # a stage's --out folder of shard parts, not a run folder

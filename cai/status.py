@@ -4,7 +4,7 @@ Per part: rows on file (counted from the file, so a running shard's progress sho
 and the failures of its last run (from its manifest and errors file), and its state: finished (its manifest
 says the run ended with nothing failed), running (its lock is held), stopped, failed rows to retry, or not
 started (a part of the split that is not there yet).  For ``cai judge``'s output, the judge report too: a
-folder's parts' reports merged into one (``judging.report.merged_report``), saying which parts it leaves out.  And
+folder's parts' reports merged into one (``judging.judge_report.merged_report``), saying which parts it leaves out.  And
 the output's cost ledger (tokens per step, wall and device time; ``core.ledger``), its parts' summed.
 """
 
@@ -75,7 +75,7 @@ def status(out: str | Path) -> dict:
     totals = [e["total"] for e in entries]
     judge_report = None
     if any(e["stage"] == "judge" for e in entries):
-        from judging.report import merged_report
+        from judging.judge_report import merged_report
 
         judge_report = merged_report(out)
     return {
@@ -109,7 +109,7 @@ def format_status(result: dict) -> str:
         lines += ["", "what it cost (core/ledger.py; wall and device time summed over the runs that wrote it):",
                   format_ledger(result["ledger"])]
     if result.get("judge_report"):
-        from judging.report import format_judge_report
+        from judging.judge_report import format_judge_report
 
         lines += ["", format_judge_report(result["judge_report"])]
     return "\n".join(lines)

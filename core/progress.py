@@ -18,6 +18,7 @@ import re
 import sys
 import threading
 import time
+from collections import deque
 
 from .log import get_logger
 from .text import shorten
@@ -28,6 +29,8 @@ logger = get_logger(__name__)
 LOG_EVERY = 15.0
 #: seconds between two refreshes of the terminal bar
 _BAR_EVERY = 0.5
+#: seconds of recent work whose rate the ETA uses when it is faster than the whole run's (see ``eta``)
+RECENT = 60.0
 
 
 def _duration(seconds: float) -> str:
@@ -56,6 +59,7 @@ class Progress:
         self.output_tokens = 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
+        self._samples: deque[tuple[float, int]] = deque()  # (time, work done) when the ETA was computed
         self._stop = threading.Event()
         self._bar = None
         if bar if bar is not None else sys.stderr.isatty():
@@ -96,11 +100,25 @@ class Progress:
         return self.calls_done if self.counts_calls else self.rows_done
 
     def eta(self, now: float | None = None) -> float | None:
-        """Seconds left at the rate work finished so far (None before any has)."""
-        elapsed = (now or time.monotonic()) - self.started
+        """Seconds left at the rate work finished so far (None before any has).
+
+        When every request is submitted at once, the engine's first replies come after one long batch and
+        the rest follow faster; the rate over the last ``RECENT`` seconds (once that much has been seen)
+        is used when it is the faster, so the start-up does not weigh on the ETA for the whole run.
+        """
+        now = now or time.monotonic()
         with self._lock:
             done, expected = self.done, self.expected
-        return elapsed / done * max(0, expected - done) if done else None
+            if not done:
+                return None
+            rate = done / max(now - self.started, 1e-9)
+            self._samples.append((now, done))
+            while now - self._samples[0][0] > RECENT:
+                self._samples.popleft()
+            then, done_then = self._samples[0]
+            if now - then >= RECENT / 2 and done > done_then:
+                rate = max(rate, (done - done_then) / (now - then))
+        return max(0, expected - done) / rate
 
     def rate(self, now: float | None = None) -> float:
         """Output tokens per second of the calls finished so far."""

@@ -2,11 +2,11 @@
 
 - ``GenerationRow``: one ``cai generate`` row; built by ``generation.critique_revise.CritiqueReviseTask._row``.
 - ``PreferenceRow``: one ``cai judge`` pair, TRL's conversational preference format plus the
-  judge's columns; built by ``judging.pairs.build_pair``.
-- ``SftRow``: one ``cai judge`` SFT row (``messages``); built by ``judging.pairs.sft_row``.
+  judge's columns; built by ``judging.run.build_pair``.
+- ``SftRow``: one ``cai judge`` SFT row (``messages``); built by ``judging.run.sft_row``.
 - ``JudgementRecord`` (``OrderJudgement`` | ``LikelihoodJudgement``): one cached judgement
   (``OUT.judgements.jsonl``); built by the judge's methods (``judging.methods``).
-- ``SampleRecord``: one cached policy sample (``OUT.samples.jsonl``); built by ``judging.pairs.sample_candidates``.
+- ``SampleRecord``: one cached policy sample (``OUT.samples.jsonl``); built by ``judging.run.sample_candidates``.
 - ``Manifest``: the manifest beside every output; built by ``core.store.write_manifest``.
 
 A new column is added to its model here and to its builder; nothing else changes.
@@ -254,14 +254,22 @@ class SftRow(_Row):
 
 
 # -- cai judge: caches ------------------------------------------------------------------------------
-class OrderJudgement(_Row):
-    """One order of a pairwise or text comparison: P(the first response better)."""
+class CachedJudgement(_Row):
+    """What every cached judgement holds, whatever its method (a judge method's ``record_model`` extends it,
+    with a ``kind`` Literal of its own)."""
 
     key: str
+    transient: bool = Field(description="A failed request: kept for this run only, never written.")
+    judge: str | None = Field(default=None, description="The judge model that gave it (its key holds it too); absent "
+                                                        "in older records.")
+
+
+class OrderJudgement(CachedJudgement):
+    """One order of a pairwise or text comparison: P(the first response better)."""
+
     kind: Literal["order"]
     p_first: Probability | None
     error: str | None
-    transient: bool = Field(description="A failed request: kept for this run only, never written.")
     bounded: bool | None = None
     logprob_a: float | None = None
     logprob_b: float | None = None
@@ -272,20 +280,15 @@ class OrderJudgement(_Row):
     outcome: Literal["judged", "refused", "parse_failure", "error"] | None = Field(
         default=None, description="What happened (judging/refusal.py); absent in records written before it, which "
                                   "read from their other fields as before.")
-    judge: str | None = Field(default=None, description="The judge model that gave it (its key holds it too); absent "
-                                                        "in older records.")
 
 
-class LikelihoodJudgement(_Row):
+class LikelihoodJudgement(CachedJudgement):
     """One response's log-likelihood as the reply of an assistant told to follow (or violate) a principle."""
 
-    key: str
     kind: Literal["likelihood"]
     logprob: LogProbability | None
     tokens: int | None
     error: str | None
-    transient: bool
-    judge: str | None = Field(default=None, description="The judge model that gave it; absent in older records.")
 
 
 JudgementRecord = Annotated[Union[OrderJudgement, LikelihoodJudgement], Field(discriminator="kind")]

@@ -511,6 +511,21 @@ def check_own_output(out: Path, stage: str, looks_like_ours: Callable[[dict], bo
             )
 
 
+def check_own_json(out: str | Path | None, stage: str, key: str, flag: str = "--out") -> None:
+    """Refuse an existing JSON file that is not this stage's (its object has ``key``): another stage's rows, SFT
+    rows, a user's file."""
+    out = Path(out) if out else None
+    if out is None or not out.is_file() or not out.stat().st_size:
+        return
+    try:
+        document = json.loads(out.read_bytes()) if out.stat().st_size <= MAX_LINE_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        document = None
+    if not isinstance(document, dict) or key not in document:
+        raise UserError(f"{flag} {out} exists and is not an output of `cai {stage}`; it was left as it is: "
+                        f"choose another {flag}")
+
+
 def _holder_of(lock_path: Path) -> str:
     try:
         holder = json.loads(lock_path.read_text(encoding="utf-8"))

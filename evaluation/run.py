@@ -25,12 +25,12 @@ from core.backends.base import Backend, Sampling, session_key
 from core.progress import Progress
 from core.backends.registry import backend_class, backend_identity
 from core.model import DEFAULT_MODEL, resolve_model
-from generation.prompts import read_prompts
-from core.store import atomic_write_text, check_outputs
+from generation.prompt_files import read_prompts
+from core.store import atomic_write_text, check_outputs, check_own_json
 from judging.config import JudgeModelConfig
 from judging.engines import judge_settings, make_judge_backend, side_by_side_shares
 from judging.judge import Comparison, Judge
-from judging.pairs import select_principles
+from judging.run import select_principles
 from judging.scoring import ensemble, wilson_interval
 
 
@@ -144,6 +144,7 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
     log = logger.info
     check_outputs("eval", {"--out": config.out}, {"--prompts": config.prompts, "--constitution": config.constitution,
                                                    "--pairs": config.pairs})
+    check_own_json(config.out, "eval", "win_rate")
     if config.reward_model and config.reward_model != DEFAULT_MODEL:
         resolve_model(config.reward_model, "--reward-model")  # loaded by transformers here, whatever the backend
     for flag, name in (("--trained-model", config.trained_model), ("--base-model", config.base_model)):

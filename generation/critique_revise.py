@@ -25,7 +25,7 @@ from constitution.schema import Constitution, Principle
 from core.backends.base import Backend, Completion, Sampling, session_key
 from .checks import RowChecker
 from core.schema import CRITIQUE, DRAFT, REVISION, parse_step, step_name
-from .prompts import PromptRecord
+from .prompt_files import PromptRecord
 
 
 REVISION_STYLES = ("chain", "direct", "no_critique")

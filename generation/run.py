@@ -18,7 +18,7 @@ from .config import GenerateConfig
 from .critique_revise import ChainSettings, CritiqueReviseTask, ReuseIndex
 from core.ledger import StageClock, calls_ledger, engine_device
 from core.progress import Progress
-from .prompts import PromptRecord, iter_prompts, scan_prompts
+from .prompt_files import PromptRecord, iter_prompts, scan_prompts
 from core.redact import redact_values
 from core.hardware import dtype_change_note
 from core.shard_folders import check_siblings, sibling_dtypes

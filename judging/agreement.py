@@ -22,16 +22,16 @@ from core.aio import stream
 from core.backends.base import Backend, session_key
 from core.progress import Progress
 from core.schema import parse_messages
-from core.store import atomic_write_text, check_outputs, check_own_output
+from core.store import atomic_write_text, check_outputs, check_own_json, check_own_output
 
 from .config import AgreementConfig
 from .engines import Engines, judge_settings
 from .judge import Comparison, Judge
-from .pairs import read_jsonl, select_principles
+from .run import read_jsonl, select_principles
 from .card import refresh_cards
 from .calibration import Labelled, calibration, calibration_lines
 from .ensemble import build_panel
-from .report import ComparisonStats, JudgeReport, judges_lines, principle_table
+from .judge_report import ComparisonStats, JudgeReport, judges_lines, principle_table
 from .scoring import ensemble
 
 logger = get_logger(__name__)
@@ -144,16 +144,7 @@ def _check_own_files(config: AgreementConfig) -> None:
     """Refuse an existing --out or --details that is not an earlier agreement's (another stage's rows, SFT rows)."""
     if config.details:
         check_own_output(Path(config.details), "judge agreement", lambda row: "p_human_choice" in row, "--details")
-    out = Path(config.out) if config.out else None
-    if out is None or not out.is_file() or not out.stat().st_size:
-        return
-    try:
-        ours = out.stat().st_size < 2**24 and "judged_pairs" in json.loads(out.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError, TypeError):
-        ours = False
-    if not ours:
-        raise UserError(f"--out {out} exists and is not an output of `cai judge agreement`; it was left as it is: "
-                        "choose another --out")
+    check_own_json(config.out, "judge agreement", "judged_pairs")
 
 
 def run_agreement(config: AgreementConfig, backend: Backend | None = None,
@@ -285,7 +276,10 @@ def _pct(value) -> str:
 
 def format_agreement(result: dict) -> str:
     judge = result["judge"]
-    lines = [f"judge {judge['model']} (method {judge['method']}{', cot' if judge['cot'] else ''}) "
+    who = (f"judges {' + '.join(result['judges'])} combined by {result['combine']}" if result.get("judges")
+           else f"judge {judge['model']}")
+    fallback = f", fallback {judge['fallback']['model']}" if judge.get("fallback") else ""
+    lines = [f"{who} (method {judge['method']}{', cot' if judge['cot'] else ''}{fallback}) "
              f"on {result['file']}: {result['pairs']} human-labelled pairs"]
     if not result.get("human_pairs"):
         lines.append("no pair could be judged; see the failures above")

@@ -36,7 +36,7 @@ from pathlib import Path
 from core.shards import part_files, stage_output
 from core.store import atomic_write_text
 
-from .report import merged_report, report_path
+from .judge_report import merged_report, report_path
 
 CARD_VERSION = 1
 

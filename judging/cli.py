@@ -12,7 +12,7 @@ from .config import AgreementConfig, JudgeConfig
 
 
 def judge(argv: list[str]) -> int:
-    from .pairs import run_judge
+    from .run import run_judge
 
     config = parse_config(JudgeConfig, argv, prog="cai judge")
     result = run_judge(config)
@@ -26,7 +26,7 @@ def judge(argv: list[str]) -> int:
     )
     shard = Shard.parse(config.shard)
     if not shard.whole:  # where the folder of parts stands
-        from .report import merged_report
+        from .judge_report import merged_report
 
         judged = ((merged_report(config.out) or {}).get("parts") or {}).get("merged", [])
         print(f"{config.out}: {len(judged)} of {shard.count} parts judged; `cai status {config.out}` shows their "

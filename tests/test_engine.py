@@ -56,9 +56,16 @@ def test_chain_writes_complete_rows_with_assigned_principles(engine_run):
         assert row["rounds"][0]["principle_id"] == expected.id
         assert row["rounds"][0]["critique_request"] == expected.critique_request
         assert all(c["completion_tokens"] > 0 and c["prompt_tokens"] > 0 for c in row["calls"])
+        # vLLM says how many prompt tokens its prefix cache served (the ledger sums them)
+        assert all(isinstance(c["cached_tokens"], int) and 0 <= c["cached_tokens"] <= c["prompt_tokens"]
+                   for c in row["calls"])
         assert row["calls"][0]["finish_reason"] in ("stop", "length")
         assert row["dtype"] == choose_dtype("auto")  # float32 on a CPU without native bf16
-    assert json.loads(Path(cfg.out + ".manifest.json").read_text())["config"]["dtype"] == choose_dtype("auto")
+    manifest = json.loads(Path(cfg.out + ".manifest.json").read_text())
+    assert manifest["config"]["dtype"] == choose_dtype("auto")
+    calls = [c for row in rows_of(cfg.out) for c in row["calls"]]
+    assert sum(e["cached_tokens"] for e in manifest["ledger"]["stages"].values()) == sum(c["cached_tokens"] for c in calls)
+    assert manifest["ledger"]["device"] == "cpu" and manifest["ledger"]["device_s"] == manifest["ledger"]["wall_s"]
 
 
 def test_engine_runs_the_dtype_chosen_for_the_cpu_and_says_how_it_runs(vllm_backend):

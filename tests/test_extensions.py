@@ -78,7 +78,7 @@ MODULES = {
     "shorter_method": '''
         from typing import Literal, NamedTuple
 
-        from core.schema import _Row
+        from core.schema import CachedJudgement
         from judging.methods.base import JudgeMethod, Judgement, Verdict
 
         CALLS = []  # the keys judged (the judge's probe for its prompt version sends keys "0", "1", ...)
@@ -88,13 +88,11 @@ MODULES = {
             text: str
 
 
-        class WordCount(_Row):
+        class WordCount(CachedJudgement):
             """Its cache record: the words of one response."""
 
-            key: str
             kind: Literal["words"]
             words: int
-            transient: bool
 
 
         class ShorterWins(JudgeMethod):
@@ -186,7 +184,8 @@ def test_one_module_and_one_line_of_each_kind_work_end_to_end(extensions, tmp_pa
     # cai judge with the method; then again, from its cache: nothing is judged twice.
     preferences, sft = run / "preferences.jsonl", run / "sft.jsonl"
     judge = ["judge", "--in", str(revisions), "--out", str(preferences), "--sft-out", str(sft), "--backend", "canned",
-             "--model", "m", "--method", "shorter", "--constitution", str(REPO / "principles.yaml")]
+             "--model", "m", "--method", "shorter", "--constitution", str(REPO / "principles.yaml"),
+             "--keep-duplicates"]  # the canned answers differ only in their number
     assert cai_main(judge) == 0, capsys.readouterr().err
     pairs = rows(preferences)
     assert pairs and all(pair["id"] != "p0" for pair in pairs)  # the flagged row is not a pair

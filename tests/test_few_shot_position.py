@@ -14,7 +14,7 @@ from core.errors import UserError
 from core.store import manifest_path
 from generation.config import GenerateConfig
 from generation.critique_revise import ChainSettings, CritiqueReviseTask
-from generation.prompts import PromptRecord
+from generation.prompt_files import PromptRecord
 from generation.run import generate
 from standins import ScriptedBackend
 
@@ -86,11 +86,15 @@ PROMPT = PromptRecord("p0", [{"role": "user", "content": "Question number 0?"}],
 
 
 def test_the_default_keeps_the_fingerprints_rows_were_written_with():
-    # The values main computed before the option existed: existing outputs resume without regenerating.
+    # The values main computed before the option existed, with the constitution of that time (its system prompt
+    # has since asked for short answers): existing outputs resume without regenerating.
+    then = CONSTITUTION.model_copy(update={"system_prompt": (
+        "You are a helpful, honest and harmless assistant. Answer the user's request directly and usefully; "
+        "decline only what would cause real harm, and explain briefly why.")})
     for rounds, row_fingerprint in ((1, "f5022f248cdfe236"), (2, "269dde9fae9188bd")):
         for position in (None, "critique"):
-            assert task(position, rounds=rounds).draft_fingerprint(PROMPT) == "49ae16fac544849e"
-            assert task(position, rounds=rounds).fingerprint(PROMPT) == row_fingerprint
+            assert task(position, then, rounds=rounds).draft_fingerprint(PROMPT) == "49ae16fac544849e"
+            assert task(position, then, rounds=rounds).fingerprint(PROMPT) == row_fingerprint
     assert "few_shot_position" not in task("critique").settings.as_dict()
     assert task("draft").settings.as_dict()["few_shot_position"] == "draft"
 

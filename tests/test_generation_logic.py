@@ -9,7 +9,7 @@ import pytest
 
 from core.errors import UserError
 from generation.config import GenerateConfig
-from generation.prompts import PromptFileError, read_prompts
+from generation.prompt_files import PromptFileError, read_prompts
 from generation.run import generate
 from core.store import JsonlStore, errors_path, manifest_path
 from standins import FinishOrder, ScriptedBackend

@@ -10,6 +10,7 @@ from core.backends.base import Backend
 from core.backends.registry import BACKENDS
 from core.errors import UserError
 from core.registry import Registry
+from core.schema import CachedJudgement
 from generation.checks import ROW_CHECKS, Check
 from judging.methods import JUDGE_METHODS, JudgeMethod
 from training.methods import TRAINING_METHODS, TrainingMethod
@@ -31,7 +32,8 @@ def _is_training_method(method) -> bool:
 #: each registry and what every entry of it must be
 REGISTRIES = {
     "backend": (BACKENDS, lambda entry: isinstance(entry, type) and issubclass(entry, Backend)),
-    "judge method": (JUDGE_METHODS, lambda entry: isinstance(entry, type) and issubclass(entry, JudgeMethod)),
+    "judge method": (JUDGE_METHODS, lambda entry: isinstance(entry, type) and issubclass(entry, JudgeMethod)
+                     and issubclass(entry.record_model, CachedJudgement)),
     "training method": (TRAINING_METHODS, _is_training_method),
     "reward source": (REWARD_SOURCES, callable),
     "row check": (ROW_CHECKS, lambda entry: isinstance(entry, type) and issubclass(entry, Check)),

@@ -261,7 +261,7 @@ def test_cai_run_completes_and_reads_a_run_folder_of_parts(runs, standin, tmp_pa
 
     from cai.pipeline import _file_hash, plan_run, shard_runs
     from generation.run import generate
-    from judging.pairs import run_judge
+    from judging.run import run_judge
 
     run_dir = tmp_path / "run"
     shutil.copytree(runs / "parts", run_dir / "revisions")

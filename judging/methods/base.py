@@ -99,8 +99,9 @@ class JudgeMethod(ABC):
     supports_cot: ClassVar[bool] = False
     #: the options it reads (``self.settings`` carries their values)
     Options: ClassVar[type[MethodOptions]] = MethodOptions
-    #: The pydantic model of its cache records (``judge`` returns them), with a ``kind`` Literal of its own or
-    #: shared with the methods that write the same records: a cached record it does not validate is redone.
+    #: The pydantic model of its cache records (``judge`` returns them): a ``core.schema.CachedJudgement`` with a
+    #: ``kind`` Literal of its own or shared with the methods that write the same records; a cached record it
+    #: does not validate is redone.
     record_model: ClassVar[type]
 
     def __init__(self, settings: Any):

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from core.backends.base import Backend
 from core.schema import LikelihoodJudgement
 
-from .. import prompts
+from .. import judge_prompts
 from ..scoring import likelihood_probability
 from .base import Comparison, JudgeMethod, Judgement, MethodOptions, Verdict
 
@@ -48,7 +48,7 @@ class Likelihood(JudgeMethod):
                 for follow in (True, False)]
 
     async def judge(self, key: str, request: Scored, backend: Backend, session: str | None = None) -> Judgement:
-        result = await backend.aresponse_logprobs(prompts.likelihood_conversation(*request), session=session)
+        result = await backend.aresponse_logprobs(judge_prompts.likelihood_conversation(*request), session=session)
         return Judgement({"key": key, "kind": "likelihood", "logprob": result.logprob, "tokens": result.tokens,
                           "error": result.error, "transient": result.error is not None})
 

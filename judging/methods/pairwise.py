@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from core.backends.base import Backend
 
-from .. import prompts
+from .. import judge_prompts
 from ..refusal import REFUSAL_LABEL_MASS, label_mass
 from ..scoring import normalise_labels
 from .base import Judgement
@@ -24,18 +24,18 @@ class Pairwise(BothOrders):
     clamps_cot = True
 
     def cot_conversation(self, order: Order) -> list[dict]:
-        return prompts.pairwise_cot_conversation(*order, text=False)
+        return judge_prompts.pairwise_cot_conversation(*order, text=False)
 
     async def read_verdict(self, key: str, order: Order, reasoning: str | None, backend: Backend,
                            session: str | None) -> Judgement:
         if reasoning is not None:
-            conversation = prompts.after_reasoning(self.cot_conversation(order), reasoning)
+            conversation = judge_prompts.after_reasoning(self.cot_conversation(order), reasoning)
         else:
-            conversation = prompts.pairwise_label_conversation(*order)
-        result = await backend.alabel_logprobs(conversation, prompts.LABELS, session=session)
+            conversation = judge_prompts.pairwise_label_conversation(*order)
+        result = await backend.alabel_logprobs(conversation, judge_prompts.LABELS, session=session)
         if result.error:
             return Judgement(failed_record(key, result.error))
-        a, b = (result.logprobs.get(label) for label in prompts.LABELS)
+        a, b = (result.logprobs.get(label) for label in judge_prompts.LABELS)
         normalised = normalise_labels(a, b, result.floor)
         record = {"key": key, "kind": "order", "p_first": normalised.p, "bounded": normalised.bounded,
                   "logprob_a": a, "logprob_b": b, "floor": result.floor, "error": normalised.error, "transient": False,

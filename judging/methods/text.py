@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from core.backends.base import Backend, Sampling
 
-from .. import prompts
+from .. import judge_prompts
 from ..refusal import declines
 from ..scoring import parse_verdict
 from .base import Judgement
@@ -34,7 +34,7 @@ class Text(BothOrders):
         return {**super().key_fields(), "constrained_verdict": self.settings.constrained_verdict}
 
     def cot_conversation(self, order: Order) -> list[dict]:
-        return prompts.pairwise_cot_conversation(*order, text=True)
+        return judge_prompts.pairwise_cot_conversation(*order, text=True)
 
     async def read_verdict(self, key: str, order: Order, reasoning: str | None, backend: Backend,
                            session: str | None) -> Judgement:
@@ -45,11 +45,11 @@ class Text(BothOrders):
             if not (constrained and record["parse_failure"]):
                 return Judgement(record)
             # Reasoning that does not end in a verdict: ask for one after it, constrained to a label.
-            conversation = prompts.after_reasoning(self.cot_conversation(order), reasoning)
-            sampling = Sampling(max_tokens=2, temperature=0.0, choices=prompts.LABELS)
+            conversation = judge_prompts.after_reasoning(self.cot_conversation(order), reasoning)
+            sampling = Sampling(max_tokens=2, temperature=0.0, choices=judge_prompts.LABELS)
         else:
-            conversation = prompts.pairwise_text_conversation(*order)
-            sampling = Sampling(max_tokens=8, temperature=0.0, choices=prompts.VERDICTS if constrained else None)
+            conversation = judge_prompts.pairwise_text_conversation(*order)
+            sampling = Sampling(max_tokens=8, temperature=0.0, choices=judge_prompts.VERDICTS if constrained else None)
         reply = await backend.achat(conversation, sampling, session=session)
         if reply.error:
             return Judgement(failed_record(key, reply.error))

@@ -17,7 +17,7 @@ from core.store import write_manifest
 from generation.config import GenerateConfig
 from generation.run import generate
 from judging.config import JudgeConfig
-from judging.pairs import run_judge
+from judging.run import run_judge
 
 REPO = Path(__file__).resolve().parents[2]
 CONSTITUTION = REPO / "principles.yaml"

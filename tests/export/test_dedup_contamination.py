@@ -102,8 +102,8 @@ def test_judge_leaves_duplicates_out_and_reports_them(tmp_path):
     from export_run import AnswersFromPrompt, CONSTITUTION, PROMPTS
 
     from judging.config import JudgeConfig
-    from judging.pairs import run_judge
-    from judging.report import format_judge_report
+    from judging.run import run_judge
+    from judging.judge_report import format_judge_report
 
     rows = []
     for line, (row_id, prompt) in enumerate(PROMPTS, start=1):

@@ -9,7 +9,7 @@ import re
 from typing import Literal, NamedTuple
 
 from core.backends.base import Backend, Completion, LabelLogprobs, SequenceLogprob
-from core.schema import _Row
+from core.schema import CachedJudgement
 from judging.methods.base import JudgeMethod, Judgement, Verdict
 
 _BLOCK = re.compile(r"<response (A|B)>\n(.*?)\n</response \1>", re.S)
@@ -118,13 +118,11 @@ class Length(NamedTuple):
     response: str
 
 
-class LengthJudgement(_Row):
+class LengthJudgement(CachedJudgement):
     """ShorterWins's cache record."""
 
-    key: str
     kind: Literal["length"]
     length: int
-    transient: bool
 
 
 class ShorterWins(JudgeMethod):

@@ -19,7 +19,7 @@ from judging.card import card_path, load_card
 from judging.config import AgreementConfig, JudgeConfig
 from judging.ensemble import combine
 from judging.judge import Verdict
-from judging.pairs import judgements_path, run_judge
+from judging.run import judgements_path, run_judge
 from judging.refusal import declines, label_mass_refusal
 from test_judge_quality import generate_row
 
@@ -200,6 +200,7 @@ def test_two_judges_combined_with_their_mutual_agreement(tmp_path, how):
     assert result["judges_agree"]["length | quality"]["comparisons"] == 4
     assert result["combine"] == how
     assert "judges length | quality agree on 0.500 of 4" in result["text"]
+    assert result["text"].startswith(f"judges quality + length combined by {how}")
     if how == "majority":  # the two disagreements are even votes: ties, counted both ways
         assert result["calibration"]["judge_ties"] == 2
         assert result["calibration"]["counting_ties"]["agreement"] == 0.5

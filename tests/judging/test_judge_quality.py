@@ -11,8 +11,8 @@ from core.errors import UserError
 from judge_standins import PreferenceBackend
 from judging.config import JudgeConfig, JudgeModelConfig
 from judging.judge_check import check_judge, judge_check_config
-from judging.pairs import run_judge
-from judging.report import format_judge_report
+from judging.run import run_judge
+from judging.judge_report import format_judge_report
 
 REPO = Path(__file__).resolve().parents[2]
 CONSTITUTION = str(REPO / "principles.yaml")

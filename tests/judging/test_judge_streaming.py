@@ -18,7 +18,7 @@ from core.schema import PreferenceRow
 from judge_standins import PreferenceBackend
 from standins import FinishOrder
 from judging.config import AgreementConfig, JudgeConfig
-from judging.pairs import judgements_path, run_judge
+from judging.run import judgements_path, run_judge
 from judging.agreement import run_agreement
 
 REPO = Path(__file__).resolve().parents[2]

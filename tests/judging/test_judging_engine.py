@@ -12,7 +12,7 @@ from constitution.loader import load_constitution
 from judging.agreement import run_agreement
 from judging.config import AgreementConfig, JudgeConfig
 from judging.judge import Comparison, Judge, JudgeSettings
-from judging.pairs import run_judge
+from judging.run import run_judge
 
 REPO = Path(__file__).resolve().parents[2]
 CONSTITUTION = str(REPO / "principles.yaml")

@@ -13,12 +13,12 @@ from core.errors import UserError
 from constitution.loader import load_constitution
 from judge_standins import PreferenceBackend, options
 from judging.agreement import parse_transcript, read_human_pairs, run_agreement
-from judging import prompts
+from judging import judge_prompts
 from judging.config import AgreementConfig, JudgeConfig, JudgeModelConfig
 from judging.judge import Comparison, Judge, JudgeSettings
 from judging.methods import JUDGE_METHODS
-from judging.pairs import judgements_path, report_path, run_judge
-from judging.prompts import defuse, pairwise_label_conversation
+from judging.run import judgements_path, report_path, run_judge
+from judging.judge_prompts import defuse, pairwise_label_conversation
 from judging.scoring import (
     clamp,
     combine_orders,
@@ -185,14 +185,14 @@ def test_editing_a_judge_prompt_changes_the_keys_of_what_it_shapes(monkeypatch):
     before = {method: _keys(method) for method in JUDGE_METHODS} | {"pairwise-cot": _keys("pairwise", cot=True)}
     reported = JudgeSettings("m").as_dict()["prompts"]
     assert before == {method: _keys(method) for method in JUDGE_METHODS} | {"pairwise-cot": _keys("pairwise", cot=True)}
-    monkeypatch.setattr(prompts, "PAIRWISE_INSTRUCTIONS", prompts.PAIRWISE_INSTRUCTIONS + " Be fair.")
+    monkeypatch.setattr(judge_prompts, "PAIRWISE_INSTRUCTIONS", judge_prompts.PAIRWISE_INSTRUCTIONS + " Be fair.")
     assert set(_keys("pairwise")).isdisjoint(before["pairwise"]) and set(_keys("text")).isdisjoint(before["text"])
     assert _keys("likelihood") == before["likelihood"]  # a prompt it does not send
-    monkeypatch.setattr(prompts, "COT_INSTRUCTION", "Think first.")
+    monkeypatch.setattr(judge_prompts, "COT_INSTRUCTION", "Think first.")
     assert set(_keys("pairwise", cot=True)).isdisjoint(before["pairwise-cot"])
     monkeypatch.undo()
     assert {method: _keys(method) for method in JUDGE_METHODS} == {m: before[m] for m in JUDGE_METHODS}  # the same text, the same keys
-    monkeypatch.setattr(prompts, "VIOLATE_INSTRUCTION", "You are a careless assistant: ")
+    monkeypatch.setattr(judge_prompts, "VIOLATE_INSTRUCTION", "You are a careless assistant: ")
     assert set(_keys("likelihood")).isdisjoint(before["likelihood"]) and _keys("pairwise") == before["pairwise"]
     assert JudgeSettings("m").as_dict()["prompts"] != reported  # and the report says which prompts judged
 
@@ -501,7 +501,7 @@ def test_judge_reuses_the_policy_engine_when_they_are_the_same():
 
 
 def test_the_yield_says_where_rows_were_lost(tmp_path):
-    from judging.report import format_yield, yield_funnel
+    from judging.judge_report import format_yield, yield_funnel
 
     write_rows(tmp_path / "revisions.jsonl", REVISION_ROWS)
     result = run_judge(judge_config(tmp_path, keep_flagged=True), backend=PreferenceBackend())

@@ -31,7 +31,7 @@ from generation.critique_revise import ReuseIndex
 from generation.run import generate
 from judge_standins import PreferenceBackend
 from judging.config import JudgeConfig
-from judging.pairs import judgements_path, run_judge, samples_path
+from judging.run import judgements_path, run_judge, samples_path
 from training.data import load_preference_rows, load_prompts, load_sft_rows
 
 REPO = Path(__file__).resolve().parents[2]

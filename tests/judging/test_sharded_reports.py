@@ -14,8 +14,8 @@ from cai.status import format_status, status
 from core.shards import Shard
 from core.store import write_manifest
 from judge_standins import PreferenceBackend
-from judging.pairs import report_path, run_judge
-from judging.report import JudgeReport, format_judge_report, merged_report
+from judging.run import report_path, run_judge
+from judging.judge_report import JudgeReport, format_judge_report, merged_report
 from test_judging_logic import generate_row, judge_config, write_rows
 
 ROWS = 40

@@ -90,7 +90,11 @@ def test_judge_eta_counts_judgements_not_rows(tmp_path, progress_lines):
                          "--concurrency", "8", "--constitution", str(REPO / "principles.yaml"),
                          "--keep-flagged"]) == 0
         finished = time.monotonic()
-    assert_eta_true_after_a_fifth(progress_lines, finished, "/96 judgements")
+    # 6 judgements a row judged (rows the judge leaves out, e.g. duplicates of another, expect none)
+    last = progress_lines[-1][1]
+    rows = int(re.search(r"rows \d+/(\d+)", last).group(1))
+    assert rows >= 8 and f"{6 * rows}/{6 * rows} judgements (100%)" in last, last
+    assert_eta_true_after_a_fifth(progress_lines, finished, f"/{6 * rows} judgements")
 
 
 def test_a_line_comes_while_no_row_has_finished(tmp_path, progress_lines):
@@ -110,3 +114,18 @@ def test_a_line_comes_while_no_row_has_finished(tmp_path, progress_lines):
     waiting = [line for _, line in progress_lines if "0/12 calls" in line]
     assert "rows 0/4" in waiting[0] and "ETA after the first call" in waiting[0], waiting
     assert "12/12 calls (100%)" in progress_lines[-1][1], progress_lines[-1]
+
+
+def test_the_eta_follows_the_recent_rate_once_the_first_batch_is_done():
+    """All requests submitted at once: nothing for a minute (the first batch), then a steady call a second."""
+    progress = core.progress.Progress("judge", rows=10, calls=200, every=3600, bar=False)
+    try:
+        start = progress.started
+        for second in range(60, 151):
+            progress.calls_done = 10 + (second - 60)  # 10 when the first batch lands, then one a second
+            eta = progress.eta(start + second)
+        # 100 done at 150 s: the whole run's rate (0.67/s) would say 150 s; the last minute's says 100 s.
+        assert eta == pytest.approx(100, rel=0.05)
+        assert progress.eta(start + 150.0) == pytest.approx(100, rel=0.05)
+    finally:
+        progress.close()

@@ -21,7 +21,7 @@ from constitution.loader import load_constitution, parse_constitution
 from generation.config import GenerateConfig
 from generation.critique_revise import ChainSettings, CritiqueReviseTask
 from core.backends.base import Sampling
-from generation.prompts import PromptRecord
+from generation.prompt_files import PromptRecord
 from generation.run import generate
 from harness import REPO, rows_of
 from standins import ScriptedBackend
@@ -110,7 +110,7 @@ def test_fingerprints_are_stable_and_change_with_their_inputs(prompt_id, text, o
 
 def test_fingerprints_are_the_same_in_another_process():
     code = ("import sys; sys.path[:0] = [sys.argv[1]];"
-            "from generation.prompts import PromptRecord; from generation.critique_revise import *;"
+            "from generation.prompt_files import PromptRecord; from generation.critique_revise import *;"
             "from core.backends.base import Sampling; from constitution.loader import load_constitution;"
             "t = CritiqueReviseTask(load_constitution(sys.argv[1] + '/principles.yaml'), ChainSettings('m', Sampling(32, 0.0), 7, 2));"
             "print(t.fingerprint(PromptRecord('id-1', [{'role': 'user', 'content': 'caf\\u00e9 {x}'}], None, 1)))")

@@ -11,7 +11,7 @@ from cai.report import write_report
 from judging.agreement import run_agreement
 from judging.card import card_path
 from judging.config import AgreementConfig, JudgeConfig
-from judging.pairs import run_judge
+from judging.run import run_judge
 from run_folder import HOSTILE, ROWS, revision_row, write_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "judging"))

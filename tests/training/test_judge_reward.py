@@ -21,7 +21,7 @@ QUIET = ["--disable-tqdm", "true"]
 def _judge_samples(tmp_path: Path, rows: list[dict], url: str, model: str, seed: int) -> dict[str, dict]:
     """`cai judge --mode samples` on rows with their responses given: the pairs by row id."""
     from judging.config import JudgeConfig
-    from judging.pairs import run_judge
+    from judging.run import run_judge
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     source = tmp_path / "samples.jsonl"
@@ -65,7 +65,7 @@ def test_groupwise_rewards_inside_training_are_cai_judges_verdicts(tmp_path, tin
         assert rewards[chosen] == pytest.approx(pair["chosen_probability"], abs=1e-4)
         assert rewards[rejected] == pytest.approx(1 - pair["chosen_probability"], abs=1e-4)
     # The same requests: every judgement training made is one `cai judge` made, under the same key.
-    from judging.pairs import judgements_path
+    from judging.run import judgements_path
 
     assert _cache_keys(out / "judge_judgements.jsonl") == _cache_keys(judgements_path(tmp_path / "judged.jsonl"))
     assert [e["beta"] for e in summary["log_history"] if "loss" in e] == [0.05, 0.05]

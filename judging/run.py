@@ -73,7 +73,7 @@ from .engines import Engines, judge_settings
 from .card import write_card
 from .ensemble import JudgePanel, build_panel
 from .judge import Comparison, Judge, Verdict, is_valid_judgement
-from .report import JudgeReport, format_judge_report, report_path, revision_change
+from .judge_report import JudgeReport, format_judge_report, report_path, revision_change
 from .scoring import ensemble
 
 logger = get_logger(__name__)
