@@ -37,7 +37,7 @@ def generate_args(prompts: Path, out: Path, base_url: str, *extra: str, model: s
 
 def judge_args(source: Path, out: Path, base_url: str, *extra: str) -> list[str]:
     return ["judge", "--in", str(source), "--out", str(out), "--backend", "openai", "--base-url", base_url,
-            "--model", "standin", "--method", "pairwise", "--keep-flagged", "--constitution",
+            "--model", "standin", "--method", "pairwise", "--keep-flagged", "--keep-duplicates", "--constitution",
             str(REPO / "principles.yaml"), *extra]
 
 
@@ -204,7 +204,9 @@ def test_the_folder_is_read_by_judge_training_and_datasets(runs, standin, tmp_pa
 
     # cai judge --in FOLDER: the same pairs as from the unsharded file (only where each row was read differs).
     assert cai_main(judge_args(runs / "all.jsonl", tmp_path / "from_file.jsonl", standin.base_url)) == 0
-    assert cai_main(judge_args(folder, tmp_path / "from_folder.jsonl", standin.base_url)) == 0
+    # A second judge run in the same folder names its own SFT file (the first run's sft.jsonl is not replaced).
+    assert cai_main(judge_args(folder, tmp_path / "from_folder.jsonl", standin.base_url,
+                               "--sft-out", str(tmp_path / "from_folder.sft.jsonl"))) == 0
     from_file, from_folder = rows_of(tmp_path / "from_file.jsonl"), rows_of(tmp_path / "from_folder.jsonl")
     assert from_file, "the stand-in judge makes some pairs"
     assert {p["source"]["file"] for p in from_folder} <= {str(p) for p in folder.glob("part-*.jsonl")}
