@@ -39,7 +39,7 @@ def test_a_secret_in_the_url_or_the_key_reaches_no_file_and_no_output(tmp_path):
         runs = [
             generate_args(prompts, tmp_path / "r.jsonl", url, "--examples", "2"),
             ["judge", "--in", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "prefs.jsonl"), "--backend",
-             "openai", "--base-url", url, "--model", "standin", "--method", "pairwise", "--keep-flagged"],
+             "openai", "--base-url", url, "--model", "standin", "--method", "pairwise", "--keep-flagged", "--keep-duplicates"],
             ["judge", "agreement", "--pairs", str(HUMAN_PAIRS), "--limit", "3", "--backend", "openai", "--base-url",
              url, "--model", "standin", "--method", "pairwise", "--out", str(tmp_path / "agreement.json"),
              "--details", str(tmp_path / "details.jsonl")],
@@ -108,7 +108,7 @@ def test_sigterm_lands_the_batch_in_flight_whole_writes_the_manifest_and_exits_1
         if command == "judge":
             assert cai_main(generate_args(prompts, revisions, server.base_url)) == 0
             args = ["judge", "--in", str(revisions), "--out", str(tmp_path / "prefs.jsonl"), "--backend", "openai",
-                    "--base-url", server.base_url, "--model", "standin", "--method", "pairwise", "--keep-flagged",
+                    "--base-url", server.base_url, "--model", "standin", "--method", "pairwise", "--keep-flagged", "--keep-duplicates",
                     "--constitution", str(REPO / "principles.yaml"),
                     "--concurrency", "1", "--principles-per-pair", "3"]
             out = tmp_path / "prefs.jsonl"
@@ -190,7 +190,7 @@ def test_damaged_or_hand_edited_cache_lines_are_skipped_and_redone(tmp_path, cap
         assert cai_main(generate_args(prompts, tmp_path / "r.jsonl", server.base_url)) == 0
         args = ["judge", "--in", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "prefs.jsonl"), "--backend",
                 "openai", "--base-url", server.base_url, "--model", "standin", "--method", "pairwise",
-                "--keep-flagged", "--constitution", str(REPO / "principles.yaml")]
+                "--keep-flagged", "--keep-duplicates", "--constitution", str(REPO / "principles.yaml")]
         assert cai_main(args) == 0
         reference = rows_of(tmp_path / "prefs.jsonl")
         cache = tmp_path / "prefs.jsonl.judgements.jsonl"
@@ -296,7 +296,7 @@ def test_a_shard_with_no_rows_leaves_an_empty_part_that_readers_take(tmp_path, c
         assert status(folder)["all_finished"] and status(folder)["rows"] == 2
         prefs = tmp_path / "prefs.jsonl"
         assert cai_main(["judge", "--in", str(folder), "--out", str(prefs), "--backend", "openai", "--base-url",
-                         server.base_url, "--model", "standin", "--method", "pairwise", "--keep-flagged",
+                         server.base_url, "--model", "standin", "--method", "pairwise", "--keep-flagged", "--keep-duplicates",
                          "--constitution", str(REPO / "principles.yaml")]) == 0, capsys.readouterr().err
     assert manifest_of(prefs)["counts"]["rows"] == 2
 

@@ -27,7 +27,7 @@ def judged(tmp_path_factory):
             return ["judge", "--in", str(tmp / "gen.jsonl"), "--out", str(out), "--backend", "openai",
                     "--base-url", server.base_url, "--model", "standin", "--method", "pairwise",
                     "--concurrency", "8", "--constitution", str(REPO / "principles.yaml"),
-                    "--keep-flagged"]  # the stand-in's replies read like critiques to the row checks
+                    "--keep-flagged", "--keep-duplicates"]  # the stand-in's replies read like critiques to the row checks
 
         started = time.monotonic()
         process = start_cli(args(tmp / "reference.jsonl"), tmp / "reference.log")
@@ -62,7 +62,8 @@ def test_empty_or_cut_off_replies_are_never_chosen(tmp_path):
             assert cai_main(["judge", "--in", str(tmp_path / f"{name}.jsonl"), "--out", str(tmp_path / f"{name}-pairs.jsonl"),
                              "--backend", "openai", "--base-url", server.base_url, "--model", "standin",
                              "--method", "pairwise", "--constitution", str(REPO / "principles.yaml"),
-                             "--keep-flagged"]) == 0  # what is tested holds for flagged rows too
+                             "--keep-flagged", "--keep-duplicates",  # what is tested holds for flagged rows too
+                             "--sft-out", str(tmp_path / f"{name}-sft.jsonl")]) == 0
     generated = {r["id"]: r for r in rows_of(tmp_path / "whole.jsonl")}
     assert generated["empty"]["initial_response"] == ""
     pairs = {p["id"]: p for p in rows_of(tmp_path / "whole-pairs.jsonl")}

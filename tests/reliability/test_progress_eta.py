@@ -88,7 +88,7 @@ def test_judge_eta_counts_judgements_not_rows(tmp_path, progress_lines):
         assert cai_main(["judge", "--in", str(rows), "--out", str(tmp_path / "pairs.jsonl"), "--backend", "openai",
                          "--base-url", server.base_url, "--model", "standin", "--method", "pairwise",
                          "--concurrency", "8", "--constitution", str(REPO / "principles.yaml"),
-                         "--keep-flagged"]) == 0
+                         "--keep-flagged", "--keep-duplicates"]) == 0
         finished = time.monotonic()
     # 6 judgements a row judged (rows the judge leaves out, e.g. duplicates of another, expect none)
     last = progress_lines[-1][1]

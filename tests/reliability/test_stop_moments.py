@@ -161,7 +161,7 @@ def test_sigterm_then_a_slow_engine_close_still_writes_the_manifest(tmp_path, co
         if command == "judge":
             out = tmp_path / "prefs.jsonl"
             args = ["judge", "--in", str(_revisions(tmp_path, server)), "--out", str(out), "--backend", "openai",
-                    "--base-url", server.base_url, "--model", "standin", "--method", "pairwise", "--keep-flagged",
+                    "--base-url", server.base_url, "--model", "standin", "--method", "pairwise", "--keep-flagged", "--keep-duplicates",
                     "--constitution", str(REPO / "principles.yaml"), "--concurrency", "1",
                     "--principles-per-pair", "1"]
             calls_per_row = 2  # both orders
