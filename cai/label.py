@@ -140,8 +140,10 @@ def judge_doubt(pair_row: dict) -> tuple[float, tuple[str, ...]]:
         doubt += 1
         reasons.append("order-inconsistent")
     sides = set()
-    for score in (pair_row.get("principle_scores") or {}).values():
-        for p in ((score or {}).get("judges") or {}).values() if isinstance(score, dict) else ():
+    scores = pair_row.get("principle_scores")
+    for score in scores.values() if isinstance(scores, dict) else ():  # a damaged row's scores give no doubt
+        judges = score.get("judges") if isinstance(score, dict) else None
+        for p in judges.values() if isinstance(judges, dict) else ():
             if isinstance(p, (int, float)):
                 sides.add((p > 0.5) - (p < 0.5))
     if len(sides) > 1:
