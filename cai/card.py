@@ -15,6 +15,7 @@ import yaml
 
 from core.errors import UserError
 from core.redact import redact_text, redact_values
+from judging.judge_report_text import format_figure
 
 #: config name -> (the run folder's output, what it is)
 CONFIGS = {
@@ -66,17 +67,9 @@ def _block(text: str, language: str = "") -> str:
     return f"{fence}{language}\n{text.rstrip()}\n{fence}"
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
 def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_fmt(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_figure(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -177,8 +170,8 @@ def _share(figure) -> str:
     if not isinstance(figure, dict) or figure.get("agreement") is None:
         return "-"
     interval = figure.get("ci95") if isinstance(figure.get("ci95"), list) else [None, None]
-    return (f"{_fmt(figure['agreement'])} ({figure.get('agreed')} of {figure.get('pairs')}; 95% interval "
-            f"[{_fmt(interval[0])}, {_fmt(interval[-1])}])")
+    return (f"{format_figure(figure['agreement'])} ({figure.get('agreed')} of {figure.get('pairs')}; 95% interval "
+            f"[{format_figure(interval[0])}, {format_figure(interval[-1])}])")
 
 
 def _judge_card(run_dir: Path) -> list[str]:
@@ -223,8 +216,9 @@ def _judge(data) -> list[str]:
         lines += ["Agreement with human labels (measured before its labels were used):", "",
                   _table(["report", "judge", "labelled pairs", "agreement", "95% interval", "passed"],
                          [[_code(name), _code(model_name((r.get("judge") or {}).get("model"))), r.get("human_pairs"),
-                           r.get("agreement"), f"[{_fmt(r['agreement_ci95'][0])}, {_fmt(r['agreement_ci95'][1])}]",
-                           _fmt(r.get("passed", "-"))] for name, r in agreements]), ""]
+                           r.get("agreement"),
+                           f"[{format_figure(r['agreement_ci95'][0])}, {format_figure(r['agreement_ci95'][1])}]",
+                           format_figure(r.get("passed", "-"))] for name, r in agreements]), ""]
         if any(r["agreement_ci95"][0] <= 0.5 <= r["agreement_ci95"][1] for _, r in agreements):
             lines += ["**The judge is not distinguishable from chance on human labels** (its 95% interval includes "
                       "0.5): treat the preference labels as unvalidated.", ""]

@@ -331,7 +331,7 @@ def _duplicates(run: RunFiles) -> dict | None:
 
 def build_report(run: RunFiles) -> str:
     """The page's HTML."""
-    from .report_plots import all_figures
+    from .report_sections import all_figures
 
     rows = browser_rows(run)
     principles = sorted({p for row in rows for p in row["principles"]})

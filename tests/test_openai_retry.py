@@ -143,7 +143,7 @@ def test_credentials_in_the_url_are_sent_as_basic_auth_instead_of_the_key(monkey
 
 
 def test_the_proxy_comes_from_the_environment_once_and_no_proxy_exempts_a_host(monkeypatch):
-    from core.backends.openai_backend import env_proxy
+    from core.backends.endpoint_http import env_proxy
 
     for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
@@ -155,10 +155,10 @@ def test_the_proxy_comes_from_the_environment_once_and_no_proxy_exempts_a_host(m
 
 
 def test_the_error_message_is_the_endpoints_own_words():
-    from core.backends.openai_backend import _error_message
+    from core.backends.endpoint_http import error_message
 
-    assert _error_message(400, b'{"error": {"message": "too long", "code": 400}}') == "too long"
-    assert _error_message(400, b'{"object": "error", "message": "maximum context length is 8192"}') \
+    assert error_message(400, b'{"error": {"message": "too long", "code": 400}}') == "too long"
+    assert error_message(400, b'{"object": "error", "message": "maximum context length is 8192"}') \
         == "maximum context length is 8192"
-    assert _error_message(502, b"<html>Bad Gateway</html>") == "<html>Bad Gateway</html>"
-    assert _error_message(503, b"") == "status 503 with an empty body"
+    assert error_message(502, b"<html>Bad Gateway</html>") == "<html>Bad Gateway</html>"
+    assert error_message(503, b"") == "status 503 with an empty body"

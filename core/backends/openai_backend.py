@@ -15,256 +15,29 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from urllib.parse import unquote, urlsplit, urlunsplit
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from core import aio
 from core.errors import UserError
 from core.log import get_logger
-from core.redact import redact_text, redact_url
-from core.text import shorten
+from core.redact import redact_url
 
 from .base import (
     Backend, BackendOptions, Completion, Conversation, LabelLogprobs, Sampling, SequenceLogprob, ends_with_assistant,
 )
+from .endpoint_http import (
+    LONG_WAIT, BackoffWait, EndpointStatusError, MalformedResponseError, WaitNotice, chat_completions_target,
+    describe_error, env_proxy, error_message, is_http_url, is_retryable, read_capped, request_errors,
+)
+from .openai_replies import cached_tokens, is_logprob, reply_text, response_logprob, token_count
 
-RETRY_STATUS = {408, 409, 429}
-#: The largest answer read: a chat completion, even with prompt log-probabilities, is far smaller; a larger
-#: body (a misbehaving server, a wrong URL) fails its row instead of filling memory and the output.
-MAX_REPLY_BYTES = 8 * 2**20
-#: The longest wait a Retry-After header can ask for; a longer (or absurd) value is capped to this.
-RETRY_AFTER_CAP = 60.0
-#: Waits at least this long get a line saying why (a server asking for time, a server that does not answer).
-LONG_WAIT = 5.0
-#: At most one such line per this many seconds, however many requests wait at once.
-LONG_WAIT_LINE_EVERY = 30.0
 LOG = get_logger(__name__)
 #: requests in flight unless --concurrency says otherwise: a GPU server runs 256 to 1,024 sequences at
 #: once, and keeps them all busy only when more rows than that are in flight (bench/README.md, gpu_sim)
 DEFAULT_CONCURRENCY = 1024
-#: the endpoint when neither --base-url nor $OPENAI_BASE_URL names one (the key then comes from $OPENAI_API_KEY)
-OPENAI_API_URL = "https://api.openai.com/v1"
-
-
-class EndpointStatusError(Exception):
-    """The endpoint answered with an HTTP error status; ``message`` is its own explanation."""
-
-    def __init__(self, status_code: int, message: str, headers=None):
-        super().__init__(message)
-        self.status_code, self.message, self.headers = status_code, message, headers or {}
-
-
-class MalformedResponseError(Exception):
-    """A 200 answer that is not a chat completion (final for the request: retrying gets the same)."""
-
-
-def _request_errors() -> tuple[type[BaseException], ...]:
-    """What ends a request and is recorded for its row: an error status, a bad answer, no connection, a timeout."""
-    import aiohttp
-
-    return (EndpointStatusError, MalformedResponseError, aiohttp.ClientError, asyncio.TimeoutError)
-
-
-def is_retryable(exc: BaseException) -> bool:
-    import aiohttp
-
-    if isinstance(exc, EndpointStatusError):
-        return exc.status_code in RETRY_STATUS or exc.status_code >= 500
-    # A dropped connection mid-answer (payload error), a refused or reset one, or no answer in time.
-    return isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError))
-
-
-def _error_message(status: int, payload: bytes) -> str:
-    """The endpoint's own words for an error: OpenAI's ``{"error": {"message"}}``, vLLM's ``{"message"}``, or the text."""
-    try:
-        body = json.loads(payload)
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        error = body.get("error")
-        message = error.get("message") if isinstance(error, dict) else error if isinstance(error, str) else None
-        message = message or body.get("message") or body.get("detail")
-        if message:
-            return str(message)
-    text = payload.decode("utf-8", "replace").strip()
-    return text[:500] or f"status {status} with an empty body"
-
-
-async def _read_capped(response) -> bytes:
-    """The body, at most MAX_REPLY_BYTES (a larger one is a MalformedResponseError, final for the request)."""
-    if (response.content_length or 0) > MAX_REPLY_BYTES:
-        raise MalformedResponseError(_too_large(response.content_length))
-    chunks, size = [], 0
-    async for chunk in response.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > MAX_REPLY_BYTES:
-            raise MalformedResponseError(_too_large())
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(size: int | None = None) -> str:
-    said = f" ({size / 2**20:.0f} MiB)" if size else ""
-    return f"the answer is larger than {MAX_REPLY_BYTES // 2**20} MiB{said}; not read (is --base-url the right server?)"
-
-
-def reply_text(choice: object) -> tuple[str, int]:
-    """The text of one answer's choice and how many unpaired surrogates in it were replaced with U+FFFD.
-
-    Servers differ: ``content`` may be text, null (nothing said), or a list of content parts
-    (``[{"type": "text", "text": ...}]``, whose texts are joined).  An answer with tool calls and no
-    text, or a content of another type, is a MalformedResponseError (the row records it).
-    """
-    message = choice.get("message") if isinstance(choice, dict) else None
-    if not isinstance(message, dict):
-        raise MalformedResponseError(f"the answer's choice has no message object: {_brief(choice)}")
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(part["text"] for part in content
-                          if isinstance(part, dict) and part.get("type") in ("text", "output_text", None)
-                          and isinstance(part.get("text"), str))
-    elif content is None:
-        if message.get("tool_calls"):
-            raise MalformedResponseError("the answer holds tool calls instead of text (this engine sends no tools; "
-                                         "check the server's chat template)")
-        content = ""
-    if not isinstance(content, str):
-        raise MalformedResponseError(f"the answer's content is not text: {_brief(content)}")
-    return valid_unicode(content)
-
-
-def valid_unicode(text: str) -> tuple[str, int]:
-    """``text`` with each unpaired surrogate (a JSON escape such as \\ud800 alone: not Unicode, and no file can
-    hold it as UTF-8) replaced by U+FFFD, and how many were replaced."""
-    try:
-        text.encode("utf-8")
-        return text, 0
-    except UnicodeEncodeError:
-        return _SURROGATE.subn("\ufffd", text)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _brief(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=True, default=repr)
-    return shorten(text, 200)
-
-
-def _count(value: object) -> int:
-    """A token count from ``usage``: a whole number >= 0, else 0 (a server may leave it out or send anything)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def retry_after_seconds(exc: BaseException | None) -> float | None:
-    """Seconds the server asked us to wait (Retry-After: seconds or HTTP date), if any."""
-    headers = getattr(exc, "headers", None)
-    if not headers:
-        return None
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return _finite_wait(float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return _finite_wait(float(value))
-    except ValueError:
-        try:
-            import datetime as dt
-
-            return _finite_wait((parsedate_to_datetime(value) - dt.datetime.now(dt.timezone.utc)).total_seconds())
-        except (TypeError, ValueError, OverflowError):
-            return None
-
-
-def _finite_wait(seconds: float) -> float | None:
-    """A wait a server asked for, as a number of seconds >= 0 (negative: 0; NaN: none asked; infinite: huge)."""
-    if seconds != seconds:
-        return None
-    return min(max(0.0, seconds), 1e9)
-
-
-class WaitNotice:
-    """One line on stderr for a long wait, saying why; at most one per ``every`` seconds (many requests wait at once)."""
-
-    def __init__(self, every: float = LONG_WAIT_LINE_EVERY):
-        self.every, self._last = every, float("-inf")
-
-    def __call__(self, seconds: float, line: str) -> None:
-        import time
-
-        now = time.monotonic()
-        if seconds >= LONG_WAIT and now - self._last >= self.every:
-            self._last = now
-            LOG.warning("%s", line)
-
-
-class BackoffWait:
-    """Full-jitter exponential backoff, or the server's Retry-After when it sent one."""
-
-    def __init__(self, initial: float = 0.5, maximum: float = 30.0, retry_after_cap: float = RETRY_AFTER_CAP,
-                 notice: WaitNotice | None = None):
-        self.initial, self.maximum, self.retry_after_cap = initial, maximum, retry_after_cap
-        self.notice = notice or WaitNotice()
-
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        asked = retry_after_seconds(exc)
-        if asked is not None:
-            wait = min(asked, self.retry_after_cap)
-            capped = f", capped from {asked:.0f} s" if asked > self.retry_after_cap else ""
-            status = getattr(exc, "status_code", "")
-            self.notice(wait, f"waiting {wait:.0f} s: the server asked (HTTP {status} Retry-After{capped})")
-            return wait
-        wait = random.uniform(0, min(self.maximum, self.initial * 2 ** (state.attempt_number - 1)))
-        if exc is not None:
-            self.notice(wait, f"waiting {wait:.0f} s before retrying: {describe_error(exc)}")
-        return wait
-
-
-def describe_error(exc: BaseException) -> str:
-    import aiohttp
-
-    if isinstance(exc, EndpointStatusError):
-        return f"HTTP {exc.status_code}: {redact_text(exc.message)}"
-    if isinstance(exc, asyncio.TimeoutError):
-        return "Timeout: no answer within the request timeout (--request-timeout)"
-    if isinstance(exc, aiohttp.ClientConnectionError):
-        return f"Connection failed: {redact_text(str(exc) or type(exc).__name__)}"
-    return f"{type(exc).__name__}: {redact_text(str(exc))}"
-
-
-def is_http_url(url: str | None) -> bool:
-    try:
-        parts = urlsplit(url or "")
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def env_proxy(url: str) -> str | None:
-    """The proxy ``$HTTP(S)_PROXY`` names for ``url`` unless ``$NO_PROXY`` exempts its host, as curl and httpx do.
-
-    Looked up once per run: aiohttp's ``trust_env`` looks it up (and reads ~/.netrc) per request,
-    which cost a third of the client's time at 1,000+ requests/s.
-    """
-    import urllib.request
-
-    parts = urlsplit(url)
-    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
 
 
 class EndpointDownError(UserError):
@@ -346,19 +119,7 @@ class OpenAIBackend(Backend):
         """One aiohttp session for the run (made on the event loop), with the URL and headers every request uses."""
         import aiohttp
 
-        parts = urlsplit(self.base_url or OPENAI_API_URL)
-        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "cai"}
-        # Credentials in the URL (a proxy's basic auth) are sent as such; otherwise the key as a bearer token.
-        # Either goes as a header, never as the session's ``auth``: aiohttp drops the Authorization header on a
-        # redirect to another origin (scheme, host or port) but would send a session's auth there again.
-        if parts.username or parts.password:
-            headers["Authorization"] = aiohttp.BasicAuth(unquote(parts.username or ""),
-                                                         unquote(parts.password or "")).encode()
-        else:
-            headers["Authorization"] = f"Bearer {os.environ.get(self.api_key_env) or 'EMPTY'}"
-        # A key in the base URL's query (``?api-key=...``) goes with every request, after the path.
-        url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/chat/completions",
-                          parts.query, ""))
+        url, headers = chat_completions_target(self.base_url, self.api_key_env)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.concurrency),
             timeout=aiohttp.ClientTimeout(total=self.timeout),
@@ -376,9 +137,9 @@ class OpenAIBackend(Backend):
             f"a request gives up after --request-timeout {self.timeout:g} s")
         try:
             async with session.post(url, data=json.dumps(body), headers=headers, proxy=proxy) as response:
-                payload = await _read_capped(response)
+                payload = await read_capped(response)
                 if response.status >= 400:
-                    raise EndpointStatusError(response.status, _error_message(response.status, payload),
+                    raise EndpointStatusError(response.status, error_message(response.status, payload),
                                               response.headers.copy())  # case-insensitive, for Retry-After
         finally:
             stalled.cancel()
@@ -451,7 +212,7 @@ class OpenAIBackend(Backend):
         try:
             return await self._call(kwargs, session)
         except Exception as exc:  # noqa: BLE001 - sorted below
-            if not isinstance(exc, _request_errors()):
+            if not isinstance(exc, request_errors()):
                 raise
             return exc
 
@@ -491,9 +252,9 @@ class OpenAIBackend(Backend):
         return Completion(
             text=text,
             finish_reason=finish if isinstance(finish, str) and finish else "stop",
-            prompt_tokens=_count(usage.get("prompt_tokens")),
-            completion_tokens=_count(usage.get("completion_tokens")),
-            cached_tokens=_cached_tokens(usage),
+            prompt_tokens=token_count(usage.get("prompt_tokens")),
+            completion_tokens=token_count(usage.get("completion_tokens")),
+            cached_tokens=cached_tokens(usage),
         )
 
     async def alabel_logprobs(self, conversation: Conversation, labels: Sequence[str],
@@ -511,7 +272,7 @@ class OpenAIBackend(Backend):
             return LabelLogprobs({label: None for label in labels}, error="endpoint returned no log-probabilities")
         # Entries that are not {"token": text, "logprob": a finite number <= 0} are left out.
         top = {t["token"]: float(t["logprob"]) for t in entries
-               if isinstance(t, dict) and isinstance(t.get("token"), str) and _is_logprob(t.get("logprob"))}
+               if isinstance(t, dict) and isinstance(t.get("token"), str) and is_logprob(t.get("logprob"))}
         # Match a label by its first characters; tokens may carry a leading space.
         values = {}
         for label in labels:
@@ -541,7 +302,7 @@ class OpenAIBackend(Backend):
         failed = next((r for r in (full, head) if isinstance(r, BaseException)), None)
         if failed is not None:
             return SequenceLogprob(None, error=describe_error(failed))
-        return _sum_response_logprobs(full, head)
+        return response_logprob(full, head)
 
     def close(self) -> None:
         opened, self._session_on_loop = self._session_on_loop, None
@@ -551,40 +312,3 @@ class OpenAIBackend(Backend):
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
 
-
-def _is_logprob(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and -float("inf") < value <= 0
-
-
-def _sum_response_logprobs(full, head) -> SequenceLogprob:
-    try:
-        return _summed(full, head)
-    except (TypeError, KeyError, AttributeError, IndexError, ValueError):  # a server's odd shapes: the row's error
-        return SequenceLogprob(None, error="endpoint returned malformed prompt log-probabilities")
-
-
-def _summed(full, head) -> SequenceLogprob:
-    ids, head_ids = full.get("prompt_token_ids"), head.get("prompt_token_ids")
-    logprobs = full.get("prompt_logprobs")
-    if not ids or head_ids is None or not logprobs:
-        return SequenceLogprob(None, error="endpoint returned no prompt log-probabilities (needs a vLLM server)")
-    if list(ids[: len(head_ids)]) != list(head_ids):
-        return SequenceLogprob(None, error="the chat template does not keep the prompt as a prefix of prompt + response")
-    total = 0.0
-    for position in range(max(len(head_ids), 1), len(ids)):
-        entry = logprobs[position] or {}
-        value = entry.get(str(ids[position]), entry.get(ids[position]))
-        if value is None:
-            return SequenceLogprob(None, error=f"no log-probability for prompt token {position}")
-        value = value["logprob"] if isinstance(value, dict) else value
-        if not _is_logprob(value):
-            raise ValueError(value)
-        total += value
-    return SequenceLogprob(total, tokens=len(ids) - len(head_ids))
-
-
-def _cached_tokens(usage: dict) -> int | None:
-    """``usage.prompt_tokens_details.cached_tokens`` (vLLM with --enable-prompt-tokens-details, OpenAI), else None."""
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return cached if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else None

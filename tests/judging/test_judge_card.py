@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter
 
-from cai.label import LabelSession, judge_doubt, load_pairs
+from cai.label_session import LabelSession, judge_doubt, load_pairs
 from core.errors import UserError
 from core.schema import JudgementRecord, PreferenceRow
 from judge_standins import REFUSAL, FixedBackend, PreferenceBackend, RefusingBackend, options

@@ -821,7 +821,7 @@ def test_credentials_never_follow_a_redirect_to_another_origin(status, credentia
 
 
 def test_absurd_retry_after_is_capped_and_a_long_wait_says_why(caplog):
-    from core.backends.openai_backend import RETRY_AFTER_CAP, BackoffWait, EndpointStatusError
+    from core.backends.endpoint_http import RETRY_AFTER_CAP, BackoffWait, EndpointStatusError
 
     class Outcome:
         def __init__(self, exc):

@@ -161,7 +161,7 @@ def test_a_reader_accepts_a_mutated_row_or_refuses_it_naming_the_file(reader, da
 @given(data=st.data())
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_the_label_server_loads_mutated_pairs_and_labels(data):
-    from cai.label import LabelSession, load_pairs
+    from cai.label_session import LabelSession, load_pairs
 
     pairs_line, labels_line = data.draw(mutated(PAIR_ROWS[0])), data.draw(mutated(LABEL_ROWS[0]))
     with tempfile.TemporaryDirectory() as folder:

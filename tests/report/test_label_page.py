@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cai.label import LabelServer, LabelSession, load_pairs, make_pair, ties_path
+from cai.label_server import LabelServer
+from cai.label_session import LabelSession, load_pairs, make_pair, ties_path
 from judge_standins import PreferenceBackend
 from judging.agreement import read_human_pairs, run_agreement
 from judging.config import AgreementConfig
