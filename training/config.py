@@ -13,7 +13,7 @@ This module imports TRL (and so torch); ``cai train`` imports it only once a met
 # No ``from __future__ import annotations``: HfArgumentParser reads the field types.
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 
 # PPOTrainer is in trl.experimental (TRL 1.12, the ppo extra); its "experimental API" warning says nothing new.
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -22,16 +22,54 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions", category=UserWarning)
 
 from transformers.trainer_utils import SaveStrategy
+from trl import ModelConfig
 
 from core.config import check_choice, check_rules
 from core.errors import UserError
 from training.device_defaults import apply_device_defaults
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: The LoRA fields of TRL's ``ModelConfig``, every method's options; ``trl.get_peft_config`` builds the adapter's
+#: config from them (``training.models.lora_config``). The task type is the method's, not an option.
+PEFT_FIELDS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
+               "lora_modules_to_save", "use_rslora", "use_dora")
+#: Where our defaults and help differ from TRL's.
+PEFT_OVERRIDES = {
+    "use_peft": {"help": "Train a LoRA adapter (peft) instead of all weights. The saved folder still holds full, "
+                 "merged weights, so transformers and vLLM load it like any other model."},
+    "lora_target_modules": {"default": ["all-linear"],
+                            "help": "Module names LoRA wraps (with --use-peft): `all-linear`, or names such as "
+                            "`q_proj v_proj` (or comma-separated: `q_proj,v_proj`)."},
+    "lora_modules_to_save": {"help": "Modules trained in full beside the adapter (with --use-peft), e.g. `lm_head`; "
+                             "names separated by spaces or commas."},
+}
+
+
+def _trl_peft_field(trl_field):
+    """``trl_field`` of TRL's ModelConfig (its type, default and help), with our PEFT_OVERRIDES."""
+    override = PEFT_OVERRIDES.get(trl_field.name, {})
+    default = override.get("default", trl_field.default)
+    help_text = override.get("help", trl_field.metadata.get("help", ""))
+    if isinstance(default, list):
+        return trl_field.name, trl_field.type, field(default_factory=lambda: list(default),
+                                                     metadata={"help": help_text})
+    return trl_field.name, trl_field.type, field(default=default, metadata={"help": help_text})
+
+
+#: TRL's LoRA fields as a base of StageFields: YAML keys and flags (``--lora-r``, ``--use-dora``, ...).
+PeftFields = make_dataclass("PeftFields", [_trl_peft_field(f) for f in fields(ModelConfig) if f.name in PEFT_FIELDS],
+                            namespace={"__module__": __name__, "__doc__": "TRL's LoRA options (trl.ModelConfig)."})
+
+
+def names_list(value: list[str] | None) -> list[str] | None:
+    """Module names given as a list, as one comma-separated text, or both (``q_proj,v_proj``, ``[q_proj, v_proj]``)."""
+    if value is None:
+        return None
+    return [name.strip() for item in value for name in str(item).split(",") if name.strip()]
 
 
 @dataclass
-class StageFields:
+class StageFields(PeftFields):
     r"""
     Fields every ``cai train`` method shares: ours, TRL defaults we change, and those chosen for the device.
 
@@ -58,8 +96,11 @@ class StageFields:
             Dtype of the saved model folder; bf16 would round away the small updates of a short run.
         use_peft (`bool`, *optional*, defaults to `False`):
             Train a LoRA adapter instead of all weights; the saved folder holds the merged weights.
-        lora_r, lora_alpha, lora_dropout, lora_target_modules:
-            LoRA rank (`16`), alpha (`32`), dropout (`0.05`) and the modules it wraps (`"all-linear"`).
+        lora_r, lora_alpha, lora_dropout, lora_target_modules, lora_target_parameters, lora_modules_to_save,
+        use_rslora, use_dora:
+            TRL's LoRA options (`trl.ModelConfig`): rank (`16`), alpha (`32`), dropout (`0.05`), the modules it
+            wraps (`"all-linear"`) or parameters it targets, modules trained in full beside it, rank-stabilized
+            scaling and DoRA (weight-decomposed LoRA); `trl.get_peft_config` builds the adapter from them.
 
         > Parameters whose defaults differ from TRL's
 
@@ -128,23 +169,6 @@ class StageFields:
             "short run, so float32 is the default)."
         },
     )
-    use_peft: bool = field(
-        default=False,
-        metadata={
-            "help": "Train a LoRA adapter (peft) instead of all weights. The saved folder still holds full, "
-            "merged weights, so transformers and vLLM load it like any other model."
-        },
-    )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with --use-peft)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha (with --use-peft)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch (with --use-peft)."})
-    lora_target_modules: str = field(
-        default="all-linear",
-        metadata={
-            "help": "Comma-separated module names LoRA wraps (e.g. `q_proj,v_proj`), or `all-linear` (with --use-peft)."
-        },
-    )
-
     # TRL / TrainingArguments fields whose defaults we change (same types as theirs).
     output_dir: str | None = field(
         default=None, metadata={"help": "The model folder to write (required)."}
@@ -207,7 +231,10 @@ class StageFields:
             ("max_rows", self.max_rows is None or self.max_rows >= 1, "must be a positive number of rows"),
             ("lora_r", self.lora_r >= 1, "must be at least 1, e.g. 16"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "must be in [0, 1)"),
+            ("lora_alpha", self.lora_alpha > 0, "must be positive, e.g. 32"),
         ])
+        self.lora_target_modules = names_list(self.lora_target_modules)
+        self.lora_modules_to_save = names_list(self.lora_modules_to_save)
         # Before TRL's checks, which read bf16 (mixed precision) and refuse it where the device has none.
         self.auto_settings = apply_device_defaults(self)
         super().__post_init__()

@@ -87,22 +87,21 @@ def load_score_model(folder: str, dtype_name: str, pad_token_id: int, flag: str,
 
 
 def lora_config(config: Any, task_type: str):
-    """A peft LoraConfig from the stage's ``lora_*`` fields, or None without ``--use-peft``."""
+    """The adapter's PeftConfig, built by ``trl.get_peft_config`` from the stage's LoRA fields
+    (``training.config.PEFT_FIELDS``), or None without ``--use-peft``."""
     if not config.use_peft:
         return None
-    from peft import LoraConfig
+    from trl import ModelConfig, get_peft_config
 
-    targets = config.lora_target_modules.strip()
-    target_modules: str | list[str] = (
-        targets if targets == "all-linear" else [name.strip() for name in targets.split(",") if name.strip()]
-    )
-    return LoraConfig(
-        task_type=task_type,
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=target_modules,
-    )
+    from training.config import PEFT_FIELDS
+
+    settings = ModelConfig(lora_task_type=task_type, **{name: getattr(config, name) for name in PEFT_FIELDS})
+    # ModelConfig turns a list of one name into the bare name, which peft reads as a pattern for the whole module
+    # path (`model.layers.0.self_attn.q_proj`), so that `--lora-target-modules q_proj` would match nothing; only
+    # `all-linear` is meant bare.
+    targets = config.lora_target_modules
+    settings.lora_target_modules = targets[0] if targets == ["all-linear"] else targets
+    return get_peft_config(settings)
 
 
 def weights_are_sharded(accelerator) -> bool:

@@ -306,6 +306,60 @@ def test_dpo_with_lora_saves_merged_weights(tmp_path, tiny_model_dir, preference
     AutoModelForCausalLM.from_pretrained(out)
 
 
+def test_dpo_with_dora_on_named_modules_changes_only_those(tmp_path, tiny_model_dir, preference_file):
+    """DoRA (a TRL LoRA option) trains the modules named in one comma-separated value, as earlier releases took it."""
+    out = tmp_path / "dpo-dora"
+    rc = train(["dpo", "--data", preference_file, "--output-dir", str(out), "--model", tiny_model_dir,
+                "--max-steps", "2", "--use-peft", "--use-dora", "--lora-r", "4",
+                "--lora-target-modules", "q_proj,v_proj",
+                "--learning-rate", "1e-2", "--confidence", "weight", *QUIET])
+    assert rc == 0
+    _assert_model_folder(out)
+    after = _weights(out)
+    assert not any("lora" in name for name in after)
+    changed = _changed(_weights(tiny_model_dir), after)
+    assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed), changed
+
+
+def test_lora_options_are_trls_and_reach_the_peft_config(tmp_path):
+    """The LoRA fields are TRL's ModelConfig's (types and defaults, but all-linear), built by trl.get_peft_config."""
+    import typing
+
+    from trl import ModelConfig
+
+    from training.config import PEFT_FIELDS, StageFields
+    from training.models import lora_config
+
+    ours, trls = typing.get_type_hints(StageFields), typing.get_type_hints(ModelConfig)
+    assert {name: ours[name] for name in PEFT_FIELDS} == {name: trls[name] for name in PEFT_FIELDS}
+    user = tmp_path / "lora.yaml"
+    user.write_text("use_peft: true\nuse_dora: true\nlora_target_modules: q_proj,v_proj\n"
+                    "lora_modules_to_save: lm_head\n")
+    peft = lora_config(parse("dpo", ["--config", str(user), "--lora-r", "4", "--output-dir", "o", "--data", "d"]),
+                       "CAUSAL_LM")
+    assert peft.use_dora is True and peft.r == 4 and peft.lora_alpha == 32 and peft.task_type == "CAUSAL_LM"
+    assert set(peft.target_modules) == {"q_proj", "v_proj"} and list(peft.modules_to_save) == ["lm_head"]
+    peft = lora_config(parse("reward", ["--use-peft", "--use-rslora", "--lora-target-modules", "q_proj",
+                                        "--output-dir", "o", "--data", "d"]), "SEQ_CLS")
+    assert peft.use_rslora is True and peft.use_dora is False and peft.task_type == "SEQ_CLS"
+    assert set(peft.target_modules) == {"q_proj"}  # one name stays a name, not a pattern for the whole path
+    assert lora_config(parse("dpo", ["--use-peft", "--output-dir", "o", "--data", "d"]), "CAUSAL_LM").target_modules \
+        == "all-linear"
+    assert lora_config(parse("dpo", ["--output-dir", "o", "--data", "d"]), "CAUSAL_LM") is None
+
+
+def test_a_bad_lora_option_names_its_line_or_flag(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("use_peft: true\nuse_dora: maybe\n")
+    assert cai_main(["train", "dpo", "--config", str(bad), "--output-dir", str(tmp_path / "o"), "--data", "d"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {bad}:2: use_dora: expected true or false, got 'maybe'; fix the value"]
+    with pytest.raises(UserError, match=r"--lora-alpha 0 must be positive"):
+        parse("dpo", ["--use-peft", "--lora-alpha", "0", "--output-dir", "o", "--data", "d"])
+    with pytest.raises(UserError, match=r"--lora-r 0 must be at least 1"):
+        parse("sft", ["--use-peft", "--lora-r", "0", "--output-dir", "o", "--data", "d"])
+
+
 # ---------------------------------------------------------------- the real default model
 
 
