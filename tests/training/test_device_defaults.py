@@ -1,14 +1,17 @@
 """Device defaults: the settings `cai train` chooses for a CPU or a GPU, only where the user set nothing.
 
-The GPU is faked by passing a `Device` to the pure `choose_settings`; nothing here needs a GPU or trains.
+The GPU is faked by passing a `Device` to the pure `choose_settings`, a CPU's flags by faking its /proc/cpuinfo
+text (as tests/test_hardware.py does for the engines' dtype); nothing here needs a GPU or trains.
 """
 
 from __future__ import annotations
 
 import pytest
+from test_hardware import LAPTOP_AVX2, SAPPHIRE_RAPIDS, SKYLAKE_SERVER, ZEN4
 
 from core.config import parse_config
-from training.device_defaults import AUTO_FIELDS, CPU, Device, choose_settings, training_state_bytes
+from core.hardware import parse_cpuinfo
+from training.device_defaults import AUTO_FIELDS, CPU, Device, choose_settings, detect_device, training_state_bytes
 from training.methods import get_method
 
 H100 = Device("cuda", "NVIDIA H100 80GB HBM3", memory_bytes=80 * 2**30, bf16=True)
@@ -53,11 +56,70 @@ def test_cpu_defaults_are_those_of_earlier_releases(method, extra):
     expected = {**CPU_VALUES, **extra}
     assert choose_settings(config, CPU, AUTO_FIELDS) == {name: expected[name] for name in AUTO_FIELDS
                                                          if name in expected}
+    device = detect_device()
+    if not device.is_gpu:  # this machine is a CPU: the parsed config holds them (bf16 by its flags), and says so
+        expected["bf16"] = device.bf16
+        assert config.auto_settings["device"] == device.describe()
+        assert {name: config.auto_settings["chosen"][name] for name in expected} == expected
+        assert {name: getattr(config, name) for name in expected} == expected
+
+
+# ---------------------------------------------------------------- a CPU: bf16 where the engines' dtype is bfloat16
+
+
+def on_this_cpu(monkeypatch, cpuinfo: str):
+    """The machine is a CPU (no GPU, no other accelerator) whose /proc/cpuinfo reads ``cpuinfo``."""
     import torch
 
-    if not torch.cuda.is_available():  # this machine is a CPU: the parsed config holds them, and says so
-        assert config.auto_settings == {"device": "cpu", "chosen": expected}
-        assert {name: getattr(config, name) for name in expected} == expected
+    import training.device_defaults
+
+    monkeypatch.setattr(training.device_defaults, "this_cpu", lambda: parse_cpuinfo(cpuinfo, cores=2))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("cpuinfo, native", [
+    (ZEN4, True), (SAPPHIRE_RAPIDS, True),  # avx512_bf16, AMX
+    (SKYLAKE_SERVER, False), (LAPTOP_AVX2, False),  # bf16 emulated: several times slower than float32
+])
+@pytest.mark.parametrize("method", ["dpo", "reward", "sft"])
+def test_on_a_cpu_bf16_autocast_follows_its_flags(monkeypatch, cpuinfo, native, method):
+    on_this_cpu(monkeypatch, cpuinfo)
+    config = parse(method)
+    assert config.bf16 is native and config.auto_settings["chosen"]["bf16"] is native
+    # transformers takes bf16 without a GPU only with use_cpu; float32 leaves use_cpu as it was
+    assert config.use_cpu is native and ("use_cpu" in config.auto_settings["chosen"]) is native
+    assert config.mixed_precision == ("bf16" if native else "no")
+    assert config.auto_settings["precision"] == ("bf16 autocast, float32 weights (auto: native bf16)" if native
+                                                 else "float32 weights, no autocast (auto: no native bf16)")
+    assert config.auto_settings["device"] == f"cpu: {parse_cpuinfo(cpuinfo, cores=2).describe()}"
+
+
+def test_on_a_cpu_bf16_set_by_the_user_wins_either_way(monkeypatch, tmp_path):
+    on_this_cpu(monkeypatch, ZEN4)
+    config = parse("dpo", "--bf16", "false")
+    assert config.bf16 is False and config.use_cpu is False and config.mixed_precision == "no"
+    assert "bf16" not in config.auto_settings["chosen"]
+    assert config.auto_settings["precision"] == "float32 weights, no autocast (bf16 set)"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("bf16: false\n")
+    assert parse("dpo", "--config", str(mine)).bf16 is False
+    # Asked for where the CPU emulates it: given, and use_cpu with it (the user need not know transformers wants it).
+    on_this_cpu(monkeypatch, LAPTOP_AVX2)
+    config = parse("dpo", "--bf16", "true")
+    assert config.bf16 is True and config.use_cpu is True and config.mixed_precision == "bf16"
+    assert config.auto_settings["precision"] == "bf16 autocast, float32 weights (bf16 set)"
+
+
+def test_a_cpu_beside_another_accelerator_keeps_float32(monkeypatch):
+    """transformers trains on Apple MPS or Intel XPU when there is one: bf16's use_cpu would move the run off it."""
+    import torch
+
+    on_this_cpu(monkeypatch, ZEN4)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    config = parse("dpo")
+    assert config.bf16 is False and config.use_cpu is False
+    assert detect_device(use_cpu=True).bf16 is True  # --use-cpu true: the CPU it is, bf16 and all
 
 
 # ---------------------------------------------------------------- a GPU gets GPU-fit settings

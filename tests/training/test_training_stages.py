@@ -117,7 +117,7 @@ def test_config_layers_dataclass_defaults_user_yaml_then_flags(tmp_path):
     assert config.learning_rate == 2e-4  # flag over user YAML
     assert config.loss_type == ["sigmoid"] and config.max_rows is None
     # dataclass defaults kept where nobody overrode them
-    assert config.confidence == "smooth" and config.save_strategy == "no" and config.bf16 is False
+    assert config.confidence == "smooth" and config.save_strategy == "no"
     assert config.max_length == 512 and config.per_device_train_batch_size == 2
 
 
@@ -360,6 +360,37 @@ def test_a_bad_lora_option_names_its_line_or_flag(tmp_path, capsys):
         parse("sft", ["--use-peft", "--lora-r", "0", "--output-dir", "o", "--data", "d"])
 
 
+# ---------------------------------------------------------------- bf16 autocast on the CPU
+
+
+@pytest.mark.parametrize("method", ["dpo", "reward"])
+def test_bf16_autocast_on_the_cpu_trains_and_saves_float32_weights(tmp_path, tiny_model_dir, preference_file, method):
+    """The default on a CPU with native bf16, asked for here so that any CPU runs it: the first step's figures are the
+    float32 run's up to bf16 rounding (autocast really ran), and the folder holds float32 weights that load."""
+    folders = {}
+    for bf16 in ("true", "false"):
+        out = folders[bf16] = tmp_path / f"{method}-bf16-{bf16}"
+        assert train([method, "--data", preference_file, "--output-dir", str(out), "--model", tiny_model_dir,
+                      "--max-steps", "2", "--learning-rate", "1e-3", "--bf16", bf16, *QUIET]) == 0
+    out = folders["true"]
+    _assert_model_folder(out)
+    summary = json.loads((out / "cai_training.json").read_text())
+    assert summary["device_settings"]["precision"] == "bf16 autocast, float32 weights (bf16 set)"
+    # DPO's first loss is log 2 in any precision (the policy is its reference): its log-probabilities differ
+    figure = "logps/chosen" if method == "dpo" else "loss"
+    first_bf16, first_float32 = (json.loads((folder / "cai_training.json").read_text())["log_history"][0][figure]
+                                 for folder in (out, folders["false"]))
+    assert first_bf16 != first_float32 and first_bf16 == pytest.approx(first_float32, rel=0.02)
+    after = _weights(out)
+    assert {str(tensor.dtype) for tensor in after.values()} == {"torch.float32"}  # master weights, as saved before
+    assert _changed(_weights(tiny_model_dir), after)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    loader = AutoModelForSequenceClassification if method == "reward" else AutoModelForCausalLM
+    assert loader.from_pretrained(out).dtype == torch.float32
+
+
 # ---------------------------------------------------------------- the real default model
 
 
@@ -390,7 +421,8 @@ def test_dpo_with_precomputed_reference_log_probs_matches_the_reference_copy(tmp
     for precompute in ("true", "false"):
         out = tmp_path / f"dpo-precompute-{precompute}"
         rc = train(["dpo", "--data", preference_file, "--output-dir", str(out), "--model", tiny_model_dir,
-                    "--max-steps", "2", "--learning-rate", "1e-2", "--precompute-ref-log-probs", precompute, *QUIET])
+                    "--max-steps", "2", "--learning-rate", "1e-2", "--precompute-ref-log-probs", precompute,
+                    "--bf16", "false", *QUIET])  # float32: bf16 autocast rounds each path differently
         assert rc == 0
         summary = json.loads((out / "cai_training.json").read_text())
         assert "precompute_ref_log_probs" not in summary["device_settings"]["chosen"]  # the flag set it
