@@ -156,14 +156,20 @@ class ConfidenceDPOTrainer(DPOTrainer):
             ref_model = self.ref_model if self.ref_model is not None else model
             ref_chosen, ref_rejected = self.compute_ref_log_probs(ref_model, inputs)
             inputs = {**inputs, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+        # The policy's own forward inside TRL's loss is the one with gradients: keep its output. Asking TRL for
+        # return_outputs instead gives, from 1.16 on, a second forward under no_grad (its fused LM head builds no
+        # logits), and a correction computed from that would change the loss's value but not its gradient.
+        policy_outputs = []
+        hook = model.register_forward_hook(lambda module, args, output: policy_outputs.append(output))
         saved_flag = self.precompute_ref_logps
-        self.precompute_ref_logps = True
+        self.precompute_ref_logps = True  # the reference log-probs are in the batch: TRL runs no reference forward
         try:
-            loss, outputs = super()._compute_loss(model, inputs, return_outputs=True)
+            loss = super()._compute_loss(model, inputs, return_outputs=False)
         finally:
             self.precompute_ref_logps = saved_flag
-
-        delta = self._logratio_delta(outputs.logits, inputs)
+            hook.remove()
+        outputs = policy_outputs[0]
+        delta = self._logratio_delta(outputs, inputs)
         beta_delta = self.beta * delta
         probability = confidence.to(delta.device, delta.dtype).clamp(0.5, 1.0)
         mode = "train" if self.model.training else "eval"
@@ -179,12 +185,16 @@ class ConfidenceDPOTrainer(DPOTrainer):
         return (loss, outputs) if return_outputs else loss
 
     @staticmethod
-    def _logratio_delta(logits: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(chosen - ref_chosen) - (rejected - ref_rejected) summed log-probs, with gradients, as TRL computes them."""
-        shift_logits = logits[..., :-1, :]
-        shift_labels = inputs["input_ids"][..., 1:]
+    def _logratio_delta(outputs, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(chosen - ref_chosen) - (rejected - ref_rejected) summed log-probs of the policy's forward ``outputs``,
+        with its gradients, as TRL computes them: from the per-token log-probs of TRL's fused LM head (TRL 1.16+)
+        or from the logits (earlier releases)."""
         shift_mask = inputs["completion_mask"][..., 1:]
-        per_token = selective_log_softmax(shift_logits, shift_labels)
+        if getattr(outputs, "log_probs", None) is not None:
+            per_token = outputs.log_probs[:, -shift_mask.size(1):]
+        else:
+            shift_labels = inputs["input_ids"][..., 1:]
+            per_token = selective_log_softmax(outputs.logits[..., :-1, :], shift_labels)
         logps = (per_token * shift_mask).sum(dim=1)
         chosen, rejected = logps.chunk(2, dim=0)
         return (chosen - inputs["ref_chosen_logps"]) - (rejected - inputs["ref_rejected_logps"])

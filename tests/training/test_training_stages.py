@@ -211,7 +211,7 @@ def test_smoothed_dpo_loss_is_per_pair_cdpo(tmp_path, tiny_model_dir, preference
 
     ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.ref_model, batch)
     d = ConfidenceDPOTrainer._logratio_delta(
-        outputs.logits, {**batch, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+        outputs, {**batch, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
     )
     eps = 1 - probability
     expected = ((1 - eps) * -F.logsigmoid(0.5 * d) + eps * -F.logsigmoid(-0.5 * d)).mean()
@@ -219,6 +219,42 @@ def test_smoothed_dpo_loss_is_per_pair_cdpo(tmp_path, tiny_model_dir, preference
     assert torch.allclose(loss, expected, atol=1e-5), (loss.item(), expected.item())
     # and it differs from plain DPO, so the confidence really enters the loss
     assert not torch.allclose(loss, (-F.logsigmoid(0.5 * d)).mean(), atol=1e-5)
+
+
+def test_weighted_dpo_loss_carries_the_confidence_into_the_gradient(tmp_path, tiny_model_dir, preference_file):
+    """A pair the judge called a coin flip (p = 0.5) has weight 0: with every pair so, the loss has no gradient,
+    while plain DPO on the same batch has one (the correction is taken from the forward pass that has gradients)."""
+    import torch
+
+    from datasets import Dataset
+
+    from training.data import load_preference_rows
+    from training.dpo import CONFIDENCE_KEY, ConfidenceDPOTrainer, ConfidencePreferenceCollator, DPOStageConfig
+    from training.models import load_causal_lm, load_tokenizer
+
+    config = DPOStageConfig(data=preference_file, output_dir=str(tmp_path), beta=0.5, disable_tqdm=True)
+    rows = load_preference_rows(preference_file, 4, ("chosen_probability",))
+    for row in rows:
+        row.pop("chosen_probability")
+        row[CONFIDENCE_KEY] = 0.5
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model, ref = load_causal_lm(tiny_model_dir, "float32"), load_causal_lm(tiny_model_dir, "float32")
+    with torch.no_grad():  # policy and reference differ, so that the plain loss has a gradient
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    collator = ConfidencePreferenceCollator(pad_token_id=tokenizer.pad_token_id)
+    norms = {}
+    for mode in ("weight", "none"):
+        trainer = ConfidenceDPOTrainer(model=model, ref_model=ref, args=config, data_collator=collator,
+                                       train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                                       confidence_mode=mode)
+        batch = trainer._prepare_inputs(collator([trainer.train_dataset[i] for i in range(4)]))
+        model.train()
+        model.zero_grad()
+        trainer._compute_loss(model, dict(batch), return_outputs=False).backward()
+        norms[mode] = sum(p.grad.abs().sum().item() for p in model.parameters() if p.grad is not None)
+    assert norms["none"] > 1e-3, norms
+    assert norms["weight"] < 1e-6 * norms["none"], norms
 
 
 # ---------------------------------------------------------------- the four trainers on the tiny model
