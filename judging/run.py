@@ -20,7 +20,6 @@ written in the order rows finish, not the input's.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 from collections import Counter
@@ -48,18 +47,16 @@ from core.hardware import dtype_change_note
 from core.shard_folders import check_siblings, sibling_dtypes
 from core.shards import Shard, part_path, side_file
 from core.shards import record as shard_record
-from core.signals import Terminated, hold_interrupts
+from core.stage import StageRun
 from core.schema import (DRAFT, REVISION, GenerationRow, MessageError, SampleRecord, parse_messages, parse_step,
                          validate_fields)
 from core.store import (
-    JsonlAppender,
     JsonlStore,
     atomic_write_text,
     check_outputs,
     check_own_output,
     count_lines,
     errors_path,
-    exclusive_output,
     manifest_path,
     read_json_objects,
     read_json_rows,
@@ -526,14 +523,14 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     for flag, name, backend_name in models:
         backend_class(backend_name).check_model(name, flag)  # a missing folder is refused before any work
     check_siblings(out, shard, "judge", shard_identity(config))
-    # ``saving`` holds Ctrl-C and SIGTERM from the moment the rows stop until the manifest is written.
-    with exclusive_output(out), contextlib.ExitStack() as saving:
+    side_files = (judgements_path(out), samples_path(out), report_path(out))
+    with StageRun(out, config.sync_rows, config.sync_seconds, config.overwrite, side_files) as run:
         return _run_judge(config, out, Engines(config, judge=backend, policy=policy_backend,
                                                policy_loads=config.mode == "samples", policy_factory=policy_factory),
-                          saving, judge_backends)
+                          run, judge_backends)
 
 
-def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: contextlib.ExitStack,
+def _run_judge(config: JudgeConfig, out: Path, engines: Engines, run: StageRun,
                judge_backends: dict[str, Backend] | None) -> dict:
     log = logger.info
     clock = StageClock(*engine_device(config.judge_options()))
@@ -560,10 +557,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         duplicates = {new: duplicates[old] for new, old in enumerate(kept) if old in duplicates}
     rows = [(line, row) for _, line, row in located]
     cache_store, sample_store, store = JsonlStore(judgements_path(out)), JsonlStore(samples_path(out)), JsonlStore(out)
-    if config.overwrite:
-        for path in (out, errors_path(out), manifest_path(out), judgements_path(out), samples_path(out), report_path(out)):
-            path.unlink(missing_ok=True)
-    previous_manifest = read_manifest(out)
+    previous_manifest = run.previous
     cache = load_cache(cache_store, is_valid_judgement, log)
     samples = load_cache(sample_store, _is_valid_sample, log)
     existing = store.load()
@@ -606,15 +600,54 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         **({} if shard.whole else {"shard": shard_record(shard, shard_identity(config))})}
     constitution_record = {"path": str(config.constitution), "version": str(constitution.version),
                            "hash": constitution.content_hash()}
-    pairs_out = JsonlAppender(out, config.sync_rows, config.sync_seconds)
-    judgements_out = JsonlAppender(judgements_path(out), config.sync_rows, config.sync_seconds, "its judgements cache")
-    samples_out = JsonlAppender(samples_path(out), config.sync_rows, config.sync_seconds, "its samples cache")
-    errors_out = JsonlAppender(errors_path(out), config.sync_rows, config.sync_seconds, "its errors file")
-    progress = None
-    stopped: BaseException | None = None
-    try:
-        # The engines a run needs are started here, before any row (inside the try: a stop during
-        # start-up still writes the manifest); a finished run starts none.
+    pairs_out = run.appender(out)
+    judgements_out = run.appender(judgements_path(out), "its judgements cache")
+    samples_out = run.appender(samples_path(out), "its samples cache")
+    errors_out = run.appender(errors_path(out), "its errors file")
+    run.closes(judge)
+    run.closes(engines)
+
+    def land(done_row: _Judged) -> int:
+        """A row lands whole: its samples and judgements, then its pair."""
+        nonlocal new_pairs, output_tokens
+        (index, item, principles), verdicts = done_row.plan, done_row.verdicts
+        for record in done_row.samples:
+            samples_out.write(record)
+        for record in done_row.records:
+            judgements_out.write(record)
+        for (i, j), vs in verdicts.items():
+            for v in vs:
+                report.add(v, len(item.candidates[i].text), len(item.candidates[j].text))
+                if v.error:
+                    errors_out.write(redact_values({"id": item.id, "line": item.line,
+                                                    "principle_id": v.principle_id, "error": v.error}))
+        fingerprint = stable_hash({"input": item.input_fingerprint, "judge": identity,
+                                   "principles": [(p.id, p.comparison_question) for p in principles],
+                                   "mode": config.mode, "min_margin": config.min_margin,
+                                   "require_orders_agree": config.require_orders_agree})
+        pair, reason = build_pair(item, principles, verdicts, config, settings.model, fingerprint)
+        if pair is not None:
+            pair["judge_dtype"] = config_record["dtype"]
+        report.add_pair(pair, reason)
+        if config.mode == "revision":
+            report.add_revision_pair(item.principle_ids, pair)
+        sft = sft_row(item, pair, config.mode)
+        if sft is not None:
+            sft_rows.append((index, sft))
+        if pair is not None:
+            current.add(fingerprint)
+            pairs.append((index, pair))
+            if fingerprint not in done:
+                pairs_out.write(pair)
+                appended.append(fingerprint)
+                done.add(fingerprint)
+                new_pairs += 1
+        output_tokens += done_row.output_tokens
+        return done_row.output_tokens
+
+    with run.stoppable():
+        # The engines a run needs are started here, before any row (inside: a stop during start-up still
+        # writes the manifest); a finished run starts none.
         policy = engines.policy() if _needs_sampling(plans, config, samples) else None
         # New samples make new comparisons: the judge is needed too.
         judge_engine = None
@@ -634,11 +667,11 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         in_flight = judge.concurrency or Backend.concurrency  # (no engine started: nothing to run)
         logger.debug(f"up to {in_flight} rows in flight")
         if config.mode == "samples":  # candidates still to sample: their comparisons are not known yet
-            progress = Progress("judge", len(plans))
+            run.progress = Progress("judge", len(plans))
         else:
             todo = judge.pending_keys(c for plan in plans for cs in comparisons_for(plan.item, plan.principles).values()
                                       for c in cs)
-            progress = judge.progress = Progress("judge", len(plans), calls=len(todo), unit="judgements")
+            run.progress = judge.progress = Progress("judge", len(plans), calls=len(todo), unit="judgements")
 
         async def judge_row(plan: _Plan) -> _Judged:
             session = session_key(plan.item.id)
@@ -652,69 +685,17 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
             return _Judged(plan, verdicts, judged.records, samples_new, tokens + judged.output_tokens)
 
         # Rows finish in any order and are written as they finish: nothing depends on row order.
-        for done_row in aio.stream(plans, judge_row, in_flight):
-            (index, item, principles), verdicts = done_row.plan, done_row.verdicts
-            with hold_interrupts():  # a row lands whole: its samples and judgements, then its pair
-                for record in done_row.samples:
-                    samples_out.write(record)
-                for record in done_row.records:
-                    judgements_out.write(record)
-                for (i, j), vs in verdicts.items():
-                    for v in vs:
-                        report.add(v, len(item.candidates[i].text), len(item.candidates[j].text))
-                        if v.error:
-                            errors_out.write(redact_values({"id": item.id, "line": item.line,
-                                                            "principle_id": v.principle_id, "error": v.error}))
-                fingerprint = stable_hash({"input": item.input_fingerprint, "judge": identity,
-                                           "principles": [(p.id, p.comparison_question) for p in principles],
-                                           "mode": config.mode, "min_margin": config.min_margin,
-                                           "require_orders_agree": config.require_orders_agree})
-                pair, reason = build_pair(item, principles, verdicts, config, settings.model, fingerprint)
-                if pair is not None:
-                    pair["judge_dtype"] = judge_dtype
-                report.add_pair(pair, reason)
-                if config.mode == "revision":
-                    report.add_revision_pair(item.principle_ids, pair)
-                sft = sft_row(item, pair, config.mode)
-                if sft is not None:
-                    sft_rows.append((index, sft))
-                if pair is not None:
-                    current.add(fingerprint)
-                    pairs.append((index, pair))
-                    if fingerprint not in done:
-                        pairs_out.write(pair)
-                        appended.append(fingerprint)
-                        done.add(fingerprint)
-                        new_pairs += 1
-            progress.advance(1, done_row.output_tokens)
-            output_tokens += done_row.output_tokens
-    except (KeyboardInterrupt, UserError) as exc:
-        stopped = exc
-    finally:
-        saving.enter_context(hold_interrupts())  # from here until the manifest is written
-        try:
-            for appender in (pairs_out, judgements_out, samples_out, errors_out):
-                appender.close()
-        except UserError as exc:
-            stopped = stopped or exc
-        if progress is not None:
-            progress.close()
-        judge.close()
-        engines.close()
-    if stopped is not None:
+        run.stream(plans, judge_row, in_flight, land)
+    if run.stopped is not None:
         # Finished rows stay; nothing is rewritten (pairs not reached yet are not stale), the manifest
         # says where the run stopped, with the counts of the file.
         counts = {"rows": len(rows), "pairs": count_lines(out), "new_pairs": new_pairs,
                   "judgements_run": len(judge.cache) - judged_before, "judgements_cached": judged_before,
-                  "stopped": ("terminated" if isinstance(stopped, Terminated)
-                              else "interrupted" if isinstance(stopped, KeyboardInterrupt) else "error")}
-        try:
-            write_manifest(out, "judge", config_record, counts, constitution=constitution_record,
-                           ledger=_ledger(clock, counts["judgements_run"], output_tokens, previous_manifest))
-        except UserError:
-            pass  # the first failure is the one to report
-        log(f"{out}: stopped with {counts['pairs']} pairs in the file; the manifest's counts match the file")
-        raise stopped
+                  "stopped": run.stop_reason}
+        run.save_manifest(lambda: write_manifest(
+            out, "judge", config_record, counts, constitution=constitution_record,
+            ledger=_ledger(clock, counts["judgements_run"], output_tokens, previous_manifest)))
+        run.raise_if_stopped(counts["pairs"], "pairs")
 
     # The output holds this run's pairs (in the order they finished); rows superseded by this run (an
     # edited principle, another judge, a changed --min-margin) are dropped with one atomic rewrite, which
