@@ -30,7 +30,7 @@ from core.store import atomic_write_text, check_outputs, check_own_json
 from judging.config import JudgeModelConfig
 from judging.engines import judge_settings, make_judge_backend, side_by_side_shares
 from judging.judge import Comparison, Judge
-from judging.run import select_principles
+from judging.pairs import select_principles
 from judging.scoring import ensemble, wilson_interval
 
 

@@ -27,7 +27,8 @@ from core.store import atomic_write_text, check_outputs, check_own_json, check_o
 from .config import AgreementConfig
 from .engines import Engines, judge_settings
 from .judge import Comparison, Judge
-from .run import read_jsonl, select_principles
+from .items import read_jsonl
+from .pairs import select_principles
 from .card import refresh_cards
 from .calibration import Labelled, calibration, calibration_lines
 from .ensemble import build_panel
