@@ -2,11 +2,11 @@
 
 - ``GenerationRow``: one ``cai generate`` row; built by ``generation.critique_revise.CritiqueReviseTask._row``.
 - ``PreferenceRow``: one ``cai judge`` pair, TRL's conversational preference format plus the
-  judge's columns; built by ``judging.run.build_pair``.
-- ``SftRow``: one ``cai judge`` SFT row (``messages``); built by ``judging.run.sft_row``.
+  judge's columns; built by ``judging.pairs.build_pair``.
+- ``SftRow``: one ``cai judge`` SFT row (``messages``); built by ``judging.pairs.sft_row``.
 - ``JudgementRecord`` (``OrderJudgement`` | ``LikelihoodJudgement``): one cached judgement
   (``OUT.judgements.jsonl``); built by the judge's methods (``judging.methods``).
-- ``SampleRecord``: one cached policy sample (``OUT.samples.jsonl``); built by ``judging.run.sample_candidates``.
+- ``SampleRecord``: one cached policy sample (``OUT.samples.jsonl``); built by ``judging.sampling.sample_candidates``.
 - ``Manifest``: the manifest beside every output; built by ``core.store.write_manifest``.
 
 A new column is added to its model here and to its builder; nothing else changes.

@@ -20,17 +20,17 @@ from pathlib import Path
 from core.log import get_logger
 from core.errors import UserError
 from constitution.loader import load_constitution
-from core.aio import stream
 from core.backends.base import Backend, Sampling, session_key
 from core.progress import Progress
 from core.backends.registry import backend_class, backend_identity
 from core.model import DEFAULT_MODEL, resolve_model
 from generation.prompt_files import read_prompts
+from core.stage import StageRun
 from core.store import atomic_write_text, check_outputs, check_own_json
 from judging.config import JudgeModelConfig
 from judging.engines import judge_settings, make_judge_backend, side_by_side_shares
 from judging.judge import Comparison, Judge
-from judging.run import select_principles
+from judging.pairs import select_principles
 from judging.scoring import ensemble, wilson_interval
 
 
@@ -76,15 +76,18 @@ def answer(backend: Backend, prompts, max_tokens: int, concurrency: int | None =
         prompt = prompts[index]
         return index, await backend.achat(prompt.messages, sampling, session=session_key(prompt.id))
 
-    progress = Progress("eval answers", len(prompts))
-    try:
-        for index, reply in stream(range(len(prompts)), answer_one, concurrency or backend.concurrency):
-            if reply.error:
-                failures.append((index, reply.error))
-            texts[index] = reply.text
-            progress.advance(1, reply.completion_tokens)
-    finally:
-        progress.close()
+    def land(answered) -> int:
+        index, reply = answered
+        if reply.error:
+            failures.append((index, reply.error))
+        texts[index] = reply.text
+        return reply.completion_tokens
+
+    with StageRun() as run:
+        with run.stoppable():
+            run.progress = Progress("eval answers", len(prompts))
+            run.stream(range(len(prompts)), answer_one, concurrency or backend.concurrency, land)
+        run.raise_if_stopped()
     if failures:
         raise _answering_failed(prompts, failures)
     return texts
@@ -155,11 +158,11 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
     prompts = read_prompts(config.prompts, config.limit)
 
     log(f"[eval] {config.trained_model} answers {len(prompts)} held-out prompts")
-    trained_backend = config.build_backend(config.backend, config.trained_model)
-    try:
-        trained = answer(trained_backend, prompts, config.max_tokens, config.concurrency)
-    finally:
-        trained_backend.close()
+    with StageRun() as run:
+        with run.stoppable():
+            trained = answer(run.closes(config.build_backend(config.backend, config.trained_model)), prompts,
+                             config.max_tokens, config.concurrency)
+        run.raise_if_stopped()
     # The judge answers for the base model too when it is that model on the same backend.
     if owned:
         same_model = judge_answers_for_base(config)
@@ -167,46 +170,46 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
     else:
         same_model = (judge_backend.name == config.backend and backend_identity(config.backend, judge_backend.model)
                       == backend_identity(config.backend, config.base_model))
-    base_backend = judge_backend if same_model else None
     principles = [select_principles(constitution, config, prompt.id) for prompt in prompts]
     base: list[str] = [""] * len(prompts)
     per_prompt: list[list] = [[] for _ in prompts]
     failures: list[tuple[int, str]] = []
-    progress = None
-    try:
-        if base_backend is None:
-            share = {} if shares is None else {config.policy_options().memory_share_field: shares[0]}
-            base_backend = config.build_backend(config.backend, config.base_model, **share)
-        judge = Judge(judge_settings(config), backend=judge_backend, concurrency=config.concurrency)
-        sampling = Sampling(max_tokens=config.max_tokens, temperature=0.0)
-        log(f"[eval] {config.base_model} answers the same prompts; each answer is judged against the trained "
-            f"model's under its principles ({config.method}) as soon as it is ready")
 
-        async def answer_and_judge(index: int):
-            """One prompt: the base model's answer, then its comparisons with the trained answer, all at once."""
-            prompt = prompts[index]
-            session = session_key(prompt.id)
-            reply = await base_backend.achat(prompt.messages, sampling, session=session)
-            if reply.error:
-                return index, reply, [], reply.completion_tokens
-            comparisons = [Comparison.of(prompt.messages, trained[index], reply.text, p) for p in principles[index]]
-            judged = await judge.ajudge(comparisons, session)
-            return index, reply, judged.verdicts, reply.completion_tokens + judged.output_tokens
+    def land(judged) -> int:
+        index, reply, verdicts, tokens = judged
+        if reply.error:
+            failures.append((index, reply.error))
+        base[index], per_prompt[index] = reply.text, verdicts
+        return tokens
 
-        progress = Progress("eval", len(prompts))
-        for index, reply, verdicts, tokens in stream(range(len(prompts)), answer_and_judge,
-                                                     config.concurrency or judge_backend.concurrency):
-            if reply.error:
-                failures.append((index, reply.error))
-            base[index], per_prompt[index] = reply.text, verdicts
-            progress.advance(1, tokens)
-    finally:
-        if progress is not None:
-            progress.close()
-        if base_backend is not None and base_backend is not judge_backend:
-            base_backend.close()
-        if owned:
-            judge_backend.close()
+    with StageRun() as run:
+        with run.stoppable():
+            if owned:
+                run.closes(judge_backend)
+            if same_model:
+                base_backend = judge_backend
+            else:
+                share = {} if shares is None else {config.policy_options().memory_share_field: shares[0]}
+                base_backend = run.closes(config.build_backend(config.backend, config.base_model, **share))
+            judge = Judge(judge_settings(config), backend=judge_backend, concurrency=config.concurrency)
+            sampling = Sampling(max_tokens=config.max_tokens, temperature=0.0)
+            log(f"[eval] {config.base_model} answers the same prompts; each answer is judged against the trained "
+                f"model's under its principles ({config.method}) as soon as it is ready")
+
+            async def answer_and_judge(index: int):
+                """One prompt: the base model's answer, then its comparisons with the trained answer, all at once."""
+                prompt = prompts[index]
+                session = session_key(prompt.id)
+                reply = await base_backend.achat(prompt.messages, sampling, session=session)
+                if reply.error:
+                    return index, reply, [], reply.completion_tokens
+                comparisons = [Comparison.of(prompt.messages, trained[index], reply.text, p) for p in principles[index]]
+                judged = await judge.ajudge(comparisons, session)
+                return index, reply, judged.verdicts, reply.completion_tokens + judged.output_tokens
+
+            run.progress = Progress("eval", len(prompts))
+            run.stream(range(len(prompts)), answer_and_judge, config.concurrency or judge_backend.concurrency, land)
+        run.raise_if_stopped()
     if failures:
         raise _answering_failed(prompts, failures)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,22 +23,9 @@ from core.hardware import dtype_change_note
 from core.shard_folders import check_siblings, sibling_dtypes
 from core.shards import Shard, part_path
 from core.shards import record as shard_record
-from core.signals import Terminated, hold_interrupts
-from core.aio import stream
-from core.store import (
-    JsonlAppender,
-    JsonlStore,
-    atomic_write_text,
-    check_outputs,
-    check_own_output,
-    count_lines,
-    errors_path,
-    exclusive_output,
-    manifest_path,
-    read_manifest,
-    require_regular_file,
-    write_manifest,
-)
+from core.stage import StageRun
+from core.store import (JsonlStore, atomic_write_text, check_outputs, check_own_output, count_lines, errors_path,
+                        manifest_path, read_manifest, require_regular_file, write_manifest)
 
 # What an existing output must share with this run to be resumed; principles and
 # rounds may change (those rows are regenerated incrementally).  Each row records them
@@ -131,13 +117,12 @@ def generate(
     check_own_output(out, "generate", is_generate_row)
     backend_class(config.backend).check_model(config.model)  # a missing folder is refused before any work
     check_siblings(out, shard, "generate", resume_identity(config))
-    # ``saving`` holds Ctrl-C and SIGTERM from the moment the rows stop until the manifest is written.
-    with exclusive_output(out), contextlib.ExitStack() as saving:
-        return _generate(config, out, backend, backend_factory, saving)
+    with StageRun(out, config.sync_rows, config.sync_seconds, config.overwrite) as run:
+        return _generate(config, out, backend, backend_factory, run)
 
 
 def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
-              backend_factory: Callable[[GenerateConfig], Backend] | None, saving: contextlib.ExitStack) -> dict:
+              backend_factory: Callable[[GenerateConfig], Backend] | None, run: StageRun) -> dict:
     log = logger.info
     clock = StageClock(*engine_device(backend_options(config.backend, config)))
     constitution = load_constitution(config.constitution)
@@ -145,10 +130,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
     task = CritiqueReviseTask(constitution, settings, str(config.prompts))
 
     store = JsonlStore(out)
-    if config.overwrite:
-        for path in (out, errors_path(out), manifest_path(out)):
-            path.unlink(missing_ok=True)
-    previous = read_manifest(out)
+    previous = run.previous
     now = {k: settings.as_dict()[k] for k in _RESUME_KEYS}
     if out.exists() and out.stat().st_size and previous and previous.get("stage") == "generate":
         recorded = previous.get("config", {}).get("settings", {})
@@ -206,18 +188,32 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
     dtype = (previous or {}).get("config", {}).get("dtype") if previous else None
     # Ctrl-C, or an endpoint that stays down: finished rows stay, the manifest
     # is written with the counts of the file, then the run stops.
-    stopped: BaseException | None = None
     if pending:
-        errors = JsonlStore(errors_path(out))
-        errors.remove()  # failures are retried on every run; the file lists this run's
-        rows_out = JsonlAppender(out, config.sync_rows, config.sync_seconds)
-        errors_out = JsonlAppender(errors_path(out), config.sync_rows, config.sync_seconds, "its errors file")
-        # A backend built here is closed here; one from the caller's factory stays the caller's.
-        owned = backend is None and backend_factory is None
-        progress = None
-        try:
-            if backend is None:  # inside the try: a stop during the engine's start-up still writes the manifest
-                backend = (backend_factory or make_backend)(config)
+        JsonlStore(errors_path(out)).remove()  # failures are retried on every run; the file lists this run's
+        rows_out = run.appender(out)
+        errors_out = run.appender(errors_path(out), "its errors file")
+
+        def land(result: tuple[dict | None, dict | None, int]) -> int:
+            """A row lands whole, with its counts (or its failure)."""
+            nonlocal generated, reused_calls
+            row, failure, output_tokens = result
+            if row is not None:
+                rows_out.write(row)
+                reused_calls += row["reused_calls"]
+                run.progress.expect(-row["reused_calls"])
+                generated += 1
+                if len(examples) < config.examples:
+                    examples.append(row)
+                flag_lists.append(row["flags"])
+            else:
+                errors_out.write(redact_values(failure))
+                failed.append(failure)
+            return output_tokens
+
+        with run.stoppable():
+            if backend is None:  # inside: a stop during the engine's start-up still writes the manifest
+                # A backend built here is closed here; one from the caller's factory stays the caller's.
+                backend = backend_factory(config) if backend_factory is not None else run.closes(make_backend(config))
             dtype = backend.dtype
             note = dtype_change_note(str(out), dtype, row_dtypes + Counter(sibling_dtypes(out, shard, "generate")))
             if note:
@@ -225,8 +221,8 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             # Drafts and rounds to reuse come only from the stale rows of prompts still to do.
             reusable = stale_ids - done_ids
             reuse = ReuseIndex([row for row in store.iter_rows() if row.get("id") in reusable] if reusable else [])
-            progress = Progress("generate", pending, calls=pending * task.calls_per_row)
-            counted = progress.counted(backend)  # each finished call is progress, not only each row
+            run.progress = Progress("generate", pending, calls=pending * task.calls_per_row)
+            counted = run.progress.counted(backend)  # each finished call is progress, not only each row
             in_flight = config.concurrency or backend.concurrency
             logger.debug(f"up to {in_flight} rows in flight")
 
@@ -234,36 +230,9 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
                 return await task.run_row(counted, prompt, reuse)
 
             # Rows finish in any order and are written as they finish: nothing depends on row order.
-            for row, failure, output_tokens in stream(_pending_prompts(config, task, fingerprints, done_ids), chain,
-                                                      in_flight):
-                with hold_interrupts():  # a row lands whole, with its counts
-                    if row is not None:
-                        rows_out.write(row)
-                        reused_calls += row["reused_calls"]
-                        progress.expect(-row["reused_calls"])
-                        generated += 1
-                        if len(examples) < config.examples:
-                            examples.append(row)
-                        flag_lists.append(row["flags"])
-                    else:
-                        errors_out.write(redact_values(failure))
-                        failed.append(failure)
-                progress.advance(1, output_tokens)
-        except (KeyboardInterrupt, UserError) as exc:
-            stopped = exc
-        finally:
-            saving.enter_context(hold_interrupts())
-            try:
-                rows_out.close()
-                errors_out.close()
-            except UserError as exc:
-                stopped = stopped or exc
-            if progress is not None:
-                progress.close()
-            if owned and backend is not None:
-                backend.close()
+            run.stream(_pending_prompts(config, task, fingerprints, done_ids), chain, in_flight, land)
 
-    saving.enter_context(hold_interrupts())
+    run.hold()
     # Drop rows superseded by this run (an edited principle, a torn batch redone twice).
     # Refresh outdated flags in the same atomic rewrite.
     rows_left = rows_in_file + generated
@@ -282,7 +251,7 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
 
         rows_left = store.rewrite_kept(keep_and_refresh_flags)
 
-    if stopped is not None:
+    if run.stopped is not None:
         rows_left = count_lines(out)  # what the file holds, whatever happened to it during the run
     elif not out.exists():
         atomic_write_text(out, "")  # no rows for this selection (a shard with none): a valid, empty output
@@ -299,9 +268,8 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         "flagged_by_check": count_by_check(flag_lists),
         "flags_refreshed": outdated_flags,
     }
-    if stopped is not None:
-        counts["stopped"] = ("terminated" if isinstance(stopped, Terminated)
-                             else "interrupted" if isinstance(stopped, KeyboardInterrupt) else "error")
+    if run.stopped is not None:
+        counts["stopped"] = run.stop_reason
     config_record = {
         "prompts": str(config.prompts),
         "constitution": str(config.constitution),
@@ -326,17 +294,11 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
         },
         ledger=clock.ledger(calls_ledger(store.iter_rows()), previous),
     )
-    try:
-        write_manifest(**manifest)
-    except UserError:
-        if stopped is None:
-            raise  # when stopping already, the first failure is the one to report
+    run.save_manifest(lambda: write_manifest(**manifest))
     log(format_flag_summary(counts))
     if failed:
         log(f"{len(failed)} row(s) failed; see {errors_path(out)} (they are retried on the next run)")
-    if stopped is not None:
-        log(f"{out}: stopped with {rows_left} rows in the file; the manifest's counts match the file")
-        raise stopped
+    run.raise_if_stopped(rows_left)
     return {"counts": counts, "examples": examples, "failed": failed}
 
 

@@ -18,16 +18,17 @@ from core.log import get_logger
 from core.errors import UserError
 from core.hashing import stable_hash
 from constitution.loader import load_constitution
-from core.aio import stream
 from core.backends.base import Backend, session_key
 from core.progress import Progress
 from core.schema import parse_messages
+from core.stage import StageRun
 from core.store import atomic_write_text, check_outputs, check_own_json, check_own_output
 
 from .config import AgreementConfig
 from .engines import Engines, judge_settings
 from .judge import Comparison, Judge
-from .run import read_jsonl, select_principles
+from .items import read_jsonl
+from .pairs import select_principles
 from .card import refresh_cards
 from .calibration import Labelled, calibration, calibration_lines
 from .ensemble import build_panel
@@ -164,35 +165,33 @@ def run_agreement(config: AgreementConfig, backend: Backend | None = None,
     judge = build_panel(config, Judge(settings, backend_factory=engines.judge, concurrency=config.concurrency),
                         judge_backends)
     verdicts: list[list | None] = [None] * len(pairs)
-    progress = None
-    try:
-        in_flight = 1
-        if pairs:  # the engines start here, before any pair (nothing is cached), and not for an empty file
-            judge.start()
-            in_flight = config.concurrency or judge.members[0].backend.concurrency
 
-        def comparisons_of(plan) -> list[Comparison]:
-            _, pair, principles = plan
-            return [Comparison.of(pair.prompt, pair.chosen, pair.rejected, p) for p in principles]
+    def comparisons_of(plan) -> list[Comparison]:
+        _, pair, principles = plan
+        return [Comparison.of(pair.prompt, pair.chosen, pair.rejected, p) for p in principles]
 
-        todo = judge.pending_keys(c for plan in plans for c in comparisons_of(plan))
-        progress = judge.progress = Progress("agreement", len(pairs), calls=len(todo), unit="judgements")
+    async def judge_pair(plan) -> tuple[int, list, int]:
+        index, pair, _ = plan
+        judged = await judge.ajudge(comparisons_of(plan), session_key(pair.id))
+        return index, judged.verdicts, judged.output_tokens
 
-        async def judge_pair(plan) -> tuple[int, list]:
-            index, pair, _ = plan
-            comparisons = comparisons_of(plan)
-            judged = await judge.ajudge(comparisons, session_key(pair.id))
-            return index, judged.verdicts, judged.output_tokens
+    def land(judged: tuple[int, list, int]) -> int:
+        index, verdicts[index], output_tokens = judged
+        return output_tokens
 
-        # Each pair is judged on its own, as soon as a slot frees; the figures are summed in input order.
-        for index, pair_verdicts, output_tokens in stream(plans, judge_pair, in_flight):
-            verdicts[index] = pair_verdicts
-            progress.advance(1, output_tokens)
-    finally:
-        if progress is not None:
-            progress.close()
-        judge.close()
-        engines.close()
+    with StageRun() as run:
+        with run.stoppable():
+            run.closes(judge)
+            run.closes(engines)
+            in_flight = 1
+            if pairs:  # the engines start here, before any pair (nothing is cached), and not for an empty file
+                judge.start()
+                in_flight = config.concurrency or judge.members[0].backend.concurrency
+            todo = judge.pending_keys(c for plan in plans for c in comparisons_of(plan))
+            run.progress = judge.progress = Progress("agreement", len(pairs), calls=len(todo), unit="judgements")
+            # Each pair is judged on its own, as soon as a slot frees; the figures are summed in input order.
+            run.stream(plans, judge_pair, in_flight, land)
+        run.raise_if_stopped()
     report = JudgeReport()  # the judge's own figures (each judge's, when there are several)
     overall, per_principle = report.overall, defaultdict(ComparisonStats)
     labelled: dict[str, list[Labelled]] = defaultdict(list)  # "all", "principle:ID", "judge:NAME", "sampling:ORDER"

@@ -33,7 +33,8 @@ from core.store import JsonlAppender, JsonlStore
 from .config import JudgeModelConfig
 from .engines import judge_identity, judge_settings, make_judge_backend
 from .judge import Comparison, Judge, is_valid_judgement
-from .run import load_cache, select_principles
+from .pairs import select_principles
+from .run import load_cache
 from .scoring import ensemble
 
 logger = get_logger(__name__)

@@ -20,66 +20,42 @@ written in the order rows finish, not the input's.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from constitution.assignment import assign_principles
-from core.log import get_logger
-from core.errors import UserError
-from core.config import did_you_mean
-from core.hashing import stable_hash
 from constitution.loader import load_constitution
-from constitution.schema import Constitution, Principle
-from generation.checks import RowChecker
-from core import aio
-from core.backends.base import Backend, Sampling, session_key
+from constitution.schema import Principle
+from core.backends.base import Backend, session_key
 from core.backends.registry import backend_class
-from core.dedup import find_duplicates, prompt_order, prompt_text
+from core.errors import UserError
+from core.hardware import dtype_change_note
+from core.hashing import stable_hash
 from core.ledger import StageClock, engine_device
+from core.log import get_logger
 from core.progress import Progress
 from core.redact import redact_values
-from core.hardware import dtype_change_note
 from core.shard_folders import check_siblings, sibling_dtypes
 from core.shards import Shard, part_path, side_file
 from core.shards import record as shard_record
-from core.signals import Terminated, hold_interrupts
-from core.schema import (DRAFT, REVISION, GenerationRow, MessageError, SampleRecord, parse_messages, parse_step,
-                         validate_fields)
-from core.store import (
-    JsonlAppender,
-    JsonlStore,
-    atomic_write_text,
-    check_outputs,
-    check_own_output,
-    count_lines,
-    errors_path,
-    exclusive_output,
-    manifest_path,
-    read_json_objects,
-    read_json_rows,
-    read_manifest,
-    same_file,
-    write_manifest,
-)
+from core.stage import StageRun
+from core.store import (JsonlStore, atomic_write_text, check_outputs, check_own_output, count_lines, errors_path,
+                        manifest_path, read_json_rows, read_manifest, same_file, write_manifest)
+from generation.checks import RowChecker
 
-from .config import JudgeConfig, JudgeModelConfig
-from .engines import Engines, judge_settings
 from .card import write_card
+from .config import JudgeConfig
+from .engines import Engines, judge_settings
 from .ensemble import JudgePanel, build_panel
-from .judge import Comparison, Judge, Verdict, is_valid_judgement
+from .items import Item, find_repeats, revision_item, samples_item
+from .judge import Judge, Verdict, is_valid_judgement
 from .judge_report import JudgeReport, format_judge_report, report_path, revision_change
-from .scoring import ensemble
+from .pairs import build_pair, comparisons_for, select_principles, sft_row
+from .sampling import is_valid_sample, sample_candidates, sample_keys, use_samples
 
 logger = get_logger(__name__)
-
-
-GENERATE_FIELDS = ("prompt", "initial_response", "final_response", "rounds")  # what revision mode needs
 
 
 def judgements_path(out: Path) -> Path:
@@ -116,311 +92,9 @@ def check_sft_owner(sft: Path, out: Path) -> None:
                             f"them: pass --sft-out FILE for this run's SFT rows (e.g. {out.with_suffix('')}.sft.jsonl)")
 
 
-# -- principles ---------------------------------------------------------------
-def select_principles(constitution: Constitution, config: JudgeModelConfig, key: str) -> list[Principle]:
-    """The principles a pair is judged under: fixed ids, or k by weighted rendezvous on its key (distinct)."""
-    ids = config.principle_id_list()
-    if ids:
-        known = {p.id: p for p in constitution.principles}
-        unknown = [i for i in ids if i not in known]
-        if unknown:
-            hints = [f"{u!r}" + (f" ({hint[2:]})" if (hint := did_you_mean(u, known)) else "") for u in unknown]
-            raise UserError(f"--principle-ids: unknown principle(s) {', '.join(hints)} in {config.constitution}")
-        return [known[i] for i in ids]
-    chosen = assign_principles(key, constitution.principles, config.principles_per_pair, config.seed)
-    distinct, seen = [], set()
-    for principle in chosen:
-        if principle.id not in seen:
-            seen.add(principle.id)
-            distinct.append(principle)
-    return distinct
-
-
-# -- input ----------------------------------------------------------------------
-def read_jsonl(path: str | Path, limit: int | None = None, what: str = "input", flag: str = "--in") -> list[tuple[int, dict]]:
-    rows = read_json_objects(path, what, flag)
-    return rows[:limit] if limit else rows
-
-
-def _messages(value, where: str, name: str = "prompt") -> list[dict]:
-    if isinstance(value, str):
-        if not value.strip():
-            raise UserError(f"{where}: the prompt is empty")
-        return [{"role": "user", "content": value}]
-    if not isinstance(value, list):
-        raise UserError(f"{where}: the prompt must be text or a non-empty list of {{role, content}} messages")
-    try:
-        return parse_messages(value, name, other_keys="drop")
-    except MessageError as exc:
-        raise UserError(f"{where}: {exc}") from None
-
-
-def _check_types(row: dict, where: str, expected: dict[str, tuple[type, ...]]) -> None:
-    """A column of the wrong type (a hand-edited row) is a UserError naming the row and the column."""
-    for column, types in expected.items():
-        value = row.get(column)
-        if not isinstance(value, types) or isinstance(value, bool):
-            names = " or ".join("null" if t is type(None) else {"str": "text", "list": "a list", "int": "a whole number"}
-                                .get(t.__name__, t.__name__) for t in types)
-            raise UserError(f"{where}: '{column}' must be {names}, got {json.dumps(value)[:60]}; fix the row")
-
-
-@dataclass
-class Candidate:
-    text: str
-    finish_reason: str = "stop"
-    label: str = ""  # where it came from: "initial_response", "final_response", "sample 3"
-
-    @property
-    def usable_as_chosen(self) -> bool:
-        return bool(self.text.strip()) and self.finish_reason != "length"
-
-
-@dataclass
-class Item:
-    """One input row ready to judge."""
-
-    id: str
-    line: int
-    prompt: list[dict]
-    candidates: list[Candidate]
-    input_fingerprint: str
-    principle_ids: list[str]
-    revisions: int = 0
-    source_file: str = ""  # the file it was read from (a folder's part), when not --in itself
-
-
-def _finish(calls: list[dict], kind: str, last: bool) -> str:
-    """finish_reason of the first (or last) call of this kind of step: a cut-off response is never chosen."""
-    matching = [c for c in calls or [] if parse_step(c["step"])[0] == kind]
-    if not matching:
-        return "stop"
-    return (matching[-1] if last else matching[0]).get("finish_reason") or "stop"
-
-
-def revision_item(line: int, row: dict, where: str) -> Item | str:
-    missing = [f for f in GENERATE_FIELDS if f not in row]
-    if missing:
-        raise UserError(f"{where}:{line}: not a `cai generate` row (missing {', '.join(missing)}); "
-                        "use --mode samples for prompts or sampled responses")
-    prompt = _messages(row["prompt"], f"{where}:{line}")
-    validate_fields(GenerationRow, row, ("initial_response", "final_response", "rounds", "calls", "flags"), f"{where}:{line}",
-                    "is this a `cai generate` output?")
-    row_id = str(row.get("id") or stable_hash(prompt))
-    if not row["rounds"]:
-        return "no revision (0 rounds)"
-    initial = Candidate(row["initial_response"], _finish(row.get("calls"), DRAFT, False), "initial_response")
-    final = Candidate(row["final_response"], _finish(row.get("calls"), REVISION, True), "final_response")
-    return Item(row_id, line, prompt, [final, initial],
-                row.get("fingerprint") or stable_hash([prompt, initial.text, final.text]),
-                [r.get("principle_id") for r in row["rounds"]], revisions=len(row["rounds"]))
-
-
-def samples_item(line: int, row: dict, where: str) -> Item:
-    if "prompt" in row and "messages" in row:
-        raise UserError(f"{where}:{line}: has both 'prompt' and 'messages'; keep one")
-    if "prompt" not in row and "messages" not in row:
-        raise UserError(f"{where}:{line}: missing 'prompt' (text or messages) or 'messages'")
-    name = "prompt" if "prompt" in row else "messages"
-    prompt = _messages(row[name], f"{where}:{line}", name)
-    if prompt[-1]["role"] != "user":
-        raise UserError(f"{where}:{line}: the prompt's last message must be from the user (the turn to answer)")
-    _check_types(row, f"{where}:{line}", {"responses": (list, type(None)), "id": (str, int, type(None))})
-    row_id = str(row.get("id") or stable_hash(prompt))
-    candidates = []
-    for i, response in enumerate(row.get("responses") or []):
-        if isinstance(response, str):
-            candidates.append(Candidate(response, "stop", f"response {i}"))
-        elif (isinstance(response, dict) and isinstance(response.get("content", response.get("text")), str)
-              and isinstance(response.get("finish_reason"), (str, type(None)))):
-            candidates.append(Candidate(response.get("content", response.get("text")),
-                                        response.get("finish_reason") or "stop", f"response {i}"))
-        else:
-            raise UserError(f"{where}:{line}: responses[{i}] must be text or {{\"content\": text, \"finish_reason\": ...}}")
-    return Item(row_id, line, prompt, candidates, stable_hash([prompt, [c.text for c in candidates]]), [])
-
-
-# -- sampling -------------------------------------------------------------------
-def sample_settings(config: JudgeConfig) -> Sampling:
-    return Sampling(max_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p)
-
-
-def sample_keys(item: Item, config: JudgeConfig) -> list[str]:
-    """The cache keys of an item's ``num_samples`` policy samples (prompt, model, sampling, seed, index)."""
-    sampling = sample_settings(config).as_dict()
-    return [stable_hash({"id": item.id, "prompt": item.prompt, "model": config.model, "backend": config.backend,
-                         "sampling": sampling, "seed": config.seed, "index": index})
-            for index in range(config.num_samples)]
-
-
-def use_samples(item: Item, keys: list[str], store: dict[str, dict]) -> None:
-    """The item's candidates from its cached samples (a sample that failed is left out)."""
-    for index, key in enumerate(keys):
-        record = store.get(key)
-        if record is not None:
-            item.candidates.append(Candidate(record["text"], record["finish_reason"], f"sample {index}"))
-    item.input_fingerprint = stable_hash([item.prompt, [c.text for c in item.candidates]])
-
-
-async def sample_candidates(item: Item, config: JudgeConfig, store: dict[str, dict], policy: Backend,
-                            session: str | None = None) -> tuple[list[dict], int]:
-    """Give an item without responses ``num_samples`` policy samples, the missing ones sampled at once;
-    the new sample records (to persist) and the tokens generated."""
-    sampling, keys = sample_settings(config), sample_keys(item, config)
-    missing = [(index, key) for index, key in enumerate(keys) if key not in store]
-    completions = await aio.gather([policy.achat(item.prompt, sampling, int(key[:8], 16) % (2**31), session=session)
-                                    for _, key in missing])
-    new = []
-    for (index, key), completion in zip(missing, completions):
-        if not completion.error:
-            store[key] = {"key": key, "id": item.id, "index": index, "text": completion.text,
-                          "finish_reason": completion.finish_reason, "error": completion.error}
-            new.append(store[key])
-    use_samples(item, keys, store)
-    return new, sum(c.completion_tokens for c in completions)
-
-
-# -- pairs ------------------------------------------------------------------------
-def _message(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]
-
-
-def comparisons_for(item: Item, principles: list[Principle]) -> dict[tuple[int, int], list[Comparison]]:
-    """Every distinct pair of candidates (i < j) with different texts, under each principle."""
-    out = {}
-    for i, j in itertools.combinations(range(len(item.candidates)), 2):
-        if item.candidates[i].text == item.candidates[j].text:
-            continue
-        out[(i, j)] = [Comparison.of(item.prompt, item.candidates[i].text, item.candidates[j].text, p) for p in principles]
-    return out
-
-
-def build_pair(item: Item, principles: list[Principle], verdicts: dict[tuple[int, int], list[Verdict]],
-               config: JudgeConfig, judge_model: str, fingerprint: str) -> tuple[dict | None, str | None]:
-    """The pair for one item (a ``core.schema.PreferenceRow``), or None and the reason it was dropped."""
-    n = len(item.candidates)
-    if n < 2:
-        return None, "fewer than two responses"
-    if not verdicts:
-        return None, "responses are identical"
-
-    def p_better(i: int, j: int) -> tuple[float | None, list[Verdict], bool]:
-        """P(i better than j), its verdicts (oriented as given) and whether to flip them."""
-        if (i, j) in verdicts:
-            vs = verdicts[(i, j)]
-            return ensemble([v.p for v in vs]), vs, False
-        vs = verdicts.get((j, i))
-        if vs is None:
-            return 0.5, [], False
-        p = ensemble([v.p for v in vs])
-        return (None if p is None else 1 - p), vs, True
-
-    if all(all(v.p is None for v in vs) for vs in verdicts.values()):
-        if all(v.refused for vs in verdicts.values() for v in vs):
-            return None, "judge refused"
-        first_error = next((v.error for vs in verdicts.values() for v in vs if v.error), "no verdict")
-        return None, "judge failed" if "parse" not in first_error else "verdict did not parse"
-
-    wins = []
-    for i in range(n):
-        values = [p_better(i, j)[0] for j in range(n) if j != i]
-        values = [v for v in values if v is not None]
-        wins.append(sum(values) / len(values) if values else None)
-    ranked = [i for i in sorted(range(n), key=lambda i: -(wins[i] if wins[i] is not None else -1)) if wins[i] is not None]
-    eligible = [i for i in ranked if item.candidates[i].usable_as_chosen]
-    if not eligible:
-        return None, "the better response was cut off or empty"
-    best = eligible[0]
-    if ranked[0] != best and n == 2:
-        return None, "the better response was cut off or empty"
-    others = [i for i in ranked if item.candidates[i].text != item.candidates[best].text]
-    if not others:
-        return None, "responses are identical"
-    worst = others[-1]
-    p, vs, flipped = p_better(best, worst)
-    if p is None:
-        return None, "judge failed"
-    if p <= 0.5:
-        return None, "tie" if p == 0.5 else "best by mean loses the direct comparison"
-    margin = 2 * p - 1
-    if margin < config.min_margin:
-        return None, "margin below --min-margin"
-
-    def oriented(v: Verdict) -> dict:
-        if v.p is None:
-            return {"chosen_probability": None, "error": v.error, **({"refused": True} if v.refused else {})}
-        first, second = (v.p_x_first, v.p_x_second) if not flipped else (1 - v.p_x_second, 1 - v.p_x_first)
-        entry = {"chosen_probability": round(v.p if not flipped else 1 - v.p, 6),
-                 "orders": [round(first, 6), round(second, 6)],  # P(chosen better) with chosen as (A), as (B)
-                 "orders_agree": v.orders_agree}
-        if v.bounded:
-            entry["bounded"] = True
-        if v.by_judge:  # several judges: each one's P(chosen better)
-            entry["judges"] = {name: None if own.p is None else round(own.p if not flipped else 1 - own.p, 6)
-                               for name, own in v.by_judge.items()}
-        if v.fallback:
-            entry["fallback_judge"] = v.judge
-            if v.refused:
-                entry["refused"] = True  # by the judges; the fallback answered
-        return entry
-
-    scores = {v.principle_id: oriented(v) for v in vs}
-    firsts = [s["orders"][0] for s in scores.values() if s.get("orders")]
-    seconds = [s["orders"][1] for s in scores.values() if s.get("orders")]
-    orders_agree = bool(firsts) and (sum(firsts) / len(firsts) - 0.5) * (sum(seconds) / len(seconds) - 0.5) > 0
-    if config.require_orders_agree and not orders_agree:
-        return None, "orders disagree"
-    chosen, rejected = item.candidates[best], item.candidates[worst]
-    return {
-        "prompt": item.prompt,
-        "chosen": _message(chosen.text),
-        "rejected": _message(rejected.text),
-        "chosen_probability": round(p, 6),
-        "margin": round(margin, 6),
-        "principle_ids": [pr.id for pr in principles],
-        "principle_scores": scores,
-        "judge_model": judge_model,
-        "orders_agree": orders_agree,
-        "id": item.id,
-        "fingerprint": fingerprint,
-        "source": {"file": item.source_file or str(config.input), "line": item.line, "chosen": chosen.label,
-                   "rejected": rejected.label, "method": config.method},
-    }, None
-
-
-def sft_row(item: Item, pair: dict | None, mode: str) -> dict | None:
-    """A ``core.schema.SftRow``.
-
-    revision mode: the final revision (when not cut off); samples mode: the chosen response.
-    """
-    if mode == "revision":
-        final = item.candidates[0]
-        if not item.revisions or not final.usable_as_chosen:
-            return None
-        text, source = final.text, "final_response"
-    else:
-        if pair is None:
-            return None
-        text, source = pair["chosen"][0]["content"], pair["source"]["chosen"]
-    return {"messages": item.prompt + _message(text), "id": item.id, "principle_ids": item.principle_ids,
-            "revisions": item.revisions, "source": {"line": item.line, "response": source},
-            "judge_prefers": None if pair is None else pair["source"]["chosen"]}
-
-
-# -- the run ------------------------------------------------------------------------
 def is_pair_row(row: dict) -> bool:
     """Whether a row was written by ``cai judge``."""
     return all(key in row for key in ("prompt", "chosen", "rejected", "chosen_probability", "fingerprint"))
-
-
-def _is_valid_sample(record) -> bool:
-    from pydantic import ValidationError
-
-    try:
-        SampleRecord.model_validate(record)
-    except ValidationError:
-        return False
-    return True
 
 
 def load_cache(store: JsonlStore, valid, log) -> dict[str, dict]:
@@ -474,22 +148,6 @@ def _needs_judging(plans: list[_Plan], judge: JudgePanel) -> bool:
                for plan in plans if plan.item.candidates)
 
 
-def _duplicates(parsed: list[Item | str], rows: list[dict]) -> dict[int, dict]:
-    """Input index -> what it repeats (core/dedup.py), for rows that repeat an earlier row's prompt or final
-    response (samples mode: prompt), with both rows' ids and texts for the report's examples."""
-    texts = [{"prompt": prompt_text(item.prompt),
-              "response": next((c.text for c in item.candidates if c.label == "final_response"), None)}
-             if isinstance(item, Item) else {} for item in parsed]
-    found = {}
-    order = [prompt_order(row, index) for index, row in enumerate(rows)]
-    for index, duplicate in find_duplicates(texts, order).items():
-        item, first = parsed[index], parsed[duplicate.of]
-        found[index] = {"id": item.id, "line": item.line, "of_id": first.id, "of_line": first.line,
-                        "field": duplicate.field, "kind": duplicate.kind, "similarity": duplicate.similarity,
-                        "text": texts[index][duplicate.field], "of_text": texts[duplicate.of][duplicate.field]}
-    return found
-
-
 def _ledger(clock: StageClock, judgements: int, output_tokens: int, previous_manifest: dict | None) -> dict:
     """The judge's ledger entry: its calls (judgements made) and the tokens its calls generated (reasoning, text
     verdicts, samples); prompt tokens are not reported by the judge's scoring calls."""
@@ -526,14 +184,14 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     for flag, name, backend_name in models:
         backend_class(backend_name).check_model(name, flag)  # a missing folder is refused before any work
     check_siblings(out, shard, "judge", shard_identity(config))
-    # ``saving`` holds Ctrl-C and SIGTERM from the moment the rows stop until the manifest is written.
-    with exclusive_output(out), contextlib.ExitStack() as saving:
+    side_files = (judgements_path(out), samples_path(out), report_path(out))
+    with StageRun(out, config.sync_rows, config.sync_seconds, config.overwrite, side_files) as run:
         return _run_judge(config, out, Engines(config, judge=backend, policy=policy_backend,
                                                policy_loads=config.mode == "samples", policy_factory=policy_factory),
-                          saving, judge_backends)
+                          run, judge_backends)
 
 
-def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: contextlib.ExitStack,
+def _run_judge(config: JudgeConfig, out: Path, engines: Engines, run: StageRun,
                judge_backends: dict[str, Backend] | None) -> dict:
     log = logger.info
     clock = StageClock(*engine_device(config.judge_options()))
@@ -552,7 +210,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
             item.source_file = str(source)
     # Duplicates are found among every row read, before a shard keeps its own: whichever shard owns the first
     # row of a group keeps it, and the others leave out its repeats (a folder of parts: within each part).
-    duplicates = _duplicates(parsed, [row for _, _, row in located])
+    duplicates = find_repeats(parsed, [row for _, _, row in located])
     if not shard.whole:  # this shard's rows (a row without an id is judged by the shard of its prompt's hash)
         kept = [i for i, ((_, _, row), item) in enumerate(zip(located, parsed))
                 if shard.owns(item.id if isinstance(item, Item) else str(row.get("id")))]
@@ -560,12 +218,9 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         duplicates = {new: duplicates[old] for new, old in enumerate(kept) if old in duplicates}
     rows = [(line, row) for _, line, row in located]
     cache_store, sample_store, store = JsonlStore(judgements_path(out)), JsonlStore(samples_path(out)), JsonlStore(out)
-    if config.overwrite:
-        for path in (out, errors_path(out), manifest_path(out), judgements_path(out), samples_path(out), report_path(out)):
-            path.unlink(missing_ok=True)
-    previous_manifest = read_manifest(out)
+    previous_manifest = run.previous
     cache = load_cache(cache_store, is_valid_judgement, log)
-    samples = load_cache(sample_store, _is_valid_sample, log)
+    samples = load_cache(sample_store, is_valid_sample, log)
     existing = store.load()
     if store.torn_lines or cache_store.torn_lines:
         log(f"{out}: dropped a torn last line from an interrupted run; it will be redone")
@@ -606,15 +261,54 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         **({} if shard.whole else {"shard": shard_record(shard, shard_identity(config))})}
     constitution_record = {"path": str(config.constitution), "version": str(constitution.version),
                            "hash": constitution.content_hash()}
-    pairs_out = JsonlAppender(out, config.sync_rows, config.sync_seconds)
-    judgements_out = JsonlAppender(judgements_path(out), config.sync_rows, config.sync_seconds, "its judgements cache")
-    samples_out = JsonlAppender(samples_path(out), config.sync_rows, config.sync_seconds, "its samples cache")
-    errors_out = JsonlAppender(errors_path(out), config.sync_rows, config.sync_seconds, "its errors file")
-    progress = None
-    stopped: BaseException | None = None
-    try:
-        # The engines a run needs are started here, before any row (inside the try: a stop during
-        # start-up still writes the manifest); a finished run starts none.
+    pairs_out = run.appender(out)
+    judgements_out = run.appender(judgements_path(out), "its judgements cache")
+    samples_out = run.appender(samples_path(out), "its samples cache")
+    errors_out = run.appender(errors_path(out), "its errors file")
+    run.closes(judge)
+    run.closes(engines)
+
+    def land(done_row: _Judged) -> int:
+        """A row lands whole: its samples and judgements, then its pair."""
+        nonlocal new_pairs, output_tokens
+        (index, item, principles), verdicts = done_row.plan, done_row.verdicts
+        for record in done_row.samples:
+            samples_out.write(record)
+        for record in done_row.records:
+            judgements_out.write(record)
+        for (i, j), vs in verdicts.items():
+            for v in vs:
+                report.add(v, len(item.candidates[i].text), len(item.candidates[j].text))
+                if v.error:
+                    errors_out.write(redact_values({"id": item.id, "line": item.line,
+                                                    "principle_id": v.principle_id, "error": v.error}))
+        fingerprint = stable_hash({"input": item.input_fingerprint, "judge": identity,
+                                   "principles": [(p.id, p.comparison_question) for p in principles],
+                                   "mode": config.mode, "min_margin": config.min_margin,
+                                   "require_orders_agree": config.require_orders_agree})
+        pair, reason = build_pair(item, principles, verdicts, config, settings.model, fingerprint)
+        if pair is not None:
+            pair["judge_dtype"] = config_record["dtype"]
+        report.add_pair(pair, reason)
+        if config.mode == "revision":
+            report.add_revision_pair(item.principle_ids, pair)
+        sft = sft_row(item, pair, config.mode)
+        if sft is not None:
+            sft_rows.append((index, sft))
+        if pair is not None:
+            current.add(fingerprint)
+            pairs.append((index, pair))
+            if fingerprint not in done:
+                pairs_out.write(pair)
+                appended.append(fingerprint)
+                done.add(fingerprint)
+                new_pairs += 1
+        output_tokens += done_row.output_tokens
+        return done_row.output_tokens
+
+    with run.stoppable():
+        # The engines a run needs are started here, before any row (inside: a stop during start-up still
+        # writes the manifest); a finished run starts none.
         policy = engines.policy() if _needs_sampling(plans, config, samples) else None
         # New samples make new comparisons: the judge is needed too.
         judge_engine = None
@@ -634,11 +328,11 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
         in_flight = judge.concurrency or Backend.concurrency  # (no engine started: nothing to run)
         logger.debug(f"up to {in_flight} rows in flight")
         if config.mode == "samples":  # candidates still to sample: their comparisons are not known yet
-            progress = Progress("judge", len(plans))
+            run.progress = Progress("judge", len(plans))
         else:
             todo = judge.pending_keys(c for plan in plans for cs in comparisons_for(plan.item, plan.principles).values()
                                       for c in cs)
-            progress = judge.progress = Progress("judge", len(plans), calls=len(todo), unit="judgements")
+            run.progress = judge.progress = Progress("judge", len(plans), calls=len(todo), unit="judgements")
 
         async def judge_row(plan: _Plan) -> _Judged:
             session = session_key(plan.item.id)
@@ -652,69 +346,17 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, saving: context
             return _Judged(plan, verdicts, judged.records, samples_new, tokens + judged.output_tokens)
 
         # Rows finish in any order and are written as they finish: nothing depends on row order.
-        for done_row in aio.stream(plans, judge_row, in_flight):
-            (index, item, principles), verdicts = done_row.plan, done_row.verdicts
-            with hold_interrupts():  # a row lands whole: its samples and judgements, then its pair
-                for record in done_row.samples:
-                    samples_out.write(record)
-                for record in done_row.records:
-                    judgements_out.write(record)
-                for (i, j), vs in verdicts.items():
-                    for v in vs:
-                        report.add(v, len(item.candidates[i].text), len(item.candidates[j].text))
-                        if v.error:
-                            errors_out.write(redact_values({"id": item.id, "line": item.line,
-                                                            "principle_id": v.principle_id, "error": v.error}))
-                fingerprint = stable_hash({"input": item.input_fingerprint, "judge": identity,
-                                           "principles": [(p.id, p.comparison_question) for p in principles],
-                                           "mode": config.mode, "min_margin": config.min_margin,
-                                           "require_orders_agree": config.require_orders_agree})
-                pair, reason = build_pair(item, principles, verdicts, config, settings.model, fingerprint)
-                if pair is not None:
-                    pair["judge_dtype"] = judge_dtype
-                report.add_pair(pair, reason)
-                if config.mode == "revision":
-                    report.add_revision_pair(item.principle_ids, pair)
-                sft = sft_row(item, pair, config.mode)
-                if sft is not None:
-                    sft_rows.append((index, sft))
-                if pair is not None:
-                    current.add(fingerprint)
-                    pairs.append((index, pair))
-                    if fingerprint not in done:
-                        pairs_out.write(pair)
-                        appended.append(fingerprint)
-                        done.add(fingerprint)
-                        new_pairs += 1
-            progress.advance(1, done_row.output_tokens)
-            output_tokens += done_row.output_tokens
-    except (KeyboardInterrupt, UserError) as exc:
-        stopped = exc
-    finally:
-        saving.enter_context(hold_interrupts())  # from here until the manifest is written
-        try:
-            for appender in (pairs_out, judgements_out, samples_out, errors_out):
-                appender.close()
-        except UserError as exc:
-            stopped = stopped or exc
-        if progress is not None:
-            progress.close()
-        judge.close()
-        engines.close()
-    if stopped is not None:
+        run.stream(plans, judge_row, in_flight, land)
+    if run.stopped is not None:
         # Finished rows stay; nothing is rewritten (pairs not reached yet are not stale), the manifest
         # says where the run stopped, with the counts of the file.
         counts = {"rows": len(rows), "pairs": count_lines(out), "new_pairs": new_pairs,
                   "judgements_run": len(judge.cache) - judged_before, "judgements_cached": judged_before,
-                  "stopped": ("terminated" if isinstance(stopped, Terminated)
-                              else "interrupted" if isinstance(stopped, KeyboardInterrupt) else "error")}
-        try:
-            write_manifest(out, "judge", config_record, counts, constitution=constitution_record,
-                           ledger=_ledger(clock, counts["judgements_run"], output_tokens, previous_manifest))
-        except UserError:
-            pass  # the first failure is the one to report
-        log(f"{out}: stopped with {counts['pairs']} pairs in the file; the manifest's counts match the file")
-        raise stopped
+                  "stopped": run.stop_reason}
+        run.save_manifest(lambda: write_manifest(
+            out, "judge", config_record, counts, constitution=constitution_record,
+            ledger=_ledger(clock, counts["judgements_run"], output_tokens, previous_manifest)))
+        run.raise_if_stopped(counts["pairs"], "pairs")
 
     # The output holds this run's pairs (in the order they finished); rows superseded by this run (an
     # edited principle, another judge, a changed --min-margin) are dropped with one atomic rewrite, which

@@ -86,14 +86,14 @@ def _write(folder: Path, name: str, first: bytes, rest: list[dict]) -> Path:
 
 
 def _judge_items(path: Path) -> None:
-    from judging.run import read_jsonl, revision_item
+    from judging.items import read_jsonl, revision_item
 
     for line, row in read_jsonl(path):
         revision_item(line, row, str(path))
 
 
 def _judge_samples(path: Path) -> None:
-    from judging.run import read_jsonl, samples_item
+    from judging.items import read_jsonl, samples_item
 
     for line, row in read_jsonl(path):
         samples_item(line, {"prompt": row.get("prompt"), "responses": [row.get("initial_response"),
