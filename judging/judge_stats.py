@@ -187,7 +187,7 @@ class JudgeReport:
 
     def add_duplicate(self, duplicate: dict, kept: bool) -> None:
         """One input row that repeats an earlier one (core/dedup.py; with the ids, lines and texts of both, from
-        ``judging.run``); a row left out counts here, not as a pair."""
+        ``judging.items.find_repeats``); a row left out counts here, not as a pair."""
         self.duplicate_rows += 1
         self.duplicates_by_kind[f"{duplicate['field']}_{duplicate['kind']}"] += 1
         if len(self.duplicate_examples) < self.EXAMPLES:
