@@ -9,11 +9,12 @@ the reference, backward, optimizer).  The first step also starts the judge's eng
 
 ``quality``: from the judge's pairs on the demo prompts, the same budget of training prompts for DPO (pairs),
 reward model + RLOO and direct RLAIF (RLOO with the judge reward); then ``cai eval`` of each on
-prompts/heldout.jsonl: the judge's mean probability that the trained model's greedy answer beats the base
-model's (its mean reward against the base's answers; 0.5 before training, by construction), with a 95% interval.
+prompts/heldout.jsonl: the trained model's win rate against the base as the judge decides it (a prompt counts 1
+when its principles' mean probability that the trained greedy answer is better is above 0.5, 0.5 at 0.5; 0.5
+before training, by construction), with a 95% interval.
 
     python -m bench.rl speed --steps 5 --out bench/results/rl_speed.json
-    python -m bench.rl quality --pairs runs/bench-rl/preferences.jsonl --budget 16 --out bench/results/rl_quality.json
+    python -m bench.rl quality --pairs runs/bench-rl/preferences.jsonl --budget 8 --reward-steps 10 --out bench/results/rl_quality.json
 """
 
 from __future__ import annotations
@@ -129,8 +130,9 @@ def quality(pairs: str, budget: int, out: str, work: str, reward_steps: int = 20
         log(f"{name}: {json.dumps(results[name])}")
         # written after each method: a run stopped later keeps the figures it has
         write_json(out, {"rl_quality_cpu": {
-            "what": "cai eval on prompts/heldout.jsonl: the default model as judge, P(trained greedy answer beats "
-                    "the base's), ties half; before training it is 0.5 by construction",
+            "what": "cai eval on prompts/heldout.jsonl, the default model as judge: win rate of the trained model's "
+                    "greedy answers against the base's (a prompt counts 1 when its principles' mean P(trained better) "
+                    "> 0.5, 0.5 at 0.5); 0.5 before training by construction",
             "pairs": pairs, "budget_prompts": budget, "reward_model_steps": reward_steps, "results": results}})
 
 
