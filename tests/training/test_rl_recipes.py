@@ -39,10 +39,13 @@ def _recipe(tmp_path: Path, name: str, train: dict) -> Path:
     prompts = [row for row in _rows(REPO / "prompts" / "demo.jsonl") if row["id"] in SHORT_ANSWERS]
     heldout = _rows(REPO / "prompts" / "heldout.jsonl")[:2]
     recipe.update(run_dir=str(tmp_path / "run"), constitution=str(REPO / "principles.yaml"), seed=0)
-    recipe["generate"].update(prompts=_write_rows(tmp_path / "prompts.jsonl", prompts), max_tokens=128)
+    # 8% of the RAM for each engine (~1.9 GiB, its KV cache ~0.7 GiB; the CPU default reserves ~3 GiB): enough for a
+    # few short rows at the model's 8,192-token context
+    small = {"gpu_memory_utilization": 0.08}
+    recipe["generate"].update(prompts=_write_rows(tmp_path / "prompts.jsonl", prompts), max_tokens=128, **small)
     recipe["judge"]["keep_flagged"] = True  # the row checks' verdict on three rows is not what is tested here
     recipe["train"] = train
-    recipe["eval"].update(prompts=_write_rows(tmp_path / "heldout.jsonl", heldout), max_tokens=8)
+    recipe["eval"].update(prompts=_write_rows(tmp_path / "heldout.jsonl", heldout), max_tokens=8, **small)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
