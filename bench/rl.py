@@ -9,11 +9,12 @@ the reference, backward, optimizer).  The first step also starts the judge's eng
 
 ``quality``: from the judge's pairs on the demo prompts, the same budget of training prompts for DPO (pairs),
 reward model + RLOO and direct RLAIF (RLOO with the judge reward); then ``cai eval`` of each on
-prompts/heldout.jsonl: the judge's mean probability that the trained model's greedy answer beats the base
-model's (its mean reward against the base's answers; 0.5 before training, by construction), with a 95% interval.
+prompts/heldout.jsonl: the trained model's win rate against the base as the judge decides it (a prompt counts 1
+when its principles' mean probability that the trained greedy answer is better is above 0.5, 0.5 at 0.5; 0.5
+before training, by construction), with a 95% interval.
 
     python -m bench.rl speed --steps 5 --out bench/results/rl_speed.json
-    python -m bench.rl quality --pairs runs/bench-rl/preferences.jsonl --budget 16 --out bench/results/rl_quality.json
+    python -m bench.rl quality --pairs runs/bench-rl/preferences.jsonl --budget 8 --reward-steps 10 --out bench/results/rl_quality.json
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def speed(steps: int, out: str) -> None:
     write_json(out, result)
 
 
-def quality(pairs: str, budget: int, out: str, work: str) -> None:
+def quality(pairs: str, budget: int, out: str, work: str, reward_steps: int = 20) -> None:
     from training.api import train
     from training.dpo import DPOStageConfig
     from evaluation.run import EvalConfig, evaluate
@@ -101,32 +102,39 @@ def quality(pairs: str, budget: int, out: str, work: str) -> None:
     plans = {
         "dpo": [DPOStageConfig(data=pairs, output_dir=str(work_dir / "dpo"), max_steps=budget // 2,
                                learning_rate=5e-5, beta=0.1, **quiet)],  # 2 pairs a step
-        "reward+rloo": [RewardStageConfig(data=pairs, output_dir=str(work_dir / "reward"), max_steps=20,
+        "direct_rlaif": [RLOOStageConfig(data=pairs, output_dir=str(work_dir / "rloo_judge"), rewards="judge",
+                                         principles_per_pair=2, **rl)],
+        "reward+rloo": [RewardStageConfig(data=pairs, output_dir=str(work_dir / "reward"), max_steps=reward_steps,
                                           learning_rate=2e-5, **quiet),
                         RLOOStageConfig(data=pairs, output_dir=str(work_dir / "rloo"), rewards="model",
                                         reward_model=str(work_dir / "reward"), **rl)],
-        "direct_rlaif": [RLOOStageConfig(data=pairs, output_dir=str(work_dir / "rloo_judge"), rewards="judge",
-                                         principles_per_pair=2, **rl)],
     }
     results = {}
     for name, configs in plans.items():
-        started = time.perf_counter()
         for config in configs:
-            if not (Path(config.output_dir) / "cai_training.json").exists():
+            if not (Path(config.output_dir) / "cai_training.json").exists():  # a rerun resumes after the last model
                 train(config)
-        trained = time.perf_counter() - started
-        evaluation = evaluate(EvalConfig(trained_model=configs[-1].output_dir, out=str(work_dir / f"eval_{name}.json"),
-                                         principles_per_pair=2, max_tokens=128))
+        trained = sum(json.loads((Path(c.output_dir) / "cai_training.json").read_text())["train_seconds"]
+                      for c in configs)
+        eval_out = work_dir / f"eval_{name}.json"
+        model_written = (Path(configs[-1].output_dir) / "cai_training.json").stat().st_mtime
+        if eval_out.exists() and eval_out.stat().st_mtime > model_written:
+            evaluation = json.loads(eval_out.read_text())  # this model's eval, from an earlier run
+        else:
+            evaluation = evaluate(EvalConfig(trained_model=configs[-1].output_dir, out=str(eval_out),
+                                             principles_per_pair=2, max_tokens=128))
         overall = evaluation["win_rate"]["all"]
         results[name] = {"training_prompts": budget, "train_seconds": round(trained, 1),
                          "mean_judge_reward_after": overall["win_rate"], "ci95": overall["ci95"],
-                         "heldout_prompts": overall.get("n"), "per_tag": evaluation["win_rate"]}
+                         "heldout_prompts": overall.get("n"), "per_tag": evaluation["win_rate"],
+                         "load_average": round(os.getloadavg()[0], 1)}
         log(f"{name}: {json.dumps(results[name])}")
-    write_json(out, {"rl_quality_cpu": {
-        "what": "cai eval on prompts/heldout.jsonl: the default model as judge, P(trained greedy answer beats the "
-                "base's), ties half; before training it is 0.5 by construction",
-        "pairs": pairs, "budget_prompts": budget, "results": results,
-        "load_average": round(os.getloadavg()[0], 1)}})
+        # written after each method: a run stopped later keeps the figures it has
+        write_json(out, {"rl_quality_cpu": {
+            "what": "cai eval on prompts/heldout.jsonl, the default model as judge: win rate of the trained model's "
+                    "greedy answers against the base's (a prompt counts 1 when its principles' mean P(trained better) "
+                    "> 0.5, 0.5 at 0.5); 0.5 before training by construction",
+            "pairs": pairs, "budget_prompts": budget, "reward_model_steps": reward_steps, "results": results}})
 
 
 def main(argv=None) -> None:
@@ -135,6 +143,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--pairs", default="runs/bench-rl/preferences.jsonl")
     parser.add_argument("--budget", type=int, default=16, help="training prompts per method")
+    parser.add_argument("--reward-steps", type=int, default=20, help="reward model steps (reward+rloo)")
     parser.add_argument("--work", default="runs/bench-rl/train")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -142,7 +151,7 @@ def main(argv=None) -> None:
     if args.part == "speed":
         speed(args.steps, args.out)
     else:
-        quality(args.pairs, args.budget, args.out, args.work)
+        quality(args.pairs, args.budget, args.out, args.work, args.reward_steps)
 
 
 if __name__ == "__main__":

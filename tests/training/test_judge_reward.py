@@ -131,3 +131,25 @@ def test_a_judge_that_does_not_fit_beside_the_policy_is_refused_before_loading(d
     assert 0 < share < 0.9  # the judge's part of the 0.9 both take
     endpoint = JudgeModelConfig(model="m", backend="openai", base_url="http://127.0.0.1:9/v1")
     assert judge_memory_share(endpoint, 10**15, memory=(gib, gib)) is None  # served elsewhere: nothing to split
+
+
+def test_cai_train_refuses_a_judge_that_does_not_fit_before_any_model_loads(tmp_path, preference_file, monkeypatch,
+                                                                            capsys):
+    """The whole command on a simulated 2 GiB GPU: the default policy's training state and the judge's engine do
+    not fit together, so it stops with one message before the policy or the judge loads."""
+    import judging.reward
+    import training.models
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model loaded before the memory check")
+
+    monkeypatch.setattr(judging.reward, "cuda_memory", lambda: (2 * 2**30, 2 * 2**30))
+    monkeypatch.setattr(judging.reward, "make_judge_backend", must_not_load)
+    monkeypatch.setattr(training.models, "load_causal_lm", must_not_load)
+    out = tmp_path / "rloo"
+    code = cai_main(["train", "rloo", "--data", preference_file, "--output-dir", str(out), "--rewards", "judge",
+                     "--max-steps", "1", *QUIET])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "a model loaded" not in err
+    assert "cannot share this GPU: the policy in training (--model)" in err
+    assert not (out / "model.safetensors").exists()
