@@ -118,10 +118,10 @@ def _models(manifests: dict, data) -> list[list]:
                      judge.get("backend"),
                      _code(json.dumps({k: v for k, v in judge_settings.items() if k not in ("model", "method")},
                                       sort_keys=True)), judge.get("seed")])
-    for name in ("sft", "reward", "ppo", "dpo"):
-        summary = _read_json(data.run_dir / name / "cai_training.json")
+    for path in sorted(data.run_dir.glob("*/cai_training.json")):  # every method's folder, rloo and grpo too
+        summary = _read_json(path)
         if summary:
-            rows.append([f"training ({name})", _code(model_name(summary.get("base_model"))), "TRL",
+            rows.append([f"training ({path.parent.name})", _code(model_name(summary.get("base_model"))), "TRL",
                          f"{summary.get('global_step')} steps", "-"])
     return rows
 

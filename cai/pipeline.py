@@ -346,17 +346,27 @@ class PolicyEngine:
             self.backend = None
 
 
+def _fits_in_free_ram(share: float | None) -> bool:
+    """Whether an engine on CPU can start beside what runs now: vLLM refuses unless the RAM share it reserves
+    (``share`` of the RAM, or without one at least the 4 GiB ``vllm_backend`` sizes a small model to) is free."""
+    import psutil
+
+    memory = psutil.virtual_memory()
+    wanted = share * memory.total if share is not None else 4 * 2**30
+    return memory.available >= wanted
+
+
 def trained_share_beside(config: EvalConfig, trained: Path) -> tuple[bool, float | None]:
     """Whether the trained model's engine can load beside an engine already loaded in this process (the policy,
     kept as eval's judge), and its ``gpu_memory_utilization`` there: on a GPU, what is left free, if its need
-    fits; on CPU (each engine sizes its own RAM) or an endpoint, yes with no share to set."""
+    fits; on CPU, where each engine sizes its own RAM, whether that RAM is free now; for an endpoint, yes."""
     from core.backends.gpu_memory import cuda_memory, estimate_need, share_beside
     policy = config.policy_options()
     if not policy.in_process:
         return True, None
     memory = cuda_memory()
     if memory is None:
-        return True, None
+        return _fits_in_free_ram(config.gpu_memory_utilization), None
     if policy.devices() > 1:
         return False, None  # the policy holds its share of every GPU
     free, total = memory

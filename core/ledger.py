@@ -218,8 +218,8 @@ def run_ledger(run_dir: str | Path, revisions: list[dict] | None = None, timings
 
 def _training_entry(run_dir: Path, timings: dict) -> dict | None:
     """Training's time (and the tokens TRL counted, where it logs ``num_tokens``), summed over its folders."""
-    summaries = [s for s in (_read_json(run_dir / name / "cai_training.json") for name in ("sft", "reward", "ppo", "dpo"))
-                 if s is not None]
+    # every training method's folder holds its cai_training.json, whatever the method (rloo, grpo, a new one)
+    summaries = [s for s in (_read_json(path) for path in sorted(run_dir.glob("*/cai_training.json"))) if s is not None]
     if not summaries:
         return None
     def tokens(summary: dict) -> int:

@@ -175,3 +175,29 @@ def test_eval_with_the_openai_backend_asks_the_endpoint(tmp_path, capsys):
     assert (result["trained_model"], result["base_model"], result["judge"]["model"]) == ("trained", "base", "base")
     assert result["win_rate"]["all"]["n"] == 2
     assert url not in (tmp_path / "eval.json").read_text()
+
+
+def test_a_vllm_engine_that_died_stops_the_stage_with_one_line():
+    """Fault injection: an engine process killed under the backend (the kernel's OOM killer, say) is one UserError
+    naming the model and what to do, not a traceback and not a row error on every later request."""
+    import asyncio
+    import itertools
+
+    from vllm import SamplingParams
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from core.backends.vllm_backend import VLLMBackend
+
+    class DeadEngine:
+        def generate(self, *args, **kwargs):
+            async def outputs():
+                raise EngineDeadError()
+                yield  # an async generator, as AsyncLLM.generate is
+
+            return outputs()
+
+    backend = object.__new__(VLLMBackend)  # no engine start: only the request path is under test
+    backend.model, backend.engine, backend._request_ids = "/models/SmolLM2-135M-Instruct", DeadEngine(), itertools.count()
+    with pytest.raises(UserError, match=r"the vLLM engine of SmolLM2-135M-Instruct stopped: its process ended .* "
+                                        r"run the same command again: it resumes"):
+        asyncio.run(backend._generate([1, 2, 3], SamplingParams(max_tokens=1)))

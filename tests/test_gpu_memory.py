@@ -206,11 +206,14 @@ def plan_with_trained_folder(tmp_path):
     return plan
 
 
-@pytest.mark.parametrize("free_gib, kept", [(40, True), (5, False), (None, True)])
+@pytest.mark.parametrize("free_gib, free_ram_gib, kept",
+                         [(40, None, True), (5, None, False), (None, 12, True), (None, 1, False)])
 def test_cai_runs_eval_loads_the_trained_model_beside_the_policy_only_where_it_fits(tmp_path, monkeypatch,
-                                                                                    free_gib, kept):
+                                                                                    free_gib, free_ram_gib, kept):
     """The policy (the base, eval's judge) is still loaded at eval: the trained model's engine loads beside it
-    with the memory left free (40 GiB), or the policy is closed first (5 GiB left); on CPU (no GPU) it stays."""
+    with the memory left free (40 GiB), or the policy is closed first (5 GiB left); on CPU (no GPU) it stays
+    where the RAM the engine reserves is free (12 GiB), else the policy is closed first (1 GiB)."""
+    import psutil
     from cai import pipeline
     from core.backends.vllm_backend import VLLMBackend
     from core.model import resolve_model
@@ -230,6 +233,9 @@ def test_cai_runs_eval_loads_the_trained_model_beside_the_policy_only_where_it_f
     monkeypatch.setattr(pipeline, "evaluate", lambda config, judge_backend=None: calls.append(
         (config.gpu_memory_utilization, judge_backend)) or {"win_rate": {}})
     monkeypatch.setattr(gpu_memory, "cuda_memory", lambda: None if free_gib is None else (free_gib * GiB, H100))
+    if free_ram_gib is not None:
+        ram = psutil.virtual_memory()._replace(total=24 * GiB, available=free_ram_gib * GiB)
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: ram)
     backend = policy.backend
     pipeline._eval(plan, policy)
     [(share, judge_backend)] = calls

@@ -216,12 +216,21 @@ class VLLMBackend(Backend):
         """The request's final output (templating is done by the caller so that an over-long prompt
         is reported for its row instead of failing in the engine)."""
         from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, not one per token
         final = None
-        async for output in self.engine.generate({"prompt_token_ids": token_ids}, params,
-                                                 f"cai-{next(self._request_ids)}"):
-            final = output
+        try:
+            async for output in self.engine.generate({"prompt_token_ids": token_ids}, params,
+                                                     f"cai-{next(self._request_ids)}"):
+                final = output
+        except EngineDeadError:
+            # Every later request would fail the same way: stop the stage with one line, not a row error each.
+            raise UserError(
+                f"the vLLM engine of {Path(self.model).name} stopped: its process ended (on a machine short of "
+                "memory the kernel kills it; `dmesg` says). The rows finished so far are kept. Free memory or "
+                "lower --gpu-memory-utilization / --max-num-seqs, then run the same command again: it resumes"
+            ) from None
         return final
 
     async def achat(self, conversation: Conversation, sampling: Sampling, seed: int | None = None,
