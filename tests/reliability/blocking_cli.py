@@ -56,7 +56,7 @@ def _wait_in_zmq(seconds: float) -> None:
 
 
 def install() -> None:
-    from core import aio, store
+    from core import aio, manifest
     from core.backends import registry
     from core.backends.openai_backend import OpenAIBackend
 
@@ -79,14 +79,14 @@ def install() -> None:
 
     registry.BACKENDS.unregister("openai")
     registry.BACKENDS.register("openai", EngineLikeBackend)
-    write = store.atomic_write_text
+    write = manifest.atomic_write_text
 
     def atomic_write_text(path, text):
         if str(path).endswith(".manifest.json"):
             block("manifest")
         write(path, text)
 
-    store.atomic_write_text = atomic_write_text
+    manifest.atomic_write_text = atomic_write_text  # every stage's manifest is written by core.manifest
 
 
 if __name__ == "__main__":

@@ -39,9 +39,9 @@ def _recipe(tmp_path: Path, name: str, train: dict) -> Path:
     prompts = [row for row in _rows(REPO / "prompts" / "demo.jsonl") if row["id"] in SHORT_ANSWERS]
     heldout = _rows(REPO / "prompts" / "heldout.jsonl")[:2]
     recipe.update(run_dir=str(tmp_path / "run"), constitution=str(REPO / "principles.yaml"), seed=0)
-    # 8% of the RAM for each engine (~1.9 GiB, its KV cache ~0.7 GiB; the CPU default reserves ~3 GiB): enough for a
-    # few short rows at the model's 8,192-token context
-    small = {"gpu_memory_utilization": 0.08}
+    # 8% of the RAM for each engine (~1.9 GiB; the CPU default reserves ~3 GiB) and a 2,048-token context: a few
+    # short rows fit its KV cache in float32 too (at the model's 8,192 tokens float32 needs 0.35 GiB of it)
+    small = {"gpu_memory_utilization": 0.08, "max_model_len": 2048}
     recipe["generate"].update(prompts=_write_rows(tmp_path / "prompts.jsonl", prompts), max_tokens=128, **small)
     recipe["judge"]["keep_flagged"] = True  # the row checks' verdict on three rows is not what is tested here
     recipe["train"] = train
