@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from core.errors import UserError
+from core.ledger import training_summaries
 from core.redact import redact_text, redact_values
 from judging.judge_report_text import format_figure
 
@@ -118,10 +119,9 @@ def _models(manifests: dict, data) -> list[list]:
                      judge.get("backend"),
                      _code(json.dumps({k: v for k, v in judge_settings.items() if k not in ("model", "method")},
                                       sort_keys=True)), judge.get("seed")])
-    for path in sorted(data.run_dir.glob("*/cai_training.json")):  # every method's folder, rloo and grpo too
-        summary = _read_json(path)
+    for name, summary in training_summaries(data.run_dir).items():
         if summary:
-            rows.append([f"training ({path.parent.name})", _code(model_name(summary.get("base_model"))), "TRL",
+            rows.append([f"training ({name})", _code(model_name(summary.get("base_model"))), "TRL",
                          f"{summary.get('global_step')} steps", "-"])
     return rows
 

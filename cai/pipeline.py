@@ -348,11 +348,13 @@ class PolicyEngine:
 
 def _fits_in_free_ram(share: float | None) -> bool:
     """Whether an engine on CPU can start beside what runs now: vLLM refuses unless the RAM share it reserves
-    (``share`` of the RAM, or without one at least the 4 GiB ``vllm_backend`` sizes a small model to) is free."""
+    (``share`` of the RAM, or without one at least what ``vllm_backend`` sizes a small model to) is free."""
     import psutil
 
+    from core.backends.vllm_backend import CPU_ENGINE_MIN_RAM
+
     memory = psutil.virtual_memory()
-    wanted = share * memory.total if share is not None else 4 * 2**30
+    wanted = share * memory.total if share is not None else CPU_ENGINE_MIN_RAM
     return memory.available >= wanted
 
 

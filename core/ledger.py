@@ -216,10 +216,16 @@ def run_ledger(run_dir: str | Path, revisions: list[dict] | None = None, timings
     return _table(stages, notes)
 
 
+def training_summaries(run_dir: Path) -> dict[str, dict]:
+    """Each training folder's name and its ``cai_training.json``: every method writes one, whatever its name
+    (dpo, rloo, grpo, a new one); a damaged summary is left out."""
+    summaries = {path.parent.name: _read_json(path) for path in sorted(Path(run_dir).glob("*/cai_training.json"))}
+    return {name: summary for name, summary in summaries.items() if summary is not None}
+
+
 def _training_entry(run_dir: Path, timings: dict) -> dict | None:
     """Training's time (and the tokens TRL counted, where it logs ``num_tokens``), summed over its folders."""
-    # every training method's folder holds its cai_training.json, whatever the method (rloo, grpo, a new one)
-    summaries = [s for s in (_read_json(path) for path in sorted(run_dir.glob("*/cai_training.json"))) if s is not None]
+    summaries = list(training_summaries(run_dir).values())
     if not summaries:
         return None
     def tokens(summary: dict) -> int:

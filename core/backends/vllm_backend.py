@@ -80,6 +80,10 @@ def _worker_threads() -> str:
     return f"{max(1, cores - reserved)} ({cores} cores, {reserved} reserved)"
 
 
+#: the least RAM an engine on CPU reserves when no share is set (a small model's weights and KV cache)
+CPU_ENGINE_MIN_RAM = 4 * 2**30
+
+
 def _cpu_memory_share(model: str) -> float:
     """On CPU, gpu_memory_utilization is the share of RAM the worker reserves (weights + KV cache).
 
@@ -91,7 +95,7 @@ def _cpu_memory_share(model: str) -> float:
 
     weights = sum(f.stat().st_size for f in Path(model).glob("*.safetensors")) if Path(model).is_dir() else 0
     memory = psutil.virtual_memory()
-    wanted = max(4 * 2**30, 4 * weights)
+    wanted = max(CPU_ENGINE_MIN_RAM, 4 * weights)
     share = min(wanted / memory.total, 0.5, 0.85 * memory.available / memory.total)
     return round(max(0.05, share), 3)
 
