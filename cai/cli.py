@@ -94,6 +94,7 @@ def _stdout_is_closed() -> bool:
 
 
 def _dispatch(argv: list[str] | None) -> int:
+    from_command_line = argv is None  # the `cai` command itself, which may end the process; not a caller's call
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -118,7 +119,7 @@ def _dispatch(argv: list[str] | None) -> int:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (core.signals.Terminated)
-        return _stopped(stop, before, exit_now=argv is None)
+        return _stopped(stop, before, exit_now=from_command_line)
     except BrokenPipeError:
         raise  # our stdout closed by its reader: main() ends quietly
     except OSError as exc:

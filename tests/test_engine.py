@@ -178,3 +178,23 @@ def test_openai_backend_against_real_vllm_server(vllm_server, served_model, tmp_
     assert all(r["final_response"].strip() and r["model"] == served_model for r in rows)
     saved = Path(cfg.out).read_text() + Path(cfg.out + ".manifest.json").read_text()
     assert "sk-never-logged-123" not in saved
+
+
+def test_an_engine_that_cannot_start_is_one_error_line_and_no_output(tmp_path):
+    """2% of the RAM is less than the worker's own memory on CPU: vLLM's core refuses to start, and `cai` says so
+    in one line with what to change, keeps no half-written output and exits 1 (vLLM logs its reason above it)."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text((REPO / "prompts" / "demo.jsonl").read_text().splitlines()[0] + "\n")
+    out = tmp_path / "out.jsonl"
+    env = {key: value for key, value in os.environ.items() if key != "VLLM_CPU_KVCACHE_SPACE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "cai", "generate", "--prompts", str(prompts), "--out", str(out), "--rounds", "1",
+         "--max-tokens", "8", "--gpu-memory-utilization", "0.02"],
+        capture_output=True, text=True, cwd=REPO, env=dict(env, HF_HUB_OFFLINE="1"), timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the vLLM engine of ") and "did not start" in last, done.stderr[-3000:]
+    assert "raise --gpu-memory-utilization" in last and "VLLM_CPU_KVCACHE_SPACE" in last
+    assert "initialization failed" not in done.stderr.split("Available memory")[-1]  # no traceback of ours after
+    assert not out.exists() or out.read_text() == ""

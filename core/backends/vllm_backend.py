@@ -100,6 +100,18 @@ def _cpu_memory_share(model: str) -> float:
     return round(max(0.05, share), 3)
 
 
+def _did_not_start(model: str, cpu: bool, share: float) -> str:
+    """The one line for an engine whose core process failed at start; vLLM has logged the reason above it."""
+    if cpu:
+        hint = (f"on CPU it reserved {share:.0%} of the RAM, and the KV cache gets what the weights and the worker's "
+                "own memory leave of that: raise --gpu-memory-utilization, or set the KV cache's size with "
+                "VLLM_CPU_KVCACHE_SPACE=GiB, free memory, or lower --max-model-len")
+    else:
+        hint = ("raise --gpu-memory-utilization if the KV cache did not fit, free the GPU of other processes, or "
+                "lower --max-model-len")
+    return f"the vLLM engine of {Path(model).name} did not start (vLLM's reason is in its log above): {hint}"
+
+
 class VLLMBackend(Backend):
     name = "vllm"
     Options = VLLMOptions
@@ -166,7 +178,12 @@ class VLLMBackend(Backend):
             **engine_kwargs,
         )
         self._request_ids = itertools.count()
-        self.engine = aio.run_sync(self._start(arguments))  # on the loop, which then runs its output handler
+        try:
+            self.engine = aio.run_sync(self._start(arguments))  # on the loop, which then runs its output handler
+        except RuntimeError as exc:
+            if "initialization failed" not in str(exc):
+                raise
+            raise UserError(_did_not_start(model, cpu, gpu_memory_utilization)) from None
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
         # Twice what the engine runs at once: a finished sequence's slot is refilled from the

@@ -39,8 +39,8 @@ def _recipe(tmp_path: Path, name: str, train: dict) -> Path:
     prompts = [row for row in _rows(REPO / "prompts" / "demo.jsonl") if row["id"] in SHORT_ANSWERS]
     heldout = _rows(REPO / "prompts" / "heldout.jsonl")[:2]
     recipe.update(run_dir=str(tmp_path / "run"), constitution=str(REPO / "principles.yaml"), seed=0)
-    # 8% of the RAM for each engine (~1.9 GiB; the CPU default reserves ~3 GiB) and a 2,048-token context: a few
-    # short rows fit its KV cache in float32 too (at the model's 8,192 tokens float32 needs 0.35 GiB of it)
+    # 8% of the RAM for each engine in cai's plan (the CPU default reserves ~4 GiB) and a 2,048-token context;
+    # the KV cache itself is set by ``kv_cache_of_one_gib``
     small = {"gpu_memory_utilization": 0.08, "max_model_len": 2048}
     recipe["generate"].update(prompts=_write_rows(tmp_path / "prompts.jsonl", prompts), max_tokens=128, **small)
     recipe["judge"]["keep_flagged"] = True  # the row checks' verdict on three rows is not what is tested here
@@ -90,8 +90,18 @@ def _rerun_trains_nothing(recipe: Path, folders: list[Path], capsys) -> None:
     assert "eval.json is up to date, skipped" in err
 
 
+@pytest.fixture(scope="module", autouse=True)
+def kv_cache_of_one_gib():
+    """Each engine's KV cache is 1 GiB (vLLM's VLLM_CPU_KVCACHE_SPACE), whatever its share of the RAM: with a
+    share alone, the KV cache is what the worker's RSS leaves of it, and that RSS differs between CPUs (1.5 GiB of
+    8% of 24 GiB in float32 on one), so a small share can leave no KV cache and the engine refuses to start."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+        yield
+
+
 @pytest.fixture(scope="module")
-def chain_run(tmp_path_factory) -> Path:
+def chain_run(tmp_path_factory, kv_cache_of_one_gib) -> Path:
     """`cai run` of recipes/rlaif_rloo.yaml: generate, judge, reward model, RLOO against it, eval."""
     tmp_path = tmp_path_factory.mktemp("rlaif_rloo")
     recipe = yaml.safe_load((REPO / "recipes" / "rlaif_rloo.yaml").read_text())
