@@ -43,7 +43,7 @@ def _child(args) -> None:
     from judging.agreement import read_human_pairs
 
     started = time.perf_counter()
-    backend = VLLMBackend(resolve_model(None), dtype=args.dtype)
+    backend = VLLMBackend(resolve_model(None), dtype=args.dtype).load()
     start_seconds = time.perf_counter() - started
     try:
         prompts = [p.messages for p in iter_prompts(REPO / "prompts" / "demo.jsonl")][: args.gen_prompts]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.backends.base import Backend
 from core.log import get_logger
 from core.errors import UserError
 from core.hashing import stable_hash
@@ -34,7 +35,7 @@ from core.shards import Shard, content_hash, data_files, folder_count, part_file
 from core.store import atomic_write_text, check_outputs, errors_path, manifest_path, read_json_object, write_manifest
 from evaluation.run import EvalConfig, eval_memory_shares, evaluate, format_eval
 from generation.config import GenerateConfig
-from generation.run import generate, prompts_generated
+from generation.run import generate, make_backend, prompts_generated
 from judging.config import JudgeConfig
 from judging.engines import engine_memory_shares
 from judging.judge_check import check_judge, judge_check_config
@@ -266,23 +267,26 @@ def run_pipeline_from_recipe(recipe_path: str | Path, overwrite: bool = False) -
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    policy = PolicyEngine(plan.generate)
+    # The run's policy engine: loaded by the first stage with work for it (a finished stage loads no model), then
+    # shared by generation, the judge (when it is the policy, and samples mode's policy) and eval (as its base
+    # model and judge).
+    policy = make_backend(plan.generate)
     try:
         started = time.monotonic()
         judge_figure = None
         if judge_check is not None:  # before any work the judge's labels would decide
             log("[run] judge check")
             judge_figure = check_judge(judge_check, plan.judge, run_dir / "judge_check.json",
-                                       backend_factory=policy if plan.judge.judge_is_policy() else None)
+                                       backend=policy if plan.judge.judge_is_policy() else None)
         log("[run] 1/4 generate")
         for generate_config in shard_runs(plan.generate):
-            generate(generate_config, backend_factory=policy)
+            generate(generate_config, backend=policy)
         timings["generate_s"] = time.monotonic() - started
 
         started = time.monotonic()
         log("[run] 2/4 judge")
         for judge_config in shard_runs(plan.judge):
-            run_judge(judge_config, policy_factory=policy)
+            run_judge(judge_config, policy_backend=policy)
         timings["judge_s"] = time.monotonic() - started
         pairs_path = Path(plan.judge.out)
         if not any(path.is_file() and path.stat().st_size for path in data_files(pairs_path, "judge.out")):
@@ -324,28 +328,6 @@ def run_pipeline_from_recipe(recipe_path: str | Path, overwrite: bool = False) -
     return summary
 
 
-class PolicyEngine:
-    """The run's policy engine: built on first use (a finished stage loads no model), then shared by generation,
-    the judge (when it is the policy, and samples mode's policy) and eval (as its base model and judge)."""
-
-    def __init__(self, config: GenerateConfig):
-        self.config = config
-        self.backend = None
-
-    def __call__(self, _config=None):
-        """The engine, built now if need be (``generate`` passes its shard's config: every shard shares it)."""
-        if self.backend is None:
-            from generation.run import make_backend
-
-            self.backend = make_backend(self.config)
-        return self.backend
-
-    def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
-
-
 def _fits_in_free_ram(share: float | None) -> bool:
     """Whether an engine on CPU can start beside what runs now: vLLM refuses unless the RAM share it reserves
     (``share`` of the RAM, or without one at least what ``vllm_backend`` sizes a small model to) is free."""
@@ -377,7 +359,7 @@ def trained_share_beside(config: EvalConfig, trained: Path) -> tuple[bool, float
     return share is not None, share
 
 
-def _eval(plan: RunPlan, policy: PolicyEngine) -> dict:
+def _eval(plan: RunPlan, policy: Backend) -> dict:
     """Eval, skipped when the trained folders' stamps (written anew by every training), its settings and the
     files it reads are unchanged.
 
@@ -395,14 +377,13 @@ def _eval(plan: RunPlan, policy: PolicyEngine) -> dict:
         if evaluation is not None:  # else the result is gone or torn: evaluate again
             logger.info(f"[run] eval: {out} is up to date, skipped")
             return evaluation
-    serves = (policy.backend is not None and config.judge_model in (None, plan.base)
-              and policy.backend.serves(plan.base))
+    serves = policy.loaded and config.judge_model in (None, plan.base) and policy.serves(plan.base)
     share = None
     if serves:
         serves, share = trained_share_beside(config, plan.train[-1].folder)
     if serves:
         beside = config if share is None else dataclasses.replace(config, gpu_memory_utilization=share)
-        evaluation = evaluate(beside, judge_backend=policy.backend)
+        evaluation = evaluate(beside, judge_backend=policy)
     else:
         policy.close()  # one model at a time: eval loads its own engines
         evaluation = evaluate(config)

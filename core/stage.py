@@ -11,7 +11,7 @@ same streaming and closing::
     with StageRun(out, config.sync_rows, config.sync_seconds, config.overwrite, side_files) as run:
         rows_out = run.appender(out)
         with run.stoppable():                  # a stop inside is recorded in ``run.stopped``
-            backend = run.closes(make_backend())
+            backend = (backend if backend is not None else run.closes(make_backend())).load()  # the caller's, or built and closed here
             run.progress = Progress(...)
             run.stream(items, worker, in_flight, land)
         ...                                    # rewrite, counts (``run.stop_reason``)

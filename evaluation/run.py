@@ -67,7 +67,8 @@ def _answering_failed(prompts, failures: list[tuple[int, str]]) -> UserError:
 
 
 def answer(backend: Backend, prompts, max_tokens: int, concurrency: int | None = None) -> list[str]:
-    """Greedy answers to the prompts, each sent as soon as a slot frees; a UserError when any failed."""
+    """Greedy answers to the prompts, each sent as soon as a slot frees; a UserError when any failed.
+    ``backend`` is loaded here if it is not yet; its owner closes it."""
     sampling = Sampling(max_tokens=max_tokens, temperature=0.0)
     texts: list[str] = [""] * len(prompts)
     failures: list[tuple[int, str]] = []
@@ -85,6 +86,7 @@ def answer(backend: Backend, prompts, max_tokens: int, concurrency: int | None =
 
     with StageRun() as run:
         with run.stoppable():
+            backend.load()
             run.progress = Progress("eval answers", len(prompts))
             run.stream(range(len(prompts)), answer_one, concurrency or backend.concurrency, land)
         run.raise_if_stopped()
@@ -191,6 +193,8 @@ def evaluate(config: EvalConfig, judge_backend: Backend | None = None) -> dict:
             else:
                 share = {} if shares is None else {config.policy_options().memory_share_field: shares[0]}
                 base_backend = run.closes(config.build_backend(config.backend, config.base_model, **share))
+            judge_backend.load()
+            base_backend.load()
             judge = Judge(judge_settings(config), backend=judge_backend, concurrency=config.concurrency)
             sampling = Sampling(max_tokens=config.max_tokens, temperature=0.0)
             log(f"[eval] {config.base_model} answers the same prompts; each answer is judged against the trained "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from core.log import get_logger
@@ -98,16 +98,12 @@ def format_flag_summary(counts: dict) -> str:
             "(--keep-flagged keeps them); each row's 'flags' say why")
 
 
-def generate(
-    config: GenerateConfig,
-    backend: Backend | None = None,
-    backend_factory: Callable[[GenerateConfig], Backend] | None = None,
-) -> dict:
+def generate(config: GenerateConfig, backend: Backend | None = None) -> dict:
     """Run (or resume) generation; return the manifest's counts.
 
-    ``backend`` reuses an engine already loaded (tests, pipelines); otherwise one
-    is built only if there is work to do, so a finished output loads no model:
-    by ``backend_factory`` (the caller keeps and closes it) or from the config.
+    ``backend``: the caller's (a pipeline's policy engine, a test's), which the caller closes; otherwise one is
+    built from the config and closed here.  Either loads only if there is work to do, so a finished output
+    loads no model.
     """
     shard = Shard.parse(config.shard)
     out = part_path(config.out, shard)  # the file, or this shard's part in the folder --out
@@ -118,11 +114,10 @@ def generate(
     backend_class(config.backend).check_model(config.model)  # a missing folder is refused before any work
     check_siblings(out, shard, "generate", resume_identity(config))
     with StageRun(out, config.sync_rows, config.sync_seconds, config.overwrite) as run:
-        return _generate(config, out, backend, backend_factory, run)
+        return _generate(config, out, backend, run)
 
 
-def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
-              backend_factory: Callable[[GenerateConfig], Backend] | None, run: StageRun) -> dict:
+def _generate(config: GenerateConfig, out: Path, backend: Backend | None, run: StageRun) -> dict:
     log = logger.info
     clock = StageClock(*engine_device(backend_options(config.backend, config)))
     constitution = load_constitution(config.constitution)
@@ -211,9 +206,9 @@ def _generate(config: GenerateConfig, out: Path, backend: Backend | None,
             return output_tokens
 
         with run.stoppable():
-            if backend is None:  # inside: a stop during the engine's start-up still writes the manifest
-                # A backend built here is closed here; one from the caller's factory stays the caller's.
-                backend = backend_factory(config) if backend_factory is not None else run.closes(make_backend(config))
+            # Loaded inside: a stop during the engine's start-up still writes the manifest.  A backend built
+            # here is closed here; the caller's stays the caller's.
+            backend = (backend if backend is not None else run.closes(make_backend(config))).load()
             dtype = backend.dtype
             note = dtype_change_note(str(out), dtype, row_dtypes + Counter(sibling_dtypes(out, shard, "generate")))
             if note:

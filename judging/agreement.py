@@ -150,7 +150,8 @@ def _check_own_files(config: AgreementConfig) -> None:
 
 def run_agreement(config: AgreementConfig, backend: Backend | None = None,
                   judge_backends: dict[str, Backend] | None = None) -> dict:
-    """Judge the labelled pairs; the agreement report.  ``backend``: the judge's engine, already built;
+    """Judge the labelled pairs; the agreement report.  ``backend``: the caller's judge engine (loaded here if
+    a judgement is missing);
     ``judge_backends``: engines for the extra and fallback judges, by model name."""
     check_outputs("judge agreement", {"--out": config.out, "--details": config.details},
                   {"--pairs": config.pairs, "--ties": config.ties, "--constitution": config.constitution})
@@ -162,7 +163,7 @@ def run_agreement(config: AgreementConfig, backend: Backend | None = None,
     settings = judge_settings(config)
     plans = [(index, pair, select_principles(constitution, config, pair.id)) for index, pair in enumerate(pairs)]
     engines = Engines(config, judge=backend)
-    judge = build_panel(config, Judge(settings, backend_factory=engines.judge, concurrency=config.concurrency),
+    judge = build_panel(config, Judge(settings, backend=engines.judge(), concurrency=config.concurrency),
                         judge_backends)
     verdicts: list[list | None] = [None] * len(pairs)
 

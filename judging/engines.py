@@ -59,38 +59,31 @@ def judge_settings(config: JudgeModelConfig) -> JudgeSettings:
 
 
 class Engines:
-    """Lazily built backends; the judge reuses the policy's engine when they are the same model."""
+    """The judge's and the policy's backends for a judge config, built unloaded (each loads when a stage first
+    has work for it); the judge is the policy's backend when they are the same model."""
 
     def __init__(self, config: JudgeModelConfig, judge: Backend | None = None, policy: Backend | None = None,
-                 policy_loads: bool = False, policy_factory: Callable[[], Backend] | None = None):
-        """``policy_loads``: the policy may be built here too (samples mode), so a judge of another model
-        shares the GPU with it (``engine_memory_shares``, checked now, before either loads).
-        ``policy_factory``: the caller's own policy engine, built on first use and closed by the caller (``cai
-        run``'s, whose memory share the caller has set, and which serves the judge too when it is the policy)."""
+                 policy_loads: bool = False):
+        """``judge``, ``policy``: the caller's backends (loaded or not, closed by the caller: ``cai run``'s policy
+        engine, whose memory share it has set); the others are built here and closed by ``close``.
+        ``policy_loads``: the policy may load here too (samples mode), so a judge of another model shares the
+        GPU with it (``engine_memory_shares``, checked now, before either loads)."""
         self.config = config
         shared = config.judge_is_policy()
         self._judge = judge if judge is not None else policy if shared else None
         self._policy = policy if policy is not None else judge if shared else None
-        self._policy_factory = policy_factory
         self._owned: list[Backend] = []
-        both_built_here = policy_loads and judge is None and policy is None and policy_factory is None
+        both_built_here = policy_loads and self._judge is None and self._policy is None
         self._shares = engine_memory_shares(config) if both_built_here else None
 
     def judge(self) -> Backend:
         if self._judge is None:
-            if self.config.judge_is_policy() and self._policy_factory is not None:
-                return self.policy()
             self._judge = self._build(make_judge_backend, None if self._shares is None else self._shares[1])
         return self._judge
 
     def policy(self) -> Backend:
         if self._policy is None:
-            if self._policy_factory is not None:
-                self._policy = self._policy_factory()
-                if self.config.judge_is_policy():
-                    self._judge = self._policy
-            else:
-                self._policy = self._build(make_policy_backend, None if self._shares is None else self._shares[0])
+            self._policy = self._build(make_policy_backend, None if self._shares is None else self._shares[0])
         return self._policy
 
     def _build(self, make: Callable[[JudgeModelConfig, float | None], Backend], share: float | None) -> Backend:

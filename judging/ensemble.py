@@ -149,9 +149,9 @@ class JudgePanel:
         return any(judge.missing(comparisons) for judge in self.members)
 
     def start(self) -> None:
-        """Build every judge's backend now, in the caller's thread (never on the event loop)."""
+        """Load every judge's backend now, in the caller's thread (never on the event loop)."""
         for judge in self._all():
-            judge.backend  # noqa: B018 - built here
+            judge.backend  # noqa: B018 - loaded here
 
     @property
     def concurrency(self) -> int | None:
@@ -199,8 +199,8 @@ class JudgePanel:
 
 def build_panel(config, first: Judge, backends: dict[str, Backend] | None = None) -> JudgePanel:
     """The panel of a judge config (``judging.config.JudgeModelConfig``): ``first`` (``--judge-model``), its
-    ``--extra-judge-models`` and its ``--fallback-judge-model``.  ``backends``: engines already built for some of
-    them, by model name (tests); the others are built on first use on their configured backend."""
+    ``--extra-judge-models`` and its ``--fallback-judge-model``.  ``backends``: the caller's engines for some of
+    them, by model name (tests); the others are built here, loaded when first needed and closed with the panel."""
     from core.backends.registry import build_backend
 
     from .engines import judge_settings
@@ -209,24 +209,21 @@ def build_panel(config, first: Judge, backends: dict[str, Backend] | None = None
     panel_members: list[Judge] = [first]
     built: list[Backend] = []
 
-    def factory(backend_name: str, model: str, options):
-        def make() -> Backend:
-            if model in backends:
-                return backends[model]
-            backend = build_backend(backend_name, model, options)
-            built.append(backend)
-            return backend
-        return make
+    def backend_of(backend_name: str, model: str, options) -> Backend:
+        if model in backends:
+            return backends[model]
+        built.append(build_backend(backend_name, model, options))
+        return built[-1]
 
     base = judge_settings(config)
     for backend_name, model, identity, options in config.extra_judges():
-        panel_members.append(Judge(replace(base, model=identity), backend_factory=factory(backend_name, model, options),
+        panel_members.append(Judge(replace(base, model=identity), backend=backend_of(backend_name, model, options),
                                    concurrency=first.concurrency))
     fallback = None
     if config.fallback_judge_model:
         backend_name, model, identity, options = config.fallback_judge()
-        fallback = Judge(replace(base, model=identity), backend_factory=factory(backend_name, model, options),
+        fallback = Judge(replace(base, model=identity), backend=backend_of(backend_name, model, options),
                          concurrency=first.concurrency)
     panel = JudgePanel(panel_members, config.combine_judges, fallback, config.fallback_limit)
-    panel._owned = built  # filled as the factories run; closed with the panel
+    panel._owned = built  # closed with the panel
     return panel

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -94,25 +94,22 @@ class Judged(NamedTuple):
 class Judge:
     """Judges comparisons; keeps every single judgement in ``cache`` (key -> record).
 
-    ``backend_factory`` is called only when a judgement is missing, so a finished run loads no
-    model; it is called in the caller's thread (by ``judge``, or by a streaming caller through
-    ``backend`` before its first row), never on the event loop, where an engine's start-up would
-    stall every request.  ``concurrency`` bounds the judge's requests in flight (default: the
-    backend's).
+    ``backend`` is loaded only when a judgement is missing, so a finished run loads no model; it is
+    loaded in the caller's thread (by ``judge``, or by a streaming caller through ``backend`` before
+    its first row), never on the event loop, where an engine's start-up would stall every request.
+    ``concurrency`` bounds the judge's requests in flight (default: the backend's).
     """
 
     def __init__(
         self,
         settings: JudgeSettings,
         backend: Backend | None = None,
-        backend_factory: Callable[[], Backend] | None = None,
         cache: dict[str, dict] | None = None,
         concurrency: int | None = None,
     ):
         self.settings = settings
         self.method = settings.strategy
         self._backend = backend
-        self._factory = backend_factory
         self.cache: dict[str, dict] = cache if cache is not None else {}
         self.concurrency = concurrency
         self.calls = 0  # requests run on the backend
@@ -121,11 +118,10 @@ class Judge:
 
     @property
     def backend(self) -> Backend:
+        """The judge's backend, loaded now if it was not."""
         if self._backend is None:
-            if self._factory is None:
-                raise RuntimeError("the judge has no backend")
-            self._backend = self._factory()
-        return self._backend
+            raise RuntimeError("the judge has no backend")
+        return self._backend.load()
 
     def keys_for(self, comparison: Comparison) -> list[str]:
         return [self.method.key(request) for request in self.method.requests(comparison)]
@@ -141,7 +137,7 @@ class Judge:
     def judge(self, comparisons: Sequence[Comparison]) -> list[Verdict]:
         """A verdict per comparison, running only the judgements not in the cache; waits for all."""
         if self.missing(comparisons):
-            self.backend  # noqa: B018 - built here, not on the event loop
+            self.backend  # noqa: B018 - loaded here, not on the event loop
         return aio.run_sync(self.ajudge(comparisons)).verdicts
 
     async def ajudge(self, comparisons: Sequence[Comparison], session: str | None = None) -> Judged:
@@ -162,8 +158,8 @@ class Judge:
         return Judged(verdicts, records, tokens)
 
     async def _request(self, key: str, request, session: str | None) -> Judgement:
-        if self._backend is None:
-            raise RuntimeError("the judge's backend must be built before its requests run (Judge.judge does)")
+        if self._backend is None or not self._backend.loaded:
+            raise RuntimeError("the judge's backend must be loaded before its requests run (Judge.judge does)")
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.concurrency or self._backend.concurrency)
         async with self._slots:

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.backends.base import Backend
 from core.log import get_logger
 from core.config import build_config, check_rules
 from core.errors import UserError
@@ -86,11 +87,11 @@ def _verdict(result: dict, check: JudgeCheckConfig) -> str | None:
     return " and ".join(problems) or None
 
 
-def check_judge(check: JudgeCheckConfig, judge: JudgeModelConfig, out: Path, backend_factory=None) -> dict:
+def check_judge(check: JudgeCheckConfig, judge: JudgeModelConfig, out: Path, backend: Backend | None = None) -> dict:
     log = logger.info
     """Measure ``judge`` on ``check.pairs`` (or reuse the figure in ``out``); stop the run when it fails.
 
-    ``backend_factory`` gives an engine already serving the judge (the run's policy); called only to measure.
+    ``backend``: the caller's engine of the judge model (the run's policy), loaded only to measure.
 
     Returns the agreement result with ``passed`` and, when it failed but the recipe allows it, ``reason``.
     """
@@ -116,7 +117,7 @@ def check_judge(check: JudgeCheckConfig, judge: JudgeModelConfig, out: Path, bac
         log(f"[run] judge check: reusing the figure measured before for this judge and these pairs ({source})")
     else:
         config = AgreementConfig(pairs=check.pairs, limit=check.limit, **options)
-        result = {k: v for k, v in run_agreement(config, backend=backend_factory() if backend_factory else None).items() if k != "text"}
+        result = {k: v for k, v in run_agreement(config, backend=backend).items() if k != "text"}
     text = json.dumps({"key": key, "result": result}, indent=2) + "\n"
     for path in (out, shared):
         if _saved_figure(path).get("key") != key:

@@ -88,13 +88,9 @@ class JudgeReward:
         self.identity = judge_identity(judge_config)
         self.cache_path = Path(cache_path) if cache_path else Path(output_dir) / CACHE_NAME
         cache = load_cache(JsonlStore(self.cache_path), is_valid_judgement, logger.info)
-        self._owned: Backend | None = None
-
-        def build() -> Backend:
-            self._owned = make_judge_backend(judge_config, memory_share)
-            return self._owned
-
-        self.judge = Judge(judge_settings(judge_config), backend=backend, backend_factory=build, cache=cache)
+        # A judge engine built here (loaded when a judgement is missing) is closed here; the caller's stays theirs.
+        self._owned = make_judge_backend(judge_config, memory_share) if backend is None else None
+        self.judge = Judge(judge_settings(judge_config), backend=backend if backend is not None else self._owned, cache=cache)
         self.cache_out = JsonlAppender(self.cache_path, flag="--judge-cache")
         self.rewards_out = JsonlAppender(Path(output_dir) / REWARDS_NAME, flag="--output-dir")
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -162,13 +161,12 @@ def shard_identity(config: JudgeConfig) -> dict:
 
 
 def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backend: Backend | None = None,
-              policy_factory: Callable[[], Backend] | None = None,
               judge_backends: dict[str, Backend] | None = None) -> dict:
     """Run (or resume) ``cai judge``; returns counts, the report and the pairs.
 
-    ``backend``, ``policy_backend``: engines already loaded (the judge's, the policy's); ``policy_factory``: the
-    caller's policy engine, loaded on first use (only if rows are left to do) and closed by the caller;
-    ``judge_backends``: engines already loaded for the extra and fallback judges, by model name."""
+    ``backend``, ``policy_backend``: the caller's engines (the judge's, the policy's), loaded here only if rows
+    are left to do, and closed by the caller; ``judge_backends``: the caller's engines for the extra and
+    fallback judges, by model name.  Engines not given are built here, and closed when the stage ends."""
     shard = Shard.parse(config.shard)
     out = part_path(config.out, shard)  # the file, or this shard's part in the folder --out
     outputs = {"--out": out, "--sft-out": sft_path(config), "its manifest": manifest_path(out),
@@ -187,7 +185,7 @@ def run_judge(config: JudgeConfig, backend: Backend | None = None, policy_backen
     side_files = (judgements_path(out), samples_path(out), report_path(out))
     with StageRun(out, config.sync_rows, config.sync_seconds, config.overwrite, side_files) as run:
         return _run_judge(config, out, Engines(config, judge=backend, policy=policy_backend,
-                                               policy_loads=config.mode == "samples", policy_factory=policy_factory),
+                                               policy_loads=config.mode == "samples"),
                           run, judge_backends)
 
 
@@ -228,7 +226,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, run: StageRun,
 
     errors = JsonlStore(errors_path(out))
     errors.remove()
-    judge = build_panel(config, Judge(settings, backend_factory=engines.judge, cache=cache), judge_backends)
+    judge = build_panel(config, Judge(settings, backend=engines.judge(), cache=cache), judge_backends)
     identity = judge.identity()  # the judge's settings, and every other judge's when there are several
     report = JudgeReport()
     checker = RowChecker(constitution)
@@ -309,7 +307,7 @@ def _run_judge(config: JudgeConfig, out: Path, engines: Engines, run: StageRun,
     with run.stoppable():
         # The engines a run needs are started here, before any row (inside: a stop during start-up still
         # writes the manifest); a finished run starts none.
-        policy = engines.policy() if _needs_sampling(plans, config, samples) else None
+        policy = engines.policy().load() if _needs_sampling(plans, config, samples) else None
         # New samples make new comparisons: the judge is needed too.
         judge_engine = None
         if policy is not None or _needs_judging(plans, judge):

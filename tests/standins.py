@@ -79,3 +79,19 @@ class FinishOrder:
                 if self.calls[row] == self.calls_per_row:
                     self.finished.append(row)
                 self._changed.notify_all()
+
+
+class NeverLoads(ScriptedBackend):
+    """A backend that fails the test if a stage loads it: for runs that must start no engine (all done)."""
+
+    name = "never-loads"
+
+    def __init__(self, model: str = "never-loads"):
+        super().__init__(model)
+
+    @property
+    def loaded(self) -> bool:
+        return False
+
+    def load(self):
+        raise AssertionError("a finished output must not load a model")

@@ -197,7 +197,20 @@ def test_a_vllm_engine_that_died_stops_the_stage_with_one_line():
             return outputs()
 
     backend = object.__new__(VLLMBackend)  # no engine start: only the request path is under test
-    backend.model, backend.engine, backend._request_ids = "/models/SmolLM2-135M-Instruct", DeadEngine(), itertools.count()
+    backend.folder, backend.engine, backend._request_ids = "/models/SmolLM2-135M-Instruct", DeadEngine(), itertools.count()
     with pytest.raises(UserError, match=r"the vLLM engine of SmolLM2-135M-Instruct stopped: its process ended .* "
                                         r"run the same command again: it resumes"):
         asyncio.run(backend._generate([1, 2, 3], SamplingParams(max_tokens=1)))
+
+
+def test_building_a_vllm_backend_starts_nothing_until_load():
+    """A stage builds its engine's backend up front and loads it only when it has work: building reads no model
+    (a missing one is refused by check_model, before any work), requests before load() say so, close() is a no-op."""
+    from core.backends.registry import backend_options, build_backend
+
+    backend = build_backend("vllm", "default", backend_options("vllm", seed=3))
+    assert not backend.loaded and backend.engine is None and backend.folder == "default"
+    with pytest.raises(RuntimeError, match=r"call load\(\) before its requests"):
+        backend.label_token_ids(["A", "B"])
+    backend.close()
+    assert not backend.loaded

@@ -127,11 +127,7 @@ import json  # noqa: E402
 
 from generation.config import GenerateConfig  # noqa: E402
 from generation.run import generate  # noqa: E402
-from standins import ScriptedBackend  # noqa: E402
-
-
-def no_engine(config):
-    raise AssertionError("refreshing flags must not load a model")
+from standins import NeverLoads, ScriptedBackend  # noqa: E402
 
 
 def generate_config(tmp_path, **overrides) -> GenerateConfig:
@@ -160,7 +156,7 @@ def test_generate_stores_flags_and_a_rerun_refreshes_rows_written_without_them(t
     assert any(line.startswith("checks: 3 of 3 rows flagged (") for line in said)
     # An output written before the checks existed: the rerun adds flags, regenerating nothing.
     Path(cfg.out).write_text("".join(json.dumps({k: v for k, v in row.items() if k != "flags"}) + "\n" for row in rows))
-    again = generate(cfg, backend_factory=no_engine)
+    again = generate(cfg, backend=NeverLoads())
     assert again["counts"]["generated"] == 0 and again["counts"]["flags_refreshed"] == 3
     assert file_rows(cfg.out) == rows
 

@@ -18,13 +18,10 @@ from core.backends.registry import create_backend
 from generation.config import GenerateConfig
 from core.hardware import choose_dtype, this_cpu
 from generation.run import generate
+from standins import NeverLoads
 
 REPO = Path(__file__).parent.parent
 SHORT = Sampling(max_tokens=24, temperature=0.0)
-
-
-def no_engine(config):
-    raise AssertionError("a finished output must not load a model")
 
 
 def rows_of(path) -> list[dict]:
@@ -89,7 +86,7 @@ def test_output_loads_with_datasets(engine_run):
 
 def test_second_run_generates_nothing_and_loads_no_model(engine_run):
     cfg, _ = engine_run
-    result = generate(cfg, backend_factory=no_engine)
+    result = generate(cfg, backend=NeverLoads())
     assert result["counts"]["generated"] == 0 and result["counts"]["already_done"] == 4
 
 

@@ -188,13 +188,13 @@ def test_a_judge_beside_the_runs_policy_keeps_the_shares_cai_run_gave_them(tmp_p
     policy_share, judge_share = engine_memory_shares(config)
     config.gpu_memory_utilization = judge_share  # as cai run sets it
     runs_policy = ScriptedBackend(str(policy))
-    engines = Engines(config, policy_loads=True, policy_factory=lambda: runs_policy)
+    engines = Engines(config, policy=runs_policy, policy_loads=True)
     assert engines.policy() is runs_policy and engines.judge() is not runs_policy
     assert built == [(str(judge), judge_share)]
     engines.close()
 
     same = JudgeConfig(input="x.jsonl", out="y.jsonl", mode="samples", model=str(policy))
-    engines = Engines(same, policy_loads=True, policy_factory=lambda: runs_policy)
+    engines = Engines(same, policy=runs_policy, policy_loads=True)
     assert engines.judge() is runs_policy is engines.policy()  # one engine: the run's policy judges
 
 
@@ -225,10 +225,9 @@ def test_cai_runs_eval_loads_the_trained_model_beside_the_policy_only_where_it_f
 
         identity = VLLMBackend.identity
 
-    policy = pipeline.PolicyEngine(plan.generate)
-    policy.backend = EngineStandin(resolve_model(plan.base))
+    policy = EngineStandin(resolve_model(plan.base))  # the run's policy engine, loaded
     closed = []
-    policy.backend.close = lambda: closed.append(True)
+    policy.close = lambda: closed.append(True)
     calls = []
     monkeypatch.setattr(pipeline, "evaluate", lambda config, judge_backend=None: calls.append(
         (config.gpu_memory_utilization, judge_backend)) or {"win_rate": {}})
@@ -236,7 +235,7 @@ def test_cai_runs_eval_loads_the_trained_model_beside_the_policy_only_where_it_f
     if free_ram_gib is not None:
         ram = psutil.virtual_memory()._replace(total=24 * GiB, available=free_ram_gib * GiB)
         monkeypatch.setattr(psutil, "virtual_memory", lambda: ram)
-    backend = policy.backend
+    backend = policy
     pipeline._eval(plan, policy)
     [(share, judge_backend)] = calls
     assert (judge_backend is backend) == kept and bool(closed) == (not kept)

@@ -15,7 +15,7 @@ from core.hardware import choose_dtype, dtype_change_note, parse_cpuinfo
 from core.store import read_manifest
 from generation.config import GenerateConfig
 from generation.run import generate
-from standins import ScriptedBackend
+from standins import NeverLoads, ScriptedBackend
 
 REPO = Path(__file__).parent.parent
 
@@ -108,7 +108,7 @@ def test_rows_and_manifest_record_the_dtype_and_a_resume_in_another_says_so(tmp_
 
     caplog.clear()  # a rerun with nothing to do loads no engine and keeps the manifest's dtype
     with caplog.at_level(logging.INFO, logger="cai"):
-        generate(cfg, backend=None, backend_factory=lambda config: pytest.fail("no engine is needed"))
+        generate(cfg, backend=NeverLoads())
     assert read_manifest(out)["config"]["dtype"] == "bfloat16"
     assert not [r for r in caplog.records if "another dtype" in r.getMessage()]
 

@@ -12,6 +12,7 @@ import yaml
 from cai.cli import main as cai_main
 from cai.pipeline import _eval, _train, plan_run, run_pipeline_from_recipe
 from core.errors import UserError
+from standins import NeverLoads
 
 REPO = Path(__file__).parent.parent
 
@@ -149,7 +150,7 @@ def test_eval_is_skipped_when_its_stamp_is_unchanged(tmp_path, monkeypatch):
         return result
 
     monkeypatch.setattr(cai.pipeline, "evaluate", fake_evaluate)
-    idle = cai.pipeline.PolicyEngine(plan.generate)  # not loaded: eval loads its own engines
+    idle = NeverLoads()  # the run's policy engine, not loaded: eval loads its own engines
     assert _eval(plan, idle)["call"] == 1
     assert _eval(plan, idle)["call"] == 1  # read back from eval.json, not rerun
     prompts.write_text('{"prompt": "hello"}\n')

@@ -14,7 +14,8 @@ key, so a router with session affinity keeps the row's growing prefix on one ser
 Besides the requests a backend class declares what a stage config may set for it
 (``Options``), how it is built from them (``from_options``), how its model is named in
 records (``identity``), and how many requests it keeps in flight by default
-(``concurrency``); ``core.backends.registry`` is the one place that picks a backend by name.
+(``concurrency``); ``core.backends.registry`` is the one place that picks a backend by name.  Building a
+backend loads nothing: ``load`` starts its engine, when a stage first has work.
 """
 
 from __future__ import annotations
@@ -166,6 +167,20 @@ class Backend(ABC):
     def check_model(cls, model: str, flag: str = "--model") -> None:
         """Refuse, before any work, a model name this backend could not load (a UserError naming ``flag``);
         loads nothing. An endpoint's model is checked by the endpoint."""
+
+    @property
+    def loaded(self) -> bool:
+        """Whether requests can run now (see ``load``)."""
+        return True
+
+    def load(self) -> Backend:
+        """Start what requests need (an engine in this process) and return the backend; a no-op once done, and
+        for a backend whose model runs elsewhere.
+
+        Building a backend starts nothing, so a stage with no work left loads no model: a stage calls ``load``
+        when it first has work, in its own thread, never on the event loop (an engine's start-up there would
+        stall every request).  Whoever built the backend closes it."""
+        return self
 
     def serves(self, model: str) -> bool:
         """Whether this backend, already built, runs ``model`` (as the user names it)."""

@@ -11,7 +11,8 @@ seed).  Turning them into a backend is one call::
 
     build_backend(config.backend, config.model, backend_options(config.backend, config))
 
-or, on a stage config, ``config.build_backend(config.backend, config.model)``.
+or, on a stage config, ``config.build_backend(config.backend, config.model)``.  A backend is built unloaded:
+``load()`` starts its engine when a stage first has work.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def backend_options(
 
 
 def build_backend(name: str, model: str, options: BackendOptions | None = None) -> Backend:
-    """Backend ``name`` on ``model`` (as the user named it) with ``options`` (default: the backend's defaults)."""
+    """Backend ``name`` on ``model`` (as the user named it) with ``options`` (default: the backend's defaults),
+    not loaded yet: a stage calls ``load()`` when it first has work."""
     cls = backend_class(name)
     return cls.from_options(model, options if options is not None else backend_options(name))
 
@@ -79,9 +81,9 @@ def backend_identity(name: str, model: str) -> str:
 
 
 def create_backend(name: str, model: str, **arguments) -> Backend:
-    """Backend ``name`` built from its class's own arguments (tests, benchmarks, engine knobs that no
-    stage config exposes); commands build theirs from a stage config with ``build_backend``."""
-    return backend_class(name)(model=model, **arguments)
+    """Backend ``name`` built from its class's own arguments and loaded, ready for requests (tests, benchmarks,
+    engine knobs that no stage config exposes); commands build theirs from a stage config with ``build_backend``."""
+    return backend_class(name)(model=model, **arguments).load()
 
 
 @dataclass(kw_only=True)

@@ -118,12 +118,8 @@ class VLLMBackend(Backend):
 
     @classmethod
     def from_options(cls, model: str, options: VLLMOptions) -> VLLMBackend:
-        """The engine on ``model``: 'default' (converted once), a model folder or a hub id."""
-        try:
-            folder = resolve_model(model)
-        except FileNotFoundError as exc:
-            raise UserError(str(exc)) from None
-        return cls(folder, **asdict(options))
+        """The engine on ``model``: 'default' (converted once, when it first loads), a model folder or a hub id."""
+        return cls(model, **asdict(options))
 
     @classmethod
     def identity(cls, model: str) -> str:
@@ -149,47 +145,67 @@ class VLLMBackend(Backend):
         **engine_kwargs,
     ):
         super().__init__(model)
-        from vllm.engine.arg_utils import AsyncEngineArgs
-
         cpu = _on_cpu()
-        self.dtype = engine_dtype(dtype, cpu)
-        if gpu_memory_utilization is None:
-            gpu_memory_utilization = _cpu_memory_share(model) if cpu else 0.9
+        self.dtype = engine_dtype(dtype, cpu)  # known before the engine starts: stages record it
+        self.engine = None
+        self.folder = model  # the model's folder once ``load`` has resolved the name ('default' is converted then)
+        self._requested_dtype = dtype
+        self._concurrency = concurrency
         if enforce_eager is None:
             enforce_eager = cpu  # on CPU, eager mode halves start-up
         if cpu:
             # vLLM's CPU worker cannot rewind a seeded sampler after a partial (chunked)
             # prefill ("CPU Generator does not use offset"); whole prefills avoid it.
             engine_kwargs.setdefault("enable_chunked_prefill", False)
+        self._engine_arguments = dict(
+            model=model, seed=seed, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
+            tensor_parallel_size=tensor_parallel_size, disable_log_stats=disable_log_stats, dtype=self.dtype,
+            **engine_kwargs)
+        self._request_ids = itertools.count()
+
+    @property
+    def loaded(self) -> bool:
+        return self.engine is not None
+
+    def load(self) -> VLLMBackend:
+        """Start the engine (a minute on CPU), once."""
+        if self.engine is not None:
+            return self
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        try:
+            folder = resolve_model(self.model)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+        cpu = _on_cpu()
+        share = self._engine_arguments["gpu_memory_utilization"]
+        if share is None:
+            share = _cpu_memory_share(folder) if cpu else 0.9
+        if cpu and (os.cpu_count() or 1) <= 4:
             # vLLM keeps one core for its front end; on a small machine that halves the
             # compute (2 cores: 355 -> 506 output tok/s with the worker on both).
-            if (os.cpu_count() or 1) <= 4:
-                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        arguments = AsyncEngineArgs(
-            model=model,
-            seed=seed,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            enable_prefix_caching=enable_prefix_caching,
-            tensor_parallel_size=tensor_parallel_size,
-            disable_log_stats=disable_log_stats,
-            dtype=self.dtype,
-            **engine_kwargs,
-        )
-        self._request_ids = itertools.count()
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        arguments = AsyncEngineArgs(**{**self._engine_arguments, "model": folder, "gpu_memory_utilization": share})
         try:
             self.engine = aio.run_sync(self._start(arguments))  # on the loop, which then runs its output handler
         except RuntimeError as exc:
             if "initialization failed" not in str(exc):
                 raise
-            raise UserError(_did_not_start(model, cpu, gpu_memory_utilization)) from None
+            raise UserError(_did_not_start(folder, cpu, share)) from None
+        self.folder = folder
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
         # Twice what the engine runs at once: a finished sequence's slot is refilled from the
         # queue at once, while its row prepares the next call.
-        self.concurrency = concurrency or 2 * self.engine.vllm_config.scheduler_config.max_num_seqs
-        logger.info(self.describe(cpu, dtype))
+        self.concurrency = self._concurrency or 2 * self.engine.vllm_config.scheduler_config.max_num_seqs
+        logger.info(self.describe(cpu, self._requested_dtype))
+        return self
+
+    def _require_engine(self):
+        if self.engine is None:
+            raise RuntimeError("the vLLM backend's engine is not started: call load() before its requests")
+        return self.engine
 
     def describe(self, cpu: bool, requested: str) -> str:
         """One line: where the engine runs and how (device, CPU and its ISA flags, dtype, threads, memory, batch)."""
@@ -208,7 +224,7 @@ class VLLMBackend(Backend):
 
             memory = f"gpu_memory_utilization {config.cache_config.gpu_memory_utilization}"
             where = f"gpu: {torch.cuda.get_device_name()} x{config.parallel_config.tensor_parallel_size} | {chosen}"
-        return (f"[engine] {Path(self.model).name} on {where} | {memory}, {kv} | "
+        return (f"[engine] {Path(self.folder).name} on {where} | {memory}, {kv} | "
                 f"max_num_seqs {config.scheduler_config.max_num_seqs}")
 
     @staticmethod
@@ -218,6 +234,7 @@ class VLLMBackend(Backend):
         return AsyncLLM.from_engine_args(arguments)
 
     def _token_ids(self, conversation: Conversation) -> list[int]:
+        self._require_engine()
         continue_final = ends_with_assistant(conversation)
         encoded = self.tokenizer.apply_chat_template(
             list(conversation),
@@ -248,7 +265,7 @@ class VLLMBackend(Backend):
         except EngineDeadError:
             # Every later request would fail the same way: stop the stage with one line, not a row error each.
             raise UserError(
-                f"the vLLM engine of {Path(self.model).name} stopped: its process ended (on a machine short of "
+                f"the vLLM engine of {Path(self.folder).name} stopped: its process ended (on a machine short of "
                 "memory the kernel kills it; `dmesg` says). The rows finished so far are kept. Free memory or "
                 "lower --gpu-memory-utilization / --max-num-seqs, then run the same command again: it resumes"
             ) from None
@@ -280,6 +297,7 @@ class VLLMBackend(Backend):
         )
 
     def label_token_ids(self, labels: Sequence[str]) -> dict[str, int]:
+        self._require_engine()
         ids = {}
         for label in labels:
             tokens = self.tokenizer.encode(label, add_special_tokens=False)
@@ -306,6 +324,7 @@ class VLLMBackend(Backend):
 
     def _response_span(self, conversation: Conversation) -> tuple[list[int], int] | str:
         """Token ids of the whole conversation and where its final assistant message starts (or an error)."""
+        self._require_engine()
         if not ends_with_assistant(conversation):
             return "the conversation must end with the assistant message to score"
         full = self._token_ids(conversation)
@@ -334,7 +353,7 @@ class VLLMBackend(Backend):
 
     def reset_prefix_cache(self) -> None:
         """Empty the engine's prefix cache (benchmarks time runs from a cold cache)."""
-        aio.run_sync(self.engine.reset_prefix_cache())
+        aio.run_sync(self._require_engine().reset_prefix_cache())
 
     def close(self) -> None:
         engine = getattr(self, "engine", None)

@@ -9,6 +9,7 @@ import pytest
 
 from core.errors import UserError
 from judge_standins import PreferenceBackend
+from standins import NeverLoads
 from judging.config import JudgeConfig, JudgeModelConfig
 from judging.judge_check import check_judge, judge_check_config
 from judging.run import run_judge
@@ -95,13 +96,28 @@ def human_pairs(path: Path, agree: int, disagree: int) -> str:
     return str(path)
 
 
+class LoadCounting(PreferenceBackend):
+    """Counts its loads (an engine starts once, however often ``load`` is called)."""
+
+    loads = 0
+
+    @property
+    def loaded(self) -> bool:
+        return self.loads > 0
+
+    def load(self):
+        if not self.loaded:
+            self.loads += 1
+        return self
+
+
 def judge(**overrides) -> JudgeModelConfig:
     return JudgeModelConfig(**{"constitution": CONSTITUTION, "method": "pairwise", "principles_per_pair": 1, **overrides})
 
 
 def test_judge_check_passes_a_judge_that_agrees(tmp_path):
     check = judge_check_config({"pairs": human_pairs(tmp_path / "h.jsonl", 30, 2), "min_agreement": 0.8}, "recipe.yaml")
-    result = check_judge(check, judge(), tmp_path / "judge_check.json", backend_factory=PreferenceBackend)
+    result = check_judge(check, judge(), tmp_path / "judge_check.json", backend=PreferenceBackend())
     assert result["passed"] and result["human_pairs"] == 32
 
 
@@ -109,7 +125,7 @@ def test_judge_check_stops_a_judge_at_chance(tmp_path):
     check = judge_check_config({"pairs": human_pairs(tmp_path / "h.jsonl", 11, 9), "min_agreement": 0.5},
                                "recipe.yaml")
     with pytest.raises(UserError) as info:
-        check_judge(check, judge(), tmp_path / "judge_check.json", backend_factory=PreferenceBackend)
+        check_judge(check, judge(), tmp_path / "judge_check.json", backend=PreferenceBackend())
     message = str(info.value)
     assert "judge check failed" in message and "0.550 of 20 pairs" in message
     assert "includes 0.5 (not distinguishable from chance)" in message and "allow_chance: true" in message
@@ -119,10 +135,10 @@ def test_judge_check_below_min_agreement_stops_and_allow_chance_goes_on(tmp_path
     pairs = human_pairs(tmp_path / "h.jsonl", 60, 20)  # 0.75, clearly above chance
     strict = judge_check_config({"pairs": pairs, "min_agreement": 0.9}, "recipe.yaml")
     with pytest.raises(UserError, match="below min_agreement 0.9"):
-        check_judge(strict, judge(), tmp_path / "a.json", backend_factory=PreferenceBackend)
+        check_judge(strict, judge(), tmp_path / "a.json", backend=PreferenceBackend())
     lenient = judge_check_config({"pairs": pairs, "min_agreement": 0.9, "allow_chance": True}, "recipe.yaml")
     caplog.set_level("INFO", logger="cai")
-    result = check_judge(lenient, judge(), tmp_path / "a.json", backend_factory=PreferenceBackend)
+    result = check_judge(lenient, judge(), tmp_path / "a.json", backend=PreferenceBackend())
     said = caplog.messages
     assert not result["passed"] and "below min_agreement" in result["reason"]
     assert any("FAILED, going on" in line for line in said)
@@ -130,20 +146,17 @@ def test_judge_check_below_min_agreement_stops_and_allow_chance_goes_on(tmp_path
 
 def test_judge_check_figure_is_reused_while_nothing_changes(tmp_path):
     check = judge_check_config({"pairs": human_pairs(tmp_path / "h.jsonl", 30, 2)}, "recipe.yaml")
-    check_judge(check, judge(), tmp_path / "c.json", backend_factory=PreferenceBackend)
+    check_judge(check, judge(), tmp_path / "c.json", backend=PreferenceBackend())
 
-    def no_engine():
-        raise AssertionError("the saved figure should have been reused")
-
-    assert check_judge(check, judge(), tmp_path / "c.json", backend_factory=no_engine)["passed"]
+    assert check_judge(check, judge(), tmp_path / "c.json", backend=NeverLoads())["passed"]  # the saved figure
     # Another run folder (or the same after `make clean`): the figure kept for this judge and pairs is reused.
     (tmp_path / "c.json").unlink()
-    assert check_judge(check, judge(), tmp_path / "other" / "judge_check.json", backend_factory=no_engine)["passed"]
+    assert check_judge(check, judge(), tmp_path / "other" / "judge_check.json", backend=NeverLoads())["passed"]
     assert json.loads((tmp_path / "other" / "judge_check.json").read_text())["result"]["human_pairs"] == 32
     changed = judge(principles_per_pair=2)
-    built = []
-    check_judge(check, changed, tmp_path / "c.json", backend_factory=lambda: built.append(1) or PreferenceBackend())
-    assert built == [1]
+    measured = LoadCounting()
+    check_judge(check, changed, tmp_path / "c.json", backend=measured)
+    assert measured.loads == 1
 
 
 @pytest.mark.parametrize("section, message", [
@@ -160,7 +173,7 @@ def test_judge_check_section_errors_name_the_problem(section, message):
 def test_judge_check_names_a_missing_pairs_file(tmp_path):
     check = judge_check_config({"pairs": str(tmp_path / "none.jsonl")}, "recipe.yaml")
     with pytest.raises(UserError, match="cannot read it"):
-        check_judge(check, judge(), tmp_path / "c.json", backend_factory=PreferenceBackend)
+        check_judge(check, judge(), tmp_path / "c.json", backend=PreferenceBackend())
 
 
 def test_cai_run_stops_before_any_work_when_the_recipes_judge_check_fails(tmp_path, monkeypatch):

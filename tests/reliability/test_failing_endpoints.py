@@ -136,8 +136,8 @@ def test_endpoint_going_down_mid_run_keeps_finished_batches_and_resumes(standin,
                              backend="openai", base_url=proxy.base_url, model="standin", temperature=0.0,
                              max_tokens=32, concurrency=8, examples=0)
 
-        def quick(config):  # small backoff so the test is quick; the breaker is what is under test
-            return create_backend("openai", "standin", base_url=config.base_url, concurrency=8,
+        def quick():  # small backoff so the test is quick; the breaker is what is under test
+            return create_backend("openai", "standin", base_url=cfg.base_url, concurrency=8,
                                   backoff_initial=0.01, backoff_max=0.02, timeout=2)
 
         def pull_the_plug():
@@ -146,12 +146,12 @@ def test_endpoint_going_down_mid_run_keeps_finished_batches_and_resumes(standin,
 
         threading.Thread(target=pull_the_plug, daemon=True).start()
         with pytest.raises(Exception, match="is not answering") as info:
-            generate(cfg, backend_factory=quick)
+            generate(cfg, backend=quick())
         assert type(info.value).__name__ == "EndpointDownError"
         kept = rows_of(out)
         assert 10 <= len(kept) < 40
         assert kept == [row for row in reference if row["id"] in {k["id"] for k in kept}]  # whole, each as without faults
         assert manifest_of(out)["counts"]["rows"] == len(kept)
         proxy.down = False
-        generate(cfg, backend_factory=quick)
+        generate(cfg, backend=quick())
     assert rows_of(out) == reference
