@@ -102,7 +102,7 @@ def machine() -> dict:
 def write_json(path: str | Path, data: dict) -> None:
     """A result file; a top-level one (not a child's part) records the machine it was measured on."""
     path = Path(path)
-    if path.parent == RESULTS and "machine" not in data:
+    if path.resolve().parent == RESULTS and "machine" not in data:
         data = {"machine": machine(), **data}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -136,7 +136,9 @@ class Progress:
         if self.counts_calls:
             parts.append(f"rows {rows_done}/{self.rows}")
             parts.append(f"{done / elapsed if elapsed > 0 else 0.0:.2g} {self.unit}/s")
-        parts += [f"{self.rate(now):.0f} output tok/s", f"elapsed {_duration(elapsed)}",
+        if self.output_tokens or self.unit != "judgements":  # a likelihood judge generates no tokens
+            parts.append(f"{self.rate(now):.0f} output tok/s")
+        parts += [f"elapsed {_duration(elapsed)}",
                   f"ETA {_duration(eta) if eta is not None else 'after the first ' + self.unit.rstrip('s')}"]
         return f"[{self.label}] " + " | ".join(parts)
 

@@ -129,3 +129,19 @@ def test_the_eta_follows_the_recent_rate_once_the_first_batch_is_done():
         assert progress.eta(start + 150.0) == pytest.approx(100, rel=0.05)
     finally:
         progress.close()
+
+
+def test_output_tokens_are_shown_where_calls_make_them():
+    """A likelihood judge reads log-probabilities and generates nothing: its line has no "0 output tok/s"."""
+    judge = core.progress.Progress("judge", rows=2, calls=8, unit="judgements", every=3600, bar=False)
+    generate = core.progress.Progress("generate", rows=2, calls=6, every=3600, bar=False)
+    try:
+        judge.call_done()
+        generate.call_done(output_tokens=40)
+        assert "tok/s" not in judge.line() and "1/8 judgements" in judge.line()
+        assert "output tok/s" in generate.line()
+        judge.call_done(output_tokens=5)  # a judge that writes its verdict
+        assert "output tok/s" in judge.line()
+    finally:
+        judge.close()
+        generate.close()
