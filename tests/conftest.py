@@ -94,7 +94,10 @@ class _Server:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        self.log = open(REPO / ".pytest_cache" / self.log_name, "w") if (REPO / ".pytest_cache").is_dir() else subprocess.DEVNULL
+        # Always kept: a fresh clone has no .pytest_cache yet when the first server starts.
+        (REPO / ".pytest_cache").mkdir(exist_ok=True)
+        self.log = open(REPO / ".pytest_cache" / self.log_name, "w")
+        self.model_dir = model_dir
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("CAI_TEST_SERVER_KV_GB", "1"))
         pin = []
         if self.core is not None:  # every process of the server on that core, its compute thread bound to it
@@ -119,11 +122,23 @@ class _Server:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def wait(self, timeout: float = 420.0) -> str:
+    def log_tail(self, lines: int = 15) -> str:
+        text = (REPO / ".pytest_cache" / self.log_name).read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def wait(self, timeout: float = 420.0, retried: bool = False) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {self.process.returncode}; see .pytest_cache/{self.log_name}")
+                failure = f"vLLM server exited with {self.process.returncode} while starting:\n{self.log_tail()}"
+                if retried:
+                    raise RuntimeError(failure)
+                # One more start: a start-up can fail on a moment's shortage (memory, a port) that the tests do not
+                # exercise; a server that fails twice fails the tests, with both logs' ends.
+                sys.stderr.write(f"\n{failure}\nstarting it once more\n")
+                self.process = None
+                self.start(self.model_dir)
+                return self.wait(timeout, retried=True)
             try:
                 with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
                     if response.status == 200:
