@@ -135,10 +135,19 @@ def children() -> set[int]:
 
 
 def reap_children(keep: set[int], grace: float = 5.0) -> list[int]:
-    """End every descendant not in ``keep`` (the ones that existed before the command): TERM, then KILL."""
-    pids = (_descendants() | _seen_children) - keep
+    """End every descendant not in ``keep`` (the ones that existed before the command): TERM, then KILL.
+
+    multiprocessing's resource tracker is left alone: it ignores TERM (ending it cost two grace periods at
+    the end of every command, and a warning) and ends by itself when this process does."""
+    pids = (_descendants() | _seen_children) - keep - {_resource_tracker_pid()}
     _seen_children.clear()
     return _end(pids, grace)
+
+
+def _resource_tracker_pid() -> int | None:
+    from multiprocessing import resource_tracker
+
+    return getattr(resource_tracker._resource_tracker, "_pid", None)
 
 
 def _end(pids: set[int], grace: float) -> list[int]:
