@@ -22,6 +22,7 @@ from standins import NeverLoads
 
 REPO = Path(__file__).parent.parent
 SHORT = Sampling(max_tokens=24, temperature=0.0)
+ORIGINAL_GLIBC_TUNABLES = os.environ.get("GLIBC_TUNABLES")  # before any engine of this test run started
 
 
 def rows_of(path) -> list[dict]:
@@ -74,6 +75,16 @@ def test_engine_runs_the_dtype_chosen_for_the_cpu_and_says_how_it_runs(vllm_back
     cpu = this_cpu()
     assert f"on cpu: {cpu.model}" in line and f"dtype {vllm_backend.dtype} (auto:" in line, line
     assert all(flag in line for flag in cpu.isa) and "threads " in line and "max_num_seqs " in line, line
+
+
+def test_the_engines_processes_start_with_the_malloc_settings(vllm_backend):
+    from core.backends.vllm_backend import CPU_MALLOC_TUNABLES
+
+    vllm_backend.load()
+    # Set before the engine's processes are spawned, which inherit the environment (they rename themselves, so
+    # /proc shows their environment overwritten); a GLIBC_TUNABLES the user set is kept.
+    assert os.environ.get("GLIBC_TUNABLES") == CPU_MALLOC_TUNABLES or ORIGINAL_GLIBC_TUNABLES
+    assert ORIGINAL_GLIBC_TUNABLES is None or os.environ["GLIBC_TUNABLES"] == ORIGINAL_GLIBC_TUNABLES
 
 
 def test_output_loads_with_datasets(engine_run):
