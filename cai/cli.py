@@ -63,7 +63,15 @@ def _find_command(argv: list[str]) -> tuple[str, list[str]]:
     raise SystemExit(f"cai: unknown command {argv[0]!r}{hint}\n\n{_usage()}")
 
 
+#: multiprocessing's resource tracker starts with this interpreter's -W options; when a command ends it cleans up
+#: what an engine that failed to start left in shared memory, and its warning about that would follow the command's
+#: last line (its one error line).
+TRACKER_QUIET = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
 def main(argv: list[str] | None = None) -> int:
+    if TRACKER_QUIET not in sys.warnoptions:
+        sys.warnoptions.append(TRACKER_QUIET)
     try:
         try:
             return _dispatch(argv)
