@@ -14,7 +14,6 @@ critique's, so every call of a row extends the previous one's conversation.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -99,6 +98,13 @@ def uncritiqued_revision(prompt: Sequence[dict], answer: str, principle: Princip
         {"role": "user", "content": principle.revision_request.strip() + NEW_ANSWER_ONLY},
         {"role": "assistant", "content": ANSWER_PREFIX},
     ]
+
+
+def revision_turns(style: str, prompt: Sequence[dict], answer: str, critique: str, principle: Principle) -> list[dict]:
+    """The revision's own conversation (after the system prompt) for a style other than ``chain``."""
+    if style == "no_critique":
+        return uncritiqued_revision(prompt, answer, principle)
+    return direct_revision(prompt, answer, critique, principle)
 
 
 def _call_record(step: str, completion: Completion) -> dict:
@@ -251,35 +257,22 @@ class CritiqueReviseTask:
                 state.reused_calls += 2
                 continue
             state.context.append({"role": "user", "content": principle.critique_request})
-            critique_step, revision_step = step_name(CRITIQUE, r + 1), step_name(REVISION, r + 1)
-            answer = state.rounds[-1]["revision"] if state.rounds else state.initial
-            if self.settings.revision_style == "no_critique":
-                # The revision does not read the critique, so both are asked at once: a row's round takes
-                # the longer of the two calls, not their sum, and the engine batches more sequences.
-                turns = uncritiqued_revision(prompt.messages, answer, principle)
-                critique, revision = await asyncio.gather(
-                    self._call(backend, state, critique_step, state.context, session),
-                    self._call(backend, state, revision_step, self.head + turns, session))
-                if state.error is not None:
-                    return RowResult(None, state.error, state.output_tokens)
-                state.calls[-2:] = sorted(state.calls[-2:], key=lambda call: call["step"] != critique_step)
-                revision_request = turns[-2]["content"]
-            else:
-                critique = await self._call(backend, state, critique_step, state.context, session)
-                if state.error is not None:
-                    return RowResult(None, state.error, state.output_tokens)
+            critique = await self._call(backend, state, step_name(CRITIQUE, r + 1), state.context, session)
+            if state.error is not None:
+                return RowResult(None, state.error, state.output_tokens)
             # The chain's context goes on as in Constitutional AI either way: later rounds critique in it.
             state.context += [
                 {"role": "assistant", "content": critique},
                 {"role": "user", "content": principle.revision_request},
             ]
-            if self.settings.revision_style == "direct":
-                turns = direct_revision(prompt.messages, answer, critique, principle)
-                revision_request = turns[-2]["content"]
-                revision = await self._call(backend, state, revision_step, self.head + turns, session)
-            elif self.settings.revision_style == "chain":
-                revision_request = principle.revision_request
-                revision = await self._call(backend, state, revision_step, state.context, session)
+            if self.settings.revision_style != "chain":
+                answer = state.rounds[-1]["revision"] if state.rounds else state.initial
+                turns = revision_turns(self.settings.revision_style, prompt.messages, answer, critique, principle)
+                conversation = self.head + turns
+                revision_request = next(t["content"] for t in reversed(turns) if t["role"] == "user")
+            else:
+                conversation, revision_request = state.context, principle.revision_request
+            revision = await self._call(backend, state, step_name(REVISION, r + 1), conversation, session)
             if state.error is not None:
                 return RowResult(None, state.error, state.output_tokens)
             state.rounds.append(

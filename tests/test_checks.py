@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from pathlib import Path
 
 import pytest
@@ -258,33 +256,3 @@ def test_the_openai_backend_sends_a_stop_only_when_set(monkeypatch):
     asyncio.run(backend.achat(conversation, Sampling(max_tokens=8, stop=("\n\n",))))
     asyncio.run(backend.achat(conversation, Sampling(max_tokens=8)))
     assert sent[0]["stop"] == ["\n\n"] and "stop" not in sent[1]
-
-
-class CritiqueWaitsForRevision(ScriptedBackend):
-    """A critique's reply comes only once its row's revision has been asked: a chain that waits for the
-    critique before asking the revision never finishes (the test's timeout says so)."""
-
-    def __init__(self):
-        super().__init__()
-        self.revisions_asked: dict[str, asyncio.Event] = {}
-
-    async def achat(self, conversation, sampling, seed=None, session=None):
-        asked = self.revisions_asked.setdefault(session, asyncio.Event())  # one session per row
-        if conversation[-1]["role"] == "assistant":  # the revision (it continues "Here is my new answer:")
-            asked.set()
-        elif any(message["role"] == "assistant" for message in conversation):  # a critique (after the draft)
-            await asyncio.wait_for(asked.wait(), timeout=30)
-        return self.chat([conversation], sampling, [seed])[0]
-
-
-def test_no_critique_asks_the_critique_and_the_revision_at_once_and_keeps_the_calls_in_chain_order(tmp_path):
-    from core.store import errors_path
-
-    cfg = generate_config(tmp_path, revision_style="no_critique")
-    generate(cfg, backend=CritiqueWaitsForRevision())
-    rows = file_rows(cfg.out)
-    assert len(rows) == 3 and not errors_path(cfg.out).exists()
-    for row in rows:
-        assert [call["step"] for call in row["calls"]] == ["draft", "critique 1", "revision 1"]
-        assert row["rounds"][0]["critique"] and row["final_response"] == row["rounds"][0]["revision"]
-        assert row["rounds"][0]["revision_request"].endswith("Reply with the new answer only, in a few sentences.")
