@@ -117,12 +117,28 @@ def _glibc():
     import ctypes
 
     if platform.system() != "Linux" or os.environ.get("GLIBC_TUNABLES") not in (None, MALLOC_TUNABLES):
-        return None  # not glibc, or the user's own malloc settings (an engine here sets MALLOC_TUNABLES)
+        return None  # not glibc, or the user's own malloc settings
     try:
         libc = ctypes.CDLL("libc.so.6")
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
     except OSError:
         return None
+
+
+@contextlib.contextmanager
+def spawned_processes_keep_freed_memory():
+    """Processes started inside (an engine's, which are spawned and read ``GLIBC_TUNABLES`` at their start) run with
+    ``MALLOC_TUNABLES``; on leaving the variable is gone again, so nothing started later (a server, a subprocess of
+    the user's) inherits settings that keep each process's peak memory. A ``GLIBC_TUNABLES`` the user set is left
+    as it is, and is what those processes get."""
+    if "GLIBC_TUNABLES" in os.environ or platform.system() != "Linux":
+        yield
+        return
+    os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+    try:
+        yield
+    finally:
+        os.environ.pop("GLIBC_TUNABLES", None)
 
 
 @contextlib.contextmanager

@@ -52,3 +52,59 @@ def test_freed_memory_is_kept_inside_and_given_back_on_leaving():
 def test_the_users_own_malloc_settings_are_left_alone():
     result = measure({"GLIBC_TUNABLES": "glibc.malloc.check=0"})
     assert result["kept_inside"] < 50 * MIB  # glibc's defaults: a 300 MiB block is unmapped when freed
+
+
+SPAWN_SCRIPT = """
+import json, multiprocessing, os
+from core.hardware import spawned_processes_keep_freed_memory
+
+def kept(queue):
+    import numpy, psutil
+    before = psutil.Process().memory_info().rss
+    block = numpy.ones(300 * 2**20 // 8)  # 300 MiB, written
+    del block
+    queue.put([os.environ.get("GLIBC_TUNABLES"), psutil.Process().memory_info().rss - before])
+
+def in_a_spawned_process():
+    context = multiprocessing.get_context("spawn")  # as vLLM starts its engine's processes
+    queue = context.Queue()
+    process = context.Process(target=kept, args=(queue,))
+    process.start()
+    result = queue.get(timeout=60)
+    process.join()
+    return result
+
+if __name__ == "__main__":
+    with spawned_processes_keep_freed_memory():
+        inside = in_a_spawned_process()
+    after = in_a_spawned_process()
+    print(json.dumps({"inside": inside, "after": after, "here": os.environ.get("GLIBC_TUNABLES")}))
+"""
+
+
+def spawn(tmp_path: Path, env_extra: dict) -> dict:
+    script = tmp_path / "spawn_inside.py"
+    script.write_text(SPAWN_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | env_extra | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc's malloc")
+def test_only_processes_spawned_inside_keep_freed_memory(tmp_path):
+    from core.hardware import MALLOC_TUNABLES
+
+    result = spawn(tmp_path, {})
+    (tunables, kept), (tunables_after, kept_after) = result["inside"], result["after"]
+    assert tunables == MALLOC_TUNABLES and kept > 250 * MIB
+    assert tunables_after is None and kept_after < 50 * MIB  # started after: glibc's defaults again
+    assert result["here"] is None
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc's malloc")
+def test_a_spawned_process_gets_the_users_own_malloc_settings(tmp_path):
+    result = spawn(tmp_path, {"GLIBC_TUNABLES": "glibc.malloc.check=0"})
+    assert result["inside"][0] == result["after"][0] == result["here"] == "glibc.malloc.check=0"
+    assert result["inside"][1] < 50 * MIB

@@ -8,6 +8,7 @@ row's next call joins the running batch as soon as its previous one returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from core import aio
 from core.errors import UserError
-from core.hardware import DTYPES, MALLOC_TUNABLES, choose_dtype, this_cpu
+from core.hardware import DTYPES, choose_dtype, spawned_processes_keep_freed_memory, this_cpu
 from core.log import get_logger
 from core.model import DEFAULT_MODEL, model_identity, resolve_model
 
@@ -186,12 +187,13 @@ class VLLMBackend(Backend):
             # vLLM keeps one core for its front end; on a small machine that halves the
             # compute (2 cores: 355 -> 506 output tok/s with the worker on both).
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        if cpu:
-            # The engine's processes are spawned, so they read it at their start (core.hardware.MALLOC_TUNABLES).
-            os.environ.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
         arguments = AsyncEngineArgs(**{**self._engine_arguments, "model": folder, "gpu_memory_utilization": share})
+        # On CPU the engine's processes keep what they free for the next step (core.hardware.MALLOC_TUNABLES); they
+        # are all started by the time the engine is.
+        malloc = spawned_processes_keep_freed_memory() if cpu else contextlib.nullcontext()
         try:
-            self.engine = aio.run_sync(self._start(arguments))  # on the loop, which then runs its output handler
+            with malloc:
+                self.engine = aio.run_sync(self._start(arguments))  # on the loop, which then runs its output handler
         except RuntimeError as exc:
             if "initialization failed" not in str(exc):
                 raise
