@@ -141,6 +141,17 @@ def spawned_processes_keep_freed_memory():
         os.environ.pop("GLIBC_TUNABLES", None)
 
 
+def give_back_freed_memory() -> None:
+    """What this process has freed goes back to the system (a training run's buffers freed after it ended), so an
+    engine that sizes itself against the free memory next finds it. A no-op without glibc."""
+    import gc
+
+    gc.collect()  # a trainer and its tensors are freed with their reference cycles
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 @contextlib.contextmanager
 def freed_memory_kept():
     """Inside, this process's malloc keeps what is freed (``MALLOC_TUNABLES``, set at run time); on leaving, glibc's

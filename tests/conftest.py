@@ -154,6 +154,7 @@ class _Server:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        self.process = None
 
 
 _SERVER = _Server()
@@ -222,10 +223,13 @@ def vllm_server(default_model_dir) -> str:
     return _SERVER.wait()
 
 
-@pytest.fixture(scope="session")
-def vllm_server_pair(default_model_dir) -> list[str]:
+@pytest.fixture(scope="module")
+def vllm_server_pair(default_model_dir):
     """Base URLs of two real vLLM OpenAI servers on 127.0.0.1 serving the default model, one CPU core each
-    (a fleet of two; a test starting shards against them)."""
+    (a fleet of two; a test starting shards against them). Stopped after the module: their memory (about 3 GiB
+    each) is wanted by the engines of the tests after it."""
     for server in _PAIR:
         server.start(default_model_dir)
-    return [server.wait() for server in _PAIR]
+    yield [server.wait() for server in _PAIR]
+    for server in _PAIR:
+        server.stop()

@@ -108,3 +108,37 @@ def test_a_spawned_process_gets_the_users_own_malloc_settings(tmp_path):
     result = spawn(tmp_path, {"GLIBC_TUNABLES": "glibc.malloc.check=0"})
     assert result["inside"][0] == result["after"][0] == result["here"] == "glibc.malloc.check=0"
     assert result["inside"][1] < 50 * MIB
+
+
+HOLE_SCRIPT = """
+import ctypes, json, psutil
+from core.hardware import freed_memory_kept, give_back_freed_memory
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def rss():
+    return psutil.Process().memory_info().rss
+
+before = rss()
+with freed_memory_kept():  # a trainer's buffers: on the heap, and still referenced when training ends
+    block = libc.malloc(300 * 2**20)
+    ctypes.memset(block, 1, 300 * 2**20)
+    after_it = libc.malloc(2**20)
+libc.free(block)  # freed later, below a block still in use: glibc does not trim the hole by itself
+hole = rss() - before
+give_back_freed_memory()
+print(json.dumps({"hole": hole, "given_back": rss() - before}))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc's malloc")
+def test_memory_freed_after_training_goes_back_before_an_engine_starts():
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    done = subprocess.run([sys.executable, "-c", HOLE_SCRIPT], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["hole"] > 250 * MIB
+    assert result["given_back"] < 50 * MIB

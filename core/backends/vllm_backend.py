@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core import aio
 from core.errors import UserError
-from core.hardware import DTYPES, choose_dtype, spawned_processes_keep_freed_memory, this_cpu
+from core.hardware import DTYPES, choose_dtype, give_back_freed_memory, spawned_processes_keep_freed_memory, this_cpu
 from core.log import get_logger
 from core.model import DEFAULT_MODEL, model_identity, resolve_model
 
@@ -191,6 +191,8 @@ class VLLMBackend(Backend):
         # On CPU the engine's processes keep what they free for the next step (core.hardware.MALLOC_TUNABLES); they
         # are all started by the time the engine is.
         malloc = spawned_processes_keep_freed_memory() if cpu else contextlib.nullcontext()
+        if cpu:
+            give_back_freed_memory()  # the engine's share is of the memory free now
         try:
             with malloc:
                 self.engine = aio.run_sync(self._start(arguments))  # on the loop, which then runs its output handler
