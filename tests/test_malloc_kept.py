@@ -33,12 +33,22 @@ print(json.dumps({"kept_inside": inside, "kept_after": after}))
 """
 
 
-def measure(env_extra: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | env_extra
-    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=120)
+def run_script(script: str, env_extra: dict, tmp_path: Path | None = None) -> dict:
+    """Run ``script`` in a fresh interpreter (from a file in ``tmp_path`` where it spawns processes, which import
+    its main module) without this process's GLIBC_TUNABLES; its last line of output is JSON."""
+    if tmp_path is None:
+        argv = [sys.executable, "-c", script]
+    else:
+        (tmp_path / "script.py").write_text(script)
+        argv = [sys.executable, str(tmp_path / "script.py")]
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | env_extra | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(env_extra: dict) -> dict:
+    return run_script(SCRIPT, env_extra)
 
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="glibc's malloc")
@@ -83,13 +93,7 @@ if __name__ == "__main__":
 
 
 def spawn(tmp_path: Path, env_extra: dict) -> dict:
-    script = tmp_path / "spawn_inside.py"
-    script.write_text(SPAWN_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | env_extra | {"PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=180)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_script(SPAWN_SCRIPT, env_extra, tmp_path)
 
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="glibc's malloc")
@@ -135,10 +139,6 @@ print(json.dumps({"hole": hole, "given_back": rss() - before}))
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="glibc's malloc")
 def test_memory_freed_after_training_goes_back_before_an_engine_starts():
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    done = subprocess.run([sys.executable, "-c", HOLE_SCRIPT], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_script(HOLE_SCRIPT, {})
     assert result["hole"] > 250 * MIB
     assert result["given_back"] < 50 * MIB

@@ -188,13 +188,12 @@ class VLLMBackend(Backend):
             # compute (2 cores: 355 -> 506 output tok/s with the worker on both).
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         arguments = AsyncEngineArgs(**{**self._engine_arguments, "model": folder, "gpu_memory_utilization": share})
-        # On CPU the engine's processes keep what they free for the next step (core.hardware.MALLOC_TUNABLES); they
-        # are all started by the time the engine is.
-        malloc = spawned_processes_keep_freed_memory() if cpu else contextlib.nullcontext()
         if cpu:
             give_back_freed_memory()  # the engine's share is of the memory free now
         try:
-            with malloc:
+            # On CPU the engine's processes keep what they free for the next step (core.hardware.MALLOC_TUNABLES);
+            # they are all started by the time the engine is.
+            with spawned_processes_keep_freed_memory() if cpu else contextlib.nullcontext():
                 self.engine = aio.run_sync(self._start(arguments))  # on the loop, which then runs its output handler
         except RuntimeError as exc:
             if "initialization failed" not in str(exc):
